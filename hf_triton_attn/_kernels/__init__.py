@@ -1,0 +1,1 @@
+"""Triton kernels: plain tensors, strides and constexpr flags; nothing here knows Transformers or autograd."""

@@ -1,0 +1,216 @@
+"""Flash-attention backward: probabilities are recomputed from the saved log-sum-exp, tile by tile.
+
+dK/dV: one program per (key block, kv head) loops over the query heads that share the kv head, so GQA
+gradients are summed in registers (deterministic, no atomics, no repeated K/V). dQ: one program per
+(query block, query head), walking the same key range as the forward.
+"""
+import triton
+import triton.language as tl
+
+from .common import LOG2E, _apply_masks, _dropout_keep, _scores
+
+
+@triton.jit
+def _attn_bwd_preprocess(
+    Out, DO, Delta,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    H, Sq,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_b = pid_bh // H
+    pid_h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_m[:, None] < Sq) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(Out + pid_b.to(tl.int64) * stride_ob + pid_h.to(tl.int64) * stride_oh
+                + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od, mask=ok, other=0.0)
+    do = tl.load(DO + pid_b.to(tl.int64) * stride_dob + pid_h.to(tl.int64) * stride_doh
+                 + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :] * stride_dod, mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + pid_bh.to(tl.int64) * Sq + offs_m, delta, mask=offs_m < Sq)
+
+
+@triton.jit
+def _probs_and_dscores(
+    q, k_t, v_t, do, lse, delta, offs_m, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh,
+    sm_scale, softcap, dropout_p, seed, Skv,
+    KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Return (probabilities after dropout, gradient w.r.t. the pre-softmax scores s = qk * scale)."""
+    s, t = _scores(q, k_t, sm_scale, softcap, DOT_PRECISION, HAS_SOFTCAP)
+    s = _apply_masks(s, offs_m, offs_n, kv_end, q_start, pid_b, pid_h,
+                     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
+                     IS_CAUSAL, HAS_KEY_MASK, MASK_KIND)
+    p = tl.exp2(s - lse[:, None])
+    dp = tl.dot(do, v_t, input_precision=DOT_PRECISION)
+    p_drop = p
+    if HAS_DROPOUT:
+        keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, Skv, dropout_p)
+        p_drop = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+        dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+    ds = p * (dp - delta[:, None])
+    if HAS_SOFTCAP:
+        ds = ds * (1.0 - t * t)
+    return p_drop, ds
+
+
+@triton.jit
+def _attn_bwd_dkdv(
+    Q, K, V, DO, DK, DV, LSE, Delta, KeyMask, SeqUsedK, Mask, Seed,
+    sm_scale, softcap, dropout_p,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    stride_kmb, stride_kmn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    H, Hkv, Sq, Skv, GROUP,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bhk = tl.program_id(1)
+    pid_b = pid_bhk // Hkv
+    pid_hk = pid_bhk % Hkv
+
+    kv_end = Skv
+    if HAS_SEQUSED:
+        kv_end = tl.minimum(tl.load(SeqUsedK + pid_b), Skv)
+    q_start = kv_end - Sq
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    n_ok = offs_n < kv_end
+
+    k = tl.load(K + pid_b.to(tl.int64) * stride_kb + pid_hk.to(tl.int64) * stride_kh
+                + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
+                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    v = tl.load(V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
+                + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd,
+                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    k_t = tl.trans(k)
+    v_t = tl.trans(v)
+
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(Seed)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+
+    lo = 0
+    if IS_CAUSAL:
+        # Queries above this key block's first diagonal cannot see any of its keys.
+        lo = tl.maximum(pid_n * BLOCK_N - q_start, 0) // BLOCK_M * BLOCK_M
+    for g in range(0, GROUP):
+        pid_h = pid_hk * GROUP + g
+        pid_bh = pid_b * H + pid_h
+        q_base = Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
+        do_base = DO + pid_b.to(tl.int64) * stride_dob + pid_h.to(tl.int64) * stride_doh
+        for start_m in range(lo, Sq, BLOCK_M):
+            offs_m = start_m + offs_m0
+            m_ok = offs_m < Sq
+            q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd,
+                        mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            do = tl.load(do_base + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :] * stride_dod,
+                         mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            lse = tl.load(LSE + pid_bh.to(tl.int64) * Sq + offs_m, mask=m_ok, other=0.0)
+            delta = tl.load(Delta + pid_bh.to(tl.int64) * Sq + offs_m, mask=m_ok, other=0.0)
+            p_drop, ds = _probs_and_dscores(
+                q, k_t, v_t, do, lse, delta, offs_m, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh,
+                sm_scale, softcap, dropout_p, seed, Skv,
+                KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
+                IS_CAUSAL, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+            dv += tl.dot(tl.trans(p_drop.to(do.dtype)), do, input_precision=DOT_PRECISION)
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+
+    dk *= sm_scale
+    out_ok = (offs_n[:, None] < Skv) & d_ok[None, :]
+    tl.store(DK + pid_b.to(tl.int64) * stride_dkb + pid_hk.to(tl.int64) * stride_dkh
+             + offs_n[:, None].to(tl.int64) * stride_dkn + offs_d[None, :] * stride_dkd,
+             dk.to(DK.dtype.element_ty), mask=out_ok)
+    tl.store(DV + pid_b.to(tl.int64) * stride_dvb + pid_hk.to(tl.int64) * stride_dvh
+             + offs_n[:, None].to(tl.int64) * stride_dvn + offs_d[None, :] * stride_dvd,
+             dv.to(DV.dtype.element_ty), mask=out_ok)
+
+
+@triton.jit
+def _attn_bwd_dq(
+    Q, K, V, DO, DQ, LSE, Delta, KeyMask, SeqUsedK, Mask, Seed,
+    sm_scale, softcap, dropout_p,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    stride_kmb, stride_kmn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    H, Sq, Skv, GROUP,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_b = pid_bh // H
+    pid_h = pid_bh % H
+    pid_hk = pid_h // GROUP
+
+    kv_end = Skv
+    if HAS_SEQUSED:
+        kv_end = tl.minimum(tl.load(SeqUsedK + pid_b), Skv)
+    q_start = kv_end - Sq
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    m_ok = offs_m < Sq
+
+    q = tl.load(Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
+                + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd,
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    do = tl.load(DO + pid_b.to(tl.int64) * stride_dob + pid_h.to(tl.int64) * stride_doh
+                 + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :] * stride_dod,
+                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    lse = tl.load(LSE + pid_bh.to(tl.int64) * Sq + offs_m, mask=m_ok, other=0.0)
+    delta = tl.load(Delta + pid_bh.to(tl.int64) * Sq + offs_m, mask=m_ok, other=0.0)
+    k_base = K + pid_b.to(tl.int64) * stride_kb + pid_hk.to(tl.int64) * stride_kh
+    v_base = V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
+
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(Seed)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    hi = kv_end
+    if IS_CAUSAL:
+        hi = tl.maximum(tl.minimum(hi, q_start + (pid_m + 1) * BLOCK_M), 0)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        n_ok = offs_n < kv_end
+        k_t = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd,
+                      mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        v_t = tl.load(v_base + offs_n[None, :].to(tl.int64) * stride_vn + offs_d[:, None] * stride_vd,
+                      mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        _, ds = _probs_and_dscores(
+            q, k_t, v_t, do, lse, delta, offs_m, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh,
+            sm_scale, softcap, dropout_p, seed, Skv,
+            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
+            IS_CAUSAL, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+        dq += tl.dot(ds.to(k_t.dtype), tl.trans(k_t), input_precision=DOT_PRECISION)
+
+    dq *= sm_scale
+    tl.store(DQ + pid_b.to(tl.int64) * stride_dqb + pid_h.to(tl.int64) * stride_dqh
+             + offs_m[:, None].to(tl.int64) * stride_dqm + offs_d[None, :] * stride_dqd,
+             dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])

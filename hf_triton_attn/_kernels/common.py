@@ -1,0 +1,62 @@
+"""Masking and score helpers shared by the forward and backward kernels.
+
+Scores are kept in the log2 domain (``qk * scale * log2(e)``) so the softmax uses ``exp2``.
+"""
+import triton
+import triton.language as tl
+
+LOG2E: tl.constexpr = 1.4426950408889634
+
+
+@triton.jit
+def _tanh(x):
+    # 1 - 2 / (exp(2x) + 1): exact in fp32, saturates cleanly, and runs in the interpreter (no libdevice).
+    return 1.0 - 2.0 / (tl.exp2(x * (2.0 * LOG2E)) + 1.0)
+
+
+@triton.jit
+def _scores(q, k_t, sm_scale, softcap, DOT_PRECISION: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+    """Return (log2-domain scores, tanh of the capped scores or None)."""
+    s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * sm_scale
+    if HAS_SOFTCAP:
+        t = _tanh(s / softcap)
+        return t * (softcap * LOG2E), t
+    else:
+        return s * LOG2E, s
+
+
+@triton.jit
+def _apply_masks(
+    s, offs_m, offs_n, kv_end, q_start, pid_b, pid_h,
+    KeyMask, stride_kmb, stride_kmn,
+    Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+):
+    """Set masked scores to -inf. ``kv_end`` bounds the keys in use, ``q_start`` is query 0's key position.
+
+    MASK_KIND: 0 no dense mask, 1 boolean keep-mask, 2 additive float mask (added in log2 units).
+    """
+    valid = offs_n[None, :] < kv_end
+    if IS_CAUSAL:
+        valid = valid & (offs_n[None, :] <= q_start + offs_m[:, None])
+    if HAS_KEY_MASK:
+        km = tl.load(KeyMask + pid_b.to(tl.int64) * stride_kmb + offs_n * stride_kmn, mask=offs_n < kv_end, other=0)
+        valid = valid & (km != 0)[None, :]
+    if MASK_KIND != 0:
+        mask_ptrs = (
+            Mask + pid_b.to(tl.int64) * stride_mb + pid_h.to(tl.int64) * stride_mh
+            + offs_m[:, None].to(tl.int64) * stride_mm + offs_n[None, :] * stride_mn
+        )
+        in_bounds = (offs_m[:, None] < Sq) & (offs_n[None, :] < kv_end)
+        if MASK_KIND == 1:
+            valid = valid & (tl.load(mask_ptrs, mask=in_bounds, other=0) != 0)
+        else:
+            s = s + tl.load(mask_ptrs, mask=in_bounds, other=0.0).to(tl.float32) * LOG2E
+    return tl.where(valid, s, float("-inf"))
+
+
+@triton.jit
+def _dropout_keep(seed, pid_bh, offs_m, offs_n, Skv, dropout_p):
+    # Counter-based: the backward regenerates exactly the forward's mask from (seed, head, row, column).
+    rnd = tl.rand(seed + pid_bh, offs_m[:, None] * Skv + offs_n[None, :])
+    return rnd >= dropout_p

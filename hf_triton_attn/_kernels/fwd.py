@@ -1,0 +1,88 @@
+"""Flash-attention forward: tiled over queries, online softmax over key blocks, never an Sq x Skv matrix."""
+import triton
+import triton.language as tl
+
+from .common import LOG2E, _apply_masks, _dropout_keep, _scores
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, Out, LSE, KeyMask, SeqUsedK, Mask, Seed,
+    sm_scale, softcap, dropout_p,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_kmb, stride_kmn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    H, Sq, Skv, GROUP,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_b = pid_bh // H
+    pid_h = pid_bh % H
+    pid_hk = pid_h // GROUP
+
+    kv_end = Skv
+    if HAS_SEQUSED:
+        kv_end = tl.minimum(tl.load(SeqUsedK + pid_b), Skv)
+    q_start = kv_end - Sq
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+
+    q_ptrs = (Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
+              + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd)
+    q = tl.load(q_ptrs, mask=(offs_m[:, None] < Sq) & d_ok[None, :], other=0.0)
+    k_base = K + pid_b.to(tl.int64) * stride_kb + pid_hk.to(tl.int64) * stride_kh
+    v_base = V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
+
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(Seed)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    hi = kv_end
+    if IS_CAUSAL:
+        # Key blocks wholly right of this query block's last diagonal are never computed.
+        hi = tl.maximum(tl.minimum(hi, q_start + (pid_m + 1) * BLOCK_M), 0)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        n_ok = offs_n < kv_end
+        k_t = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd,
+                      mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        s, _ = _scores(q, k_t, sm_scale, softcap, DOT_PRECISION, HAS_SOFTCAP)
+        s = _apply_masks(s, offs_m, offs_n, kv_end, q_start, pid_b, pid_h,
+                         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
+                         IS_CAUSAL, HAS_KEY_MASK, MASK_KIND)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row with no visible key yet keeps m = -inf; subtracting 0 instead avoids inf - inf = NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, Skv, dropout_p)
+            p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    # Rows that saw no key (all masked) give 0, and an LSE of 0 makes the backward's probabilities 0 too.
+    has_keys = l_i > 0.0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), 0.0)
+    m_ok = offs_m < Sq
+    tl.store(LSE + pid_bh.to(tl.int64) * Sq + offs_m, lse, mask=m_ok)
+    o_ptrs = (Out + pid_b.to(tl.int64) * stride_ob + pid_h.to(tl.int64) * stride_oh
+              + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od)
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])

@@ -1,0 +1,159 @@
+"""The public attention function: input validation and mask normalisation over :mod:`hf_triton_attn.ops`."""
+import math
+import os
+from typing import Optional
+
+import torch
+
+from . import ops
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    scale: Optional[float] = None,
+    attention_mask: Optional[torch.Tensor] = None,
+    seqused_k: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    softcap: Optional[float] = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention computed by a fused Triton kernel (flash-attention style).
+
+    Never materialises the Sq x Skv score matrix; memory grows linearly in sequence length. Differentiable
+    (Triton backward kernels) and traceable by ``torch.compile(fullgraph=True)``.
+
+    Args:
+        q: (batch, heads, seqlen_q, head_dim), float16, bfloat16 or float32; any strides.
+        k, v: (batch, kv_heads, seqlen_k, head_dim), same dtype and device as ``q``. ``heads`` must be a
+            multiple of ``kv_heads`` (MHA, GQA, MQA): query head ``h`` reads kv head ``h // (heads // kv_heads)``,
+            without copying k/v. ``head_dim`` is at most 256 and need not be a power of two.
+        causal: mask keys after the query, with the diagonal aligned to the bottom-right corner: query ``i``
+            sees keys ``j <= i + kv_end - seqlen_q``, where ``kv_end`` is ``seqused_k[b]`` if given, else
+            ``seqlen_k``. With seqlen_q=2, seqlen_k=5 (1 = attended)::
+
+                1 1 1 1 0
+                1 1 1 1 1
+
+            so decoding with a cache (seqlen_q=1) sees every key.
+        scale: multiplies ``q @ k^T``; default ``1 / sqrt(head_dim)``.
+        attention_mask: optional, combined with ``causal`` (a key must pass every mask):
+
+            - (batch, seqlen_k) boolean: key-padding mask, True = attend (left, right or holes).
+            - (batch or 1, heads or 1, seqlen_q, seqlen_k) boolean (True = attend) or floating additive
+              mask (added to the scaled scores; ``-inf`` masks). Read tile by tile inside the kernel.
+
+            Query rows with no visible key return zeros (never NaN).
+        seqused_k: optional (batch,) integer tensor: only the first ``seqused_k[b]`` keys of row ``b`` are
+            used (e.g. the written part of a static KV cache); the causal diagonal is aligned to it.
+        dropout_p: probability of dropping an attention weight (training). The mask comes from a
+            counter-based generator seeded from PyTorch's default generator, so ``torch.manual_seed``
+            makes runs reproducible, and the backward regenerates the same mask.
+        softcap: if set, scores become ``softcap * tanh(scores / softcap)`` before masking (Gemma 2).
+
+    Returns:
+        (batch, heads, seqlen_q, head_dim), same dtype as ``q``. It is a transposed view of a contiguous
+        (batch, seqlen_q, heads, head_dim) tensor, so ``out.transpose(1, 2)`` costs nothing.
+
+    Raises:
+        ValueError: malformed input (ranks, shapes, dtypes, devices, mask shape, CPU tensors without the
+            Triton interpreter). NotImplementedError: valid but unsupported requests.
+    """
+    _check_qkv(q, k, v)
+    batch, heads, seqlen_q, head_dim = q.shape
+    seqlen_k = k.shape[2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}.")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap must be positive or None, got {softcap}.")
+    key_mask, dense_mask = _split_mask(attention_mask, q, seqlen_k)
+    if seqused_k is not None:
+        _check_seqused(seqused_k, q)
+    seed = None
+    if dropout_p > 0.0:
+        seed = torch.randint(0, 2**31 - 1, (1,), device=q.device, dtype=torch.int64)
+    out, _ = ops.attention_forward(
+        q, k, v, key_mask, seqused_k, dense_mask, seed, causal, float(scale), float(softcap or 0.0), float(dropout_p)
+    )
+    return out.transpose(1, 2)
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4D tensor (batch, heads, seqlen, head_dim), got "
+                             f"{getattr(t, 'shape', type(t).__name__)}.")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"q has dtype {q.dtype}; supported: float16, bfloat16, float32.")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}.")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}.")
+    _check_device(q.device)
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}.")
+    if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"k/v {tuple(k.shape)} do not match q {tuple(q.shape)} in batch or head_dim.")
+    heads, kv_heads = q.shape[1], k.shape[1]
+    if kv_heads == 0 or heads % kv_heads != 0:
+        raise ValueError(f"the number of query heads ({heads}) must be a multiple of the number of kv heads "
+                         f"({kv_heads}).")
+    if q.shape[3] > MAX_HEAD_DIM:
+        raise NotImplementedError(f"head_dim {q.shape[3]} is not supported; the kernels take head_dim <= "
+                                  f"{MAX_HEAD_DIM}.")
+
+
+def _check_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        return
+    if device.type == "cpu" and ops.INTERPRET:
+        return
+    if device.type == "cpu":
+        raise ValueError(
+            "hf_triton_attn runs Triton kernels and needs CUDA tensors: move the model/inputs to a CUDA device, "
+            "or set TRITON_INTERPRET=1 before importing hf_triton_attn to run the (slow) Triton interpreter on CPU."
+        )
+    raise ValueError(f"tensors on {device.type} are not supported; hf_triton_attn needs CUDA tensors.")
+
+
+def _split_mask(mask: Optional[torch.Tensor], q: torch.Tensor, seqlen_k: int):
+    """Return (key_mask, dense_mask): a (B, Skv) key-padding mask goes to the cheap per-key path."""
+    if mask is None:
+        return None, None
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"attention_mask must be a torch.Tensor or None, got {type(mask).__name__}.")
+    if mask.device != q.device:
+        raise ValueError(f"attention_mask is on {mask.device} but q is on {q.device}.")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise ValueError(f"attention_mask must be boolean (True = attend) or floating (additive), got {mask.dtype}.")
+    batch, heads, seqlen_q, _ = q.shape
+    if mask.dim() == 2:
+        if mask.dtype != torch.bool or tuple(mask.shape) != (batch, seqlen_k):
+            raise ValueError(f"a 2D attention_mask must be a boolean key-padding mask of shape (batch, seqlen_k) = "
+                             f"{(batch, seqlen_k)}, got {mask.dtype} {tuple(mask.shape)}.")
+        return mask, None
+    if mask.dim() == 4:
+        b, h, m, n = mask.shape
+        if b not in (1, batch) or h not in (1, heads) or m != seqlen_q or n != seqlen_k:
+            raise ValueError(f"a 4D attention_mask must have shape (batch or 1, heads or 1, seqlen_q, seqlen_k) = "
+                             f"({batch} or 1, {heads} or 1, {seqlen_q}, {seqlen_k}), got {tuple(mask.shape)}.")
+        if mask.requires_grad and torch.is_grad_enabled():
+            raise NotImplementedError("gradients with respect to attention_mask are not supported; detach the mask.")
+        return None, mask
+    raise ValueError(f"attention_mask must be 2D (batch, seqlen_k) or 4D (batch, heads, seqlen_q, seqlen_k), "
+                     f"got {mask.dim()}D {tuple(mask.shape)}.")
+
+
+def _check_seqused(seqused_k: torch.Tensor, q: torch.Tensor) -> None:
+    if (not isinstance(seqused_k, torch.Tensor) or seqused_k.dim() != 1 or seqused_k.shape[0] != q.shape[0]
+            or seqused_k.dtype not in (torch.int32, torch.int64)):
+        raise ValueError(f"seqused_k must be an int32/int64 tensor of shape (batch,) = ({q.shape[0]},).")
+    if seqused_k.device != q.device:
+        raise ValueError(f"seqused_k is on {seqused_k.device} but q is on {q.device}.")

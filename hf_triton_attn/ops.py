@@ -1,0 +1,172 @@
+"""Launchers and PyTorch registration of the attention kernels.
+
+Two custom ops, ``hf_triton_attn::attention_forward`` and ``hf_triton_attn::attention_backward``, each with a
+fake (meta) implementation, joined by ``torch.library.register_autograd``: autograd, ``torch.compile``
+(``fullgraph=True``) and ``torch.library.opcheck`` all see one opaque op. Inputs are validated in
+:mod:`hf_triton_attn.functional`; this layer trusts them.
+
+Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the output is allocated as
+(B, Sq, H, D), the layout Transformers reshapes to (B, Sq, H*D) without a copy; LSE is (B, H, Sq) float32 in
+log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B,) keys in use,
+``mask`` a dense (B|1, H|1, Sq, Skv) boolean or additive float mask, ``seed`` a one-element int64 tensor.
+"""
+from typing import Optional
+
+import torch
+import triton
+
+from . import configs
+from ._kernels.bwd import _attn_bwd_dkdv, _attn_bwd_dq, _attn_bwd_preprocess
+from ._kernels.fwd import _attn_fwd
+
+INTERPRET = isinstance(_attn_fwd, triton.runtime.interpreter.InterpretedFunction)
+
+_NO_TENSOR_STRIDES = (0, 0)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs keep float32 products (tf32 would cost ~1e-3 relative error against eager).
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _as_kernel_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if mask is not None and mask.dtype == torch.bool:
+        return mask.view(torch.uint8)
+    return mask
+
+
+def _mask_args(key_mask, mask, q, sq, skv):
+    """Kernel pointers, strides and flags for the optional masks (broadcast dims get stride 0)."""
+    key_mask = _as_kernel_mask(key_mask)
+    mask = _as_kernel_mask(mask)
+    km_strides = _NO_TENSOR_STRIDES
+    if key_mask is not None:
+        key_mask = key_mask.expand(q.shape[0], skv)
+        km_strides = key_mask.stride()
+    m_strides = (0, 0, 0, 0)
+    mask_kind = 0
+    if mask is not None:
+        mask = mask.expand(q.shape[0], q.shape[1], sq, skv)
+        m_strides = mask.stride()
+        mask_kind = 1 if mask.dtype == torch.uint8 else 2
+    return key_mask, mask, km_strides, m_strides, mask_kind
+
+
+def _flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, dtype):
+    return dict(
+        IS_CAUSAL=causal,
+        HAS_KEY_MASK=key_mask is not None,
+        HAS_SEQUSED=seqused_k is not None,
+        MASK_KIND=mask_kind,
+        HAS_SOFTCAP=softcap > 0.0,
+        HAS_DROPOUT=dropout_p > 0.0,
+        DOT_PRECISION=_dot_precision(dtype),
+    )
+
+
+@torch.library.custom_op("hf_triton_attn::attention_forward", mutates_args=())
+def attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+    seed: Optional[torch.Tensor],
+    causal: bool, scale: float, softcap: float, dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, heads, sq, head_dim = q.shape
+    hkv, skv = k.shape[1], k.shape[2]
+    out = torch.empty((batch, sq, heads, head_dim), device=q.device, dtype=q.dtype)
+    lse = torch.empty((batch, heads, sq), device=q.device, dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse
+    key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
+    block_d = configs.padded_head_dim(head_dim)
+    cfg = configs.forward_config(block_d, INTERPRET)
+    out_bhsd = out.transpose(1, 2)
+    grid = (triton.cdiv(sq, cfg.block_m), batch * heads)
+    _attn_fwd[grid](
+        q, k, v, out, lse, key_mask, seqused_k, mask, seed,
+        scale, softcap, dropout_p,
+        *q.stride(), *k.stride(), *v.stride(), *out_bhsd.stride(),
+        *km_strides, *m_strides,
+        heads, sq, skv, heads // hkv,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out, lse
+
+
+@attention_forward.register_fake
+def _(q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p):
+    batch, heads, sq, head_dim = q.shape
+    out = q.new_empty((batch, sq, heads, head_dim))
+    lse = q.new_empty((batch, heads, sq), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("hf_triton_attn::attention_backward", mutates_args=())
+def attention_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor,
+    key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+    seed: Optional[torch.Tensor],
+    causal: bool, scale: float, softcap: float, dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """grad_out and out are (B, Sq, H, D) like the forward's output; returns dq, dk, dv shaped like q, k, v."""
+    batch, heads, sq, head_dim = q.shape
+    hkv, skv = k.shape[1], k.shape[2]
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
+    block_d = configs.padded_head_dim(head_dim)
+    cfg = configs.backward_config(block_d, INTERPRET)
+    do_bhsd = grad_out.transpose(1, 2)
+    out_bhsd = out.transpose(1, 2)
+
+    delta = torch.empty_like(lse)
+    pre_m = configs.preprocess_block_m(INTERPRET)
+    _attn_bwd_preprocess[(triton.cdiv(sq, pre_m), batch * heads)](
+        out, grad_out, delta, *out_bhsd.stride(), *do_bhsd.stride(), heads, sq,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
+    )
+    flags = _flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype)
+    common = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags)
+    _attn_bwd_dkdv[(triton.cdiv(skv, cfg.block_n), batch * hkv)](
+        q, k, v, grad_out, dk, dv, lse, delta, key_mask, seqused_k, mask, seed,
+        scale, softcap, dropout_p,
+        *q.stride(), *k.stride(), *v.stride(), *do_bhsd.stride(), *dk.stride(), *dv.stride(),
+        *km_strides, *m_strides,
+        heads, hkv, sq, skv, heads // hkv, **common,
+    )
+    _attn_bwd_dq[(triton.cdiv(sq, cfg.block_m), batch * heads)](
+        q, k, v, grad_out, dq, lse, delta, key_mask, seqused_k, mask, seed,
+        scale, softcap, dropout_p,
+        *q.stride(), *k.stride(), *v.stride(), *do_bhsd.stride(), *dq.stride(),
+        *km_strides, *m_strides,
+        heads, sq, skv, heads // hkv, **common,
+    )
+    return dq, dk, dv
+
+
+@attention_backward.register_fake
+def _(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_mask, seqused_k, mask, seed)
+    ctx.params = (causal, scale, softcap, dropout_p)
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, key_mask, seqused_k, mask, seed = ctx.saved_tensors
+    dq, dk, dv = attention_backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, *ctx.params)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("hf_triton_attn::attention_forward", _backward, setup_context=_setup_context)
