@@ -1,0 +1,98 @@
+"""The ``attn_implementation="triton"`` backend for Hugging Face Transformers.
+
+:func:`register` puts :func:`triton_attention_forward` into ``transformers.AttentionInterface`` and
+:func:`~hf_triton_attn.masks.triton_attention_mask` into ``transformers.masking_utils.AttentionMaskInterface``
+under one name. Both are needed: for a name with no mask function, Transformers passes ``attention_mask=None``
+to every layer and padding is silently lost.
+
+A registered name skips Transformers' capability checks, so every keyword that changes the math is either
+implemented here or refused with an error; none is ignored.
+"""
+from typing import Optional
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from .functional import attention
+from .masks import keys_in_use, triton_attention_mask
+
+ATTN_IMPLEMENTATION = "triton"
+
+
+def triton_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    dropout: float = 0.0,
+    scaling: Optional[float] = None,
+    is_causal: Optional[bool] = None,
+    softcap: Optional[float] = None,
+    position_bias: Optional[torch.Tensor] = None,
+    s_aux: Optional[torch.Tensor] = None,
+    output_attentions: bool = False,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Transformers' attention-function contract: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) -> ((B, Sq, H, D), None)."""
+    _refuse_unsupported(output_attentions, s_aux, attention_mask, kwargs)
+    # An explicit is_causal wins over the module's flag (encoders, cross-attention and BERT-as-decoder differ).
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    seqused_k = None
+    if attention_mask is not None and attention_mask.dim() == 4:
+        # A dense mask from the mask function already holds causality, windows and overlays, as eager's does.
+        causal = False
+    elif attention_mask is not None and causal and query.shape[2] != key.shape[2]:
+        seqused_k = keys_in_use(attention_mask)
+    if position_bias is not None:
+        attention_mask = _with_position_bias(position_bias, attention_mask)
+    out = attention(
+        query, key, value,
+        causal=causal, scale=scaling, attention_mask=attention_mask, seqused_k=seqused_k,
+        dropout_p=dropout, softcap=softcap,
+    )
+    return out.transpose(1, 2), None
+
+
+def _refuse_unsupported(output_attentions, s_aux, attention_mask, kwargs) -> None:
+    if output_attentions:
+        raise ValueError("attn_implementation='triton' never materialises attention weights, so "
+                         "output_attentions=True cannot be honoured; load the model with attn_implementation='eager' "
+                         "to inspect attention weights.")
+    if s_aux is not None:
+        raise NotImplementedError("attention sinks (s_aux, e.g. GPT-OSS) are not supported by "
+                                  "attn_implementation='triton'; use 'eager' for this model.")
+    if kwargs.get("cache") is not None:
+        raise NotImplementedError("paged attention caches (continuous batching) are not supported by "
+                                  "attn_implementation='triton'.")
+    dense_mask = attention_mask is not None and attention_mask.dim() == 4
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    if cu_seq_lens is not None and cu_seq_lens.numel() > 2 and not dense_mask:
+        raise NotImplementedError("packed sequences (cu_seq_lens_q/k) reached attn_implementation='triton' without "
+                                  "a packed-sequence mask; pass position_ids so Transformers builds the mask.")
+    sliding_window = kwargs.get("sliding_window")
+    if sliding_window is not None and not dense_mask:
+        raise NotImplementedError("a sliding_window reached attn_implementation='triton' without the sliding "
+                                  "window mask that Transformers builds for it; create the mask with "
+                                  "transformers.masking_utils (create_sliding_window_causal_mask).")
+
+
+def _with_position_bias(position_bias: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """T5's relative position bias, merged with the mask into one additive 4D mask (as Transformers' sdpa does)."""
+    if position_bias.requires_grad and torch.is_grad_enabled():
+        raise NotImplementedError("training through T5's position_bias (its gradient) is not supported by "
+                                  "attn_implementation='triton'; use 'eager' or 'sdpa' to train this model.")
+    if attention_mask is None:
+        return position_bias
+    if attention_mask.dim() == 2:
+        attention_mask = attention_mask[:, None, None, :]
+    if attention_mask.dtype == torch.bool:
+        return position_bias.masked_fill(~attention_mask, float("-inf"))
+    return position_bias + attention_mask
+
+
+def register(name: str = ATTN_IMPLEMENTATION) -> None:
+    """Register the attention and mask functions under ``name`` (idempotent). Done on ``import hf_triton_attn``."""
+    AttentionInterface.register(name, triton_attention_forward)
+    AttentionMaskInterface.register(name, triton_attention_mask)

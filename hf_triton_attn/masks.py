@@ -1,0 +1,66 @@
+"""Transformers' masks in the kernel's compact form: the mask function registered for ``"triton"``.
+
+Transformers calls :func:`triton_attention_mask` (through ``AttentionMaskInterface``) once per forward and
+hands its result, unchanged, to every attention layer as ``attention_mask``. It returns:
+
+- ``None``: every key is valid; causality comes from the layer's ``is_causal``.
+- a (batch, kv_length) boolean key-validity mask: padding (left, right, holes) and the unwritten tail of a
+  static cache. Layers that need it derive the causal alignment from it (:func:`keys_in_use`).
+- a (batch, 1, q_length, kv_length) boolean mask whenever the composed ``mask_function`` is anything but
+  plain causal or bidirectional (sliding windows, packed sequences, image-token overlays, chunks, blocks):
+  built by Transformers' own ``sdpa_mask`` with every shortcut disabled and applied by the kernel as given.
+"""
+from typing import Optional, Union
+
+import torch
+from transformers.masking_utils import bidirectional_mask_function, causal_mask_function, prepare_padding_mask, sdpa_mask
+
+_COMPACT_MASK_FUNCTIONS = (causal_mask_function, bidirectional_mask_function)
+
+
+def triton_attention_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: Union[int, torch.Tensor] = 0,
+    kv_offset: int = 0,
+    mask_function=causal_mask_function,
+    attention_mask: Optional[torch.Tensor] = None,
+    device: Union[torch.device, str] = "cpu",
+    use_vmap: bool = False,
+    **kwargs,
+) -> Optional[torch.Tensor]:
+    if mask_function not in _COMPACT_MASK_FUNCTIONS:
+        return sdpa_mask(
+            batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
+            mask_function=mask_function, attention_mask=attention_mask, allow_is_causal_skip=False,
+            allow_is_bidirectional_skip=False, use_vmap=use_vmap, device=device,
+        )
+    if attention_mask is None:
+        if isinstance(q_offset, int) and q_offset + q_length == kv_offset + kv_length:
+            return None
+        # A static cache (tensor q_offset) holds kv_length slots of which only q_offset + q_length are written:
+        # since Transformers 5.18 generate() drops an all-ones 2D mask, so the tail is masked from the offsets.
+        written = torch.arange(kv_offset, kv_offset + kv_length, device=device) < q_offset + q_length
+        return written.expand(batch_size, kv_length)
+    key_valid = prepare_padding_mask(attention_mask.to(device=device, dtype=torch.bool), kv_length, kv_offset)
+    key_valid = key_valid[:, kv_offset: kv_offset + kv_length]
+    no_tail = isinstance(q_offset, int) and q_offset + q_length == kv_offset + kv_length
+    if no_tail and not _is_tracing() and bool(key_valid.all()):
+        return None
+    return key_valid
+
+
+def keys_in_use(key_valid: torch.Tensor) -> torch.Tensor:
+    """Per row, one past the last valid key: where the newest query sits when continuing from a cache.
+
+    With a cache, queries are the newest tokens, so the last valid key of a row is the last query's own key
+    (left padding and a static cache's unwritten tail both lie elsewhere). Right padding while continuing
+    from a cache has no such anchor and is not supported, as with FlashAttention-2.
+    """
+    positions = torch.arange(1, key_valid.shape[-1] + 1, device=key_valid.device, dtype=torch.int32)
+    return (key_valid.to(torch.int32) * positions).amax(dim=-1)
+
+
+def _is_tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()

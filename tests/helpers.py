@@ -1,0 +1,36 @@
+"""Comparison helpers shared by the tests."""
+import torch
+
+from hf_triton_attn.reference import attention_reference
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def assert_close_to_reference(ours: torch.Tensor, ref64: torch.Tensor, same_dtype: torch.Tensor, factor: float = 2.0,
+                              floor: float = 1e-5, what: str = "output") -> None:
+    """Our error against the float64 oracle must stay within ``factor`` x plain PyTorch's error in our dtype."""
+    assert torch.isfinite(ours).all(), f"{what} has non-finite values"
+    err, base = max_err(ours, ref64), max_err(same_dtype, ref64)
+    assert err <= factor * base + floor, f"{what}: error {err:.3e} > {factor} x torch's {base:.3e} + {floor:.0e}"
+
+
+def random_qkv(batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, device, requires_grad=False):
+    def make(h, s):
+        return torch.randn(batch, h, s, head_dim, dtype=dtype, device=device, requires_grad=requires_grad)
+    return make(heads, seqlen_q), make(kv_heads, seqlen_k), make(kv_heads, seqlen_k)
+
+
+def reference_pair(q, k, v, **kwargs):
+    """(float64 oracle, the same math in the inputs' own dtype)."""
+    ref64 = attention_reference(q.double(), k.double(), v.double(), **_mask_to(kwargs, torch.float64))
+    same = attention_reference(q, k, v, **_mask_to(kwargs, q.dtype))
+    return ref64, same
+
+
+def _mask_to(kwargs, dtype):
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.is_floating_point():
+        kwargs = {**kwargs, "attention_mask": mask.to(dtype)}
+    return kwargs

@@ -1,0 +1,166 @@
+"""Backward kernels, dropout, the custom-op registration and torch.compile."""
+import pytest
+import torch
+from conftest import DEVICE, DTYPES, ON_GPU
+from helpers import assert_close_to_reference, random_qkv
+from test_kernel import padding_mask
+
+from hf_triton_attn import attention, ops
+from hf_triton_attn.reference import attention_reference
+
+
+def grads_of(fn, q, k, v, grad_out):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    out.backward(grad_out)
+    return out, q.grad, k.grad, v.grad
+
+
+def check_backward(q, k, v, grad_out=None, **kwargs):
+    grad_out = torch.randn_like(q) if grad_out is None else grad_out
+    ours = grads_of(lambda a, b, c: attention(a, b, c, **kwargs), q, k, v, grad_out)
+    mask = kwargs.get("attention_mask")
+
+    def oracle(dtype):
+        ref_kwargs = dict(kwargs)
+        if mask is not None and mask.is_floating_point():
+            ref_kwargs["attention_mask"] = mask.to(dtype)
+        return grads_of(lambda a, b, c: attention_reference(a, b, c, **ref_kwargs),
+                        q.to(dtype), k.to(dtype), v.to(dtype), grad_out.to(dtype))
+
+    ref64, same = oracle(torch.float64), oracle(q.dtype)
+    for name, a, b, c in zip(("out", "dq", "dk", "dv"), ours, ref64, same):
+        assert a.shape == b.shape and a.dtype == q.dtype
+        assert_close_to_reference(a, b, c, factor=3.0, what=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (4, 1)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlens", [(1, 67), (37, 37), (64, 100), (100, 64)])
+def test_backward_shapes_gqa_causal(dtype, heads, causal, seqlens):
+    check_backward(*random_qkv(2, *heads, *seqlens, 40, dtype, DEVICE), causal=causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [16, 40, 64, 96, 128, 256])
+def test_backward_head_dims(dtype, head_dim):
+    check_backward(*random_qkv(1, 2, 1, 33, 47, head_dim, dtype, DEVICE), causal=True)
+
+
+@pytest.mark.parametrize("kind", ["left", "right", "holes"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_backward_key_padding(kind, causal):
+    check_backward(*random_qkv(3, 4, 2, 45, 45, 32, torch.float32, DEVICE), causal=causal,
+                   attention_mask=padding_mask(kind, 3, 45))
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive"])
+def test_backward_dense_mask(mask_kind):
+    q, k, v = random_qkv(2, 4, 2, 29, 53, 32, torch.float32, DEVICE)
+    mask = torch.rand(2, 1, 29, 53, device=DEVICE) > 0.3
+    if mask_kind == "additive":
+        mask = torch.randn(2, 1, 29, 53, device=DEVICE).masked_fill(~mask, float("-inf"))
+    check_backward(q, k, v, attention_mask=mask)
+
+
+def test_backward_seqused_softcap_scale():
+    q, k, v = random_qkv(3, 4, 2, 5, 64, 32, torch.float32, DEVICE)
+    seqused = torch.tensor([64, 17, 3], device=DEVICE, dtype=torch.int32)
+    check_backward(q, k, v, causal=True, seqused_k=seqused, softcap=3.0, scale=0.2)
+
+
+def test_backward_non_contiguous_inputs_and_grads():
+    def bshd(heads, seqlen):
+        return torch.randn(2, seqlen, heads, 32, device=DEVICE).transpose(1, 2)
+    q, k, v = bshd(4, 37), bshd(2, 37), bshd(2, 37)
+    grad_out = torch.randn(2, 4, 32, 37, device=DEVICE).transpose(2, 3)
+    check_backward(q, k, v, grad_out=grad_out, causal=True)
+
+
+def test_fully_masked_rows_have_zero_grads():
+    q, k, v = random_qkv(2, 2, 1, 20, 20, 32, torch.float32, DEVICE, requires_grad=True)
+    key_mask = torch.ones(2, 20, dtype=torch.bool, device=DEVICE)
+    key_mask[1] = False
+    attention(q, k, v, attention_mask=key_mask).sum().backward()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all() and t.grad[1].abs().max() == 0
+
+
+def dropout_keep_mask(shape, dropout_p, seed, causal=False):
+    """Recover the kernel's keep-mask: zero queries give uniform weights, identity values expose each one."""
+    batch, heads, seqlen_q, seqlen_k = shape
+    q = torch.zeros(batch, heads, seqlen_q, seqlen_k, device=DEVICE)
+    k = torch.randn(batch, heads, seqlen_k, seqlen_k, device=DEVICE)
+    v = torch.eye(seqlen_k, device=DEVICE).expand(batch, heads, seqlen_k, seqlen_k)
+    torch.manual_seed(seed)
+    return attention(q, k, v, dropout_p=dropout_p, causal=causal) > 0
+
+
+@pytest.mark.parametrize("dropout_p", [0.1, 0.5])
+def test_dropout_keep_rate(dropout_p):
+    keep = dropout_keep_mask((4, 4, 64, 64), dropout_p, seed=0)
+    n = keep.numel()
+    rate = keep.float().mean().item()
+    assert abs(rate - (1 - dropout_p)) < 4 * (dropout_p * (1 - dropout_p) / n) ** 0.5
+
+
+def test_dropout_reproducible_with_seed():
+    q, k, v = random_qkv(2, 4, 2, 40, 40, 32, torch.float32, DEVICE)
+    torch.manual_seed(7)
+    first = attention(q, k, v, dropout_p=0.2, causal=True)
+    torch.manual_seed(7)
+    assert torch.equal(first, attention(q, k, v, dropout_p=0.2, causal=True))
+    assert not torch.equal(first, attention(q, k, v, dropout_p=0.2, causal=True))
+
+
+def test_dropout_zero_is_exactly_no_dropout():
+    q, k, v = random_qkv(2, 4, 2, 40, 40, 32, torch.float32, DEVICE)
+    assert torch.equal(attention(q, k, v, dropout_p=0.0), attention(q, k, v))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dropout_forward_and_backward_match_reference(causal):
+    """The same keep-mask, applied by the oracle, must give our output and gradients."""
+    shape, dropout_p, seed = (2, 4, 48, 64), 0.3, 11
+    keep = dropout_keep_mask(shape, dropout_p, seed, causal=causal)
+    q, k, v = random_qkv(2, 4, 4, 48, 64, 64, torch.float32, DEVICE)
+    grad_out = torch.randn_like(q)
+    torch.manual_seed(seed)
+    ours = grads_of(lambda a, b, c: attention(a, b, c, dropout_p=dropout_p, causal=causal), q, k, v, grad_out)
+    ref = grads_of(lambda a, b, c: attention_reference(a, b, c, causal=causal, dropout_mask=keep, dropout_p=dropout_p),
+                   q.double(), k.double(), v.double(), grad_out.double())
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours, ref):
+        assert (a.double() - b).abs().max() < 1e-4, name
+
+
+def test_gqa_dropout_masks_differ_per_query_head():
+    keep = dropout_keep_mask((1, 4, 32, 32), 0.5, seed=3)
+    assert not torch.equal(keep[0, 0], keep[0, 1])
+
+
+def test_opcheck():
+    q, k, v = random_qkv(2, 4, 2, 17, 33, 16, torch.float32, DEVICE, requires_grad=True)
+    key_mask = padding_mask("left", 2, 33)
+    seed = torch.tensor([5], device=DEVICE)
+    torch.library.opcheck(ops.attention_forward, (q, k, v, key_mask, None, None, seed, True, 0.25, 0.0, 0.1))
+    torch.library.opcheck(ops.attention_forward, (q, k, v, None, None, None, None, False, 0.25, 2.0, 0.0))
+
+
+def test_compile_fullgraph_forward_backward():
+    torch._dynamo.reset()
+    q, k, v = random_qkv(2, 4, 2, 33, 33, 32, torch.float32, DEVICE, requires_grad=True)
+    mask = padding_mask("right", 2, 33)
+
+    def step(q, k, v):
+        out = attention(q, k, v, causal=True, attention_mask=mask)
+        return (out * out).sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
+    loss = compiled(q, k, v)
+    grads = torch.autograd.grad(loss, (q, k, v))
+    loss_ref = step(q, k, v)
+    grads_ref = torch.autograd.grad(loss_ref, (q, k, v))
+    assert torch.allclose(loss, loss_ref, atol=1e-5)
+    for a, b in zip(grads, grads_ref):
+        assert torch.allclose(a, b, atol=1e-5)

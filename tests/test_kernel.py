@@ -1,0 +1,161 @@
+"""Forward kernel against the float64 oracle over the feature grid."""
+import pytest
+import torch
+from conftest import DEVICE, DTYPES, ON_GPU
+from helpers import assert_close_to_reference, max_err, random_qkv, reference_pair
+
+from hf_triton_attn import attention
+
+HEAD_GROUPS = [(4, 4), (4, 2), (4, 1)]
+SEQLENS = [(1, 67), (3, 130), (37, 37), (64, 100), (100, 64)]
+
+
+def check_forward(q, k, v, **kwargs):
+    out = attention(q, k, v, **kwargs)
+    ref64, same = reference_pair(q, k, v, **kwargs)
+    assert_close_to_reference(out, ref64, same)
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seqlens", SEQLENS)
+@pytest.mark.parametrize("heads", HEAD_GROUPS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_shapes_gqa_causal(dtype, seqlens, heads, causal):
+    q, k, v = random_qkv(2, *heads, *seqlens, 40, dtype, DEVICE)
+    check_forward(q, k, v, causal=causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [16, 32, 40, 64, 80, 96, 128, 256])
+def test_head_dims(dtype, head_dim):
+    q, k, v = random_qkv(1, 2, 1, 33, 47, head_dim, dtype, DEVICE)
+    check_forward(q, k, v, causal=True)
+
+
+def padding_mask(kind: str, batch: int, seqlen: int) -> torch.Tensor:
+    lengths = torch.randint(1, seqlen, (batch,))
+    positions = torch.arange(seqlen)
+    if kind == "right":
+        mask = positions[None, :] < lengths[:, None]
+    elif kind == "left":
+        mask = positions[None, :] >= (seqlen - lengths)[:, None]
+    else:  # holes anywhere, as custom masks may have
+        mask = torch.rand(batch, seqlen) > 0.4
+    return mask.to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["left", "right", "holes"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlens", [(45, 45), (7, 90)])
+def test_key_padding(dtype, kind, causal, seqlens):
+    q, k, v = random_qkv(3, 4, 2, *seqlens, 32, dtype, DEVICE)
+    check_forward(q, k, v, causal=causal, attention_mask=padding_mask(kind, 3, seqlens[1]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mask_shape", [(2, 1, 29, 53), (1, 4, 29, 53), (2, 4, 29, 53)])
+@pytest.mark.parametrize("mask_kind", ["bool", "additive"])
+def test_dense_masks(dtype, mask_shape, mask_kind):
+    q, k, v = random_qkv(2, 4, 2, 29, 53, 32, dtype, DEVICE)
+    if mask_kind == "bool":
+        mask = torch.rand(mask_shape, device=DEVICE) > 0.3
+    else:
+        mask = torch.randn(mask_shape, device=DEVICE, dtype=dtype)
+        mask[torch.rand(mask_shape, device=DEVICE) < 0.2] = float("-inf")
+    check_forward(q, k, v, attention_mask=mask)
+
+
+def test_dense_mask_and_causal_combine():
+    q, k, v = random_qkv(2, 2, 2, 40, 40, 16, torch.float32, DEVICE)
+    check_forward(q, k, v, causal=True, attention_mask=torch.rand(2, 1, 40, 40, device=DEVICE) > 0.2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fully_masked_rows_give_zeros(dtype):
+    q, k, v = random_qkv(2, 2, 1, 20, 20, 32, dtype, DEVICE)
+    key_mask = torch.ones(2, 20, dtype=torch.bool, device=DEVICE)
+    key_mask[1] = False
+    out = attention(q, k, v, attention_mask=key_mask)
+    assert torch.isfinite(out).all()
+    assert out[1].abs().max() == 0
+    dense = torch.rand(2, 1, 20, 20, device=DEVICE) > 0.5
+    dense[:, :, 3] = False
+    out = attention(q, k, v, attention_mask=dense)
+    assert torch.isfinite(out).all() and out[:, :, 3].abs().max() == 0
+    # More queries than keys with causal alignment bottom-right: the first queries see nothing.
+    q, k, v = random_qkv(1, 2, 2, 30, 10, 32, dtype, DEVICE)
+    out = check_forward(q, k, v, causal=True)
+    assert out[:, :, :20].abs().max() == 0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_seqused_k(causal):
+    q, k, v = random_qkv(3, 4, 2, 5, 64, 32, torch.float32, DEVICE)
+    seqused = torch.tensor([64, 17, 5], device=DEVICE, dtype=torch.int32)
+    check_forward(q, k, v, causal=causal, seqused_k=seqused)
+    key_mask = padding_mask("left", 3, 64)
+    check_forward(q, k, v, causal=causal, seqused_k=seqused, attention_mask=key_mask)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softcap_and_scale(dtype):
+    q, k, v = random_qkv(2, 4, 2, 33, 33, 32, dtype, DEVICE)
+    check_forward(q, k, v, causal=True, softcap=2.5, scale=0.3)
+    check_forward(q, k, v, scale=1.0)
+
+
+@pytest.mark.parametrize("layout", ["bshd", "strided_heads", "sliced_head_dim"])
+def test_non_contiguous_inputs(layout):
+    batch, heads, kv_heads, seqlen, head_dim = 2, 4, 2, 37, 32
+    if layout == "bshd":  # what Transformers passes: (B, S, H, D) storage viewed as (B, H, S, D)
+        q = torch.randn(batch, seqlen, heads, head_dim, device=DEVICE).transpose(1, 2)
+        k = torch.randn(batch, seqlen, kv_heads, head_dim, device=DEVICE).transpose(1, 2)
+        v = torch.randn(batch, seqlen, kv_heads, head_dim, device=DEVICE).transpose(1, 2)
+    elif layout == "strided_heads":  # every other head of a larger tensor
+        q = torch.randn(batch, 2 * heads, seqlen, head_dim, device=DEVICE)[:, ::2]
+        k = torch.randn(batch, 2 * kv_heads, seqlen, head_dim, device=DEVICE)[:, 1::2]
+        v = torch.randn(batch, 2 * kv_heads, seqlen, head_dim, device=DEVICE)[:, ::2]
+    else:  # a head_dim slice of a fused qkv projection, last stride 1 but rows strided
+        fused = torch.randn(batch, heads, seqlen, 3 * head_dim, device=DEVICE)
+        q, k, v = fused[..., :head_dim], fused[:, :kv_heads, :, head_dim:2 * head_dim], fused[:, :kv_heads, :, 2 * head_dim:]
+    assert not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous())
+    check_forward(q, k, v, causal=True)
+
+
+def test_output_layout_is_transformers_layout():
+    q, k, v = random_qkv(2, 4, 2, 9, 9, 16, torch.float32, DEVICE)
+    out = attention(q, k, v)
+    assert out.shape == q.shape
+    assert out.transpose(1, 2).is_contiguous()
+
+
+def test_deterministic():
+    q, k, v = random_qkv(2, 4, 2, 50, 70, 32, torch.float32, DEVICE)
+    mask = padding_mask("holes", 2, 70)
+    first = attention(q, k, v, causal=True, attention_mask=mask)
+    assert torch.equal(first, attention(q, k, v, causal=True, attention_mask=mask))
+
+
+def test_empty_inputs():
+    q, k, v = random_qkv(2, 2, 2, 0, 5, 16, torch.float32, DEVICE)
+    assert attention(q, k, v).shape == (2, 2, 0, 16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(2, 16, 4, 1024, 1024, 128), (1, 8, 8, 777, 2049, 64), (2, 4, 2, 512, 512, 256),
+                                   (4, 12, 12, 300, 300, 96), (8, 32, 8, 1, 4099, 128)])
+def test_large_shapes_gpu(dtype, causal, shape):
+    q, k, v = random_qkv(*shape, dtype, DEVICE)
+    check_forward(q, k, v, causal=causal)
+
+
+@pytest.mark.gpu
+def test_padded_large_gpu():
+    q, k, v = random_qkv(8, 16, 4, 1000, 1000, 128, torch.bfloat16, DEVICE)
+    mask = padding_mask("right", 8, 1000)
+    out = check_forward(q, k, v, causal=True, attention_mask=mask)
+    assert max_err(out, attention(q, k, v, causal=True, attention_mask=mask)) == 0
