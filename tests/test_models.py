@@ -1,0 +1,191 @@
+"""Models with attn_implementation="triton" against eager on the same weights (float32: max abs diff <= 1e-4)."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import transformers
+from conftest import DEVICE
+from tiny_models import DECODER_CONFIGS, bert_config, left_padded_batch, load, right_padded_batch, saved_model
+from transformers import AutoModelForCausalLM, BertForSequenceClassification, BertModel
+
+import hf_triton_attn
+from hf_triton_attn import triton_attention_forward, triton_attention_mask
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=list(DECODER_CONFIGS))
+def decoder(request, tmp_path_factory):
+    return request.param, saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, DECODER_CONFIGS[request.param]())
+
+
+@pytest.fixture(scope="module")
+def bert_path(tmp_path_factory):
+    return saved_model(tmp_path_factory, BertModel, bert_config())
+
+
+def logits_by_impl(path, ids, mask, impls=("eager", "triton"), **kwargs):
+    out = {}
+    for impl in impls:
+        model = load(AutoModelForCausalLM, path, impl, DEVICE)
+        with torch.no_grad():
+            out[impl] = model(input_ids=ids, attention_mask=mask, **kwargs).logits
+    return out
+
+
+def max_diff_on(mask, a, b):
+    return (a - b)[mask.bool()].abs().max().item()
+
+
+def test_registered_in_both_interfaces():
+    assert transformers.AttentionInterface._global_mapping["triton"] is triton_attention_forward
+    assert transformers.masking_utils.AttentionMaskInterface._global_mapping["triton"] is triton_attention_mask
+    hf_triton_attn.register()  # idempotent
+    assert transformers.AttentionInterface._global_mapping["triton"] is triton_attention_forward
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_decoder_padded_logits_match_eager(decoder, padding):
+    name, path = decoder
+    ids, mask = (left_padded_batch if padding == "left" else right_padded_batch)(DEVICE)
+    out = logits_by_impl(path, ids, mask)
+    assert max_diff_on(mask, out["eager"], out["triton"]) <= TOL, name
+
+
+def test_bert_right_padded_matches_eager(bert_path):
+    ids, mask = right_padded_batch(DEVICE)
+    hidden = {}
+    for impl in ("eager", "triton"):
+        with torch.no_grad():
+            hidden[impl] = load(BertModel, bert_path, impl, DEVICE)(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert max_diff_on(mask, hidden["eager"], hidden["triton"]) <= TOL
+
+
+def test_padding_is_not_lost(bert_path):
+    """Each padded row must equal the same sentence run alone: fails if the mask never reaches the kernel."""
+    ids, mask = right_padded_batch(DEVICE)
+    model = load(BertModel, bert_path, "triton", DEVICE)
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        for row in range(ids.shape[0]):
+            length = int(mask[row].sum())
+            alone = model(input_ids=ids[row:row + 1, :length]).last_hidden_state[0]
+            assert (batched[row, :length] - alone).abs().max() <= TOL
+
+
+def test_without_mask_registration_padding_would_be_lost(bert_path, monkeypatch):
+    """Guards the test above: with only the attention function registered, Transformers drops the mask."""
+    monkeypatch.delitem(transformers.masking_utils.AttentionMaskInterface._global_mapping, "triton")
+    ids, mask = right_padded_batch(DEVICE)
+    with torch.no_grad():
+        broken = load(BertModel, bert_path, "triton", DEVICE)(input_ids=ids, attention_mask=mask).last_hidden_state
+        eager = load(BertModel, bert_path, "eager", DEVICE)(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert max_diff_on(mask, broken, eager) > 1e-2
+
+
+def test_from_config_and_set_attn_implementation(bert_path):
+    config = bert_config()
+    model = BertModel._from_config(config, attn_implementation="triton")
+    assert model.config._attn_implementation == "triton"
+    eager = load(BertModel, bert_path, "eager", DEVICE)
+    eager.set_attn_implementation("triton")
+    assert eager.config._attn_implementation == "triton"
+    auto = transformers.AutoModel.from_config(config, attn_implementation="triton")
+    assert auto.config._attn_implementation == "triton"
+
+
+GENERATE_KWARGS = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_greedy_generation_matches_eager(decoder, cache, padded):
+    name, path = decoder
+    ids, mask = left_padded_batch(DEVICE)
+    if not padded:
+        mask = torch.ones_like(mask)
+    kwargs = dict(GENERATE_KWARGS, cache_implementation="static") if cache == "static" else GENERATE_KWARGS
+    tokens = {}
+    for impl in ("eager", "triton"):
+        model = load(AutoModelForCausalLM, path, impl, DEVICE)
+        tokens[impl] = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    assert tokens["triton"].shape[1] == ids.shape[1] + 20
+    assert torch.equal(tokens["eager"], tokens["triton"]), name
+
+
+def test_custom_4d_masks_match_eager(tmp_path_factory):
+    path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, DECODER_CONFIGS["llama"]())
+    ids, _ = left_padded_batch(DEVICE)
+    seqlen = ids.shape[1]
+    keep = torch.tril(torch.ones(seqlen, seqlen, dtype=torch.bool, device=DEVICE))
+    keep[5:, :3] = False  # a custom pattern: late tokens ignore the first three
+    additive = torch.zeros(3, 1, seqlen, seqlen, device=DEVICE).masked_fill(~keep, torch.finfo(torch.float32).min)
+    out = logits_by_impl(path, ids, additive)
+    assert (out["eager"] - out["triton"]).abs().max() <= TOL
+
+
+def test_packed_sequences_match_eager(tmp_path_factory):
+    """No mask + position_ids restarting at 0: Transformers builds a packed-sequence mask (training collators)."""
+    path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, DECODER_CONFIGS["llama"]())
+    ids = torch.randint(3, 90, (1, 15), device=DEVICE)
+    position_ids = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3, 4, 5, 6]], device=DEVICE)
+    out = logits_by_impl(path, ids, None, position_ids=position_ids, use_cache=False)
+    assert (out["eager"] - out["triton"]).abs().max() <= TOL
+    unpacked = logits_by_impl(path, ids[:, 5:8], None, impls=("triton",), use_cache=False)["triton"]
+    assert (out["triton"][:, 5:8] - unpacked).abs().max() <= TOL
+
+
+def test_output_attentions_is_refused(bert_path):
+    model = load(BertModel, bert_path, "triton", DEVICE)
+    with pytest.raises(ValueError, match="output_attentions"):
+        model(input_ids=torch.randint(3, 90, (1, 5), device=DEVICE), output_attentions=True)
+
+
+def call_backend(**kwargs):
+    q = torch.randn(1, 2, 4, 16, device=DEVICE)
+    module = torch.nn.Module()
+    return triton_attention_forward(module, q, q, q, None, **kwargs)
+
+
+def test_backend_contract_and_refusals():
+    out, weights = call_backend()
+    assert out.shape == (1, 4, 2, 16) and weights is None
+    with pytest.raises(NotImplementedError, match="s_aux"):
+        call_backend(s_aux=torch.zeros(2, device=DEVICE))
+    with pytest.raises(NotImplementedError, match="sliding_window"):
+        call_backend(sliding_window=2)
+    with pytest.raises(NotImplementedError, match="cu_seq_lens"):
+        call_backend(cu_seq_lens_q=torch.tensor([0, 2, 4], device=DEVICE))
+    with pytest.raises(NotImplementedError, match="paged"):
+        call_backend(cache=object())
+
+
+def test_position_bias_matches_t5_eager(tmp_path_factory):
+    config = transformers.T5Config(vocab_size=97, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                   decoder_start_token_id=0, pad_token_id=0)
+    path = saved_model(tmp_path_factory, transformers.T5ForConditionalGeneration, config)
+    ids, mask = right_padded_batch(DEVICE, seqlen=10)
+    decoder_ids = torch.randint(3, 90, (3, 6), device=DEVICE)
+    logits = {}
+    for impl in ("eager", "triton"):
+        model = load(transformers.T5ForConditionalGeneration, path, impl, DEVICE)
+        with torch.no_grad():
+            logits[impl] = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    assert (logits["eager"] - logits["triton"]).abs().max() <= TOL
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="checks the CPU error path")
+def test_cpu_tensors_without_interpreter_get_a_clear_error():
+    code = textwrap.dedent("""
+        import torch, hf_triton_attn
+        q = torch.randn(1, 1, 4, 16)
+        try:
+            hf_triton_attn.attention(q, q, q)
+        except ValueError as e:
+            print(e)
+    """)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert "CUDA" in result.stdout and "TRITON_INTERPRET=1" in result.stdout, result.stderr
