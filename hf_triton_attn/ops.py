@@ -14,12 +14,13 @@ from typing import Optional
 
 import torch
 import triton
+from triton.runtime.interpreter import InterpretedFunction
 
 from . import configs
 from ._kernels.bwd import _attn_bwd_dkdv, _attn_bwd_dq, _attn_bwd_preprocess
 from ._kernels.fwd import _attn_fwd
 
-INTERPRET = isinstance(_attn_fwd, triton.runtime.interpreter.InterpretedFunction)
+INTERPRET = isinstance(_attn_fwd, InterpretedFunction)
 
 _NO_TENSOR_STRIDES = (0, 0)
 
