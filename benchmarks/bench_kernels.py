@@ -1,0 +1,514 @@
+"""Attention kernels head to head: ours against SDPA's flash, cuDNN and memory-efficient backends and compiled
+FlexAttention, all in one process on the same inputs, for the cases of /work/shared/PEERS.md.
+
+    PYTHONPATH=. python benchmarks/bench_kernels.py --out results/
+
+Every provider's output (and, for forward+backward, its gradients) is checked against ours once per case
+before timing. Times are the median of ``triton.testing.do_bench`` (which clears the L2 cache before each
+call). Throughput counts:
+
+- dense: 4*B*H*Sq*Skv*D FLOP, halved when causal, times 3.5 for forward+backward;
+- padded: useful FLOP only, the sum over sequences of 4*H*len^2*D, halved when causal;
+- decode (Sq=1): bytes of K and V read once, 2*B*Hkv*L*D*itemsize.
+
+Masks are built outside the timed region for every provider, as a model would build them once per forward
+and share them between layers.
+"""
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+import warnings
+import zlib
+from typing import Callable, ContextManager, Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.testing
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from common import (add_common_arguments, environment_info, format_table, free_cuda_memory, print_environment,
+                    random_lengths, require_cuda, selected, short_error, write_json)
+
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:  # old torch: the flex provider reports n/a
+    create_block_mask = flex_attention = None
+
+WARMUP_MS = 25
+REP_MS = 100
+OUTPUT_TOLERANCE = 2e-2    # max |difference| of bf16/fp16 outputs (randn inputs, outputs of order 1)
+GRADIENT_TOLERANCE = 2e-2  # relative norm error ||a - b|| / ||b|| of each gradient
+LENGTHS_SEED = 0
+DEVICE = "cuda"  # one constant, so that the logic can be exercised on a CPU by patching it
+
+GROUP_UNITS = {"dense fwd": "TFLOP/s", "dense fwdbwd": "TFLOP/s", "padded fwd": "useful TFLOP/s", "decode": "GB/s"}
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelCase:
+    group: str  # a key of GROUP_UNITS
+    batch: int
+    heads: int
+    kv_heads: int
+    seqlen: int  # keys; queries too, except for decode (one query)
+    head_dim: int
+    causal: bool
+    dtype: torch.dtype = torch.bfloat16
+
+    @property
+    def seqlen_q(self) -> int:
+        return 1 if self.group == "decode" else self.seqlen
+
+    @property
+    def backward(self) -> bool:
+        return self.group == "dense fwdbwd"
+
+    @property
+    def padded(self) -> bool:
+        return self.group == "padded fwd"
+
+    @property
+    def gqa(self) -> bool:
+        return self.heads != self.kv_heads
+
+    @property
+    def name(self) -> str:
+        dtype = str(self.dtype).replace("torch.", "")
+        if self.group == "decode":
+            return f"decode B{self.batch} H{self.heads}/{self.kv_heads} L{self.seqlen} D{self.head_dim} {dtype}"
+        heads = f"H{self.heads}" if self.padded else f"H{self.heads}/{self.kv_heads}"
+        mask = "causal" if self.causal else "full"
+        return f"{self.group} B{self.batch} {heads} S{self.seqlen} D{self.head_dim} {mask} {dtype}"
+
+    @property
+    def seed(self) -> int:
+        # From the name, so a case draws the same inputs whichever other cases --cases/--quick select.
+        return zlib.crc32(self.name.encode())
+
+
+def all_cases() -> list[KernelCase]:
+    """The rows of PEERS.md, in its order."""
+    cases = []
+    for batch, seqlen in ((16, 1024), (4, 4096), (1, 16384)):
+        for heads, head_dim in ((32, 64), (16, 128)):
+            for causal in (False, True):
+                cases.append(KernelCase("dense fwd", batch, heads, heads, seqlen, head_dim, causal))
+    cases += [
+        KernelCase("dense fwd", 4, 32, 8, 4096, 128, True),
+        KernelCase("dense fwd", 4, 32, 32, 4096, 128, True, torch.float16),
+        KernelCase("dense fwd", 2, 8, 8, 4096, 256, True),
+        KernelCase("dense fwdbwd", 16, 16, 16, 1024, 128, True),
+        KernelCase("dense fwdbwd", 4, 16, 16, 4096, 128, True),
+        KernelCase("dense fwdbwd", 1, 16, 16, 16384, 128, True),
+        KernelCase("dense fwdbwd", 4, 32, 8, 4096, 128, True),
+        KernelCase("padded fwd", 16, 16, 16, 2048, 128, True),
+        KernelCase("padded fwd", 16, 12, 12, 512, 64, False),
+    ]
+    for batch, cache_len in ((8, 1024), (8, 8192), (8, 32768), (1, 131072)):
+        cases.append(KernelCase("decode", batch, 32, 8, cache_len, 128, False))
+    return cases
+
+
+QUICK_CASE_NAMES = (
+    "dense fwd B4 H32/8 S4096 D128 causal bfloat16",
+    "dense fwdbwd B4 H16/16 S4096 D128 causal bfloat16",
+    "padded fwd B16 H12 S512 D64 full bfloat16",
+    "decode B8 H32/8 L8192 D128 bfloat16",
+)
+
+
+def case_lengths(case: KernelCase) -> Optional[list[int]]:
+    return random_lengths(case.batch, case.seqlen, LENGTHS_SEED) if case.padded else None
+
+
+def case_work(case: KernelCase, lengths: Optional[list[int]]) -> float:
+    """FLOP (dense, padded) or bytes (decode) that the throughput figure counts."""
+    if case.group == "decode":
+        return 2.0 * case.batch * case.kv_heads * case.seqlen * case.head_dim * case.dtype.itemsize
+    causal_factor = 0.5 if case.causal else 1.0
+    if case.padded:
+        return causal_factor * sum(4.0 * case.heads * length * length * case.head_dim for length in lengths)
+    backward_factor = 3.5 if case.backward else 1.0
+    return (4.0 * case.batch * case.heads * case.seqlen_q * case.seqlen * case.head_dim
+            * causal_factor * backward_factor)
+
+
+def throughput(case: KernelCase, work: float, ms: float) -> float:
+    """TFLOP/s, or GB/s for decode."""
+    per_second = work / (ms * 1e-3)
+    return per_second / (1e9 if case.group == "decode" else 1e12)
+
+
+@dataclasses.dataclass
+class Inputs:
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    grad_out: Optional[torch.Tensor]        # forward+backward only
+    lengths: Optional[list[int]]            # padded only
+    key_padding_mask: Optional[torch.Tensor]  # (B, S) bool, True = attend: what ours takes
+    sdpa_mask: Optional[torch.Tensor]       # (B, 1, S, S) bool: what Transformers builds for SDPA
+
+
+def make_inputs(case: KernelCase, lengths: Optional[list[int]]) -> Inputs:
+    generator = torch.Generator(device=DEVICE).manual_seed(case.seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, device=DEVICE, dtype=case.dtype, generator=generator)
+
+    q = randn(case.batch, case.heads, case.seqlen_q, case.head_dim)
+    k = randn(case.batch, case.kv_heads, case.seqlen, case.head_dim)
+    v = randn(case.batch, case.kv_heads, case.seqlen, case.head_dim)
+    grad_out = None
+    if case.backward:
+        for t in (q, k, v):
+            t.requires_grad_(True)
+        grad_out = randn(case.batch, case.heads, case.seqlen_q, case.head_dim)
+    key_padding_mask = sdpa_mask = None
+    if lengths is not None:
+        positions = torch.arange(case.seqlen, device=DEVICE)
+        key_padding_mask = positions[None, :] < torch.tensor(lengths, device=DEVICE)[:, None]
+        sdpa_mask = key_padding_mask[:, None, None, :].expand(case.batch, 1, case.seqlen, case.seqlen)
+        if case.causal:
+            sdpa_mask = sdpa_mask & (positions[None, :] <= positions[:, None])
+        sdpa_mask = sdpa_mask.contiguous()
+    return Inputs(q, k, v, grad_out, lengths, key_padding_mask, sdpa_mask)
+
+
+# A provider maker returns (context to enter around the calls, forward function returning (B, H, Sq, D)).
+ProviderMaker = Callable[[KernelCase, Inputs], tuple[ContextManager, Callable[[], torch.Tensor]]]
+
+
+def make_ours(case: KernelCase, inputs: Inputs):
+    # Imported here, not at the top, so that --help works and a broken package fails as a provider (n/a).
+    import hf_triton_attn
+
+    def forward():
+        return hf_triton_attn.attention(inputs.q, inputs.k, inputs.v, causal=case.causal,
+                                        attention_mask=inputs.key_padding_mask)
+    return contextlib.nullcontext(), forward
+
+
+def sdpa_maker(backend: SDPBackend) -> ProviderMaker:
+    def make(case: KernelCase, inputs: Inputs):
+        kwargs = {"attn_mask": inputs.sdpa_mask, "is_causal": case.causal and inputs.sdpa_mask is None}
+        if case.gqa:
+            kwargs["enable_gqa"] = True  # backends that cannot share kv heads refuse: reported n/a
+
+        def forward():
+            return F.scaled_dot_product_attention(inputs.q, inputs.k, inputs.v, **kwargs)
+        # Entered once around verification and timing, not per call: decode calls last microseconds.
+        return sdpa_kernel([backend]), forward
+    return make
+
+
+def flex_block_mask(case: KernelCase, inputs: Inputs):
+    """The block mask a model would build: from the lengths when padded, causal, or none (full)."""
+    if inputs.lengths is not None:
+        lengths = torch.tensor(inputs.lengths, device=DEVICE)
+        if case.causal:
+            def mask_mod(b, h, q_idx, kv_idx):
+                return (kv_idx < lengths[b]) & (kv_idx <= q_idx)
+        else:
+            def mask_mod(b, h, q_idx, kv_idx):
+                return kv_idx < lengths[b]
+        return create_block_mask(mask_mod, B=case.batch, H=None, Q_LEN=case.seqlen_q, KV_LEN=case.seqlen,
+                                 device=DEVICE)
+    if case.causal:
+        # Sq == Skv for every causal case here, so top-left and bottom-right alignment agree.
+        def causal_mod(b, h, q_idx, kv_idx):
+            return kv_idx <= q_idx
+        return create_block_mask(causal_mod, B=None, H=None, Q_LEN=case.seqlen_q, KV_LEN=case.seqlen,
+                                 device=DEVICE)
+    return None
+
+
+def make_flex(case: KernelCase, inputs: Inputs):
+    if flex_attention is None:
+        raise NotImplementedError("torch.nn.attention.flex_attention is not available in this torch")
+    # Each case compiles for its own static shapes; clearing Dynamo's cache first keeps the ~25 cases from
+    # hitting the recompile limit (8 per function), past which Dynamo would silently run flex uncompiled.
+    torch._dynamo.reset()
+    compiled_flex = torch.compile(flex_attention, dynamic=False)
+    block_mask = flex_block_mask(case, inputs)
+
+    def forward():
+        return compiled_flex(inputs.q, inputs.k, inputs.v, block_mask=block_mask, enable_gqa=case.gqa)
+    return contextlib.nullcontext(), forward
+
+
+PROVIDERS: dict[str, ProviderMaker] = {
+    "ours": make_ours,
+    "sdpa flash": sdpa_maker(SDPBackend.FLASH_ATTENTION),
+    "sdpa cudnn": sdpa_maker(SDPBackend.CUDNN_ATTENTION),
+    "sdpa efficient": sdpa_maker(SDPBackend.EFFICIENT_ATTENTION),
+    "flex": make_flex,
+}
+PEER_NAMES = [name for name in PROVIDERS if name != "ours"]
+
+
+@dataclasses.dataclass
+class ProviderResult:
+    status: str  # "ok", "n/a" (refused or failed: see reason), "oom"
+    ms: Optional[float] = None
+    value: Optional[float] = None  # in the case group's unit
+    max_abs_diff: Optional[float] = None  # output against ours
+    grad_rel_err: Optional[float] = None  # worst of dq, dk, dv against ours (forward+backward)
+    mismatch: bool = False
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class Reference:
+    """Our output (and gradients), which every peer is compared against."""
+    out: torch.Tensor
+    grads: Optional[tuple[torch.Tensor, ...]]
+
+
+def run_once(case: KernelCase, inputs: Inputs, forward) -> Reference:
+    """One call, outside timing: compiles/JITs the provider and gives the values to verify."""
+    if not case.backward:
+        return Reference(forward().detach(), None)
+    for t in (inputs.q, inputs.k, inputs.v):
+        t.grad = None
+    out = forward()
+    out.backward(inputs.grad_out)
+    grads = (inputs.q.grad, inputs.k.grad, inputs.v.grad)
+    for t in (inputs.q, inputs.k, inputs.v):
+        t.grad = None
+    return Reference(out.detach(), grads)
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def verify(result: ProviderResult, got: Reference, reference: Reference) -> None:
+    result.max_abs_diff = max_abs_diff(got.out, reference.out)
+    # "not <=" so that NaN counts as a mismatch.
+    result.mismatch = not result.max_abs_diff <= OUTPUT_TOLERANCE
+    if reference.grads is not None:
+        result.grad_rel_err = max(relative_error(g, r) for g, r in zip(got.grads, reference.grads))
+        result.mismatch |= not result.grad_rel_err <= GRADIENT_TOLERANCE
+
+
+def refusal_reason(exc: Exception, caught: list[warnings.WarningMessage]) -> str:
+    """The exception, plus SDPA's explanation: it warns why each backend refused, then raises only
+    "No available kernel", and the warnings' headers ("... kernel not used because:") say nothing alone."""
+    explanations = []
+    for w in caught:
+        text = (str(w.message).strip().splitlines() or [""])[0]
+        if text and not text.endswith("because:") and text not in explanations:
+            explanations.append(text)
+    reason = short_error(exc)
+    return reason + (" -- " + "; ".join(explanations[:2]) if explanations else "")
+
+
+def bench_provider(case: KernelCase, inputs: Inputs, make: ProviderMaker, work: float,
+                   reference: Optional[Reference]) -> tuple[ProviderResult, Optional[Reference]]:
+    """Verify then time one provider. Returns its result and its output (ours becomes the reference)."""
+    # Backends explain a refusal in warnings before raising "No available kernel": keep them as the reason.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            context, forward = make(case, inputs)
+            with context:
+                got = run_once(case, inputs, forward)
+                if case.backward:
+                    def step():
+                        forward().backward(inputs.grad_out)
+                    grad_to_none = [inputs.q, inputs.k, inputs.v]
+                else:
+                    step, grad_to_none = forward, None
+                ms = triton.testing.do_bench(step, warmup=WARMUP_MS, rep=REP_MS, grad_to_none=grad_to_none,
+                                             return_mode="median")
+            result = ProviderResult("ok", ms=ms, value=throughput(case, work, ms))
+            if reference is not None:
+                verify(result, got, reference)
+        except torch.cuda.OutOfMemoryError:
+            result, got = ProviderResult("oom", reason="CUDA out of memory"), None
+        except Exception as exc:  # a backend refusing the case, or failing to compile
+            result, got = ProviderResult("n/a", reason=refusal_reason(exc, caught)), None
+    free_cuda_memory()
+    return result, got
+
+
+def describe(result: ProviderResult, unit: str) -> str:
+    if result.status != "ok":
+        return f"{result.status:>8}  {result.reason}"
+    text = f"{result.ms:9.4f} ms {result.value:8.1f} {unit}"
+    if result.max_abs_diff is not None:
+        text += f"  max|dout| {result.max_abs_diff:.2e}"
+    if result.grad_rel_err is not None:
+        text += f"  grad rel err {result.grad_rel_err:.2e}"
+    if result.mismatch:
+        text += "  MISMATCH vs ours"
+    return text
+
+
+def ratio_to_best_peer(results: dict[str, ProviderResult]) -> tuple[Optional[float], Optional[str]]:
+    """Our throughput over the best peer's that ran (None when either side has no number)."""
+    peers = [(results[name].value, name) for name in PEER_NAMES if name in results and results[name].value]
+    ours = results.get("ours")
+    if not peers or ours is None or not ours.value:
+        return None, None
+    best_value, best_name = max(peers)
+    return ours.value / best_value, best_name
+
+
+def run_case(case: KernelCase) -> dict:
+    lengths = case_lengths(case)
+    work = case_work(case, lengths)
+    unit = GROUP_UNITS[case.group]
+    inputs = make_inputs(case, lengths)
+    results: dict[str, ProviderResult] = {}
+    reference = None
+    for name, make in PROVIDERS.items():
+        result, got = bench_provider(case, inputs, make, work, reference)
+        if name == "ours":
+            reference = got
+        elif reference is None:
+            result.reason = (result.reason + " (not verified: ours failed)").strip()
+        results[name] = result
+        print(f"  {name:<15} {describe(result, unit)}", flush=True)
+        del got
+    ratio, best_peer = ratio_to_best_peer(results)
+    print(f"  ours/best_peer  {'n/a' if ratio is None else f'{ratio:.2f} (vs {best_peer})'}", flush=True)
+    del inputs, reference
+    free_cuda_memory()
+    return {
+        "name": case.name,
+        "group": case.group,
+        "unit": unit,
+        "shape": dataclasses.asdict(case) | {"dtype": str(case.dtype), "seqlen_q": case.seqlen_q},
+        "work": work,
+        "lengths": lengths,
+        "results": {name: dataclasses.asdict(r) for name, r in results.items()},
+        "ours_over_best_peer": ratio,
+        "best_peer": best_peer,
+    }
+
+
+def matmul_tflops(size: int = 8192) -> float:
+    a = torch.randn(size, size, device=DEVICE, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=DEVICE, dtype=torch.bfloat16)
+    ms = triton.testing.do_bench(lambda: a @ b, warmup=WARMUP_MS, rep=REP_MS, return_mode="median")
+    return 2 * size**3 / (ms * 1e-3) / 1e12
+
+
+def copy_gbps(gib: int = 1) -> float:
+    """Device-to-device copy, counting bytes read plus bytes written."""
+    source = torch.randn(gib * 2**28, device=DEVICE)  # float32
+    target = torch.empty_like(source)
+    ms = triton.testing.do_bench(lambda: target.copy_(source), warmup=WARMUP_MS, rep=REP_MS, return_mode="median")
+    return 2 * source.numel() * source.element_size() / (ms * 1e-3) / 1e9
+
+
+def measure_ceilings() -> dict:
+    """The two roofs of PEERS.md, measured in this run: a bf16 8192^3 matmul and a 1 GiB device copy."""
+    ceilings = {}
+    try:
+        ceilings["matmul_bf16_tflops"] = matmul_tflops()
+        ceilings["copy_gbps_read_plus_write"] = copy_gbps()
+    except Exception as exc:  # ceilings are context, never a reason to stop
+        ceilings["error"] = short_error(exc)
+    free_cuda_memory()
+    return ceilings
+
+
+def format_cell(result: dict) -> str:
+    if result["status"] != "ok":
+        return result["status"]
+    return f"{result['value']:.1f}" + ("!" if result["mismatch"] else "")
+
+
+def summary_tables(records: list[dict]) -> str:
+    blocks = []
+    for group, unit in GROUP_UNITS.items():
+        rows = []
+        for record in (r for r in records if r["group"] == group):
+            ratio = record["ours_over_best_peer"]
+            rows.append([record["name"].removeprefix(group + " ")]
+                        + [format_cell(record["results"][name]) for name in PROVIDERS]
+                        + ["n/a" if ratio is None else f"{ratio:.2f}"])
+        if rows:
+            blocks.append(f"{group} ({unit}; '!' = output differs from ours)\n"
+                          + format_table(["case", *PROVIDERS, "ours/best_peer"], rows))
+    return "\n\n".join(blocks)
+
+
+def save_plot(records: list[dict], path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", flush=True)
+        return
+    plotted = [r for r in records if r["ours_over_best_peer"] is not None]
+    if not plotted:
+        return
+    colors = dict(zip(GROUP_UNITS, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+    figure, axes = plt.subplots(figsize=(10, 0.32 * len(plotted) + 1.5))
+    positions = range(len(plotted))
+    bars = axes.barh(positions, [r["ours_over_best_peer"] for r in plotted],
+                     color=[colors[r["group"]] for r in plotted])
+    axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    axes.set_yticks(list(positions), [r["name"] for r in plotted], fontsize=7)
+    axes.invert_yaxis()
+    axes.axvline(1.0, color="black", linewidth=0.8)
+    axes.set_xlabel("our throughput / best peer's (>1: ours faster)")
+    axes.set_title("hf_triton_attn vs best of SDPA flash/cuDNN/efficient and FlexAttention")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    print(f"plot: {path}", flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cases = all_cases()
+    if args.quick:
+        cases = [c for c in cases if c.name in QUICK_CASE_NAMES]
+    cases = [c for c in cases if selected(c.name, args.cases)]
+    if not cases:
+        raise SystemExit("no case matches --cases")
+    require_cuda()
+    env = environment_info()
+    print_environment(env)
+    json_path = os.path.join(args.out, "bench_kernels.json") if args.out else None
+    payload = {"environment": env, "settings": {"warmup_ms": WARMUP_MS, "rep_ms": REP_MS,
+                                                "output_tolerance": OUTPUT_TOLERANCE,
+                                                "gradient_tolerance": GRADIENT_TOLERANCE, "quick": args.quick},
+               "ceilings": measure_ceilings(), "cases": []}
+    print("ceilings: " + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in payload["ceilings"].items()), flush=True)
+    started = time.perf_counter()
+    for index, case in enumerate(cases, 1):
+        print(f"[{index}/{len(cases)}] {case.name} ({time.perf_counter() - started:.0f} s)", flush=True)
+        payload["cases"].append(run_case(case))
+        if json_path:
+            write_json(json_path, payload)  # after every case: a run cut short keeps what it measured
+    print(f"\ndone in {time.perf_counter() - started:.0f} s\n")
+    print(summary_tables(payload["cases"]), flush=True)
+    if args.out:
+        print(f"\njson: {json_path}")
+        save_plot(payload["cases"], os.path.join(args.out, "bench_kernels.png"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The H100 check in one command (device time is scarce): versions, the whole test suite (bf16 and large
+# shapes included), the three examples, then optional benchmark arguments. Logs go to $OUT.
+#   bash scripts/gpu_check.sh [tests|examples|bench-quick|bench|models]...
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=. OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+python -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+summary=()
+for step in "$@"; do
+  start=$SECONDS
+  case $step in
+    tests) python -m pytest -q -n 8 tests > "$OUT/tests.log" 2>&1; rc=$?; tail -n 25 "$OUT/tests.log" ;;
+    examples)
+      rc=0
+      python examples/compare_bert.py .carry/minilm-fp16 --dtype float16 > "$OUT/examples.log" 2>&1 || rc=1
+      python examples/compare_bert.py .carry/minilm-fp16 --dtype float32 >> "$OUT/examples.log" 2>&1 || rc=1
+      python examples/compare_gpt.py --size large >> "$OUT/examples.log" 2>&1 || rc=1
+      python examples/compare_gpt.py --dtype float32 >> "$OUT/examples.log" 2>&1 || rc=1
+      python examples/finetune.py >> "$OUT/examples.log" 2>&1 || rc=1
+      grep -E "PASS|FAIL|max|tol|loss|Error" "$OUT/examples.log" | tail -n 40 ;;
+    bench-quick) python benchmarks/bench_kernels.py --quick --out "$OUT" > "$OUT/bench.log" 2>&1; rc=$?; tail -n 40 "$OUT/bench.log" ;;
+    bench) python benchmarks/bench_kernels.py --out "$OUT" > "$OUT/bench.log" 2>&1; rc=$?; tail -n 60 "$OUT/bench.log" ;;
+    models) python benchmarks/bench_models.py --out "$OUT" > "$OUT/models.log" 2>&1; rc=$?; tail -n 40 "$OUT/models.log" ;;
+    *) echo "unknown step $step"; rc=2 ;;
+  esac
+  summary+=("$step: rc=$rc in $((SECONDS - start))s")
+done
+printf '%s\n' "${summary[@]}"
