@@ -90,6 +90,14 @@ def test_fully_masked_rows_give_zeros(dtype):
     assert out[:, :, :20].abs().max() == 0
 
 
+def test_very_negative_scores_after_a_fully_masked_block():
+    """The running max must stay -inf across masked blocks, or later exp2(score - max) underflows to 0."""
+    q, k, v = random_qkv(2, 2, 2, 16, 96, 32, torch.float32, DEVICE)
+    mask = torch.full((2, 1, 16, 96), -500.0, device=DEVICE)
+    mask[..., :40] = float("-inf")
+    check_forward(q, k, v, attention_mask=mask)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_seqused_k(causal):
     q, k, v = random_qkv(3, 4, 2, 5, 64, 32, torch.float32, DEVICE)

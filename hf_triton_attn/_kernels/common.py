@@ -30,18 +30,14 @@ def _apply_masks(
     s, offs_m, offs_n, kv_end, q_start, pid_b, pid_h,
     KeyMask, stride_kmb, stride_kmn,
     Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
-    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr, CHECK_BOUNDS: tl.constexpr = True,
 ):
     """Set masked scores to -inf. ``kv_end`` bounds the keys in use, ``q_start`` is query 0's key position.
 
     MASK_KIND: 0 no dense mask, 1 boolean keep-mask, 2 additive float mask (added in log2 units).
+    CHECK_BOUNDS=False (with IS_CAUSAL=False) is for tiles the caller knows to lie wholly inside the keys in use
+    and left of the causal diagonal: only the explicit masks remain to apply there.
     """
-    valid = offs_n[None, :] < kv_end
-    if IS_CAUSAL:
-        valid = valid & (offs_n[None, :] <= q_start + offs_m[:, None])
-    if HAS_KEY_MASK:
-        km = tl.load(KeyMask + pid_b.to(tl.int64) * stride_kmb + offs_n * stride_kmn, mask=offs_n < kv_end, other=0)
-        valid = valid & (km != 0)[None, :]
     if MASK_KIND != 0:
         mask_ptrs = (
             Mask + pid_b.to(tl.int64) * stride_mb + pid_h.to(tl.int64) * stride_mh
@@ -49,10 +45,21 @@ def _apply_masks(
         )
         in_bounds = (offs_m[:, None] < Sq) & (offs_n[None, :] < kv_end)
         if MASK_KIND == 1:
-            valid = valid & (tl.load(mask_ptrs, mask=in_bounds, other=0) != 0)
+            s = tl.where(tl.load(mask_ptrs, mask=in_bounds, other=0) != 0, s, float("-inf"))
         else:
             s = s + tl.load(mask_ptrs, mask=in_bounds, other=0.0).to(tl.float32) * LOG2E
-    return tl.where(valid, s, float("-inf"))
+    if HAS_KEY_MASK:
+        km_ptrs = KeyMask + pid_b.to(tl.int64) * stride_kmb + offs_n * stride_kmn
+        if CHECK_BOUNDS:
+            km = tl.load(km_ptrs, mask=offs_n < kv_end, other=0)
+        else:
+            km = tl.load(km_ptrs)
+        s = tl.where((km != 0)[None, :], s, float("-inf"))
+    if IS_CAUSAL:
+        s = tl.where((offs_n[None, :] < kv_end) & (offs_n[None, :] <= q_start + offs_m[:, None]), s, float("-inf"))
+    elif CHECK_BOUNDS:
+        s = tl.where(offs_n[None, :] < kv_end, s, float("-inf"))
+    return s
 
 
 @triton.jit

@@ -2,7 +2,53 @@
 import triton
 import triton.language as tl
 
-from .common import LOG2E, _apply_masks, _dropout_keep, _scores
+from .common import _apply_masks, _dropout_keep, _scores
+
+
+@triton.jit
+def _attn_fwd_inner(
+    acc, l_i, m_i, q, k_base, v_base, lo, hi,
+    offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+    sm_scale, softcap, dropout_p, Sq, Skv,
+    stride_kn, stride_kd, stride_vn, stride_vd,
+    KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Online-softmax update over key blocks [lo, hi). Masking work is compiled in only where the caller asks."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        k_ptrs = k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
+        v_ptrs = v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd
+        if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
+            n_ok = offs_n < kv_end
+            d_ok = offs_d < HEAD_DIM
+            k_t = tl.load(k_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        else:
+            k_t = tl.load(k_ptrs)
+        s, _ = _scores(q, k_t, sm_scale, softcap, DOT_PRECISION, HAS_SOFTCAP)
+        s = _apply_masks(s, offs_m, offs_n, kv_end, q_start, pid_b, pid_h,
+                         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
+                         IS_CAUSAL, HAS_KEY_MASK, MASK_KIND, CHECK_BOUNDS)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_shift = m_new
+        if IS_CAUSAL or CHECK_BOUNDS or HAS_KEY_MASK or MASK_KIND != 0:
+            # A row with no visible key yet keeps m = -inf; subtracting 0 instead avoids inf - inf = NaN.
+            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_shift[:, None])
+        alpha = tl.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, Skv, dropout_p)
+            p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+        if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
+            v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.jit
@@ -35,10 +81,11 @@ def _attn_fwd(
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
+    m_ok = offs_m < Sq
 
     q_ptrs = (Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
               + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd)
-    q = tl.load(q_ptrs, mask=(offs_m[:, None] < Sq) & d_ok[None, :], other=0.0)
+    q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
     k_base = K + pid_b.to(tl.int64) * stride_kb + pid_hk.to(tl.int64) * stride_kh
     v_base = V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
 
@@ -50,38 +97,34 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
+    # Key blocks [0, full_end) lie wholly inside the keys in use and (if causal) left of every query's diagonal:
+    # they run without bounds or causal masks. [full_end, hi) holds the diagonal and the ragged tail.
+    full_end = kv_end // BLOCK_N * BLOCK_N
     hi = kv_end
     if IS_CAUSAL:
-        # Key blocks wholly right of this query block's last diagonal are never computed.
-        hi = tl.maximum(tl.minimum(hi, q_start + (pid_m + 1) * BLOCK_M), 0)
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        n_ok = offs_n < kv_end
-        k_t = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd,
-                      mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        s, _ = _scores(q, k_t, sm_scale, softcap, DOT_PRECISION, HAS_SOFTCAP)
-        s = _apply_masks(s, offs_m, offs_n, kv_end, q_start, pid_b, pid_h,
-                         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
-                         IS_CAUSAL, HAS_KEY_MASK, MASK_KIND)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row with no visible key yet keeps m = -inf; subtracting 0 instead avoids inf - inf = NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if HAS_DROPOUT:
-            keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, Skv, dropout_p)
-            p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
-        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        first_query_pos = q_start + pid_m * BLOCK_M
+        full_end = tl.minimum(full_end, tl.maximum(first_query_pos + 1, 0) // BLOCK_N * BLOCK_N)
+        hi = tl.maximum(tl.minimum(hi, first_query_pos + BLOCK_M), 0)
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, 0, full_end,
+        offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+        sm_scale, softcap, dropout_p, Sq, Skv,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, full_end, hi,
+        offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+        sm_scale, softcap, dropout_p, Sq, Skv,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+        HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+        DOT_PRECISION)
 
     # Rows that saw no key (all masked) give 0, and an LSE of 0 makes the backward's probabilities 0 too.
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), 0.0)
-    m_ok = offs_m < Sq
     tl.store(LSE + pid_bh.to(tl.int64) * Sq + offs_m, lse, mask=m_ok)
     o_ptrs = (Out + pid_b.to(tl.int64) * stride_ob + pid_h.to(tl.int64) * stride_oh
               + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od)
