@@ -43,3 +43,32 @@ def backward_config(block_d: int, interpret: bool) -> LaunchConfig:
 
 def preprocess_block_m(interpret: bool) -> int:
     return 32 if interpret else 128
+
+
+# Split-KV (decoding) path: taken when every query head of a kv head fits one tile of packed rows.
+SPLIT_KV_MAX_ROWS = 64
+SPLIT_KV_MAX_QUERIES = 16
+
+
+@dataclass(frozen=True)
+class SplitKVPlan:
+    block_r: int
+    block_n: int
+    split_size: int
+    num_splits: int
+    num_warps: int
+    num_stages: int
+
+
+def split_kv_plan(rows: int, programs_per_split: int, seqlen_k: int, block_d: int, sm_count: int,
+                  interpret: bool) -> SplitKVPlan:
+    """Enough splits that about two programs per multiprocessor stream the cache, each at least 4 key blocks."""
+    block_r = max(16, triton.next_power_of_2(rows))
+    block_n = 32 if interpret else (64 if block_d <= 128 else 32)
+    if interpret:
+        split_size = 2 * block_n  # several splits even at test sizes, so the merge is exercised
+    else:
+        splits = max(1, min(triton.cdiv(2 * sm_count, programs_per_split), triton.cdiv(seqlen_k, 4 * block_n)))
+        split_size = triton.cdiv(triton.cdiv(seqlen_k, splits), block_n) * block_n
+    return SplitKVPlan(block_r, block_n, split_size, triton.cdiv(seqlen_k, split_size),
+                       num_warps=1 if interpret else 4, num_stages=1 if interpret else 3)

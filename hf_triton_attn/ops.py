@@ -10,6 +10,7 @@ Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the 
 log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B,) keys in use,
 ``mask`` a dense (B|1, H|1, Sq, Skv) boolean or additive float mask, ``seed`` a one-element int64 tensor.
 """
+import functools
 from typing import Optional
 
 import torch
@@ -18,6 +19,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from . import configs
 from ._kernels.bwd import _attn_bwd_dkdv, _attn_bwd_dq, _attn_bwd_preprocess
+from ._kernels.decode import _attn_combine_splits, _attn_fwd_split
 from ._kernels.fwd import _attn_fwd
 
 INTERPRET = isinstance(_attn_fwd, InterpretedFunction)
@@ -78,6 +80,9 @@ def attention_forward(
     lse = torch.empty((batch, heads, sq), device=q.device, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
+    if _takes_split_kv(sq, heads // hkv, skv, mask, dropout_p):
+        _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, causal, scale, softcap)
+        return out, lse
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
     cfg = configs.forward_config(block_d, INTERPRET)
@@ -94,6 +99,45 @@ def attention_forward(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse
+
+
+def _takes_split_kv(sq: int, group: int, skv: int, mask, dropout_p: float) -> bool:
+    return (mask is None and dropout_p == 0.0 and sq <= configs.SPLIT_KV_MAX_QUERIES
+            and sq * group <= configs.SPLIT_KV_MAX_ROWS and skv > sq)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, causal, scale, softcap) -> None:
+    batch, heads, sq, head_dim = q.shape
+    hkv, skv = k.shape[1], k.shape[2]
+    group = heads // hkv
+    key_mask, _, km_strides, _, _ = _mask_args(key_mask, None, q, sq, skv)
+    block_d = configs.padded_head_dim(head_dim)
+    plan = configs.split_kv_plan(group * sq, batch * hkv, skv, block_d, _sm_count(q.device), INTERPRET)
+    parts = batch * hkv * plan.num_splits * plan.block_r
+    part_out = torch.empty((parts, block_d), device=q.device, dtype=torch.float32)
+    part_max = torch.empty((parts,), device=q.device, dtype=torch.float32)
+    part_sum = torch.empty((parts,), device=q.device, dtype=torch.float32)
+    _attn_fwd_split[(plan.num_splits, batch * hkv)](
+        q, k, v, part_out, part_max, part_sum, key_mask, seqused_k,
+        scale, softcap,
+        *q.stride(), *k.stride(), *v.stride(), *km_strides,
+        hkv, sq, skv, group, plan.split_size, plan.num_splits,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r, BLOCK_N=plan.block_n,
+        IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, HAS_SEQUSED=seqused_k is not None,
+        HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=plan.num_warps, num_stages=plan.num_stages,
+    )
+    _attn_combine_splits[(group * sq, batch * hkv)](
+        part_out, part_max, part_sum, out, lse, *out.transpose(1, 2).stride(),
+        heads, hkv, sq, group, plan.num_splits,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r,
+        BLOCK_S=max(2, triton.next_power_of_2(plan.num_splits)), num_warps=1 if INTERPRET else 4,
+    )
 
 
 @attention_forward.register_fake

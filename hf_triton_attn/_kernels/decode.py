@@ -1,0 +1,101 @@
+"""Split-KV forward for short query lengths (decoding): flash-decoding with GQA packing.
+
+One program per (key split, batch, kv head) stacks the ``GROUP * Sq`` query rows that share the kv head into one
+tile, so each K/V element is read once per kv head, and the key range is split so that enough programs stream
+the cache in parallel. A second kernel merges the splits' partial results with their log-sum-exps.
+"""
+import triton
+import triton.language as tl
+
+from .fwd import _attn_fwd_inner
+
+
+@triton.jit
+def _attn_fwd_split(
+    Q, K, V, PartOut, PartMax, PartSum, KeyMask, SeqUsedK,
+    sm_scale, softcap,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_kmb, stride_kmn,
+    Hkv, Sq, Skv, GROUP, split_size, num_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_s = tl.program_id(0)
+    pid_bhk = tl.program_id(1)
+    pid_b = pid_bhk // Hkv
+    pid_hk = pid_bhk % Hkv
+
+    kv_end = Skv
+    if HAS_SEQUSED:
+        kv_end = tl.minimum(tl.load(SeqUsedK + pid_b), Skv)
+    q_start = kv_end - Sq
+
+    rows = tl.arange(0, BLOCK_R)
+    row_ok = rows < GROUP * Sq
+    query = rows % Sq  # the row's query index: what the causal mask compares against
+    head = pid_hk * GROUP + rows // Sq
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(Q + pid_b.to(tl.int64) * stride_qb + head[:, None].to(tl.int64) * stride_qh
+                + query[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd,
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = K + pid_b.to(tl.int64) * stride_kb + pid_hk.to(tl.int64) * stride_kh
+    v_base = V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
+
+    lo = pid_s * split_size
+    hi = tl.minimum(lo + split_size, kv_end)
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, q_start + Sq)
+    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, lo, hi,
+        query, tl.arange(0, BLOCK_N), offs_d, kv_end, q_start, pid_b, 0, 0, 0,
+        sm_scale, softcap, 0.0, Sq, Skv,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        KeyMask, stride_kmb, stride_kmn, None, 0, 0, 0, 0,
+        HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, 0, HAS_SOFTCAP, False, DOT_PRECISION)
+
+    part = (pid_bhk * num_splits + pid_s).to(tl.int64) * BLOCK_R + rows
+    tl.store(PartMax + part, m_i)
+    tl.store(PartSum + part, l_i)
+    tl.store(PartOut + part[:, None] * BLOCK_D + offs_d[None, :], acc)
+
+
+@triton.jit
+def _attn_combine_splits(
+    PartOut, PartMax, PartSum, Out, LSE,
+    stride_ob, stride_oh, stride_om, stride_od,
+    H, Hkv, Sq, GROUP, num_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """One program per (batch, kv head, packed row): rescale each split by exp2(its max - the overall max)."""
+    pid_row = tl.program_id(0)
+    pid_bhk = tl.program_id(1)
+    pid_b = pid_bhk // Hkv
+    head = (pid_bhk % Hkv) * GROUP + pid_row // Sq
+    query = pid_row % Sq
+
+    splits = tl.arange(0, BLOCK_S)
+    split_ok = splits < num_splits
+    offs_d = tl.arange(0, BLOCK_D)
+    part = (pid_bhk * num_splits + splits).to(tl.int64) * BLOCK_R + pid_row
+    m = tl.load(PartMax + part, mask=split_ok, other=float("-inf"))
+    l = tl.load(PartSum + part, mask=split_ok, other=0.0)
+    m_max = tl.max(m, 0)
+    m_shift = tl.where(m_max == float("-inf"), 0.0, m_max)
+    weight = tl.exp2(m - m_shift)
+    total = tl.sum(l * weight, 0)
+    acc = tl.load(PartOut + part[:, None] * BLOCK_D + offs_d[None, :], mask=split_ok[:, None], other=0.0)
+    acc = tl.sum(acc * weight[:, None], 0)
+
+    has_keys = total > 0.0
+    out = acc / tl.where(has_keys, total, 1.0)
+    lse = tl.where(has_keys, m_shift + tl.log2(tl.where(has_keys, total, 1.0)), 0.0)
+    tl.store(LSE + (pid_b * H + head).to(tl.int64) * Sq + query, lse)
+    tl.store(Out + pid_b.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh + query.to(tl.int64) * stride_om
+             + offs_d * stride_od, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
