@@ -5,7 +5,7 @@ Scores are kept in the log2 domain (``qk * scale * log2(e)``) so the softmax use
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
