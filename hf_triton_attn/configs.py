@@ -4,6 +4,7 @@ The Triton interpreter (``TRITON_INTERPRET=1``) runs one program at a time on th
 blocks; on a GPU the blocks are sized for Hopper's shared memory and registers.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import triton
 
@@ -61,14 +62,18 @@ class SplitKVPlan:
 
 
 def split_kv_plan(rows: int, programs_per_split: int, seqlen_k: int, block_d: int, sm_count: int,
-                  interpret: bool) -> SplitKVPlan:
-    """Enough splits that about two programs per multiprocessor stream the cache, each at least 4 key blocks."""
+                  interpret: bool, *, programs_per_sm: int = 2, block_n: Optional[int] = None, num_warps: int = 4,
+                  num_stages: int = 3) -> SplitKVPlan:
+    """Enough splits that about ``programs_per_sm`` programs per multiprocessor stream the cache, each at least 4
+    key blocks. The keyword arguments exist for benchmarks/tune.py."""
     block_r = max(16, triton.next_power_of_2(rows))
-    block_n = 32 if interpret else (64 if block_d <= 128 else 32)
     if interpret:
+        block_n = 32
         split_size = 2 * block_n  # several splits even at test sizes, so the merge is exercised
+        num_warps = num_stages = 1
     else:
-        splits = max(1, min(triton.cdiv(2 * sm_count, programs_per_split), triton.cdiv(seqlen_k, 4 * block_n)))
+        block_n = block_n or (64 if block_d <= 128 else 32)
+        splits = max(1, min(triton.cdiv(programs_per_sm * sm_count, programs_per_split),
+                            triton.cdiv(seqlen_k, 4 * block_n)))
         split_size = triton.cdiv(triton.cdiv(seqlen_k, splits), block_n) * block_n
-    return SplitKVPlan(block_r, block_n, split_size, triton.cdiv(seqlen_k, split_size),
-                       num_warps=1 if interpret else 4, num_stages=1 if interpret else 3)
+    return SplitKVPlan(block_r, block_n, split_size, triton.cdiv(seqlen_k, split_size), num_warps, num_stages)

@@ -1,0 +1,73 @@
+"""Bad input gets a clear error naming the problem (raised before any kernel launches)."""
+import pytest
+import torch
+from conftest import DEVICE
+from helpers import random_qkv
+
+from hf_triton_attn import attention
+from hf_triton_attn.hf import triton_attention_forward
+
+
+def qkv(**overrides):
+    q, k, v = random_qkv(2, 4, 2, 8, 8, 16, torch.float32, DEVICE)
+    return {"q": q, "k": k, "v": v, **overrides}
+
+
+@pytest.mark.parametrize("inputs, match", [
+    (dict(q=torch.randn(2, 8, 16)), "q must be a 4D tensor"),
+    (dict(q=torch.randn(2, 4, 8, 16, dtype=torch.float64)), "dtype torch.float64"),
+    (dict(k=torch.randn(2, 2, 8, 16, dtype=torch.float16)), "share one dtype"),
+    (dict(v=torch.randn(2, 2, 9, 16)), "same shape"),
+    (dict(k=torch.randn(3, 2, 8, 16), v=torch.randn(3, 2, 8, 16)), "batch or head_dim"),
+    (dict(k=torch.randn(2, 3, 8, 16), v=torch.randn(2, 3, 8, 16)), "multiple of the number of kv heads"),
+])
+def test_malformed_qkv(inputs, match):
+    args = qkv(**{name: t.to(DEVICE) for name, t in inputs.items()})
+    with pytest.raises(ValueError, match=match):
+        attention(args["q"], args["k"], args["v"])
+
+
+def test_head_dim_above_256_is_unsupported():
+    q = torch.randn(1, 1, 4, 272, device=DEVICE)
+    with pytest.raises(NotImplementedError, match="head_dim 272"):
+        attention(q, q, q)
+
+
+@pytest.mark.parametrize("mask, match", [
+    (torch.ones(2, 8, dtype=torch.int64), "boolean .* or floating"),
+    (torch.ones(2, 8), "2D attention_mask must be a boolean key-padding mask"),
+    (torch.ones(2, 7, dtype=torch.bool), r"shape \(batch, seqlen_k\)"),
+    (torch.ones(3, 1, 8, 8, dtype=torch.bool), r"\(batch or 1, heads or 1, seqlen_q, seqlen_k\)"),
+    (torch.ones(2, 8, 8, dtype=torch.bool), "2D .* or 4D"),
+])
+def test_malformed_masks(mask, match):
+    args = qkv()
+    with pytest.raises(ValueError, match=match):
+        attention(args["q"], args["k"], args["v"], attention_mask=mask.to(DEVICE))
+
+
+def test_mask_gradient_is_refused():
+    args = qkv()
+    mask = torch.zeros(2, 1, 8, 8, device=DEVICE, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="gradients with respect to attention_mask"):
+        attention(args["q"], args["k"], args["v"], attention_mask=mask)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(dropout_p=1.0), r"dropout_p must be in \[0, 1\)"),
+    (dict(softcap=-1.0), "softcap must be positive"),
+    (dict(seqused_k=torch.tensor([8.0, 8.0])), "seqused_k must be an int32/int64 tensor"),
+    (dict(seqused_k=torch.tensor([8])), r"shape \(batch,\)"),
+])
+def test_bad_keyword_values(kwargs, match):
+    args = qkv()
+    kwargs = {name: value.to(DEVICE) if isinstance(value, torch.Tensor) else value for name, value in kwargs.items()}
+    with pytest.raises(ValueError, match=match):
+        attention(args["q"], args["k"], args["v"], **kwargs)
+
+
+def test_position_bias_gradient_is_refused():
+    q = torch.randn(1, 2, 4, 16, device=DEVICE)
+    bias = torch.zeros(1, 2, 4, 4, device=DEVICE, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="position_bias"):
+        triton_attention_forward(torch.nn.Module(), q, q, q, None, position_bias=bias)
