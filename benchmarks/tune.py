@@ -14,7 +14,6 @@ import sys
 import time
 
 import torch
-import triton
 from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -1,7 +1,8 @@
 """Shared by the example scripts: the --device/--dtype flags, importing hf_triton_attn (through the Triton
-interpreter on CPU), the pass/fail tolerance and table printing."""
+interpreter on CPU), the pass/fail tolerance, table printing and the verdict."""
 import argparse
 import os
+import sys
 
 import torch
 
@@ -54,3 +55,12 @@ def print_table(header: list, rows: list) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+
+
+def finish(failures: list[str]) -> None:
+    """Print the verdict; exit non-zero when anything failed."""
+    for failure in failures:
+        print("FAIL:", failure)
+    if failures:
+        sys.exit(1)
+    print("PASS")

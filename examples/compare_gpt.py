@@ -9,7 +9,6 @@ cache. Tokenizer-free: random ids and an attention mask with a different pad len
     python examples/compare_gpt.py --device cuda --size large
 """
 import argparse
-import sys
 import tempfile
 
 import torch
@@ -103,11 +102,7 @@ def main() -> None:
     _common.print_table(["model", "vs eager", "max|diff| logits (real tokens)", "limit",
                          "tokens = eager (dynamic)", "tokens = eager (static)"], rows)
     print(_common.tolerance_text(dtype) + (", generated tokens identical" if dtype == torch.float32 else ""))
-    for failure in failures:
-        print("FAIL:", failure)
-    if failures:
-        sys.exit(1)
-    print("PASS")
+    _common.finish(failures)
 
 
 if __name__ == "__main__":

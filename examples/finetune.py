@@ -13,7 +13,6 @@ follow the same trajectory: the first 5 losses agree within 1e-3 relative (1e-2 
 """
 import argparse
 import copy
-import sys
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification
@@ -120,11 +119,7 @@ def main() -> None:
         print(f"first {EARLY_STEPS} losses: max relative difference {early:.2e}; tolerance: <= {tolerance:g}")
         if early > tolerance:
             failures.append(f"without dropout the first {EARLY_STEPS} losses differ by {early:.2e} > {tolerance:g}")
-    for failure in failures:
-        print("FAIL:", failure)
-    if failures:
-        sys.exit(1)
-    print("PASS")
+    _common.finish(failures)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """The public attention function: input validation and mask normalisation over :mod:`hf_triton_attn.ops`."""
 import math
-import os
 from typing import Optional
 
 import torch

@@ -1,7 +1,7 @@
 """Forward kernel against the float64 oracle over the feature grid."""
 import pytest
 import torch
-from conftest import DEVICE, DTYPES, ON_GPU
+from conftest import DEVICE, DTYPES
 from helpers import assert_close_to_reference, max_err, random_qkv, reference_pair
 
 from hf_triton_attn import attention

@@ -8,7 +8,7 @@ import torch
 import transformers
 from conftest import DEVICE
 from tiny_models import DECODER_CONFIGS, bert_config, left_padded_batch, load, right_padded_batch, saved_model
-from transformers import AutoModelForCausalLM, BertForSequenceClassification, BertModel
+from transformers import AutoModelForCausalLM, BertModel
 
 import hf_triton_attn
 from hf_triton_attn import triton_attention_forward, triton_attention_mask

@@ -7,7 +7,7 @@ gradients are summed in registers (deterministic, no atomics, no repeated K/V). 
 import triton
 import triton.language as tl
 
-from .common import LOG2E, _apply_masks, _dropout_keep, _scores
+from .common import _apply_masks, _dropout_keep, _scores
 
 
 @triton.jit
