@@ -70,6 +70,9 @@ def attention(
         scale = 1.0 / math.sqrt(head_dim)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}.")
+    if dropout_p > 0.0 and seqlen_q * seqlen_k >= 2**31:
+        raise NotImplementedError(f"dropout with seqlen_q * seqlen_k >= 2**31 ({seqlen_q} x {seqlen_k}) is not "
+                                  "supported: the dropout generator's per-head offsets are 32-bit.")
     if softcap is not None and not softcap > 0:
         raise ValueError(f"softcap must be positive or None, got {softcap}.")
     key_mask, dense_mask = _split_mask(attention_mask, q, seqlen_k)

@@ -66,6 +66,13 @@ def test_bad_keyword_values(kwargs, match):
         attention(args["q"], args["k"], args["v"], **kwargs)
 
 
+def test_dropout_beyond_32_bit_offsets_is_refused():
+    q = torch.randn(1, 1, 1, 16, device=DEVICE).expand(1, 1, 2**16, 16)
+    k = torch.randn(1, 1, 1, 16, device=DEVICE).expand(1, 1, 2**15, 16)
+    with pytest.raises(NotImplementedError, match="32-bit"):
+        attention(q, k, k, dropout_p=0.1)
+
+
 def test_position_bias_gradient_is_refused():
     q = torch.randn(1, 2, 4, 16, device=DEVICE)
     bias = torch.zeros(1, 2, 4, 4, device=DEVICE, requires_grad=True)
