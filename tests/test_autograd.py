@@ -164,3 +164,17 @@ def test_compile_fullgraph_forward_backward():
     assert torch.allclose(loss, loss_ref, atol=1e-5)
     for a, b in zip(grads, grads_ref):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape, causal", [((2, 16, 4, 1024, 1024, 128), True), ((1, 8, 2, 777, 1500, 64), False),
+                                           ((2, 4, 4, 512, 512, 256), True), ((4, 12, 12, 300, 300, 96), False)])
+def test_backward_large_shapes_gpu(dtype, shape, causal):
+    check_backward(*random_qkv(*shape, dtype, DEVICE), causal=causal)
+
+
+@pytest.mark.gpu
+def test_backward_padded_large_gpu():
+    q, k, v = random_qkv(4, 16, 4, 1000, 1000, 128, torch.bfloat16, DEVICE)
+    check_backward(q, k, v, causal=True, attention_mask=padding_mask("right", 4, 1000))
