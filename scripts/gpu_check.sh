@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The H100 check in one command (device time is scarce): versions, the whole test suite (bf16 and large
-# shapes included), the three examples, then optional benchmark arguments. Logs go to $OUT.
-#   bash scripts/gpu_check.sh [tests|examples|bench-quick|bench|models]...
+# The H100 check in one command (device time is scarce): versions, then the named steps in order; full logs
+# go to $OUT, short tables to stdout, and a last line per step with its exit code and duration.
+#   bash scripts/gpu_check.sh [tests|examples|tune|bench-quick|bench|models|train-memory]...
+# The examples step needs the fp16 MiniLM copy, made here (no GPU) and carried along:
+#   python examples/make_minilm_fp16.py .carry/minilm-fp16   (then run with carry=[".carry"])
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=. OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -20,6 +22,9 @@ for step in "$@"; do
       python examples/compare_gpt.py --dtype float32 >> "$OUT/examples.log" 2>&1 || rc=1
       python examples/finetune.py >> "$OUT/examples.log" 2>&1 || rc=1
       grep -E "PASS|FAIL|max|tol|loss|Error" "$OUT/examples.log" | tail -n 40 ;;
+    tune) python benchmarks/tune.py --out "$OUT" > "$OUT/tune.log" 2>&1; rc=$?; tail -n 20 "$OUT/tune.log" ;;
+    train-memory) python benchmarks/bench_models.py --train-memory --out "$OUT" > "$OUT/models.log" 2>&1; rc=$?
+      tail -n 12 "$OUT/models.log" ;;
     bench-quick) python benchmarks/bench_kernels.py --quick --out "$OUT" > "$OUT/bench.log" 2>&1; rc=$?; tail -n 40 "$OUT/bench.log" ;;
     bench) python benchmarks/bench_kernels.py --out "$OUT" > "$OUT/bench.log" 2>&1; rc=$?; tail -n 60 "$OUT/bench.log" ;;
     models) python benchmarks/bench_models.py --out "$OUT" > "$OUT/models.log" 2>&1; rc=$?; tail -n 40 "$OUT/models.log" ;;
