@@ -9,7 +9,10 @@ call). Throughput counts:
 
 - dense: 4*B*H*Sq*Skv*D FLOP, halved when causal, times 3.5 for forward+backward;
 - padded: useful FLOP only, the sum over sequences of 4*H*len^2*D, halved when causal;
-- decode (Sq=1): bytes of K and V read once, 2*B*Hkv*L*D*itemsize.
+- decode (Sq=1): bytes of K and V read once, 2*B*Hkv*L*D*itemsize. "decode" times each eager call, host
+  (Python, dispatch, kernel launches) included; "decode graph" replays the call from a CUDA graph
+  (``triton.testing.do_bench_cudagraph``), as generation with a static cache under torch.compile does, so
+  only the GPU's time counts.
 
 Masks are built outside the timed region for every provider, as a model would build them once per forward
 and share them between layers.
@@ -45,7 +48,8 @@ GRADIENT_TOLERANCE = 2e-2  # relative norm error ||a - b|| / ||b|| of each gradi
 LENGTHS_SEED = 0
 DEVICE = "cuda"  # one constant, so that the logic can be exercised on a CPU by patching it
 
-GROUP_UNITS = {"dense fwd": "TFLOP/s", "dense fwdbwd": "TFLOP/s", "padded fwd": "useful TFLOP/s", "decode": "GB/s"}
+GROUP_UNITS = {"dense fwd": "TFLOP/s", "dense fwdbwd": "TFLOP/s", "padded fwd": "useful TFLOP/s", "decode": "GB/s",
+               "decode graph": "GB/s"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +65,11 @@ class KernelCase:
 
     @property
     def seqlen_q(self) -> int:
-        return 1 if self.group == "decode" else self.seqlen
+        return 1 if self.decode else self.seqlen
+
+    @property
+    def decode(self) -> bool:
+        return self.group.startswith("decode")
 
     @property
     def backward(self) -> bool:
@@ -78,8 +86,8 @@ class KernelCase:
     @property
     def name(self) -> str:
         dtype = str(self.dtype).replace("torch.", "")
-        if self.group == "decode":
-            return f"decode B{self.batch} H{self.heads}/{self.kv_heads} L{self.seqlen} D{self.head_dim} {dtype}"
+        if self.decode:
+            return f"{self.group} B{self.batch} H{self.heads}/{self.kv_heads} L{self.seqlen} D{self.head_dim} {dtype}"
         heads = f"H{self.heads}" if self.padded else f"H{self.heads}/{self.kv_heads}"
         mask = "causal" if self.causal else "full"
         return f"{self.group} B{self.batch} {heads} S{self.seqlen} D{self.head_dim} {mask} {dtype}"
@@ -110,6 +118,8 @@ def all_cases() -> list[KernelCase]:
     ]
     for batch, cache_len in ((8, 1024), (8, 8192), (8, 32768), (1, 131072)):
         cases.append(KernelCase("decode", batch, 32, 8, cache_len, 128, False))
+    for cache_len in (1024, 4096, 32768):
+        cases.append(KernelCase("decode graph", 8, 32, 8, cache_len, 128, False))
     return cases
 
 
@@ -127,7 +137,7 @@ def case_lengths(case: KernelCase) -> Optional[list[int]]:
 
 def case_work(case: KernelCase, lengths: Optional[list[int]]) -> float:
     """FLOP (dense, padded) or bytes (decode) that the throughput figure counts."""
-    if case.group == "decode":
+    if case.decode:
         return 2.0 * case.batch * case.kv_heads * case.seqlen * case.head_dim * case.dtype.itemsize
     causal_factor = 0.5 if case.causal else 1.0
     if case.padded:
@@ -140,7 +150,7 @@ def case_work(case: KernelCase, lengths: Optional[list[int]]) -> float:
 def throughput(case: KernelCase, work: float, ms: float) -> float:
     """TFLOP/s, or GB/s for decode."""
     per_second = work / (ms * 1e-3)
-    return per_second / (1e9 if case.group == "decode" else 1e12)
+    return per_second / (1e9 if case.decode else 1e12)
 
 
 @dataclasses.dataclass
@@ -328,8 +338,11 @@ def bench_provider(case: KernelCase, inputs: Inputs, make: ProviderMaker, work: 
                     grad_to_none = [inputs.q, inputs.k, inputs.v]
                 else:
                     step, grad_to_none = forward, None
-                ms = triton.testing.do_bench(step, warmup=WARMUP_MS, rep=REP_MS, grad_to_none=grad_to_none,
-                                             return_mode="median")
+                if case.group == "decode graph":
+                    ms = triton.testing.do_bench_cudagraph(step, rep=REP_MS, return_mode="median")
+                else:
+                    ms = triton.testing.do_bench(step, warmup=WARMUP_MS, rep=REP_MS, grad_to_none=grad_to_none,
+                                                 return_mode="median")
             result = ProviderResult("ok", ms=ms, value=throughput(case, work, ms))
             if reference is not None:
                 verify(result, got, reference)
@@ -456,7 +469,7 @@ def save_plot(records: list[dict], path: str) -> None:
     plotted = [r for r in records if r["ours_over_best_peer"] is not None]
     if not plotted:
         return
-    colors = dict(zip(GROUP_UNITS, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+    colors = dict(zip(GROUP_UNITS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
     figure, axes = plt.subplots(figsize=(10, 0.32 * len(plotted) + 1.5))
     positions = range(len(plotted))
     bars = axes.barh(positions, [r["ours_over_best_peer"] for r in plotted],

@@ -7,6 +7,7 @@ before it is timed. Run on the GPU the numbers are for:
     PYTHONPATH=. python benchmarks/tune.py --out $OUT [--kinds fwd bwd decode] [--max-seconds 300]
 """
 import argparse
+import dataclasses
 import functools
 import itertools
 import os
@@ -32,22 +33,35 @@ DENSE_CASES = [
 DECODE_CASES = [(8, 32, 8, 1024, 128), (8, 32, 8, 8192, 128), (8, 32, 8, 32768, 128), (1, 32, 8, 131072, 128)]
 
 
-def dense_candidates(head_dim: int, backward: bool) -> list[configs.LaunchConfig]:
-    blocks = [(32, 64), (64, 64), (64, 128), (128, 64)] if backward else [(64, 64), (64, 128), (128, 64), (128, 128)]
-    schedules = [(4, 2), (8, 2), (4, 3), (8, 3)] if backward else [(4, 3), (8, 3), (8, 4), (4, 4)]
-    shared_limit = 64 * 128 if head_dim > 128 else None  # 256-wide tiles: keep blocks small enough to fit
+def forward_candidates(head_dim: int) -> list[configs.LaunchConfig]:
+    blocks = [(64, 64), (64, 128), (128, 64), (128, 128)]
+    schedules = [(4, 3), (8, 3), (8, 4), (4, 4)]
     return [configs.LaunchConfig(m, n, warps, stages) for (m, n), (warps, stages) in itertools.product(blocks, schedules)
-            if shared_limit is None or m * n <= shared_limit]
+            if head_dim <= 128 or m * n <= 64 * 128]  # 256-wide tiles: keep blocks small enough to fit
+
+
+def backward_candidates(head_dim: int, kernel: str) -> list[configs.LaunchConfig]:
+    """dK/dV programs own many keys and walk few queries at a time; dQ the other way round."""
+    blocks = [(32, 64), (32, 128), (64, 64), (64, 128)]
+    if kernel == "dq":
+        blocks = [(n, m) for m, n in blocks]
+    schedules = [(4, 3), (8, 2), (8, 3)]
+    return [configs.LaunchConfig(m, n, warps, stages) for (m, n), (warps, stages) in itertools.product(blocks, schedules)
+            if head_dim <= 128 or m * n <= 64 * 64]
 
 
 def timed(fn) -> float:
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def sweep(name: str, candidates: list, install, run, reference) -> dict:
-    """Time ``run`` under each candidate installed by ``install``; skip candidates that fail or disagree."""
+def sweep(name: str, candidates: list, install, run, reference, deadline: float) -> dict:
+    """Time ``run`` under each candidate installed by ``install``; skip candidates that fail or disagree, and
+    all of them once ``deadline`` (a time.perf_counter() value) has passed. Returns (record, best candidate)."""
     results = []
     for candidate in candidates:
+        if time.perf_counter() > deadline:
+            results.append((candidate, None, "not run: --max-seconds reached"))
+            continue
         install(candidate)
         try:
             out = run()
@@ -59,44 +73,70 @@ def sweep(name: str, candidates: list, install, run, reference) -> dict:
         except Exception as exc:  # e.g. out of shared memory for this block shape
             results.append((candidate, None, short_error(exc, 80)))
     ok = sorted((r for r in results if r[1] is not None), key=lambda r: r[1])
-    print(f"{name}: best {ok[0][0] if ok else None} at {ok[0][1]:.3f} ms" if ok else f"{name}: no candidate ran",
-          flush=True)
-    return {"case": name, "results": [{"config": str(c), "ms": ms, "note": note} for c, ms, note in results],
-            "best": str(ok[0][0]) if ok else None, "best_ms": ok[0][1] if ok else None}
+    print(f"{name}: best {ok[0][0]} at {ok[0][1]:.3f} ms" if ok else f"{name}: no candidate ran", flush=True)
+    record = {"case": name, "results": [{"config": str(c), "ms": ms, "note": note} for c, ms, note in results],
+              "best": str(ok[0][0]) if ok else None, "best_ms": ok[0][1] if ok else None}
+    return record, (ok[0][0] if ok else None)
 
 
-def tune_dense(backward: bool) -> list[dict]:
+def dense_inputs(batch, heads, kv_heads, seqlen, head_dim, requires_grad):
+    return [torch.randn(batch, h, seqlen, head_dim, device=DEVICE, dtype=torch.bfloat16, requires_grad=requires_grad)
+            for h in (heads, kv_heads, kv_heads)]
+
+
+def case_name(kind, batch, heads, kv_heads, seqlen, head_dim, causal):
+    return f"{kind} B{batch} H{heads}/{kv_heads} S{seqlen} D{head_dim} {'causal' if causal else 'full'}"
+
+
+def tune_forward(deadline: float) -> list[dict]:
     records = []
-    default_fwd, default_bwd = configs.forward_config, configs.backward_config
+    default = configs.forward_config
     for batch, heads, kv_heads, seqlen, head_dim, causal in DENSE_CASES:
-        q, k, v = (torch.randn(batch, h, seqlen, head_dim, device=DEVICE, dtype=torch.bfloat16, requires_grad=backward)
-                   for h in (heads, kv_heads, kv_heads))
-        grad = torch.randn_like(q)
+        q, k, v = dense_inputs(batch, heads, kv_heads, seqlen, head_dim, False)
 
         def run():
-            out = attention(q, k, v, causal=causal)
-            if not backward:
-                return out
-            q.grad = k.grad = v.grad = None
-            out.backward(grad)
-            return q.grad
-
-        reference = run()
-        name = f"{'fwd+bwd' if backward else 'fwd'} B{batch} H{heads}/{kv_heads} S{seqlen} D{head_dim} " \
-               f"{'causal' if causal else 'full'}"
+            return attention(q, k, v, causal=causal)
 
         def install(cfg):
-            if backward:
-                configs.backward_config = lambda block_d, interpret: cfg
-            else:
-                configs.forward_config = lambda block_d, interpret: cfg
+            configs.forward_config = lambda block_d, causal, itemsize, interpret: cfg
 
-        records.append(sweep(name, dense_candidates(head_dim, backward), install, run, reference))
-        configs.forward_config, configs.backward_config = default_fwd, default_bwd
+        reference = run()
+        records.append(sweep(case_name("fwd", batch, heads, kv_heads, seqlen, head_dim, causal),
+                             forward_candidates(head_dim), install, run, reference, deadline)[0])
+        configs.forward_config = default
     return records
 
 
-def tune_decode() -> list[dict]:
+def tune_backward(deadline: float) -> list[dict]:
+    """dK/dV first (dQ at its default), then dQ with the best dK/dV; each timed as a whole forward+backward."""
+    records = []
+    default = configs.backward_config
+    for batch, heads, kv_heads, seqlen, head_dim, causal in DENSE_CASES:
+        q, k, v = dense_inputs(batch, heads, kv_heads, seqlen, head_dim, True)
+        grad = torch.randn_like(q)
+
+        def run():
+            q.grad = k.grad = v.grad = None
+            attention(q, k, v, causal=causal).backward(grad)
+            return torch.cat([q.grad.flatten(), k.grad.flatten(), v.grad.flatten()])
+
+        reference = run()
+        base = default(configs.padded_head_dim(head_dim), causal, 2, False)
+        for kernel in ("dkdv", "dq"):
+            def install(cfg, kernel=kernel):
+                chosen = dataclasses.replace(base, **{kernel: cfg})
+                configs.backward_config = lambda block_d, causal, itemsize, interpret: chosen
+
+            record, best = sweep(case_name(f"fwd+bwd [{kernel}]", batch, heads, kv_heads, seqlen, head_dim, causal),
+                                 backward_candidates(head_dim, kernel), install, run, reference, deadline)
+            if best is not None:
+                base = dataclasses.replace(base, **{kernel: best})
+            records.append(record)
+        configs.backward_config = default
+    return records
+
+
+def tune_decode(deadline: float) -> list[dict]:
     records = []
     default_plan = configs.split_kv_plan
     for batch, heads, kv_heads, cache_len, head_dim in DECODE_CASES:
@@ -115,7 +155,7 @@ def tune_decode() -> list[dict]:
             configs.split_kv_plan = functools.partial(default_plan, **overrides)
 
         records.append(sweep(f"decode B{batch} H{heads}/{kv_heads} L{cache_len} D{head_dim}", candidates, install,
-                             run, reference))
+                             run, reference, deadline)[0])
         configs.split_kv_plan = default_plan
     return records
 
@@ -124,15 +164,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, metavar="DIR")
     parser.add_argument("--kinds", nargs="+", default=["fwd", "bwd", "decode"], choices=["fwd", "bwd", "decode"])
+    parser.add_argument("--max-seconds", type=float, default=float("inf"),
+                        help="stop starting new candidates after this long (the ones not run are listed as such)")
     args = parser.parse_args()
     require_cuda()
     env = environment_info()
     print_environment(env)
     started = time.perf_counter()
     records = []
-    tuners = {"fwd": lambda: tune_dense(False), "bwd": lambda: tune_dense(True), "decode": tune_decode}
+    deadline = started + args.max_seconds
+    tuners = {"fwd": tune_forward, "bwd": tune_backward, "decode": tune_decode}
     for kind in args.kinds:
-        records += tuners[kind]()
+        records += tuners[kind](deadline)
         if args.out:
             os.makedirs(args.out, exist_ok=True)
             write_json(os.path.join(args.out, "tune.json"), {"environment": env, "cases": records})

@@ -3,6 +3,7 @@
 The Triton interpreter (``TRITON_INTERPRET=1``) runs one program at a time on the CPU, so it gets small
 blocks; on a GPU the blocks are sized for Hopper's shared memory and registers.
 """
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,25 +22,38 @@ def padded_head_dim(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def forward_config(block_d: int, interpret: bool) -> LaunchConfig:
+def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool) -> LaunchConfig:
+    """Measured on an H100 with benchmarks/tune.py (bf16, S=4096). float32 (a correctness path, not a fast one)
+    gets fewer pipeline stages at head_dim 256, where its tiles would not fit in shared memory."""
     if interpret:
         return LaunchConfig(32, 32, 1, 1)
     if block_d <= 64:
-        return LaunchConfig(128, 64, 4, 3)
-    if block_d <= 128:
         return LaunchConfig(128, 64, 8, 3)
-    return LaunchConfig(64, 64, 8, 2)
-
-
-def backward_config(block_d: int, interpret: bool) -> LaunchConfig:
-    """One shape serves both backward kernels: dK/dV walks query blocks of block_m, dQ key blocks of block_n."""
-    if interpret:
-        return LaunchConfig(32, 32, 1, 1)
-    if block_d <= 64:
-        return LaunchConfig(64, 64, 4, 2)
     if block_d <= 128:
-        return LaunchConfig(64, 64, 8, 2)
-    return LaunchConfig(32, 32, 4, 1)
+        # Causal rows end on the diagonal: narrower key blocks waste less of the last one.
+        return LaunchConfig(128, 64, 8, 3) if causal else LaunchConfig(128, 128, 8, 3)
+    return LaunchConfig(64, 64, 4, 3) if itemsize <= 2 else LaunchConfig(64, 64, 8, 2)
+
+
+@dataclass(frozen=True)
+class BackwardConfig:
+    """dK/dV programs own ``dkdv.block_n`` keys and walk queries ``dkdv.block_m`` at a time; dQ programs own
+    ``dq.block_m`` queries and walk keys ``dq.block_n`` at a time."""
+    dkdv: LaunchConfig
+    dq: LaunchConfig
+
+
+def backward_config(block_d: int, causal: bool, itemsize: int, interpret: bool) -> BackwardConfig:
+    if interpret:
+        # Unequal query and key blocks, so the tests exercise the block arithmetic the GPU shapes rely on.
+        return BackwardConfig(LaunchConfig(16, 32, 1, 1), LaunchConfig(32, 16, 1, 1))
+    if block_d <= 64:
+        return BackwardConfig(LaunchConfig(32, 128, 4, 3), LaunchConfig(128, 32, 4, 3))
+    if block_d <= 128:
+        return BackwardConfig(LaunchConfig(32, 128, 8, 3), LaunchConfig(128, 32, 8, 3))
+    if itemsize <= 2:
+        return BackwardConfig(LaunchConfig(32, 64, 8, 2), LaunchConfig(64, 32, 8, 2))
+    return BackwardConfig(LaunchConfig(32, 32, 4, 1), LaunchConfig(32, 32, 4, 1))
 
 
 def preprocess_block_m(interpret: bool) -> int:
@@ -61,6 +75,7 @@ class SplitKVPlan:
     num_stages: int
 
 
+@functools.lru_cache(maxsize=1024)  # called on every decoding step, where host time is what limits speed
 def split_kv_plan(rows: int, programs_per_split: int, seqlen_k: int, block_d: int, sm_count: int,
                   interpret: bool, *, programs_per_sm: int = 2, block_n: Optional[int] = None, num_warps: int = 4,
                   num_stages: int = 3) -> SplitKVPlan:

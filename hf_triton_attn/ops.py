@@ -2,8 +2,9 @@
 
 Two custom ops, ``hf_triton_attn::attention_forward`` and ``hf_triton_attn::attention_backward``, each with a
 fake (meta) implementation, joined by ``torch.library.register_autograd``: autograd, ``torch.compile``
-(``fullgraph=True``) and ``torch.library.opcheck`` all see one opaque op. Inputs are validated in
-:mod:`hf_triton_attn.functional`; this layer trusts them.
+(``fullgraph=True``) and ``torch.library.opcheck`` all see one opaque op. ``forward_impl`` is the forward op's
+body, for callers that need neither autograd nor tracing (the dispatcher's Python overhead is most of a short
+decoding step). Inputs are validated in :mod:`hf_triton_attn.functional`; this layer trusts them.
 
 Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the output is allocated as
 (B, Sq, H, D), the layout Transformers reshapes to (B, Sq, H*D) without a copy; LSE is (B, H, Sq) float32 in
@@ -67,8 +68,7 @@ def _flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, dtype):
     )
 
 
-@torch.library.custom_op("hf_triton_attn::attention_forward", mutates_args=())
-def attention_forward(
+def forward_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], mask: Optional[torch.Tensor],
     seed: Optional[torch.Tensor],
@@ -85,7 +85,7 @@ def attention_forward(
         return out, lse
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
-    cfg = configs.forward_config(block_d, INTERPRET)
+    cfg = configs.forward_config(block_d, causal, q.element_size(), INTERPRET)
     out_bhsd = out.transpose(1, 2)
     grid = (triton.cdiv(sq, cfg.block_m), batch * heads)
     _attn_fwd[grid](
@@ -99,6 +99,9 @@ def attention_forward(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse
+
+
+attention_forward = torch.library.custom_op("hf_triton_attn::attention_forward", forward_impl, mutates_args=())
 
 
 def _takes_split_kv(sq: int, group: int, skv: int, mask, dropout_p: float) -> bool:
@@ -118,12 +121,11 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, causal, scale, sof
     key_mask, _, km_strides, _, _ = _mask_args(key_mask, None, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
     plan = configs.split_kv_plan(group * sq, batch * hkv, skv, block_d, _sm_count(q.device), INTERPRET)
-    parts = batch * hkv * plan.num_splits * plan.block_r
-    part_out = torch.empty((parts, block_d), device=q.device, dtype=torch.float32)
-    part_max = torch.empty((parts,), device=q.device, dtype=torch.float32)
-    part_sum = torch.empty((parts,), device=q.device, dtype=torch.float32)
+    # Per (batch * kv head, split, packed row): a partial output row, its max and its sum.
+    work = torch.empty(batch * hkv * plan.num_splits * plan.block_r * (block_d + 2), device=q.device,
+                       dtype=torch.float32)
     _attn_fwd_split[(plan.num_splits, batch * hkv)](
-        q, k, v, part_out, part_max, part_sum, key_mask, seqused_k,
+        q, k, v, work, key_mask, seqused_k,
         scale, softcap,
         *q.stride(), *k.stride(), *v.stride(), *km_strides,
         hkv, sq, skv, group, plan.split_size, plan.num_splits,
@@ -133,7 +135,7 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, causal, scale, sof
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     _attn_combine_splits[(group * sq, batch * hkv)](
-        part_out, part_max, part_sum, out, lse, *out.transpose(1, 2).stride(),
+        work, out, lse, *out.transpose(1, 2).stride(),
         heads, hkv, sq, group, plan.num_splits,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r,
         BLOCK_S=max(2, triton.next_power_of_2(plan.num_splits)), num_warps=1 if INTERPRET else 4,
@@ -166,7 +168,7 @@ def attention_backward(
         return dq.zero_(), dk.zero_(), dv.zero_()
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
-    cfg = configs.backward_config(block_d, INTERPRET)
+    cfg = configs.backward_config(block_d, causal, q.element_size(), INTERPRET)
     do_bhsd = grad_out.transpose(1, 2)
     out_bhsd = out.transpose(1, 2)
 
@@ -176,22 +178,25 @@ def attention_backward(
         out, grad_out, delta, *out_bhsd.stride(), *do_bhsd.stride(), heads, sq,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
     )
-    flags = _flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype)
-    common = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags)
-    _attn_bwd_dkdv[(triton.cdiv(skv, cfg.block_n), batch * hkv)](
+    flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
+                 **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype))
+    _attn_bwd_dkdv[(triton.cdiv(skv, cfg.dkdv.block_n), batch * hkv)](
         q, k, v, grad_out, dk, dv, lse, delta, key_mask, seqused_k, mask, seed,
         scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *do_bhsd.stride(), *dk.stride(), *dv.stride(),
         *km_strides, *m_strides,
-        heads, hkv, sq, skv, heads // hkv, **common,
+        heads, hkv, sq, skv, heads // hkv,
+        BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n,
+        num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages, **flags,
     )
-    _attn_bwd_dq[(triton.cdiv(sq, cfg.block_m), batch * heads)](
+    _attn_bwd_dq[(triton.cdiv(sq, cfg.dq.block_m), batch * heads)](
         q, k, v, grad_out, dq, lse, delta, key_mask, seqused_k, mask, seed,
         scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *do_bhsd.stride(), *dq.stride(),
         *km_strides, *m_strides,
-        heads, sq, skv, heads // hkv, **common,
+        heads, sq, skv, heads // hkv,
+        BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n,
+        num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages, **flags,
     )
     return dq, dk, dv
 

@@ -1,6 +1,7 @@
 """Backward kernels, dropout, the custom-op registration and torch.compile."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import assert_close_to_reference, random_qkv
 from test_kernel import padding_mask
@@ -165,6 +166,41 @@ def test_compile_fullgraph_forward_backward():
     for a, b in zip(grads, grads_ref):
         assert torch.allclose(a, b, atol=1e-5)
 
+
+
+class _RecordOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_inference_skips_the_dispatcher_with_the_same_result(monkeypatch):
+    q, k, v = random_qkv(2, 4, 2, 3, 70, 32, torch.float32, DEVICE)
+    key_mask = padding_mask("left", 2, 70)
+    through_op = ops.attention_forward(q, k, v, key_mask, None, None, None, True, 32 ** -0.5, 0.0, 0.0)[0]
+
+    def refuse(*args):
+        raise AssertionError("the custom op was called for a plain inference call")
+
+    monkeypatch.setattr(ops, "attention_forward", refuse)
+    with torch.no_grad():
+        direct = attention(q, k, v, causal=True, attention_mask=key_mask)
+    assert torch.equal(direct, through_op.transpose(1, 2))
+    assert torch.equal(attention(q, k, v, causal=True, attention_mask=key_mask), direct)  # no input needs grad
+
+
+def test_grad_and_dispatch_modes_go_through_the_op():
+    q, k, v = random_qkv(1, 2, 2, 5, 40, 16, torch.float32, DEVICE, requires_grad=True)
+    with _RecordOps() as recorder:
+        attention(q, k, v, causal=True)
+    assert "hf_triton_attn.attention_forward.default" in recorder.names
+    with torch.no_grad(), _RecordOps() as recorder:
+        attention(q, k, v)
+    assert "hf_triton_attn.attention_forward.default" in recorder.names
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

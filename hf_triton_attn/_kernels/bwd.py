@@ -1,13 +1,17 @@
 """Flash-attention backward: probabilities are recomputed from the saved log-sum-exp, tile by tile.
 
 dK/dV: one program per (key block, kv head) loops over the query heads that share the kv head, so GQA
-gradients are summed in registers (deterministic, no atomics, no repeated K/V). dQ: one program per
-(query block, query head), walking the same key range as the forward.
+gradients are summed in registers (deterministic, no atomics, no repeated K/V). It works on key-major tiles
+(``k @ q^T``), so P^T and dS^T come out of the dot products in the orientation the dK/dV products consume.
+dQ: one program per (query block, query head), walking the same key range as the forward.
+
+Both kernels split their loop like the forward: tiles wholly inside the keys in use and clear of the causal
+diagonal run without bounds or causal masks; only the diagonal and ragged tiles pay for them.
 """
 import triton
 import triton.language as tl
 
-from .common import _apply_masks, _dropout_keep, _scores
+from .common import _apply_masks, _dropout_keep, _keys_in_use, _scores
 
 
 @triton.jit
@@ -35,28 +39,63 @@ def _attn_bwd_preprocess(
 
 @triton.jit
 def _probs_and_dscores(
-    q, k_t, v_t, do, lse, delta, offs_m, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh,
+    a, b, dp, lse, delta, rows, cols, kv_end, q_start, pid_b, pid_h, pid_bh,
     sm_scale, softcap, dropout_p, seed, Skv,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
-    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Return (probabilities after dropout, gradient w.r.t. the pre-softmax scores s = qk * scale)."""
-    s, t = _scores(q, k_t, sm_scale, softcap, DOT_PRECISION, HAS_SOFTCAP)
-    s = _apply_masks(s, offs_m, offs_n, kv_end, q_start, pid_b, pid_h,
+    """Return (probabilities after dropout, gradient w.r.t. the pre-softmax scores qk * scale) of the tile
+    ``a @ b``, in its orientation; ``dp`` is dO V^T and ``lse``/``delta`` come broadcast to the tile."""
+    s, t = _scores(a, b, sm_scale, softcap, DOT_PRECISION, HAS_SOFTCAP)
+    s = _apply_masks(s, rows, cols, kv_end, q_start, pid_b, pid_h,
                      KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
-                     IS_CAUSAL, HAS_KEY_MASK, MASK_KIND)
-    p = tl.exp2(s - lse[:, None])
-    dp = tl.dot(do, v_t, input_precision=DOT_PRECISION)
+                     IS_CAUSAL, HAS_KEY_MASK, MASK_KIND, CHECK_BOUNDS)
+    p = tl.exp2(s - lse)
     p_drop = p
     if HAS_DROPOUT:
-        keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, Skv, dropout_p)
+        keep = _dropout_keep(seed, pid_bh, rows, cols, Skv, dropout_p)
         p_drop = tl.where(keep, p / (1.0 - dropout_p), 0.0)
         dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
-    ds = p * (dp - delta[:, None])
+    ds = p * (dp - delta)
     if HAS_SOFTCAP:
         ds = ds * (1.0 - t * t)
     return p_drop, ds
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, lo, hi,
+    offs_m0, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+    sm_scale, softcap, dropout_p, Sq, Skv,
+    stride_qm, stride_qd, stride_dom, stride_dod,
+    KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Accumulate one query head's contribution to dK/dV over query blocks [lo, hi).
+
+    Query rows past Sq load as zeros with lse = delta = 0, so they add exactly nothing (dO = 0)."""
+    d_ok = offs_d < HEAD_DIM
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        m_ok = offs_m < Sq
+        q_t = tl.load(q_base + offs_m[None, :].to(tl.int64) * stride_qm + offs_d[:, None] * stride_qd,
+                      mask=m_ok[None, :] & d_ok[:, None], other=0.0)
+        do = tl.load(do_base + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :] * stride_dod,
+                     mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        lse = tl.load(lse_base + offs_m, mask=m_ok, other=0.0)
+        delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        p_t, ds_t = _probs_and_dscores(
+            k, q_t, dp_t, lse[None, :], delta[None, :], offs_m[None, :], offs_n[:, None],
+            kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed, Skv,
+            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
+            IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dk += tl.dot(ds_t.to(q_t.dtype), tl.trans(q_t), input_precision=DOT_PRECISION)
+    return dk, dv
 
 
 @triton.jit
@@ -81,12 +120,11 @@ def _attn_bwd_dkdv(
     pid_b = pid_bhk // Hkv
     pid_hk = pid_bhk % Hkv
 
-    kv_end = Skv
-    if HAS_SEQUSED:
-        kv_end = tl.minimum(tl.load(SeqUsedK + pid_b), Skv)
+    kv_end = _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
     q_start = kv_end - Sq
 
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
@@ -98,8 +136,6 @@ def _attn_bwd_dkdv(
     v = tl.load(V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
                 + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd,
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    k_t = tl.trans(k)
-    v_t = tl.trans(v)
 
     seed = 0
     if HAS_DROPOUT:
@@ -108,31 +144,37 @@ def _attn_bwd_dkdv(
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
+    # Query blocks [lo, masked_end) need the bounds/causal masks, [masked_end, Sq) do not. A ragged key block
+    # (past kv_end) is masked throughout.
     lo = 0
+    masked_end = 0
     if IS_CAUSAL:
-        # Queries above this key block's first diagonal cannot see any of its keys.
-        lo = tl.maximum(pid_n * BLOCK_N - q_start, 0) // BLOCK_M * BLOCK_M
+        # Queries before lo see none of this block's keys; from the first query that sees its last key on,
+        # every key of the block is visible.
+        lo = tl.maximum(start_n - q_start, 0) // BLOCK_M * BLOCK_M
+        masked_end = lo + (tl.maximum(start_n + BLOCK_N - 1 - q_start - lo, 0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    masked_end = tl.where(start_n + BLOCK_N <= kv_end, tl.minimum(masked_end, Sq), Sq)
     for g in range(0, GROUP):
         pid_h = pid_hk * GROUP + g
         pid_bh = pid_b * H + pid_h
         q_base = Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
         do_base = DO + pid_b.to(tl.int64) * stride_dob + pid_h.to(tl.int64) * stride_doh
-        for start_m in range(lo, Sq, BLOCK_M):
-            offs_m = start_m + offs_m0
-            m_ok = offs_m < Sq
-            q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd,
-                        mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-            do = tl.load(do_base + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :] * stride_dod,
-                         mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-            lse = tl.load(LSE + pid_bh.to(tl.int64) * Sq + offs_m, mask=m_ok, other=0.0)
-            delta = tl.load(Delta + pid_bh.to(tl.int64) * Sq + offs_m, mask=m_ok, other=0.0)
-            p_drop, ds = _probs_and_dscores(
-                q, k_t, v_t, do, lse, delta, offs_m, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh,
-                sm_scale, softcap, dropout_p, seed, Skv,
-                KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
-                IS_CAUSAL, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
-            dv += tl.dot(tl.trans(p_drop.to(do.dtype)), do, input_precision=DOT_PRECISION)
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+        lse_base = LSE + pid_bh.to(tl.int64) * Sq
+        delta_base = Delta + pid_bh.to(tl.int64) * Sq
+        dk, dv = _attn_bwd_dkdv_inner(
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, lo, masked_end,
+            offs_m0, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+            sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
+            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+            HEAD_DIM, BLOCK_D, BLOCK_M, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+            DOT_PRECISION)
+        dk, dv = _attn_bwd_dkdv_inner(
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, masked_end, Sq,
+            offs_m0, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+            sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
+            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+            HEAD_DIM, BLOCK_D, BLOCK_M, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+            DOT_PRECISION)
 
     dk *= sm_scale
     out_ok = (offs_n[:, None] < Skv) & d_ok[None, :]
@@ -142,6 +184,39 @@ def _attn_bwd_dkdv(
     tl.store(DV + pid_b.to(tl.int64) * stride_dvb + pid_hk.to(tl.int64) * stride_dvh
              + offs_n[:, None].to(tl.int64) * stride_dvn + offs_d[None, :] * stride_dvd,
              dv.to(DV.dtype.element_ty), mask=out_ok)
+
+
+@triton.jit
+def _attn_bwd_dq_inner(
+    dq, q, do, lse, delta, k_base, v_base, lo, hi,
+    offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+    sm_scale, softcap, dropout_p, Sq, Skv,
+    stride_kn, stride_kd, stride_vn, stride_vd,
+    KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Accumulate dQ over key blocks [lo, hi)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        k_ptrs = k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
+        v_ptrs = v_base + offs_n[None, :].to(tl.int64) * stride_vn + offs_d[:, None] * stride_vd
+        if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
+            ok = (offs_n[None, :] < kv_end) & (offs_d[:, None] < HEAD_DIM)
+            k_t = tl.load(k_ptrs, mask=ok, other=0.0)
+            v_t = tl.load(v_ptrs, mask=ok, other=0.0)
+        else:
+            k_t = tl.load(k_ptrs)
+            v_t = tl.load(v_ptrs)
+        dp = tl.dot(do, v_t, input_precision=DOT_PRECISION)
+        _, ds = _probs_and_dscores(
+            q, k_t, dp, lse[:, None], delta[:, None], offs_m[:, None], offs_n[None, :],
+            kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed, Skv,
+            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
+            IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+        dq += tl.dot(ds.to(k_t.dtype), tl.trans(k_t), input_precision=DOT_PRECISION)
+    return dq
 
 
 @triton.jit
@@ -166,9 +241,7 @@ def _attn_bwd_dq(
     pid_h = pid_bh % H
     pid_hk = pid_h // GROUP
 
-    kv_end = Skv
-    if HAS_SEQUSED:
-        kv_end = tl.minimum(tl.load(SeqUsedK + pid_b), Skv)
+    kv_end = _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
     q_start = kv_end - Sq
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -193,22 +266,26 @@ def _attn_bwd_dq(
         seed = tl.load(Seed)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # The forward's split: [0, full_end) unmasked, [full_end, hi) the diagonal and the ragged tail.
+    full_end = kv_end // BLOCK_N * BLOCK_N
     hi = kv_end
     if IS_CAUSAL:
-        hi = tl.maximum(tl.minimum(hi, q_start + (pid_m + 1) * BLOCK_M), 0)
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        n_ok = offs_n < kv_end
-        k_t = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd,
-                      mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        v_t = tl.load(v_base + offs_n[None, :].to(tl.int64) * stride_vn + offs_d[:, None] * stride_vd,
-                      mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        _, ds = _probs_and_dscores(
-            q, k_t, v_t, do, lse, delta, offs_m, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh,
-            sm_scale, softcap, dropout_p, seed, Skv,
-            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
-            IS_CAUSAL, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
-        dq += tl.dot(ds.to(k_t.dtype), tl.trans(k_t), input_precision=DOT_PRECISION)
+        first_query_pos = q_start + pid_m * BLOCK_M
+        full_end = tl.minimum(full_end, tl.maximum(first_query_pos + 1, 0) // BLOCK_N * BLOCK_N)
+        hi = tl.maximum(tl.minimum(hi, first_query_pos + BLOCK_M), 0)
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, k_base, v_base, 0, full_end,
+        offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+        sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
+        KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, k_base, v_base, full_end, hi,
+        offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+        sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
+        KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+        HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+        DOT_PRECISION)
 
     dq *= sm_scale
     tl.store(DQ + pid_b.to(tl.int64) * stride_dqb + pid_h.to(tl.int64) * stride_dqh

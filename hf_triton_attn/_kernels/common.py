@@ -1,11 +1,22 @@
-"""Masking and score helpers shared by the forward and backward kernels.
+"""Helpers shared by the forward and backward kernels.
 
-Scores are kept in the log2 domain (``qk * scale * log2(e)``) so the softmax uses ``exp2``.
+Scores are kept in the log2 domain (``qk * scale * log2(e)``) so the softmax uses ``exp2``. The masking
+helpers take 2D-broadcastable index tensors, ``rows`` (query index) and ``cols`` (key index), so the same code
+serves query-major tiles (rows ``[:, None]``, cols ``[None, :]``) and the key-major tiles of the dK/dV kernel.
 """
 import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED: tl.constexpr):
+    """kv_end: keys [0, kv_end) of batch row ``pid_b`` are in use."""
+    kv_end = Skv
+    if HAS_SEQUSED:
+        kv_end = tl.minimum(tl.load(SeqUsedK + pid_b), Skv)
+    return kv_end
 
 
 @triton.jit
@@ -15,19 +26,20 @@ def _tanh(x):
 
 
 @triton.jit
-def _scores(q, k_t, sm_scale, softcap, DOT_PRECISION: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
-    """Return (log2-domain scores, tanh of the capped scores or None)."""
-    s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * sm_scale
+def _scores(a, b, sm_scale, softcap, DOT_PRECISION: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+    """Return (log2-domain scores of ``a @ b``, tanh of the capped scores or None)."""
+    s = tl.dot(a, b, input_precision=DOT_PRECISION)
     if HAS_SOFTCAP:
-        t = _tanh(s / softcap)
+        t = _tanh(s * (sm_scale / softcap))
         return t * (softcap * LOG2E), t
     else:
-        return s * LOG2E, s
+        # One multiply per score: scale and log2(e) are folded into one scalar.
+        return s * (sm_scale * LOG2E), s
 
 
 @triton.jit
 def _apply_masks(
-    s, offs_m, offs_n, kv_end, q_start, pid_b, pid_h,
+    s, rows, cols, kv_end, q_start, pid_b, pid_h,
     KeyMask, stride_kmb, stride_kmn,
     Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr, CHECK_BOUNDS: tl.constexpr = True,
@@ -41,29 +53,30 @@ def _apply_masks(
     if MASK_KIND != 0:
         mask_ptrs = (
             Mask + pid_b.to(tl.int64) * stride_mb + pid_h.to(tl.int64) * stride_mh
-            + offs_m[:, None].to(tl.int64) * stride_mm + offs_n[None, :] * stride_mn
+            + rows.to(tl.int64) * stride_mm + cols * stride_mn
         )
-        in_bounds = (offs_m[:, None] < Sq) & (offs_n[None, :] < kv_end)
+        in_bounds = (rows < Sq) & (cols < kv_end)
         if MASK_KIND == 1:
             s = tl.where(tl.load(mask_ptrs, mask=in_bounds, other=0) != 0, s, float("-inf"))
         else:
             s = s + tl.load(mask_ptrs, mask=in_bounds, other=0.0).to(tl.float32) * LOG2E
     if HAS_KEY_MASK:
-        km_ptrs = KeyMask + pid_b.to(tl.int64) * stride_kmb + offs_n * stride_kmn
+        km_ptrs = KeyMask + pid_b.to(tl.int64) * stride_kmb + cols * stride_kmn
         if CHECK_BOUNDS:
-            km = tl.load(km_ptrs, mask=offs_n < kv_end, other=0)
+            km = tl.load(km_ptrs, mask=cols < kv_end, other=0)
         else:
             km = tl.load(km_ptrs)
-        s = tl.where((km != 0)[None, :], s, float("-inf"))
+        s = tl.where(km != 0, s, float("-inf"))
     if IS_CAUSAL:
-        s = tl.where((offs_n[None, :] < kv_end) & (offs_n[None, :] <= q_start + offs_m[:, None]), s, float("-inf"))
+        s = tl.where((cols < kv_end) & (cols <= q_start + rows), s, float("-inf"))
     elif CHECK_BOUNDS:
-        s = tl.where(offs_n[None, :] < kv_end, s, float("-inf"))
+        s = tl.where(cols < kv_end, s, float("-inf"))
     return s
 
 
 @triton.jit
-def _dropout_keep(seed, pid_bh, offs_m, offs_n, Skv, dropout_p):
-    # Counter-based: the backward regenerates exactly the forward's mask from (seed, head, row, column).
-    rnd = tl.rand(seed + pid_bh, offs_m[:, None] * Skv + offs_n[None, :])
+def _dropout_keep(seed, pid_bh, rows, cols, Skv, dropout_p):
+    # Counter-based: the backward regenerates exactly the forward's mask from (seed, head, row, column), in
+    # whichever tile orientation it works.
+    rnd = tl.rand(seed + pid_bh, rows * Skv + cols)
     return rnd >= dropout_p

@@ -7,12 +7,21 @@ the cache in parallel. A second kernel merges the splits' partial results with t
 import triton
 import triton.language as tl
 
+from .common import _keys_in_use
 from .fwd import _attn_fwd_inner
 
 
 @triton.jit
+def _split_workspace(Work, num_splits, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Carve one float32 buffer (one allocation per call) into the partial outputs, row maxima and row sums of
+    every (batch * kv head, split, packed row); both kernels run on a grid whose axis 1 is batch * kv head."""
+    parts = tl.num_programs(1).to(tl.int64) * num_splits * BLOCK_R
+    return Work, Work + parts * BLOCK_D, Work + parts * (BLOCK_D + 1)
+
+
+@triton.jit
 def _attn_fwd_split(
-    Q, K, V, PartOut, PartMax, PartSum, KeyMask, SeqUsedK,
+    Q, K, V, Work, KeyMask, SeqUsedK,
     sm_scale, softcap,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -28,9 +37,7 @@ def _attn_fwd_split(
     pid_b = pid_bhk // Hkv
     pid_hk = pid_bhk % Hkv
 
-    kv_end = Skv
-    if HAS_SEQUSED:
-        kv_end = tl.minimum(tl.load(SeqUsedK + pid_b), Skv)
+    kv_end = _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
     q_start = kv_end - Sq
 
     rows = tl.arange(0, BLOCK_R)
@@ -60,15 +67,16 @@ def _attn_fwd_split(
         KeyMask, stride_kmb, stride_kmn, None, 0, 0, 0, 0,
         HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, 0, HAS_SOFTCAP, False, DOT_PRECISION)
 
+    part_out, part_max, part_sum = _split_workspace(Work, num_splits, BLOCK_R, BLOCK_D)
     part = (pid_bhk * num_splits + pid_s).to(tl.int64) * BLOCK_R + rows
-    tl.store(PartMax + part, m_i)
-    tl.store(PartSum + part, l_i)
-    tl.store(PartOut + part[:, None] * BLOCK_D + offs_d[None, :], acc)
+    tl.store(part_max + part, m_i)
+    tl.store(part_sum + part, l_i)
+    tl.store(part_out + part[:, None] * BLOCK_D + offs_d[None, :], acc)
 
 
 @triton.jit
 def _attn_combine_splits(
-    PartOut, PartMax, PartSum, Out, LSE,
+    Work, Out, LSE,
     stride_ob, stride_oh, stride_om, stride_od,
     H, Hkv, Sq, GROUP, num_splits,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -83,14 +91,15 @@ def _attn_combine_splits(
     splits = tl.arange(0, BLOCK_S)
     split_ok = splits < num_splits
     offs_d = tl.arange(0, BLOCK_D)
+    part_out, part_max, part_sum = _split_workspace(Work, num_splits, BLOCK_R, BLOCK_D)
     part = (pid_bhk * num_splits + splits).to(tl.int64) * BLOCK_R + pid_row
-    m = tl.load(PartMax + part, mask=split_ok, other=float("-inf"))
-    l = tl.load(PartSum + part, mask=split_ok, other=0.0)
+    m = tl.load(part_max + part, mask=split_ok, other=float("-inf"))
+    l = tl.load(part_sum + part, mask=split_ok, other=0.0)
     m_max = tl.max(m, 0)
     m_shift = tl.where(m_max == float("-inf"), 0.0, m_max)
     weight = tl.exp2(m - m_shift)
     total = tl.sum(l * weight, 0)
-    acc = tl.load(PartOut + part[:, None] * BLOCK_D + offs_d[None, :], mask=split_ok[:, None], other=0.0)
+    acc = tl.load(part_out + part[:, None] * BLOCK_D + offs_d[None, :], mask=split_ok[:, None], other=0.0)
     acc = tl.sum(acc * weight[:, None], 0)
 
     has_keys = total > 0.0

@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from .common import _apply_masks, _dropout_keep, _scores
+from .common import _apply_masks, _dropout_keep, _keys_in_use, _scores
 
 
 @triton.jit
@@ -28,7 +28,7 @@ def _attn_fwd_inner(
         else:
             k_t = tl.load(k_ptrs)
         s, _ = _scores(q, k_t, sm_scale, softcap, DOT_PRECISION, HAS_SOFTCAP)
-        s = _apply_masks(s, offs_m, offs_n, kv_end, q_start, pid_b, pid_h,
+        s = _apply_masks(s, offs_m[:, None], offs_n[None, :], kv_end, q_start, pid_b, pid_h,
                          KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
                          IS_CAUSAL, HAS_KEY_MASK, MASK_KIND, CHECK_BOUNDS)
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -40,7 +40,7 @@ def _attn_fwd_inner(
         alpha = tl.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, Skv, dropout_p)
+            keep = _dropout_keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], Skv, dropout_p)
             p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
         if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
             v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
@@ -72,9 +72,7 @@ def _attn_fwd(
     pid_h = pid_bh % H
     pid_hk = pid_h // GROUP
 
-    kv_end = Skv
-    if HAS_SEQUSED:
-        kv_end = tl.minimum(tl.load(SeqUsedK + pid_b), Skv)
+    kv_end = _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
     q_start = kv_end - Sq
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
