@@ -4,7 +4,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import assert_close_to_reference, random_qkv
-from test_kernel import padding_mask
+from test_kernel import PADDING_CASES, kept_ranges_mask, padding_mask
 
 from hf_triton_attn import attention, ops
 from hf_triton_attn.reference import attention_reference
@@ -54,6 +54,13 @@ def test_backward_head_dims(dtype, head_dim):
 def test_backward_key_padding(kind, causal):
     check_backward(*random_qkv(3, 4, 2, 45, 45, 32, torch.float32, DEVICE), causal=causal,
                    attention_mask=padding_mask(kind, 3, 45))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlens, ranges", PADDING_CASES)
+def test_backward_padding_blocks_skipped_exactly(causal, seqlens, ranges):
+    q, k, v = random_qkv(len(ranges), 2, 1, *seqlens, 16, torch.float32, DEVICE)
+    check_backward(q, k, v, causal=causal, attention_mask=kept_ranges_mask(ranges, seqlens[1]))
 
 
 @pytest.mark.parametrize("mask_kind", ["bool", "additive"])

@@ -54,6 +54,29 @@ def test_key_padding(dtype, kind, causal, seqlens):
     check_forward(q, k, v, causal=causal, attention_mask=padding_mask(kind, 3, seqlens[1]))
 
 
+def kept_ranges_mask(ranges, seqlen: int) -> torch.Tensor:
+    """A (len(ranges), seqlen) key mask keeping keys [start, end) of each row: padding on both sides."""
+    mask = torch.zeros(len(ranges), seqlen, dtype=torch.bool)
+    for row, (start, end) in enumerate(ranges):
+        mask[row, start:end] = True
+    return mask.to(DEVICE)
+
+
+# Kept ranges that leave whole key blocks of padding on either side, a single kept key at either end, and a row
+# that keeps nothing; the long case needs more than one pass of the kernels' kept-range scan (1024 keys).
+PADDING_CASES = [
+    ((40, 130), [(70, 75), (0, 1), (129, 130), (0, 0)]),
+    ((17, 1100), [(1030, 1050), (5, 1070)]),
+]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlens, ranges", PADDING_CASES)
+def test_padding_blocks_skipped_exactly(causal, seqlens, ranges):
+    q, k, v = random_qkv(len(ranges), 2, 1, *seqlens, 16, torch.float32, DEVICE)
+    check_forward(q, k, v, causal=causal, attention_mask=kept_ranges_mask(ranges, seqlens[1]))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mask_shape", [(2, 1, 29, 53), (1, 4, 29, 53), (2, 4, 29, 53)])
 @pytest.mark.parametrize("mask_kind", ["bool", "additive"])

@@ -11,7 +11,7 @@ diagonal run without bounds or causal masks; only the diagonal and ragged tiles 
 import triton
 import triton.language as tl
 
-from .common import _apply_masks, _dropout_keep, _keys_in_use, _scores
+from .common import _apply_masks, _dropout_keep, _kept_key_range, _keys_in_use, _scores
 
 
 @triton.jit
@@ -154,6 +154,12 @@ def _attn_bwd_dkdv(
         lo = tl.maximum(start_n - q_start, 0) // BLOCK_M * BLOCK_M
         masked_end = lo + (tl.maximum(start_n + BLOCK_N - 1 - q_start - lo, 0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     masked_end = tl.where(start_n + BLOCK_N <= kv_end, tl.minimum(masked_end, Sq), Sq)
+    if HAS_KEY_MASK:
+        # A key block of padding only (the mask drops all its keys) has zero gradients: skip its query loops.
+        key_lo, key_hi = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
+        padding_only = (start_n >= key_hi) | (start_n + BLOCK_N <= key_lo)
+        lo = tl.where(padding_only, Sq, lo)
+        masked_end = tl.where(padding_only, Sq, masked_end)
     for g in range(0, GROUP):
         pid_h = pid_hk * GROUP + g
         pid_bh = pid_b * H + pid_h
@@ -266,21 +272,27 @@ def _attn_bwd_dq(
         seed = tl.load(Seed)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    # The forward's split: [0, full_end) unmasked, [full_end, hi) the diagonal and the ragged tail.
+    # The forward's split: [lo, full_end) unmasked, [full_end, hi) the diagonal and the ragged tail.
     full_end = kv_end // BLOCK_N * BLOCK_N
     hi = kv_end
     if IS_CAUSAL:
         first_query_pos = q_start + pid_m * BLOCK_M
         full_end = tl.minimum(full_end, tl.maximum(first_query_pos + 1, 0) // BLOCK_N * BLOCK_N)
         hi = tl.maximum(tl.minimum(hi, first_query_pos + BLOCK_M), 0)
+    lo = 0
+    if HAS_KEY_MASK:
+        key_lo, key_hi = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
+        lo = key_lo // BLOCK_N * BLOCK_N
+        full_end = tl.minimum(full_end, (key_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
+        hi = tl.minimum(hi, key_hi)
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, 0, full_end,
+        dq, q, do, lse, delta, k_base, v_base, lo, full_end,
         offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
         HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, full_end, hi,
+        dq, q, do, lse, delta, k_base, v_base, tl.maximum(lo, full_end), hi,
         offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,

@@ -20,6 +20,23 @@ def _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED: tl.constexpr):
 
 
 @triton.jit
+def _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end, BLOCK: tl.constexpr = 1024):
+    """[first, last + 1) of the keys that the key mask of row ``pid_b`` keeps in [0, kv_end); empty (first >=
+    the end) when it keeps none. Lets a program skip the key blocks of left and right padding: one pass over
+    kv_end bytes, against the kv_end * head_dim products it saves."""
+    offs = tl.arange(0, BLOCK)
+    base = KeyMask + pid_b.to(tl.int64) * stride_kmb
+    first = tl.zeros([], tl.int32) + kv_end
+    last = tl.zeros([], tl.int32) - 1
+    for start in range(0, kv_end, BLOCK):
+        cols = start + offs
+        kept = tl.load(base + cols * stride_kmn, mask=cols < kv_end, other=0) != 0
+        first = tl.minimum(first, tl.min(tl.where(kept, cols, kv_end), 0))
+        last = tl.maximum(last, tl.max(tl.where(kept, cols, -1), 0))
+    return first, last + 1
+
+
+@triton.jit
 def _tanh(x):
     # 1 - 2 / (exp(2x) + 1): exact in fp32, saturates cleanly, and runs in the interpreter (no libdevice).
     return 1.0 - 2.0 / (tl.exp2(x * (2.0 * LOG2E)) + 1.0)

@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from .common import _apply_masks, _dropout_keep, _keys_in_use, _scores
+from .common import _apply_masks, _dropout_keep, _kept_key_range, _keys_in_use, _scores
 
 
 @triton.jit
@@ -95,7 +95,7 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    # Key blocks [0, full_end) lie wholly inside the keys in use and (if causal) left of every query's diagonal:
+    # Key blocks [lo, full_end) lie wholly inside the keys in use and (if causal) left of every query's diagonal:
     # they run without bounds or causal masks. [full_end, hi) holds the diagonal and the ragged tail.
     full_end = kv_end // BLOCK_N * BLOCK_N
     hi = kv_end
@@ -103,15 +103,22 @@ def _attn_fwd(
         first_query_pos = q_start + pid_m * BLOCK_M
         full_end = tl.minimum(full_end, tl.maximum(first_query_pos + 1, 0) // BLOCK_N * BLOCK_N)
         hi = tl.maximum(tl.minimum(hi, first_query_pos + BLOCK_M), 0)
+    lo = 0
+    if HAS_KEY_MASK:
+        # No work on the blocks of padding before the first and after the last key the mask keeps.
+        key_lo, key_hi = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
+        lo = key_lo // BLOCK_N * BLOCK_N
+        full_end = tl.minimum(full_end, (key_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
+        hi = tl.minimum(hi, key_hi)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, 0, full_end,
+        acc, l_i, m_i, q, k_base, v_base, lo, full_end,
         offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
         HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, full_end, hi,
+        acc, l_i, m_i, q, k_base, v_base, tl.maximum(lo, full_end), hi,
         offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
