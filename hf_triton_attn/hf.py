@@ -15,7 +15,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from .functional import attention
-from .masks import keys_in_use, triton_attention_mask
+from .masks import keys_in_use_cached, triton_attention_mask
 
 ATTN_IMPLEMENTATION = "triton"
 
@@ -44,7 +44,7 @@ def triton_attention_forward(
         # A dense mask from the mask function already holds causality, windows and overlays, as eager's does.
         causal = False
     elif attention_mask is not None and causal and query.shape[2] != key.shape[2]:
-        seqused_k = keys_in_use(attention_mask)
+        seqused_k = keys_in_use_cached(attention_mask)
     if position_bias is not None:
         attention_mask = _with_position_bias(position_bias, attention_mask)
     out = attention(

@@ -62,5 +62,25 @@ def keys_in_use(key_valid: torch.Tensor) -> torch.Tensor:
     return (key_valid.to(torch.int32) * positions).amax(dim=-1)
 
 
+_last_keys_in_use: tuple = ()  # (mask, its version counter, keys_in_use of it) from the latest call
+
+
+def keys_in_use_cached(key_valid: torch.Tensor) -> torch.Tensor:
+    """:func:`keys_in_use`, computed once per mask rather than once per layer.
+
+    Transformers hands one mask object to every layer of a forward. While decoding, each layer's attention
+    takes microseconds of GPU time, and the reduction's kernel launches would cost more host time than that;
+    so the result for the latest mask object (unchanged since: same version counter) is reused.
+    """
+    global _last_keys_in_use
+    if _is_tracing():
+        return keys_in_use(key_valid)
+    if _last_keys_in_use and _last_keys_in_use[0] is key_valid and _last_keys_in_use[1] == key_valid._version:
+        return _last_keys_in_use[2]
+    result = keys_in_use(key_valid)
+    _last_keys_in_use = (key_valid, key_valid._version, result)
+    return result
+
+
 def _is_tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()

@@ -3,7 +3,7 @@ import torch
 from transformers.masking_utils import (bidirectional_mask_function, causal_mask_function,
                                         sliding_window_causal_mask_function)
 
-from hf_triton_attn.masks import keys_in_use, triton_attention_mask
+from hf_triton_attn.masks import keys_in_use, keys_in_use_cached, triton_attention_mask
 
 
 def mask_for(**kwargs):
@@ -54,3 +54,13 @@ def test_composed_masks_become_dense():
 def test_keys_in_use():
     valid = torch.tensor([[0, 0, 1, 1, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     assert keys_in_use(valid).tolist() == [4, 0, 5]
+
+
+def test_keys_in_use_cached_per_mask_object():
+    valid = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    first = keys_in_use_cached(valid)
+    assert first.tolist() == [4, 3]
+    assert keys_in_use_cached(valid) is first  # the same mask again (the next layer): no recomputation
+    valid[1, 4] = True  # changed in place: recomputed
+    assert keys_in_use_cached(valid).tolist() == [4, 5]
+    assert keys_in_use_cached(valid.clone()).tolist() == [4, 5]
