@@ -1,4 +1,5 @@
-"""Fine-tune a small BERT sequence classifier with attn_implementation="triton" next to "eager".
+"""Fine-tune a BERT sequence classifier (small, or BERT-base sized) with attn_implementation="triton" next to
+"eager".
 
 Task (synthetic): are most tokens of the sequence "high" tokens rather than "low" ones? Padded batches of
 variable lengths; the padding positions hold high tokens, so a backend that lets queries see padding gets a
@@ -10,6 +11,7 @@ follow the same trajectory: the first 5 losses agree within 1e-3 relative (1e-2 
     TRITON_INTERPRET=1 python examples/finetune.py
     TRITON_INTERPRET=1 python examples/finetune.py --no-dropout
     python examples/finetune.py --device cuda
+    python examples/finetune.py --device cuda --size base    # BERT-base sizes: 12 layers, hidden 768, 12 heads
 """
 import argparse
 import copy
@@ -78,7 +80,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, help="default: 200 on CUDA, 60 on CPU")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--size", choices=("small", "base"), default="small",
+                        help="small: 1 layer, hidden 64, 2 heads; base: BERT-base (12 layers, hidden 768, 12 heads)")
+    parser.add_argument("--lr", type=float, help="default: 1e-3 (small), 1e-4 (base)")
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--no-dropout", action="store_true", help="turn every dropout off: losses must match")
     parser.add_argument("--seed", type=int, default=0)
@@ -86,19 +90,22 @@ def main() -> None:
     args = parser.parse_args()
     dtype = _common.setup(parser, args, cuda_dtype="bfloat16")
     args.steps = args.steps or (60 if torch.device(args.device).type == "cpu" else 200)
+    args.lr = args.lr or (1e-3 if args.size == "small" else 1e-4)
 
     generator = torch.Generator().manual_seed(args.seed)
     batches = [make_batch(args.batch_size, generator, args.device) for _ in range(args.steps)]
     eval_batch = make_batch(EVAL_EXAMPLES, generator, args.device)
     dropout = 0.0 if args.no_dropout else 0.1
+    sizes = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128)
     config = BertConfig(
-        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
-        max_position_embeddings=MAX_LEN, num_labels=2, pad_token_id=PAD,
+        vocab_size=VOCAB, max_position_embeddings=MAX_LEN, num_labels=2, pad_token_id=PAD,
         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        **(sizes if args.size == "small" else {}),  # the defaults are BERT-base's
     )
     torch.manual_seed(args.seed)
     model = BertForSequenceClassification(config)
-    print(f"{args.steps} steps of {args.batch_size} sequences, lengths {MIN_LEN}-{MAX_LEN}, dropout {dropout}")
+    print(f"{args.size} BERT ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), {args.steps} steps "
+          f"of {args.batch_size} sequences, lengths {MIN_LEN}-{MAX_LEN}, dropout {dropout}, lr {args.lr:g}")
 
     results = {name: train(model, name, batches, eval_batch, args, dtype) for name in ("eager", "triton")}
     (eager_losses, eager_accuracy), (triton_losses, triton_accuracy) = results["eager"], results["triton"]
@@ -108,7 +115,8 @@ def main() -> None:
     print(f"eval accuracy: eager {eager_accuracy:.3f}, triton {triton_accuracy:.3f}")
 
     failures = []
-    final_eager, final_triton = (sum(losses[-FINAL_WINDOW:]) / FINAL_WINDOW for losses in (eager_losses, triton_losses))
+    final_eager, final_triton = (sum(losses[-FINAL_WINDOW:]) / len(losses[-FINAL_WINDOW:])
+                                 for losses in (eager_losses, triton_losses))
     print(f"final loss (mean of the last {FINAL_WINDOW} steps): eager {final_eager:.4f}, triton {final_triton:.4f}; "
           f"tolerance: |difference| <= {FINAL_LOSS_BAND}")
     if abs(final_triton - final_eager) > FINAL_LOSS_BAND:
