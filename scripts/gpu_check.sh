@@ -21,6 +21,7 @@ for step in "$@"; do
       python examples/compare_gpt.py --size large >> "$OUT/examples.log" 2>&1 || rc=1
       python examples/compare_gpt.py --dtype float32 >> "$OUT/examples.log" 2>&1 || rc=1
       python examples/finetune.py >> "$OUT/examples.log" 2>&1 || rc=1
+      python examples/finetune.py --size base >> "$OUT/examples.log" 2>&1 || rc=1
       grep -E "PASS|FAIL|max|tol|loss|Error" "$OUT/examples.log" | tail -n 40 ;;
     tune) python benchmarks/tune.py --out "$OUT" > "$OUT/tune.log" 2>&1; rc=$?; tail -n 20 "$OUT/tune.log" ;;
     train-memory) python benchmarks/bench_models.py --train-memory --out "$OUT" > "$OUT/models.log" 2>&1; rc=$?
