@@ -4,7 +4,7 @@ FlexAttention, all in one process on the same inputs, for the cases of /work/sha
     PYTHONPATH=. python benchmarks/bench_kernels.py --out results/
 
 Every provider's output (and, for forward+backward, its gradients) is checked against ours once per case
-before timing. Times are the median of ``triton.testing.do_bench`` (which clears the L2 cache before each
+before timing, except with dropout, where each provider draws its own mask. Times are the median of ``triton.testing.do_bench`` (which clears the L2 cache before each
 call). Throughput counts:
 
 - dense: 4*B*H*Sq*Skv*D FLOP, halved when causal, times 3.5 for forward+backward;
@@ -62,6 +62,7 @@ class KernelCase:
     head_dim: int
     causal: bool
     dtype: torch.dtype = torch.bfloat16
+    dropout_p: float = 0.0  # forward+backward only; outputs then differ by provider and are not compared
 
     @property
     def seqlen_q(self) -> int:
@@ -90,7 +91,8 @@ class KernelCase:
             return f"{self.group} B{self.batch} H{self.heads}/{self.kv_heads} L{self.seqlen} D{self.head_dim} {dtype}"
         heads = f"H{self.heads}" if self.padded else f"H{self.heads}/{self.kv_heads}"
         mask = "causal" if self.causal else "full"
-        return f"{self.group} B{self.batch} {heads} S{self.seqlen} D{self.head_dim} {mask} {dtype}"
+        dropout = f" dropout {self.dropout_p}" if self.dropout_p else ""
+        return f"{self.group} B{self.batch} {heads} S{self.seqlen} D{self.head_dim} {mask}{dropout} {dtype}"
 
     @property
     def seed(self) -> int:
@@ -113,6 +115,9 @@ def all_cases() -> list[KernelCase]:
         KernelCase("dense fwdbwd", 4, 16, 16, 4096, 128, True),
         KernelCase("dense fwdbwd", 1, 16, 16, 16384, 128, True),
         KernelCase("dense fwdbwd", 4, 32, 8, 4096, 128, True),
+        # BERT-base training, without and with its attention dropout (FlexAttention has no dropout: n/a).
+        KernelCase("dense fwdbwd", 32, 12, 12, 512, 64, False),
+        KernelCase("dense fwdbwd", 32, 12, 12, 512, 64, False, dropout_p=0.1),
         KernelCase("padded fwd", 16, 16, 16, 2048, 128, True),
         KernelCase("padded fwd", 16, 12, 12, 512, 64, False),
     ]
@@ -199,13 +204,14 @@ def make_ours(case: KernelCase, inputs: Inputs):
 
     def forward():
         return hf_triton_attn.attention(inputs.q, inputs.k, inputs.v, causal=case.causal,
-                                        attention_mask=inputs.key_padding_mask)
+                                        attention_mask=inputs.key_padding_mask, dropout_p=case.dropout_p)
     return contextlib.nullcontext(), forward
 
 
 def sdpa_maker(backend: SDPBackend) -> ProviderMaker:
     def make(case: KernelCase, inputs: Inputs):
-        kwargs = {"attn_mask": inputs.sdpa_mask, "is_causal": case.causal and inputs.sdpa_mask is None}
+        kwargs = {"attn_mask": inputs.sdpa_mask, "is_causal": case.causal and inputs.sdpa_mask is None,
+                  "dropout_p": case.dropout_p}
         if case.gqa:
             kwargs["enable_gqa"] = True  # backends that cannot share kv heads refuse: reported n/a
 
@@ -240,6 +246,8 @@ def flex_block_mask(case: KernelCase, inputs: Inputs):
 def make_flex(case: KernelCase, inputs: Inputs):
     if flex_attention is None:
         raise NotImplementedError("torch.nn.attention.flex_attention is not available in this torch")
+    if case.dropout_p:
+        raise NotImplementedError("flex_attention has no attention dropout")
     # Each case compiles for its own static shapes; clearing Dynamo's cache first keeps the ~25 cases from
     # hitting the recompile limit (8 per function), past which Dynamo would silently run flex uncompiled.
     torch._dynamo.reset()
@@ -344,7 +352,7 @@ def bench_provider(case: KernelCase, inputs: Inputs, make: ProviderMaker, work: 
                     ms = triton.testing.do_bench(step, warmup=WARMUP_MS, rep=REP_MS, grad_to_none=grad_to_none,
                                                  return_mode="median")
             result = ProviderResult("ok", ms=ms, value=throughput(case, work, ms))
-            if reference is not None:
+            if reference is not None and not case.dropout_p:
                 verify(result, got, reference)
         except torch.cuda.OutOfMemoryError:
             result, got = ProviderResult("oom", reason="CUDA out of memory"), None
