@@ -113,6 +113,18 @@ def test_dropout_keep_rate(dropout_p):
     assert abs(rate - (1 - dropout_p)) < 4 * (dropout_p * (1 - dropout_p) / n) ** 0.5
 
 
+def test_dropout_mask_has_no_lane_structure():
+    """One random draw serves 8 consecutive keys: each key of the group must still be an independent coin."""
+    keep = dropout_keep_mask((2, 4, 64, 64), 0.5, seed=5).float()
+    n = keep[..., 0::8].numel()
+    bound = 4 * (0.25 / n) ** 0.5
+    for lane in range(8):
+        assert abs(keep[..., lane::8].mean().item() - 0.5) < bound, lane
+    for shift in range(1, 9):
+        same = (keep[..., :-shift] == keep[..., shift:]).float().mean().item()
+        assert abs(same - 0.5) < 4 * (0.25 / keep[..., shift:].numel()) ** 0.5, shift
+
+
 def test_dropout_reproducible_with_seed():
     q, k, v = random_qkv(2, 4, 2, 40, 40, 32, torch.float32, DEVICE)
     torch.manual_seed(7)
@@ -127,12 +139,12 @@ def test_dropout_zero_is_exactly_no_dropout():
     assert torch.equal(attention(q, k, v, dropout_p=0.0), attention(q, k, v))
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_dropout_forward_and_backward_match_reference(causal):
-    """The same keep-mask, applied by the oracle, must give our output and gradients."""
-    shape, dropout_p, seed = (2, 4, 48, 64), 0.3, 11
+@pytest.mark.parametrize("causal, seqlen_k", [(False, 64), (True, 64), (False, 61), (True, 77)])
+def test_dropout_forward_and_backward_match_reference(causal, seqlen_k):
+    """The same keep-mask, applied by the oracle, must give our output and gradients (ragged key counts too)."""
+    shape, dropout_p, seed = (2, 4, 48, seqlen_k), 0.3, 11
     keep = dropout_keep_mask(shape, dropout_p, seed, causal=causal)
-    q, k, v = random_qkv(2, 4, 4, 48, 64, 64, torch.float32, DEVICE)
+    q, k, v = random_qkv(2, 4, 4, 48, seqlen_k, 64, torch.float32, DEVICE)
     grad_out = torch.randn_like(q)
     torch.manual_seed(seed)
     ours = grads_of(lambda a, b, c: attention(a, b, c, dropout_p=dropout_p, causal=causal), q, k, v, grad_out)

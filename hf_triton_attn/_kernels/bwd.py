@@ -39,14 +39,22 @@ def _attn_bwd_preprocess(
 
 @triton.jit
 def _probs_and_dscores(
-    a, b, dp, lse, delta, rows, cols, kv_end, q_start, pid_b, pid_h, pid_bh,
+    a, b, dp, lse, delta, offs_m, start_n, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh,
     sm_scale, softcap, dropout_p, seed, Skv,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
+    BLOCK_N: tl.constexpr, KEY_MAJOR: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Return (probabilities after dropout, gradient w.r.t. the pre-softmax scores qk * scale) of the tile
-    ``a @ b``, in its orientation; ``dp`` is dO V^T and ``lse``/``delta`` come broadcast to the tile."""
+    ``a @ b`` of queries ``offs_m`` and keys ``offs_n`` (= start_n + arange(BLOCK_N)), key-major (keys along
+    rows) when KEY_MAJOR; ``dp`` is dO V^T and ``lse``/``delta`` come broadcast to the tile."""
+    if KEY_MAJOR:
+        rows = offs_m[None, :]
+        cols = offs_n[:, None]
+    else:
+        rows = offs_m[:, None]
+        cols = offs_n[None, :]
     s, t = _scores(a, b, sm_scale, softcap, DOT_PRECISION, HAS_SOFTCAP)
     s = _apply_masks(s, rows, cols, kv_end, q_start, pid_b, pid_h,
                      KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
@@ -54,7 +62,7 @@ def _probs_and_dscores(
     p = tl.exp2(s - lse)
     p_drop = p
     if HAS_DROPOUT:
-        keep = _dropout_keep(seed, pid_bh, rows, cols, Skv, dropout_p)
+        keep = _dropout_keep(seed, pid_bh, offs_m, start_n, Skv, dropout_p, BLOCK_N, KEY_MAJOR)
         p_drop = tl.where(keep, p / (1.0 - dropout_p), 0.0)
         dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
     ds = p * (dp - delta)
@@ -66,11 +74,11 @@ def _probs_and_dscores(
 @triton.jit
 def _attn_bwd_dkdv_inner(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, lo, hi,
-    offs_m0, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+    offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_qm, stride_qd, stride_dom, stride_dod,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -89,9 +97,9 @@ def _attn_bwd_dkdv_inner(
         delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         p_t, ds_t = _probs_and_dscores(
-            k, q_t, dp_t, lse[None, :], delta[None, :], offs_m[None, :], offs_n[:, None],
+            k, q_t, dp_t, lse[None, :], delta[None, :], offs_m, start_n, offs_n,
             kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed, Skv,
-            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
+            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_N, True,
             IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
         dk += tl.dot(ds_t.to(q_t.dtype), tl.trans(q_t), input_precision=DOT_PRECISION)
@@ -169,17 +177,17 @@ def _attn_bwd_dkdv(
         delta_base = Delta + pid_bh.to(tl.int64) * Sq
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, lo, masked_end,
-            offs_m0, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+            offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
             sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
             KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_D, BLOCK_M, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
             DOT_PRECISION)
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, masked_end, Sq,
-            offs_m0, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+            offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
             sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
             KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_D, BLOCK_M, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
             DOT_PRECISION)
 
     dk *= sm_scale
@@ -217,9 +225,9 @@ def _attn_bwd_dq_inner(
             v_t = tl.load(v_ptrs)
         dp = tl.dot(do, v_t, input_precision=DOT_PRECISION)
         _, ds = _probs_and_dscores(
-            q, k_t, dp, lse[:, None], delta[:, None], offs_m[:, None], offs_n[None, :],
+            q, k_t, dp, lse[:, None], delta[:, None], offs_m, start_n, offs_n,
             kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed, Skv,
-            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
+            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_N, False,
             IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
         dq += tl.dot(ds.to(k_t.dtype), tl.trans(k_t), input_precision=DOT_PRECISION)
     return dq

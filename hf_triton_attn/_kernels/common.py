@@ -92,8 +92,24 @@ def _apply_masks(
 
 
 @triton.jit
-def _dropout_keep(seed, pid_bh, rows, cols, Skv, dropout_p):
-    # Counter-based: the backward regenerates exactly the forward's mask from (seed, head, row, column), in
-    # whichever tile orientation it works.
-    rnd = tl.rand(seed + pid_bh, rows * Skv + cols)
-    return rnd >= dropout_p
+def _dropout_keep(seed, pid_bh, offs_q, start_k, Skv, dropout_p, BLOCK_K: tl.constexpr, KEY_MAJOR: tl.constexpr):
+    """Keep-flags of the tile (queries ``offs_q``) x (keys ``[start_k, start_k + BLOCK_K)``), query-major, or
+    key-major when KEY_MAJOR. ``start_k`` and BLOCK_K are multiples of 8.
+
+    Counter-based (Philox, keyed by the seed and the head): the backward regenerates exactly the forward's mask
+    from (query, key), in whichever tile orientation it works. One Philox call yields four 32-bit words and
+    each word two 16-bit uniforms, so one call serves 8 consecutive keys of a query: a key is kept when its
+    uniform is at least ``round(p * 2**16)``, so the drop probability is p rounded to a multiple of 2**-16.
+    """
+    groups = start_k // 8 + tl.arange(0, BLOCK_K // 8)
+    counter = offs_q[:, None] * ((Skv + 7) // 8) + groups[None, :]
+    r0, r1, r2, r3 = tl.randint4x(seed + pid_bh, counter)
+    threshold = tl.cast(dropout_p * 65536.0 + 0.5, tl.uint32)
+    low = tl.join(tl.join((r0 & 0xFFFF) >= threshold, (r1 & 0xFFFF) >= threshold),
+                  tl.join((r2 & 0xFFFF) >= threshold, (r3 & 0xFFFF) >= threshold))
+    high = tl.join(tl.join((r0 >> 16) >= threshold, (r1 >> 16) >= threshold),
+                   tl.join((r2 >> 16) >= threshold, (r3 >> 16) >= threshold))
+    keep = tl.reshape(tl.join(low, high), [offs_q.shape[0], BLOCK_K])
+    if KEY_MAJOR:
+        keep = tl.trans(keep)
+    return keep

@@ -40,7 +40,7 @@ def _attn_fwd_inner(
         alpha = tl.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], Skv, dropout_p)
+            keep = _dropout_keep(seed, pid_bh, offs_m, start_n, Skv, dropout_p, BLOCK_N, False)
             p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
         if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
             v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
