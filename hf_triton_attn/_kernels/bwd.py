@@ -63,8 +63,9 @@ def _probs_and_dscores(
     p_drop = p
     if HAS_DROPOUT:
         keep = _dropout_keep(seed, pid_bh, offs_m, start_n, Skv, dropout_p, BLOCK_N, KEY_MAJOR)
-        p_drop = tl.where(keep, p / (1.0 - dropout_p), 0.0)
-        dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+        keep_scale = 1.0 / (1.0 - dropout_p)  # one scalar division, not one per element
+        p_drop = tl.where(keep, p * keep_scale, 0.0)
+        dp = tl.where(keep, dp * keep_scale, 0.0)
     ds = p * (dp - delta)
     if HAS_SOFTCAP:
         ds = ds * (1.0 - t * t)

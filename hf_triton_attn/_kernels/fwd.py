@@ -41,7 +41,7 @@ def _attn_fwd_inner(
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
             keep = _dropout_keep(seed, pid_bh, offs_m, start_n, Skv, dropout_p, BLOCK_N, False)
-            p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+            p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)  # a scalar division, not one per element
         if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
             v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         else:
