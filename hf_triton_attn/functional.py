@@ -53,7 +53,8 @@ def attention(
             used (e.g. the written part of a static KV cache); the causal diagonal is aligned to it.
         dropout_p: probability of dropping an attention weight (training). The mask comes from a
             counter-based generator seeded from PyTorch's default generator, so ``torch.manual_seed``
-            makes runs reproducible, and the backward regenerates the same mask.
+            makes runs reproducible, and the backward regenerates the same mask. Each weight is dropped with
+            probability ``dropout_p`` rounded to a multiple of 2**-16 (16-bit uniforms, 8 per Philox call).
         softcap: if set, scores become ``softcap * tanh(scores / softcap)`` before masking (Gemma 2).
 
     Returns:
