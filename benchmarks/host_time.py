@@ -2,8 +2,9 @@
 
 A decoding step at a short cache is host-bound: each eager call costs its Python, validation and kernel
 launches, and the GPU waits. This script issues many calls back to back and reports microseconds per call
-for the public function, the op layer below it, bare Triton launches with few and many arguments, and
-SDPA for scale; then the GPU time alone (CUDA graph replay) and a cProfile of the public call.
+for the public function, the op layer below it, bare Triton launches with few and many arguments (plain
+``kernel[grid](...)`` and through ``hf_triton_attn.launch.KernelLauncher``), and SDPA for scale; then the
+GPU time alone (CUDA graph replay) and a cProfile of the public call.
 
     PYTHONPATH=. python benchmarks/host_time.py [--out DIR]
 """
@@ -23,6 +24,7 @@ from triton.testing import do_bench_cudagraph
 
 import hf_triton_attn
 from hf_triton_attn import ops
+from hf_triton_attn.launch import KernelLauncher
 
 CALLS = 2000
 
@@ -38,6 +40,10 @@ def _empty_40(X, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a1
               C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr, C4: tl.constexpr, C5: tl.constexpr,
               C6: tl.constexpr, C7: tl.constexpr):
     pass
+
+
+_launch_empty_1 = KernelLauncher(_empty_1)
+_launch_empty_40 = KernelLauncher(_empty_40)
 
 
 def per_call_us(fn) -> float:
@@ -75,6 +81,9 @@ def main() -> None:
         "empty Triton kernel, 1 argument": lambda: _empty_1[(1,)](x),
         "empty Triton kernel, 40 arguments":
             lambda: _empty_40[(1,)](x, *ints, C1=1, C2=2, C3=3, C4=4, C5=5, C6=6, C7=7),
+        "empty Triton kernel, 1 argument, KernelLauncher": lambda: _launch_empty_1((1,), x),
+        "empty Triton kernel, 40 arguments, KernelLauncher":
+            lambda: _launch_empty_40((1,), x, *ints, C1=1, C2=2, C3=3, C4=4, C5=5, C6=6, C7=7),
         "torch.empty x3": lambda: (torch.empty(8, 32, 128, device="cuda"), torch.empty(8, 32, device="cuda"),
                                    torch.empty(100000, device="cuda")),
     }
@@ -100,8 +109,8 @@ def main() -> None:
 
     print(f"decode B{batch} H{heads}/{kv_heads} L{args.cache_len} D{head_dim} bf16, {CALLS} calls back to back")
     for name, us in results.items():
-        print(f"  {name:<36} {us:8.1f} us/call")
-    print(f"  {'GPU time of ops.forward_impl (graph)':<36} {gpu_us:8.1f} us/call")
+        print(f"  {name:<50} {us:8.1f} us/call")
+    print(f"  {'GPU time of ops.forward_impl (graph)':<50} {gpu_us:8.1f} us/call")
     print("\n".join(text.getvalue().splitlines()[:45]))
 
 

@@ -1,0 +1,209 @@
+"""hf_triton_attn.launch: the cache key must determine Triton's specialization, and cached launches must compute
+what the normal launch path computes."""
+import itertools
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from triton import knobs
+from triton._C.libtriton import native_specialize_impl
+from triton.backends.compiler import BaseBackend
+
+import hf_triton_attn
+from hf_triton_attn import ops
+from hf_triton_attn.launch import FAST_PATH_AVAILABLE, KernelLauncher, cache_key, specialization_key
+
+from conftest import DEVICE
+
+
+@triton.jit
+def _scaled_copy(X, Y, n, scale, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    keep = offs < n
+    tl.store(Y + offs, tl.load(X + offs, mask=keep) * scale, mask=keep)
+
+
+def _key(*args, device=0, **kwargs):
+    return cache_key(device, args, kwargs)
+
+
+def _tensors():
+    base32 = torch.zeros(64)
+    base16 = torch.zeros(64, dtype=torch.float16)
+    return {
+        "fp32": base32, "fp32 other": torch.zeros(8), "fp32 +4 bytes": base32[1:], "fp32 +8 bytes": base32[2:],
+        "fp32 +16 bytes": base32[4:], "fp16": base16, "fp16 +2 bytes": base16[1:], "fp16 +16 bytes": base16[8:],
+        "int64": torch.zeros(4, dtype=torch.int64), "bool": torch.zeros(4, dtype=torch.bool),
+    }
+
+
+def test_key_separates_what_triton_specializes_on():
+    t = _tensors()
+    different = [
+        ((1,), (2,)), ((16,), (17,)), ((0,), (1,)), ((2**31 - 16,), (2**31,)), ((-2**31,), (-2**31 - 16,)),
+        ((2**63 - 16,), (2**63,)), ((1,), (True,)), ((True,), (1.0,)), ((16,), (16.0,)),
+        ((t["fp32"],), (t["fp32 +4 bytes"],)), ((t["fp32"],), (t["fp16"],)), ((t["fp32"],), (None,)),
+        ((None,), (1,)), ((1, 16), (16, 1)),
+    ]
+    for a, b in different:
+        assert _key(*a) != _key(*b), (a, b)
+    assert _key(t["fp32"], BLOCK=64) != _key(t["fp32"], BLOCK=32)
+    assert _key(t["fp32"], BLOCK=64, num_warps=4) != _key(t["fp32"], BLOCK=64, num_warps=8)
+    assert _key(t["fp32"], BLOCK=64, num_stages=2) != _key(t["fp32"], BLOCK=64, num_stages=3)
+    assert _key(t["fp32"], DOT_PRECISION="ieee") != _key(t["fp32"], DOT_PRECISION="tf32")
+    assert _key(t["fp32"], device=0) != _key(t["fp32"], device=1)
+
+
+def test_key_is_equal_where_triton_specializes_alike():
+    t = _tensors()
+    same = [
+        ((32,), (48,)), ((0,), (-16,)), ((17,), (3,)), ((2**31 - 1,), (-2**31 + 1,)), ((2**31,), (2**40,)),
+        ((0.5,), (-3.0,)), ((True,), (False,)), ((None,), (None,)),
+        ((t["fp32"],), (t["fp32 other"],)), ((t["fp32"],), (t["fp32 +16 bytes"],)),
+        ((t["fp32 +4 bytes"],), (t["fp32 +8 bytes"],)), ((t["fp16"], 64, 0.1), (t["fp16 +16 bytes"], 4096, 2.0)),
+    ]
+    for a, b in same:
+        assert _key(*a, BLOCK=64, num_warps=4) == _key(*b, BLOCK=64, num_warps=4), (a, b)
+
+
+def test_key_partitions_arguments_exactly_like_the_installed_triton():
+    """Pairwise over a corpus: equal keys if and only if native_specialize_impl gives equal specializations."""
+    values = [0, 1, 2, 15, 16, 17, 32, 48, -1, -16, -17, 2**31 - 1, 2**31, 2**31 + 16, -2**31, -2**31 - 1,
+              -2**31 - 16, 2**32, 2**63 - 1, 2**63 - 16, 2**63, 2**63 + 16, 2**64 - 1, True, False, 0.0, 1.0, -2.5,
+              1e300, None, *_tensors().values()]
+    triton_spec = [native_specialize_impl(BaseBackend, v, False, True, True) for v in values]
+    ours = [specialization_key((v,)) for v in values]
+    for (v1, s1, k1), (v2, s2, k2) in itertools.combinations(zip(values, triton_spec, ours), 2):
+        assert (k1 == k2) == (s1 == s2), (v1, v2, s1, s2)
+
+
+def test_interpreter_takes_the_normal_path():
+    if not ops.INTERPRET:
+        pytest.skip("the interpreter runs only without a GPU")
+    x = torch.randn(40)
+    y = torch.zeros(40)
+    launcher = KernelLauncher(_scaled_copy)
+    for _ in range(2):
+        launcher((1,), x, y, 40, 2.0, BLOCK=64)
+    torch.testing.assert_close(y, 2 * x)
+    assert launcher._kernels == {}
+
+
+def _count_normal_launches(monkeypatch, jit_fn) -> list:
+    """Record every call of jit_fn.run, the normal launch path (what jit_fn[grid](...) calls)."""
+    calls = []
+    run = jit_fn.run
+
+    def counting_run(*args, **kwargs):
+        calls.append(kwargs.get("grid"))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(jit_fn, "run", counting_run)
+    return calls
+
+
+def _scaled_copy_through(launch, x, n, scale, **kwargs):
+    """y[:n] = x[:n] * scale; y past n stays NaN, so a kernel compiled for another specialization shows."""
+    y = torch.full((x.numel() + 16,), float("nan"), device=x.device, dtype=x.dtype)
+    kwargs = {"BLOCK": 64, **kwargs}
+    launch((triton.cdiv(n, kwargs["BLOCK"]),), x, y, n, scale, **kwargs)
+    return y
+
+
+@pytest.mark.gpu
+def test_cached_launches_match_the_normal_path(monkeypatch):
+    assert FAST_PATH_AVAILABLE, f"triton {triton.__version__}: launch.py's fast path is off; check it still applies"
+    normal_launches = _count_normal_launches(monkeypatch, _scaled_copy)
+    launcher = KernelLauncher(_scaled_copy)
+    x32 = torch.randn(4096, device=DEVICE)
+    x16 = torch.randn(4096, device=DEVICE, dtype=torch.float16)
+    cases = [  # (x, n, scale, keywords, a specialization not launched before)
+        (x32, 64, 2.0, {}, True),
+        (x32, 4096, 2.0, {}, False),  # a multiple of 16 like 64
+        (x32, 4096, -0.5, {}, False),  # a float's value is not specialized on
+        (x32, 17, 2.0, {}, True),
+        (x32, 33, 3.0, {}, False),
+        (x32, 1, 2.0, {}, True),  # 1 is compiled in as a constant
+        (x32[1:], 48, 2.0, {}, True),  # misaligned pointer
+        (x32[3:], 4000, 2.0, {}, False),
+        (x32[4:], 4000, 2.0, {}, False),  # 16-byte aligned again
+        (x16, 100, 2.0, {}, True),
+        (x32, 100, 2.0, {"BLOCK": 128}, True),
+        (x32, 100, 2.0, {"BLOCK": 128, "num_warps": 2}, True),
+    ]
+    expected_normal = 0
+    for x, n, scale, kwargs, new in cases:
+        expected_normal += new
+        for attempt in range(2):  # the second launch of a specialization is always a cached one
+            y = _scaled_copy_through(launcher, x, n, scale, **kwargs)
+            assert len(normal_launches) == expected_normal, (n, kwargs, attempt)
+            y_normal = _scaled_copy_through(lambda grid, *a, **k: _scaled_copy[grid](*a, **k), x, n, scale, **kwargs)
+            expected_normal += 1
+            torch.testing.assert_close(y, y_normal, equal_nan=True)
+            torch.testing.assert_close(y[:n], x[:n] * scale)
+            assert y[n:].isnan().all()
+    assert len(launcher._kernels) == sum(new for *_, new in cases)
+
+
+@pytest.mark.gpu
+def test_launch_hooks_see_every_launch(monkeypatch):
+    normal_launches = _count_normal_launches(monkeypatch, _scaled_copy)
+    launcher = KernelLauncher(_scaled_copy)
+    x = torch.randn(256, device=DEVICE)
+    _scaled_copy_through(launcher, x, 256, 2.0)  # cached from here on, while no hook is set
+    seen = []
+
+    def hook(metadata):
+        seen.append(metadata.get()["name"])
+
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        for _ in range(3):
+            _scaled_copy_through(launcher, x, 256, 2.0)
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
+    assert seen == ["_scaled_copy"] * 3
+    assert len(normal_launches) == 4
+    _scaled_copy_through(launcher, x, 256, 2.0)
+    assert len(normal_launches) == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_each_device_gets_its_own_kernel():
+    launcher = KernelLauncher(_scaled_copy)
+    for _ in range(2):
+        for device in (0, 1):
+            x = torch.randn(256, device=f"cuda:{device}")
+            with torch.cuda.device(device):
+                y = _scaled_copy_through(launcher, x, 256, 2.0)
+            torch.testing.assert_close(y[:256], 2 * x)
+    assert len(launcher._kernels) == 2
+
+
+@pytest.mark.gpu
+def test_attention_launches_are_cached(monkeypatch):
+    """A decode call (split-KV pair) and a training step (forward + three backward kernels) launch from the cache
+    the second time."""
+    kernels = [ops._attn_fwd_split, ops._attn_combine_splits, ops._attn_fwd, ops._attn_bwd_preprocess,
+               ops._attn_bwd_dkdv, ops._attn_bwd_dq]
+    normal_launches = {kernel: _count_normal_launches(monkeypatch, kernel) for kernel in kernels}
+    q = torch.randn(2, 8, 1, 64, device=DEVICE, dtype=torch.float16)
+    k = torch.randn(2, 2, 300, 64, device=DEVICE, dtype=torch.float16)
+    v = torch.randn_like(k)
+    qt, kt, vt = (torch.randn(2, 4, 128, 64, device=DEVICE, dtype=torch.float16, requires_grad=True)
+                  for _ in range(3))
+
+    def step():
+        decoded = hf_triton_attn.attention(q, k, v, causal=True)
+        out = hf_triton_attn.attention(qt, kt, vt, causal=True)
+        grads = torch.autograd.grad(out.square().sum(), (qt, kt, vt))
+        return decoded, out, *grads
+
+    first = step()
+    launched_before = {kernel: len(calls) for kernel, calls in normal_launches.items()}
+    second = step()
+    assert {kernel: len(calls) for kernel, calls in normal_launches.items()} == launched_before
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b)
