@@ -22,11 +22,24 @@ def padded_head_dim(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool) -> LaunchConfig:
+def forward_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
+    """Whether the forward loads Q/K/V tiles through tensor descriptors (TMA) when the tensors allow it.
+
+    On an H100 (bf16, a probe of both kinds of load side by side) descriptors made the forward 15-20% faster at
+    head_dim 128 and gained nothing at 64; other head dims keep pointer loads until measured. The interpreter
+    takes them for every 16-bit power-of-two head dim, so the CPU tests cover both kinds of load."""
+    if itemsize != 2 or head_dim != padded_head_dim(head_dim):
+        return False
+    return interpret or head_dim == 128
+
+
+def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, tma: bool = False) -> LaunchConfig:
     """Measured on an H100 with benchmarks/tune.py (bf16, S=4096). float32 (a correctness path, not a fast one)
     gets fewer pipeline stages at head_dim 256, where its tiles would not fit in shared memory."""
     if interpret:
         return LaunchConfig(32, 32, 1, 1)
+    if tma:
+        return LaunchConfig(128, 64, 4, 2)
     if block_d <= 64:
         return LaunchConfig(128, 64, 8, 3)
     if block_d <= 128:

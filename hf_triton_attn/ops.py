@@ -6,6 +6,10 @@ fake (meta) implementation, joined by ``torch.library.register_autograd``: autog
 body, for callers that need neither autograd nor tracing (the dispatcher's Python overhead is most of a short
 decoding step). Inputs are validated in :mod:`hf_triton_attn.functional`; this layer trusts them.
 
+Kernels launch through :class:`hf_triton_attn.launch.KernelLauncher`. The forward reads Q/K/V tiles through
+tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` picks them and the tensors' strides
+allow (16-byte aligned, unit stride last), through pointer arithmetic otherwise.
+
 Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the output is allocated as
 (B, Sq, H, D), the layout Transformers reshapes to (B, Sq, H*D) without a copy; LSE is (B, H, Sq) float32 in
 log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B,) keys in use,
@@ -17,13 +21,23 @@ from typing import Optional
 import torch
 import triton
 from triton.runtime.interpreter import InterpretedFunction
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import configs
 from ._kernels.bwd import _attn_bwd_dkdv, _attn_bwd_dq, _attn_bwd_preprocess
 from ._kernels.decode import _attn_combine_splits, _attn_fwd_split
 from ._kernels.fwd import _attn_fwd
+from .launch import KernelLauncher
 
 INTERPRET = isinstance(_attn_fwd, InterpretedFunction)
+
+# Every launch goes through a KernelLauncher, which skips most of Triton's per-launch host work (see launch.py).
+_launch_fwd = KernelLauncher(_attn_fwd)
+_launch_fwd_split = KernelLauncher(_attn_fwd_split)
+_launch_combine_splits = KernelLauncher(_attn_combine_splits)
+_launch_bwd_preprocess = KernelLauncher(_attn_bwd_preprocess)
+_launch_bwd_dkdv = KernelLauncher(_attn_bwd_dkdv)
+_launch_bwd_dq = KernelLauncher(_attn_bwd_dq)
 
 _NO_TENSOR_STRIDES = (0, 0)
 
@@ -85,20 +99,39 @@ def forward_impl(
         return out, lse
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
-    cfg = configs.forward_config(block_d, causal, q.element_size(), INTERPRET)
+    tma = (configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET)
+           and all(_tma_compatible(t) for t in (q, k, v)))
+    cfg = configs.forward_config(block_d, causal, q.element_size(), INTERPRET, tma)
+    descriptors = ((_descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n))
+                   if tma else (None, None, None))
     out_bhsd = out.transpose(1, 2)
     grid = (triton.cdiv(sq, cfg.block_m), batch * heads)
-    _attn_fwd[grid](
-        q, k, v, out, lse, key_mask, seqused_k, mask, seed,
+    _launch_fwd(
+        grid,
+        q, k, v, *descriptors, out, lse, key_mask, seqused_k, mask, seed,
         scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *out_bhsd.stride(),
         *km_strides, *m_strides,
         heads, sq, skv, heads // hkv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype),
+        USE_TMA=tma, SCALE_IN_EXP=scale > 0.0 and softcap == 0.0 and mask_kind != 2,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse
+
+
+def _tma_compatible(t: torch.Tensor) -> bool:
+    """A tensor descriptor needs a 16-byte aligned base, unit stride in the last dim and the other strides
+    positive multiples of 16 bytes."""
+    *outer, last = t.stride()
+    return (last == 1 and t.data_ptr() % 16 == 0
+            and all(stride > 0 and stride * t.element_size() % 16 == 0 for stride in outer))
+
+
+def _descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
+    """A descriptor over the (B, H, S, D) tensor whose loads are ``block_rows`` positions of one head."""
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, block_rows, t.shape[3]])
 
 
 attention_forward = torch.library.custom_op("hf_triton_attn::attention_forward", forward_impl, mutates_args=())
@@ -124,7 +157,8 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, causal, scale, sof
     # Per (batch * kv head, split, packed row): a partial output row, its max and its sum.
     work = torch.empty(batch * hkv * plan.num_splits * plan.block_r * (block_d + 2), device=q.device,
                        dtype=torch.float32)
-    _attn_fwd_split[(plan.num_splits, batch * hkv)](
+    _launch_fwd_split(
+        (plan.num_splits, batch * hkv),
         q, k, v, work, key_mask, seqused_k,
         scale, softcap,
         *q.stride(), *k.stride(), *v.stride(), *km_strides,
@@ -134,7 +168,8 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, causal, scale, sof
         HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
-    _attn_combine_splits[(group * sq, batch * hkv)](
+    _launch_combine_splits(
+        (group * sq, batch * hkv),
         work, out, lse, *out.transpose(1, 2).stride(),
         heads, hkv, sq, group, plan.num_splits,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r,
@@ -174,13 +209,15 @@ def attention_backward(
 
     delta = torch.empty_like(lse)
     pre_m = configs.preprocess_block_m(INTERPRET)
-    _attn_bwd_preprocess[(triton.cdiv(sq, pre_m), batch * heads)](
+    _launch_bwd_preprocess(
+        (triton.cdiv(sq, pre_m), batch * heads),
         out, grad_out, delta, *out_bhsd.stride(), *do_bhsd.stride(), heads, sq,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
     )
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                  **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype))
-    _attn_bwd_dkdv[(triton.cdiv(skv, cfg.dkdv.block_n), batch * hkv)](
+    _launch_bwd_dkdv(
+        (triton.cdiv(skv, cfg.dkdv.block_n), batch * hkv),
         q, k, v, grad_out, dk, dv, lse, delta, key_mask, seqused_k, mask, seed,
         scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *do_bhsd.stride(), *dk.stride(), *dv.stride(),
@@ -189,7 +226,8 @@ def attention_backward(
         BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n,
         num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages, **flags,
     )
-    _attn_bwd_dq[(triton.cdiv(sq, cfg.dq.block_m), batch * heads)](
+    _launch_bwd_dq(
+        (triton.cdiv(sq, cfg.dq.block_m), batch * heads),
         q, k, v, grad_out, dq, lse, delta, key_mask, seqused_k, mask, seed,
         scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *do_bhsd.stride(), *dq.stride(),

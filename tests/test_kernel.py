@@ -1,10 +1,12 @@
 """Forward kernel against the float64 oracle over the feature grid."""
+import functools
+
 import pytest
 import torch
 from conftest import DEVICE, DTYPES
 from helpers import assert_close_to_reference, max_err, random_qkv, reference_pair
 
-from hf_triton_attn import attention
+from hf_triton_attn import attention, configs, ops
 
 HEAD_GROUPS = [(4, 4), (4, 2), (4, 1)]
 SEQLENS = [(1, 67), (3, 130), (37, 37), (64, 100), (100, 64)]
@@ -135,24 +137,50 @@ def test_softcap_and_scale(dtype):
     q, k, v = random_qkv(2, 4, 2, 33, 33, 32, dtype, DEVICE)
     check_forward(q, k, v, causal=True, softcap=2.5, scale=0.3)
     check_forward(q, k, v, scale=1.0)
+    check_forward(q, k, v, causal=True, scale=-0.2)  # a negative scale cannot be folded into the exponent
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # float16: tensor-descriptor loads where allowed
 @pytest.mark.parametrize("layout", ["bshd", "strided_heads", "sliced_head_dim"])
-def test_non_contiguous_inputs(layout):
+def test_non_contiguous_inputs(layout, dtype):
     batch, heads, kv_heads, seqlen, head_dim = 2, 4, 2, 37, 32
+    randn = functools.partial(torch.randn, device=DEVICE, dtype=dtype)
     if layout == "bshd":  # what Transformers passes: (B, S, H, D) storage viewed as (B, H, S, D)
-        q = torch.randn(batch, seqlen, heads, head_dim, device=DEVICE).transpose(1, 2)
-        k = torch.randn(batch, seqlen, kv_heads, head_dim, device=DEVICE).transpose(1, 2)
-        v = torch.randn(batch, seqlen, kv_heads, head_dim, device=DEVICE).transpose(1, 2)
+        q = randn(batch, seqlen, heads, head_dim).transpose(1, 2)
+        k = randn(batch, seqlen, kv_heads, head_dim).transpose(1, 2)
+        v = randn(batch, seqlen, kv_heads, head_dim).transpose(1, 2)
     elif layout == "strided_heads":  # every other head of a larger tensor
-        q = torch.randn(batch, 2 * heads, seqlen, head_dim, device=DEVICE)[:, ::2]
-        k = torch.randn(batch, 2 * kv_heads, seqlen, head_dim, device=DEVICE)[:, 1::2]
-        v = torch.randn(batch, 2 * kv_heads, seqlen, head_dim, device=DEVICE)[:, ::2]
+        q = randn(batch, 2 * heads, seqlen, head_dim)[:, ::2]
+        k = randn(batch, 2 * kv_heads, seqlen, head_dim)[:, 1::2]
+        v = randn(batch, 2 * kv_heads, seqlen, head_dim)[:, ::2]
     else:  # a head_dim slice of a fused qkv projection, last stride 1 but rows strided
-        fused = torch.randn(batch, heads, seqlen, 3 * head_dim, device=DEVICE)
+        fused = randn(batch, heads, seqlen, 3 * head_dim)
         q, k, v = fused[..., :head_dim], fused[:, :kv_heads, :, head_dim:2 * head_dim], fused[:, :kv_heads, :, 2 * head_dim:]
     assert not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous())
     check_forward(q, k, v, causal=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("use_tma", [False, True])
+def test_tensor_descriptor_and_pointer_loads(monkeypatch, use_tma, causal):
+    """Both ways of loading tiles give the oracle's answer, including where the keys in use end inside a block
+    whose unused rows hold NaN (a descriptor loads them; they must not reach the output)."""
+    if use_tma and not ops.INTERPRET and not configs.forward_uses_tma(128, 2, False):
+        pytest.skip("no tensor-descriptor loads on this GPU configuration")
+    head_dim = 32 if ops.INTERPRET else 128
+    monkeypatch.setattr(configs, "forward_uses_tma", lambda *args: use_tma)
+    descriptors = []
+    monkeypatch.setattr(ops, "_descriptor", lambda *args, make=ops._descriptor: descriptors.append(1) or make(*args))
+    q, k, v = random_qkv(2, 4, 2, 37, 70, head_dim, torch.float16, DEVICE)
+    seqused = torch.tensor([50, 70], device=DEVICE, dtype=torch.int32)
+    k[0, :, 50:], v[0, :, 50:] = float("nan"), float("nan")
+    out = attention(q, k, v, causal=causal, seqused_k=seqused)
+    assert len(descriptors) == (3 if use_tma else 0)
+    for b in range(2):
+        used = int(seqused[b])
+        sub = [t[b:b + 1, :, :used] if t is not q else t[b:b + 1] for t in (q, k, v)]
+        ref64, same = reference_pair(*sub, causal=causal)
+        assert_close_to_reference(out[b:b + 1], ref64, same)
 
 
 def test_output_layout_is_transformers_layout():

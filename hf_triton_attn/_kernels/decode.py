@@ -60,12 +60,13 @@ def _attn_fwd_split(
     l_i = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, lo, hi,
-        query, tl.arange(0, BLOCK_N), offs_d, kv_end, q_start, pid_b, 0, 0, 0,
+        acc, l_i, m_i, q, k_base, v_base, None, None, lo, hi,
+        query, tl.arange(0, BLOCK_N), offs_d, kv_end, q_start, pid_b, 0, 0, 0, 0,
         sm_scale, softcap, 0.0, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, None, 0, 0, 0, 0,
-        HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, 0, HAS_SOFTCAP, False, DOT_PRECISION)
+        HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, 0, HAS_SOFTCAP, False, DOT_PRECISION,
+        False, False)
 
     part_out, part_max, part_sum = _split_workspace(Work, num_splits, BLOCK_R, BLOCK_D)
     part = (pid_bhk * num_splits + pid_s).to(tl.int64) * BLOCK_R + rows

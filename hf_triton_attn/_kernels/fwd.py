@@ -2,50 +2,71 @@
 import triton
 import triton.language as tl
 
-from .common import _apply_masks, _dropout_keep, _kept_key_range, _keys_in_use, _scores
+from .common import LOG2E, _apply_masks, _dropout_keep, _kept_key_range, _keys_in_use, _scores
 
 
 @triton.jit
 def _attn_fwd_inner(
-    acc, l_i, m_i, q, k_base, v_base, lo, hi,
-    offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+    acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, hi,
+    offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_kn, stride_kd, stride_vn, stride_vd,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr,
 ):
     """Online-softmax update over key blocks [lo, hi). Masking work is compiled in only where the caller asks."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        k_ptrs = k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
-        v_ptrs = v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd
-        if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
-            n_ok = offs_n < kv_end
-            d_ok = offs_d < HEAD_DIM
-            k_t = tl.load(k_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        n_ok = offs_n < kv_end
+        if USE_TMA:
+            # Rows past the tensor's end arrive as zeros; rows in [kv_end, Skv) are masked below.
+            k_t = tl.trans(DescK.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
         else:
-            k_t = tl.load(k_ptrs)
-        s, _ = _scores(q, k_t, sm_scale, softcap, DOT_PRECISION, HAS_SOFTCAP)
+            k_ptrs = k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
+            if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
+                k_t = tl.load(k_ptrs, mask=n_ok[None, :] & (offs_d < HEAD_DIM)[:, None], other=0.0)
+            else:
+                k_t = tl.load(k_ptrs)
+        if SCALE_IN_EXP:
+            # Masks on the raw products; the scale goes into the exponent's multiply-add below. A positive
+            # scale leaves the row maximum where it was, so max(s) * scale is the scaled scores' maximum.
+            s = tl.dot(q, k_t, input_precision=DOT_PRECISION)
+        else:
+            s, _ = _scores(q, k_t, sm_scale, softcap, DOT_PRECISION, HAS_SOFTCAP)
         s = _apply_masks(s, offs_m[:, None], offs_n[None, :], kv_end, q_start, pid_b, pid_h,
                          KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
                          IS_CAUSAL, HAS_KEY_MASK, MASK_KIND, CHECK_BOUNDS)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if SCALE_IN_EXP:
+            m_new = tl.maximum(m_i, tl.max(s, 1) * (sm_scale * LOG2E))
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
         m_shift = m_new
         if IS_CAUSAL or CHECK_BOUNDS or HAS_KEY_MASK or MASK_KIND != 0:
             # A row with no visible key yet keeps m = -inf; subtracting 0 instead avoids inf - inf = NaN.
             m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_shift[:, None])
+        if SCALE_IN_EXP:
+            p = tl.exp2(s * (sm_scale * LOG2E) - m_shift[:, None])
+        else:
+            p = tl.exp2(s - m_shift[:, None])
         alpha = tl.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
             keep = _dropout_keep(seed, pid_bh, offs_m, start_n, Skv, dropout_p, BLOCK_N, False)
             p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)  # a scalar division, not one per element
-        if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
-            v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if USE_TMA:
+            v = DescV.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+            if CHECK_BOUNDS:
+                # Unused cache rows may hold anything, NaN included, and 0 * NaN would reach the output.
+                v = tl.where(n_ok[:, None], v, 0.0)
         else:
-            v = tl.load(v_ptrs)
+            v_ptrs = v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd
+            if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
+                v = tl.load(v_ptrs, mask=n_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+            else:
+                v = tl.load(v_ptrs)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -53,7 +74,7 @@ def _attn_fwd_inner(
 
 @triton.jit
 def _attn_fwd(
-    Q, K, V, Out, LSE, KeyMask, SeqUsedK, Mask, Seed,
+    Q, K, V, DescQ, DescK, DescV, Out, LSE, KeyMask, SeqUsedK, Mask, Seed,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -65,7 +86,11 @@ def _attn_fwd(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr,
 ):
+    """USE_TMA: Q, K and V tiles come through the tensor descriptors DescQ/DescK/DescV (over (B, H, S, D)) rather
+    than pointer arithmetic on Q/K/V. SCALE_IN_EXP: the caller guarantees a positive scale, no softcap and no
+    additive mask, so the scale can be folded into the exponent (see _attn_fwd_inner)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_b = pid_bh // H
@@ -81,9 +106,12 @@ def _attn_fwd(
     d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < Sq
 
-    q_ptrs = (Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
-              + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd)
-    q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    if USE_TMA:
+        q = DescQ.load([pid_b, pid_h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
+    else:
+        q_ptrs = (Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
+                  + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd)
+        q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
     k_base = K + pid_b.to(tl.int64) * stride_kb + pid_hk.to(tl.int64) * stride_kh
     v_base = V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
 
@@ -111,20 +139,21 @@ def _attn_fwd(
         full_end = tl.minimum(full_end, (key_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
         hi = tl.minimum(hi, key_hi)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, lo, full_end,
-        offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, full_end,
+        offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION,
+        USE_TMA, SCALE_IN_EXP)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, tl.maximum(lo, full_end), hi,
-        offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, tl.maximum(lo, full_end), hi,
+        offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
         HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION)
+        DOT_PRECISION, USE_TMA, SCALE_IN_EXP)
 
     # Rows that saw no key (all masked) give 0, and an LSE of 0 makes the backward's probabilities 0 too.
     has_keys = l_i > 0.0
