@@ -6,7 +6,7 @@ from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import assert_close_to_reference, random_qkv
 from test_kernel import PADDING_CASES, kept_ranges_mask, padding_mask
 
-from hf_triton_attn import attention, ops
+from hf_triton_attn import attention, functional, ops
 from hf_triton_attn.reference import attention_reference
 
 
@@ -210,6 +210,28 @@ def test_inference_skips_the_dispatcher_with_the_same_result(monkeypatch):
         direct = attention(q, k, v, causal=True, attention_mask=key_mask)
     assert torch.equal(direct, through_op.transpose(1, 2))
     assert torch.equal(attention(q, k, v, causal=True, attention_mask=key_mask), direct)  # no input needs grad
+
+
+def test_eager_training_skips_the_dispatcher_with_the_same_gradients(monkeypatch):
+    q, k, v = random_qkv(2, 4, 2, 33, 70, 32, torch.float32, DEVICE)
+    key_mask = padding_mask("left", 2, 70)
+    grad_out = torch.randn_like(q)
+    op_calls = []
+    monkeypatch.setattr(ops, "attention_forward",
+                        lambda *args, op=ops.attention_forward: op_calls.append(1) or op(*args))
+
+    def run():
+        torch.manual_seed(0)  # the same dropout seed for both paths
+        return grads_of(lambda a, b, c: attention(a, b, c, causal=True, attention_mask=key_mask, dropout_p=0.2),
+                        q, k, v, grad_out)
+
+    eager = run()
+    assert op_calls == []
+    monkeypatch.setattr(functional, "_runs_eagerly", lambda tensors: False)
+    through_op = run()
+    assert op_calls == [1]
+    for name, a, b in zip(("out", "dq", "dk", "dv"), eager, through_op):
+        assert torch.equal(a, b), name
 
 
 def test_grad_and_dispatch_modes_go_through_the_op():
