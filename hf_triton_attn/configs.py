@@ -25,9 +25,10 @@ def padded_head_dim(head_dim: int) -> int:
 def forward_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
     """Whether the forward loads Q/K/V tiles through tensor descriptors (TMA) when the tensors allow it.
 
-    On an H100 (bf16, a probe of both kinds of load side by side) descriptors made the forward 15-20% faster at
-    head_dim 128 and gained nothing at 64; other head dims keep pointer loads until measured. The interpreter
-    takes them for every 16-bit power-of-two head dim, so the CPU tests cover both kinds of load."""
+    Head dim 128 on an H100: with them (and the launch configuration below) the bf16 forward went from 458 to
+    539 TFLOP/s (benchmarks/RESULTS.md). A one-off probe saw no gain at head_dim 64, so other head dims keep
+    pointer loads until measured. The interpreter takes descriptors for every 16-bit power-of-two head dim, so
+    the CPU tests cover both kinds of load."""
     if itemsize != 2 or head_dim != padded_head_dim(head_dim):
         return False
     return interpret or head_dim == 128
