@@ -183,6 +183,24 @@ def test_tensor_descriptor_and_pointer_loads(monkeypatch, use_tma, causal):
         assert_close_to_reference(out[b:b + 1], ref64, same)
 
 
+def test_tensors_a_descriptor_cannot_describe_take_pointer_loads(monkeypatch):
+    """A base that is not 16-byte aligned, or a stride of 0 (an expanded batch), rules descriptors out: the
+    forward must then load through pointers, and still be right."""
+    monkeypatch.setattr(configs, "forward_uses_tma", lambda *args: True)
+    descriptors = []
+    monkeypatch.setattr(ops, "_descriptor", lambda *args, make=ops._descriptor: descriptors.append(1) or make(*args))
+    q, k, v = random_qkv(2, 4, 2, 20, 40, 32, torch.float16, DEVICE)
+    misaligned_q = torch.randn(2, 4, 20, 33, device=DEVICE, dtype=torch.float16)[..., 1:]
+    misaligned_q.copy_(q)
+    expanded_k = k[:1].expand(2, -1, -1, -1)
+    for inputs in ((misaligned_q, k, v), (q, expanded_k, v)):
+        assert not all(ops._tma_compatible(t) for t in inputs)
+        check_forward(*inputs, causal=True)
+    assert descriptors == []
+    check_forward(q, k, v, causal=True)
+    assert len(descriptors) == 3
+
+
 def test_output_layout_is_transformers_layout():
     q, k, v = random_qkv(2, 4, 2, 9, 9, 16, torch.float32, DEVICE)
     out = attention(q, k, v)
