@@ -102,7 +102,7 @@ def _runs_eagerly(tensors: list[torch.Tensor]) -> bool:
     The custom op exists for tracing (torch.compile, export, fake tensors, dispatch modes, torch.func); an
     eager call can skip it and launch the kernels directly (``ops.forward_impl``, or ``ops.EagerAttention``
     when a gradient is needed), saving the dispatcher's Python overhead: tens of microseconds per inference
-    call, the bulk of a decoding step at short cache lengths, and most of the host time of forward+backward.
+    call, the bulk of a decoding step at short cache lengths, and ~0.1 ms of a forward+backward.
     Same kernels, same results.
     """
     return (not torch.compiler.is_compiling()

@@ -254,10 +254,15 @@ def _setup_context(ctx, inputs, output):
     ctx.params = (causal, scale, softcap, dropout_p)
 
 
-def _backward(ctx, grad_out, _grad_lse):
+def _gradients(ctx, grad_out, backward) -> tuple:
+    """Gradients for the forward's 11 inputs from ``backward`` (the custom op or its body): dq, dk, dv, then None."""
     q, k, v, out, lse, key_mask, seqused_k, mask, seed = ctx.saved_tensors
-    dq, dk, dv = attention_backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, *ctx.params)
+    dq, dk, dv = backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, *ctx.params)
     return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    return _gradients(ctx, grad_out, attention_backward)
 
 
 torch.library.register_autograd("hf_triton_attn::attention_forward", _backward, setup_context=_setup_context)
@@ -265,8 +270,8 @@ torch.library.register_autograd("hf_triton_attn::attention_forward", _backward, 
 
 class EagerAttention(torch.autograd.Function):
     """The custom ops' autograd for eager calls on plain tensors, calling ``forward_impl`` and ``backward_impl``
-    directly. Same kernels, same results; what it skips is the custom ops' dispatch in Python, which cost ~0.7 ms
-    of host time per forward+backward on the H100 machine (a BERT-base layer's attention kernels take ~0.4 ms).
+    directly. Same kernels, same results; what it skips is the custom ops' dispatch in Python, ~0.1 ms of host
+    time per forward+backward on the H100 machine (benchmarks/RESULTS.md, "Host time of a training call").
     Tracing, compiling and dispatch or functorch modes must use the custom op (see functional.py)."""
 
     @staticmethod
@@ -280,6 +285,4 @@ class EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_lse):
-        q, k, v, out, lse, key_mask, seqused_k, mask, seed = ctx.saved_tensors
-        dq, dk, dv = backward_impl(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, *ctx.params)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
+        return _gradients(ctx, grad_out, backward_impl)
