@@ -4,8 +4,8 @@ FlexAttention, all in one process on the same inputs, for the cases of /work/sha
     PYTHONPATH=. python benchmarks/bench_kernels.py --out results/
 
 Every provider's output (and, for forward+backward, its gradients) is checked against ours once per case
-before timing, except with dropout, where each provider draws its own mask. Times are the median of ``triton.testing.do_bench`` (which clears the L2 cache before each
-call). Throughput counts:
+before timing, except with dropout, where each provider draws its own mask. Times are the median of
+``triton.testing.do_bench`` (which clears the L2 cache before each call). Throughput counts:
 
 - dense: 4*B*H*Sq*Skv*D FLOP, halved when causal, times 3.5 for forward+backward;
 - padded: useful FLOP only, the sum over sequences of 4*H*len^2*D, halved when causal;
