@@ -125,7 +125,7 @@ def tune_backward(deadline: float) -> list[dict]:
         for kernel in ("dkdv", "dq"):
             def install(cfg, kernel=kernel):
                 chosen = dataclasses.replace(base, **{kernel: cfg})
-                configs.backward_config = lambda block_d, causal, itemsize, interpret: chosen
+                configs.backward_config = lambda *args: chosen
 
             record, best = sweep(case_name(f"fwd+bwd [{kernel}]", batch, heads, kv_heads, seqlen, head_dim, causal),
                                  backward_candidates(head_dim, kernel), install, run, reference, deadline)

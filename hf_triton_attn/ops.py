@@ -25,7 +25,7 @@ from triton.runtime.interpreter import InterpretedFunction
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import configs
-from ._kernels.bwd import _attn_bwd_dkdv, _attn_bwd_dq, _attn_bwd_preprocess
+from ._kernels.bwd import _attn_bwd_dkdv, _attn_bwd_dq
 from ._kernels.decode import _attn_combine_splits, _attn_fwd_split
 from ._kernels.fwd import _attn_fwd
 from .launch import KernelLauncher
@@ -36,7 +36,6 @@ INTERPRET = isinstance(_attn_fwd, InterpretedFunction)
 _launch_fwd = KernelLauncher(_attn_fwd)
 _launch_fwd_split = KernelLauncher(_attn_fwd_split)
 _launch_combine_splits = KernelLauncher(_attn_combine_splits)
-_launch_bwd_preprocess = KernelLauncher(_attn_bwd_preprocess)
 _launch_bwd_dkdv = KernelLauncher(_attn_bwd_dkdv)
 _launch_bwd_dq = KernelLauncher(_attn_bwd_dq)
 
@@ -102,7 +101,7 @@ def forward_impl(
     block_d = configs.padded_head_dim(head_dim)
     tma = (configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET)
            and all(_tma_compatible(t) for t in (q, k, v)))
-    cfg = configs.forward_config(block_d, causal, q.element_size(), INTERPRET, tma)
+    cfg = configs.forward_config(block_d, causal, q.element_size(), INTERPRET, tma, dropout_p > 0.0)
     descriptors = ((_descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n))
                    if tma else (None, None, None))
     out_bhsd = out.transpose(1, 2)
@@ -203,19 +202,23 @@ def backward_impl(
         return dq.zero_(), dk.zero_(), dv.zero_()
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
-    cfg = configs.backward_config(block_d, causal, q.element_size(), INTERPRET)
+    cfg = configs.backward_config(block_d, causal, q.element_size(), INTERPRET, dropout_p > 0.0)
     do_bhsd = grad_out.transpose(1, 2)
     out_bhsd = out.transpose(1, 2)
 
-    delta = torch.empty_like(lse)
-    pre_m = configs.preprocess_block_m(INTERPRET)
-    _launch_bwd_preprocess(
-        (triton.cdiv(sq, pre_m), batch * heads),
-        out, grad_out, delta, *out_bhsd.stride(), *do_bhsd.stride(), heads, sq,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
-    )
+    delta = torch.empty_like(lse)  # rowsum(O * dO), written by the dQ kernel for the dK/dV kernel
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                  **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype))
+    _launch_bwd_dq(
+        (triton.cdiv(sq, cfg.dq.block_m), batch * heads),
+        q, k, v, out, grad_out, dq, lse, delta, key_mask, seqused_k, mask, seed,
+        scale, softcap, dropout_p,
+        *q.stride(), *k.stride(), *v.stride(), *out_bhsd.stride(), *do_bhsd.stride(), *dq.stride(),
+        *km_strides, *m_strides,
+        heads, sq, skv, heads // hkv,
+        BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n,
+        num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages, **flags,
+    )
     _launch_bwd_dkdv(
         (triton.cdiv(skv, cfg.dkdv.block_n), batch * hkv),
         q, k, v, grad_out, dk, dv, lse, delta, key_mask, seqused_k, mask, seed,
@@ -225,16 +228,6 @@ def backward_impl(
         heads, hkv, sq, skv, heads // hkv,
         BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n,
         num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages, **flags,
-    )
-    _launch_bwd_dq(
-        (triton.cdiv(sq, cfg.dq.block_m), batch * heads),
-        q, k, v, grad_out, dq, lse, delta, key_mask, seqused_k, mask, seed,
-        scale, softcap, dropout_p,
-        *q.stride(), *k.stride(), *v.stride(), *do_bhsd.stride(), *dq.stride(),
-        *km_strides, *m_strides,
-        heads, sq, skv, heads // hkv,
-        BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n,
-        num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages, **flags,
     )
     return dq, dk, dv
 
@@ -272,16 +265,18 @@ class EagerAttention(torch.autograd.Function):
     """The custom ops' autograd for eager calls on plain tensors, calling ``forward_impl`` and ``backward_impl``
     directly. Same kernels, same results; what it skips is the custom ops' dispatch in Python, ~0.1 ms of host
     time per forward+backward on the H100 machine (benchmarks/RESULTS.md, "Host time of a training call").
-    Tracing, compiling and dispatch or functorch modes must use the custom op (see functional.py)."""
+    Tracing, compiling and dispatch or functorch modes must use the custom op (see functional.py).
+
+    ``forward`` takes ``ctx`` (no separate ``setup_context``): with a ``setup_context``, ``Function.apply`` binds
+    the arguments through ``inspect.signature`` on every call, tens of microseconds of host time."""
 
     @staticmethod
-    def forward(q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p):
-        return forward_impl(q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
+    def forward(ctx, q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p):
+        inputs = (q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p)
+        output = forward_impl(*inputs)
         _setup_context(ctx, inputs, output)
         ctx.mark_non_differentiable(output[1])
+        return output
 
     @staticmethod
     def backward(ctx, grad_out, _grad_lse):

@@ -154,6 +154,27 @@ def test_dropout_forward_and_backward_match_reference(causal, seqlen_k):
         assert (a.double() - b).abs().max() < 1e-4, name
 
 
+@pytest.mark.parametrize("dtype", [dtype for dtype in DTYPES if dtype != torch.float32])
+@pytest.mark.parametrize("causal", [False, True])
+def test_dropout_16_bit_matches_reference(dtype, causal):
+    """16-bit dropout at head_dim 64 (BERT, GPT-2) launches its own tile shapes on the GPU: several query and key
+    blocks, ragged ends and GQA, against the float64 oracle with the recovered keep-mask."""
+    seqlen_q, seqlen_k, dropout_p, seed = 150, 130, 0.1, 7
+    keep = dropout_keep_mask((2, 4, seqlen_q, seqlen_k), dropout_p, seed, causal=causal)
+    q, k, v = random_qkv(2, 4, 2, seqlen_q, seqlen_k, 64, dtype, DEVICE)
+    grad_out = torch.randn_like(q)
+    torch.manual_seed(seed)
+    ours = grads_of(lambda a, b, c: attention(a, b, c, dropout_p=dropout_p, causal=causal), q, k, v, grad_out)
+
+    def oracle(dtype):
+        return grads_of(lambda a, b, c: attention_reference(a, b, c, causal=causal, dropout_mask=keep,
+                                                            dropout_p=dropout_p),
+                        q.to(dtype), k.to(dtype), v.to(dtype), grad_out.to(dtype))
+
+    for name, a, b, c in zip(("out", "dq", "dk", "dv"), ours, oracle(torch.float64), oracle(dtype)):
+        assert_close_to_reference(a, b, c, factor=3.0, what=name)
+
+
 def test_gqa_dropout_masks_differ_per_query_head():
     keep = dropout_keep_mask((1, 4, 32, 32), 0.5, seed=3)
     assert not torch.equal(keep[0, 0], keep[0, 1])

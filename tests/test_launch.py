@@ -184,10 +184,9 @@ def test_each_device_gets_its_own_kernel():
 
 @pytest.mark.gpu
 def test_attention_launches_are_cached(monkeypatch):
-    """A decode call (split-KV pair) and a training step (forward + three backward kernels) launch from the cache
+    """A decode call (split-KV pair) and a training step (forward + two backward kernels) launch from the cache
     the second time."""
-    kernels = [ops._attn_fwd_split, ops._attn_combine_splits, ops._attn_fwd, ops._attn_bwd_preprocess,
-               ops._attn_bwd_dkdv, ops._attn_bwd_dq]
+    kernels = [ops._attn_fwd_split, ops._attn_combine_splits, ops._attn_fwd, ops._attn_bwd_dkdv, ops._attn_bwd_dq]
     normal_launches = {kernel: _count_normal_launches(monkeypatch, kernel) for kernel in kernels}
     q = torch.randn(2, 8, 1, 64, device=DEVICE, dtype=torch.float16)
     k = torch.randn(2, 2, 300, 64, device=DEVICE, dtype=torch.float16)

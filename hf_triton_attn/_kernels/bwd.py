@@ -3,7 +3,9 @@
 dK/dV: one program per (key block, kv head) loops over the query heads that share the kv head, so GQA
 gradients are summed in registers (deterministic, no atomics, no repeated K/V). It works on key-major tiles
 (``k @ q^T``), so P^T and dS^T come out of the dot products in the orientation the dK/dV products consume.
-dQ: one program per (query block, query head), walking the same key range as the forward.
+dQ: one program per (query block, query head), walking the same key range as the forward. It runs first and
+also writes Delta = rowsum(O * dO), which both kernels need: one pass over O and dO inside a kernel that loads dO
+anyway, instead of a separate launch.
 
 Both kernels split their loop like the forward: tiles wholly inside the keys in use and clear of the causal
 diagonal run without bounds or causal masks; only the diagonal and ragged tiles pay for them.
@@ -12,29 +14,6 @@ import triton
 import triton.language as tl
 
 from .common import _apply_masks, _dropout_keep, _kept_key_range, _keys_in_use, _scores
-
-
-@triton.jit
-def _attn_bwd_preprocess(
-    Out, DO, Delta,
-    stride_ob, stride_oh, stride_om, stride_od,
-    stride_dob, stride_doh, stride_dom, stride_dod,
-    H, Sq,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    pid_b = pid_bh // H
-    pid_h = pid_bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    ok = (offs_m[:, None] < Sq) & (offs_d[None, :] < HEAD_DIM)
-    o = tl.load(Out + pid_b.to(tl.int64) * stride_ob + pid_h.to(tl.int64) * stride_oh
-                + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od, mask=ok, other=0.0)
-    do = tl.load(DO + pid_b.to(tl.int64) * stride_dob + pid_h.to(tl.int64) * stride_doh
-                 + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :] * stride_dod, mask=ok, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(Delta + pid_bh.to(tl.int64) * Sq + offs_m, delta, mask=offs_m < Sq)
 
 
 @triton.jit
@@ -236,11 +215,12 @@ def _attn_bwd_dq_inner(
 
 @triton.jit
 def _attn_bwd_dq(
-    Q, K, V, DO, DQ, LSE, Delta, KeyMask, SeqUsedK, Mask, Seed,
+    Q, K, V, Out, DO, DQ, LSE, Delta, KeyMask, SeqUsedK, Mask, Seed,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_kmb, stride_kmn,
@@ -271,8 +251,12 @@ def _attn_bwd_dq(
     do = tl.load(DO + pid_b.to(tl.int64) * stride_dob + pid_h.to(tl.int64) * stride_doh
                  + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :] * stride_dod,
                  mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    o = tl.load(Out + pid_b.to(tl.int64) * stride_ob + pid_h.to(tl.int64) * stride_oh
+                + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od,
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + pid_bh.to(tl.int64) * Sq + offs_m, delta, mask=m_ok)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * Sq + offs_m, mask=m_ok, other=0.0)
-    delta = tl.load(Delta + pid_bh.to(tl.int64) * Sq + offs_m, mask=m_ok, other=0.0)
     k_base = K + pid_b.to(tl.int64) * stride_kb + pid_hk.to(tl.int64) * stride_kh
     v_base = V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
 
