@@ -34,6 +34,29 @@ def forward_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
     return interpret or head_dim == 128
 
 
+def dq_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
+    """Whether the dQ kernel streams K/V tiles through tensor descriptors, where the tensors allow: the forward's
+    rule. Head dim 128 on an H100, B4 H16 S4096 bf16: dQ 816 -> 765 µs causal, 1450 -> 1308 µs full; the same loads
+    in the dK/dV kernel (Q/dO) were 4% slower causal and 2-4% faster full or GQA, so it keeps pointer loads
+    (benchmarks/NOTES.md)."""
+    return forward_uses_tma(head_dim, itemsize, interpret)
+
+
+# From this many keys a decoding call is long enough on the GPU for a descriptor launch's extra host time (tens
+# of µs: KernelLauncher cannot cache launches with descriptor arguments) not to matter.
+DECODE_TMA_MIN_KEYS = 16384
+
+
+def decode_uses_tma(head_dim: int, itemsize: int, seqlen_k: int, interpret: bool) -> bool:
+    """Whether the split-KV (decoding) kernel streams K/V through tensor descriptors, with 2 pipeline stages: at
+    head_dim 128 and long caches. On an H100 (B8 H32/8 D128 bf16, GB/s of K/V read; benchmarks/NOTES.md): L32768
+    2775 -> 2891 (cuDNN 2937); L131072 2741 -> 2733, even; 3 stages lost (2559 at L32768). The interpreter takes
+    them at every 16-bit power-of-two head dim and length, so the CPU tests cover both kinds of load."""
+    if not forward_uses_tma(head_dim, itemsize, interpret):
+        return False
+    return interpret or seqlen_k >= DECODE_TMA_MIN_KEYS
+
+
 def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, tma: bool = False,
                    dropout: bool = False) -> LaunchConfig:
     """Measured on an H100 with benchmarks/tune.py (bf16, S=4096). float32 (a correctness path, not a fast one)
@@ -105,10 +128,11 @@ class SplitKVPlan:
 
 @functools.lru_cache(maxsize=1024)  # called on every decoding step, where host time is what limits speed
 def split_kv_plan(rows: int, programs_per_split: int, seqlen_k: int, block_d: int, sm_count: int,
-                  interpret: bool, *, programs_per_sm: int = 2, block_n: Optional[int] = None, num_warps: int = 4,
-                  num_stages: int = 3) -> SplitKVPlan:
+                  interpret: bool, tma: bool = False, *, programs_per_sm: int = 2, block_n: Optional[int] = None,
+                  num_warps: int = 4, num_stages: Optional[int] = None) -> SplitKVPlan:
     """Enough splits that about ``programs_per_sm`` programs per multiprocessor stream the cache, each at least 4
-    key blocks. The keyword arguments exist for benchmarks/tune.py."""
+    key blocks; ``tma``: the kernel loads K/V through descriptors (see :func:`decode_uses_tma`), which take 2
+    pipeline stages instead of 3. The keyword arguments exist for benchmarks/tune.py."""
     block_r = max(16, triton.next_power_of_2(rows))
     if interpret:
         block_n = 32
@@ -116,6 +140,7 @@ def split_kv_plan(rows: int, programs_per_split: int, seqlen_k: int, block_d: in
         num_warps = num_stages = 1
     else:
         block_n = block_n or (64 if block_d <= 128 else 32)
+        num_stages = num_stages or (2 if tma else 3)
         splits = max(1, min(triton.cdiv(programs_per_sm * sm_count, programs_per_split),
                             triton.cdiv(seqlen_k, 4 * block_n)))
         split_size = triton.cdiv(triton.cdiv(seqlen_k, splits), block_n) * block_n

@@ -7,9 +7,10 @@ body, for callers that need neither autograd nor tracing (the dispatcher's Pytho
 decoding step); :class:`EagerAttention` gives eager calls that need gradients the same autograd without the
 dispatcher. Inputs are validated in :mod:`hf_triton_attn.functional`; this layer trusts them.
 
-Kernels launch through :class:`hf_triton_attn.launch.KernelLauncher`. The forward reads Q/K/V tiles through
-tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` picks them and the tensors' strides
-allow (16-byte aligned, unit stride last), through pointer arithmetic otherwise.
+Kernels launch through :class:`hf_triton_attn.launch.KernelLauncher`. The forward reads Q/K/V tiles, and the
+backward's dQ kernel and the split-KV (decoding) kernel K/V tiles, through tensor descriptors (TMA on Hopper)
+where :func:`configs.forward_uses_tma`, :func:`configs.dq_uses_tma` and :func:`configs.decode_uses_tma` pick
+them and the tensors' strides allow (16-byte aligned, unit stride last), through pointer arithmetic otherwise.
 
 Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the output is allocated as
 (B, Sq, H, D), the layout Transformers reshapes to (B, Sq, H*D) without a copy; LSE is (B, H, Sq) float32 in
@@ -153,19 +154,22 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, causal, scale, sof
     group = heads // hkv
     key_mask, _, km_strides, _, _ = _mask_args(key_mask, None, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
-    plan = configs.split_kv_plan(group * sq, batch * hkv, skv, block_d, _sm_count(q.device), INTERPRET)
+    tma = (configs.decode_uses_tma(head_dim, q.element_size(), skv, INTERPRET)
+           and _tma_compatible(k) and _tma_compatible(v))
+    plan = configs.split_kv_plan(group * sq, batch * hkv, skv, block_d, _sm_count(q.device), INTERPRET, tma)
+    descriptors = (_descriptor(k, plan.block_n), _descriptor(v, plan.block_n)) if tma else (None, None)
     # Per (batch * kv head, split, packed row): a partial output row, its max and its sum.
     work = torch.empty(batch * hkv * plan.num_splits * plan.block_r * (block_d + 2), device=q.device,
                        dtype=torch.float32)
     _launch_fwd_split(
         (plan.num_splits, batch * hkv),
-        q, k, v, work, key_mask, seqused_k,
+        q, k, v, *descriptors, work, key_mask, seqused_k,
         scale, softcap,
         *q.stride(), *k.stride(), *v.stride(), *km_strides,
         hkv, sq, skv, group, plan.split_size, plan.num_splits,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r, BLOCK_N=plan.block_n,
         IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, HAS_SEQUSED=seqused_k is not None,
-        HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype),
+        HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype), USE_TMA=tma,
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     _launch_combine_splits(
@@ -205,18 +209,20 @@ def backward_impl(
     cfg = configs.backward_config(block_d, causal, q.element_size(), INTERPRET, dropout_p > 0.0)
     do_bhsd = grad_out.transpose(1, 2)
     out_bhsd = out.transpose(1, 2)
+    tma = configs.dq_uses_tma(head_dim, q.element_size(), INTERPRET) and _tma_compatible(k) and _tma_compatible(v)
+    kv_descriptors = (_descriptor(k, cfg.dq.block_n), _descriptor(v, cfg.dq.block_n)) if tma else (None, None)
 
     delta = torch.empty_like(lse)  # rowsum(O * dO), written by the dQ kernel for the dK/dV kernel
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                  **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype))
     _launch_bwd_dq(
         (triton.cdiv(sq, cfg.dq.block_m), batch * heads),
-        q, k, v, out, grad_out, dq, lse, delta, key_mask, seqused_k, mask, seed,
+        q, k, v, *kv_descriptors, out, grad_out, dq, lse, delta, key_mask, seqused_k, mask, seed,
         scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *out_bhsd.stride(), *do_bhsd.stride(), *dq.stride(),
         *km_strides, *m_strides,
         heads, sq, skv, heads // hkv,
-        BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n,
+        BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n, USE_TMA=tma,
         num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages, **flags,
     )
     _launch_bwd_dkdv(

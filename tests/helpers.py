@@ -34,3 +34,19 @@ def _mask_to(kwargs, dtype):
     if mask is not None and mask.is_floating_point():
         kwargs = {**kwargs, "attention_mask": mask.to(dtype)}
     return kwargs
+
+
+def inputs_with_unused_nan_keys(seqlen_q, head_dim, device):
+    """fp16 q, k, v (batch 2, heads 4/2, 70 keys) and seqused_k = [50, 70]: batch 0's 20 unused key rows hold NaN,
+    which a tensor-descriptor load reads and the kernels must keep out of every result."""
+    q, k, v = random_qkv(2, 4, 2, seqlen_q, 70, head_dim, torch.float16, device)
+    seqused = torch.tensor([50, 70], device=device, dtype=torch.int32)
+    k[0, :, 50:], v[0, :, 50:] = float("nan"), float("nan")
+    return q, k, v, seqused
+
+
+def count_descriptors(monkeypatch, ops) -> list:
+    """A list that grows by one for each tensor descriptor ``ops`` builds."""
+    made = []
+    monkeypatch.setattr(ops, "_descriptor", lambda *args, make=ops._descriptor: made.append(1) or make(*args))
+    return made

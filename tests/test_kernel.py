@@ -4,7 +4,8 @@ import functools
 import pytest
 import torch
 from conftest import DEVICE, DTYPES
-from helpers import assert_close_to_reference, max_err, random_qkv, reference_pair
+from helpers import (assert_close_to_reference, count_descriptors, inputs_with_unused_nan_keys, max_err, random_qkv,
+                     reference_pair)
 
 from hf_triton_attn import attention, configs, ops
 
@@ -162,20 +163,21 @@ def test_non_contiguous_inputs(layout, dtype):
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("use_tma", [False, True])
-def test_tensor_descriptor_and_pointer_loads(monkeypatch, use_tma, causal):
-    """Both ways of loading tiles give the oracle's answer, including where the keys in use end inside a block
-    whose unused rows hold NaN (a descriptor loads them; they must not reach the output)."""
+@pytest.mark.parametrize("seqlen_q", [37, 1], ids=["forward", "split-kv"])
+def test_tensor_descriptor_and_pointer_loads(monkeypatch, seqlen_q, use_tma, causal):
+    """Both ways of loading tiles give the oracle's answer, in the forward kernel and in the split-KV (decoding)
+    kernel, including where the keys in use end inside a block whose unused rows hold NaN (a descriptor loads
+    them; they must not reach the output)."""
     if use_tma and not ops.INTERPRET and not configs.forward_uses_tma(128, 2, False):
         pytest.skip("no tensor-descriptor loads on this GPU configuration")
     head_dim = 32 if ops.INTERPRET else 128
     monkeypatch.setattr(configs, "forward_uses_tma", lambda *args: use_tma)
-    descriptors = []
-    monkeypatch.setattr(ops, "_descriptor", lambda *args, make=ops._descriptor: descriptors.append(1) or make(*args))
-    q, k, v = random_qkv(2, 4, 2, 37, 70, head_dim, torch.float16, DEVICE)
-    seqused = torch.tensor([50, 70], device=DEVICE, dtype=torch.int32)
-    k[0, :, 50:], v[0, :, 50:] = float("nan"), float("nan")
+    monkeypatch.setattr(configs, "decode_uses_tma", lambda *args: use_tma)
+    descriptors = count_descriptors(monkeypatch, ops)
+    q, k, v, seqused = inputs_with_unused_nan_keys(seqlen_q, head_dim, DEVICE)
     out = attention(q, k, v, causal=causal, seqused_k=seqused)
-    assert len(descriptors) == (3 if use_tma else 0)
+    assert ops._takes_split_kv(seqlen_q, 2, 70, None, 0.0) == (seqlen_q == 1)
+    assert len(descriptors) == (0 if not use_tma else 3 if seqlen_q > 1 else 2)
     for b in range(2):
         used = int(seqused[b])
         sub = [t[b:b + 1, :, :used] if t is not q else t[b:b + 1] for t in (q, k, v)]
@@ -187,8 +189,7 @@ def test_tensors_a_descriptor_cannot_describe_take_pointer_loads(monkeypatch):
     """A base that is not 16-byte aligned, or a stride of 0 (an expanded batch), rules descriptors out: the
     forward must then load through pointers, and still be right."""
     monkeypatch.setattr(configs, "forward_uses_tma", lambda *args: True)
-    descriptors = []
-    monkeypatch.setattr(ops, "_descriptor", lambda *args, make=ops._descriptor: descriptors.append(1) or make(*args))
+    descriptors = count_descriptors(monkeypatch, ops)
     q, k, v = random_qkv(2, 4, 2, 20, 40, 32, torch.float16, DEVICE)
     misaligned_q = torch.randn(2, 4, 20, 33, device=DEVICE, dtype=torch.float16)[..., 1:]
     misaligned_q.copy_(q)

@@ -18,10 +18,10 @@ from .common import _apply_masks, _dropout_keep, _kept_key_range, _keys_in_use, 
 
 @triton.jit
 def _probs_and_dscores(
-    a, b, dp, lse, delta, offs_m, start_n, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh,
+    a, b, dp, lse, delta, start_m, offs_m, start_n, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh,
     sm_scale, softcap, dropout_p, seed, Skv,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
-    BLOCK_N: tl.constexpr, KEY_MAJOR: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEY_MAJOR: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -41,7 +41,7 @@ def _probs_and_dscores(
     p = tl.exp2(s - lse)
     p_drop = p
     if HAS_DROPOUT:
-        keep = _dropout_keep(seed, pid_bh, offs_m, start_n, Skv, dropout_p, BLOCK_N, KEY_MAJOR)
+        keep = _dropout_keep(seed, pid_bh, start_m, start_n, Skv, dropout_p, BLOCK_M, BLOCK_N, KEY_MAJOR)
         keep_scale = 1.0 / (1.0 - dropout_p)  # one scalar division, not one per element
         p_drop = tl.where(keep, p * keep_scale, 0.0)
         dp = tl.where(keep, dp * keep_scale, 0.0)
@@ -77,9 +77,10 @@ def _attn_bwd_dkdv_inner(
         delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         p_t, ds_t = _probs_and_dscores(
-            k, q_t, dp_t, lse[None, :], delta[None, :], offs_m, start_n, offs_n,
+            k, q_t, dp_t, lse[None, :], delta[None, :], start_m, offs_m, start_n, offs_n,
             kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed, Skv,
-            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_N, True,
+            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_M, BLOCK_N,
+            True,
             IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
         dk += tl.dot(ds_t.to(q_t.dtype), tl.trans(q_t), input_precision=DOT_PRECISION)
@@ -182,32 +183,43 @@ def _attn_bwd_dkdv(
 
 @triton.jit
 def _attn_bwd_dq_inner(
-    dq, q, do, lse, delta, k_base, v_base, lo, hi,
-    offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+    dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi,
+    start_m, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_kn, stride_kd, stride_vn, stride_vd,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     """Accumulate dQ over key blocks [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        k_ptrs = k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
-        v_ptrs = v_base + offs_n[None, :].to(tl.int64) * stride_vn + offs_d[:, None] * stride_vd
-        if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
-            ok = (offs_n[None, :] < kv_end) & (offs_d[:, None] < HEAD_DIM)
-            k_t = tl.load(k_ptrs, mask=ok, other=0.0)
-            v_t = tl.load(v_ptrs, mask=ok, other=0.0)
+        if USE_TMA:
+            k_t = tl.trans(DescK.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
+            v_t = tl.trans(DescV.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
+            if CHECK_BOUNDS:
+                # Rows past Skv arrive as zeros, but unused cache rows in [kv_end, Skv) may hold anything, NaN
+                # included, and 0 * NaN would reach dQ.
+                n_ok = offs_n[None, :] < kv_end
+                k_t = tl.where(n_ok, k_t, 0.0)
+                v_t = tl.where(n_ok, v_t, 0.0)
         else:
-            k_t = tl.load(k_ptrs)
-            v_t = tl.load(v_ptrs)
+            k_ptrs = k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
+            v_ptrs = v_base + offs_n[None, :].to(tl.int64) * stride_vn + offs_d[:, None] * stride_vd
+            if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
+                ok = (offs_n[None, :] < kv_end) & (offs_d[:, None] < HEAD_DIM)
+                k_t = tl.load(k_ptrs, mask=ok, other=0.0)
+                v_t = tl.load(v_ptrs, mask=ok, other=0.0)
+            else:
+                k_t = tl.load(k_ptrs)
+                v_t = tl.load(v_ptrs)
         dp = tl.dot(do, v_t, input_precision=DOT_PRECISION)
         _, ds = _probs_and_dscores(
-            q, k_t, dp, lse[:, None], delta[:, None], offs_m, start_n, offs_n,
+            q, k_t, dp, lse[:, None], delta[:, None], start_m, offs_m, start_n, offs_n,
             kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed, Skv,
-            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_N, False,
+            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_M, BLOCK_N,
+            False,
             IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
         dq += tl.dot(ds.to(k_t.dtype), tl.trans(k_t), input_precision=DOT_PRECISION)
     return dq
@@ -215,7 +227,7 @@ def _attn_bwd_dq_inner(
 
 @triton.jit
 def _attn_bwd_dq(
-    Q, K, V, Out, DO, DQ, LSE, Delta, KeyMask, SeqUsedK, Mask, Seed,
+    Q, K, V, DescK, DescV, Out, DO, DQ, LSE, Delta, KeyMask, SeqUsedK, Mask, Seed,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -228,8 +240,10 @@ def _attn_bwd_dq(
     H, Sq, Skv, GROUP,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
+    """USE_TMA: the K and V tiles of the key loop come through the tensor descriptors DescK/DescV (over
+    (B, Hkv, S, D)), as in the forward."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_b = pid_bh // H
@@ -279,18 +293,19 @@ def _attn_bwd_dq(
         full_end = tl.minimum(full_end, (key_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
         hi = tl.minimum(hi, key_hi)
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, lo, full_end,
-        offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+        dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, full_end,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+        DOT_PRECISION, USE_TMA)
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, tl.maximum(lo, full_end), hi,
-        offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+        dq, q, do, lse, delta, k_base, v_base, DescK, DescV, tl.maximum(lo, full_end), hi,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION)
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+        DOT_PRECISION, USE_TMA)
 
     dq *= sm_scale
     tl.store(DQ + pid_b.to(tl.int64) * stride_dqb + pid_h.to(tl.int64) * stride_dqh

@@ -92,24 +92,37 @@ def _apply_masks(
 
 
 @triton.jit
-def _dropout_keep(seed, pid_bh, offs_q, start_k, Skv, dropout_p, BLOCK_K: tl.constexpr, KEY_MAJOR: tl.constexpr):
-    """Keep-flags of the tile (queries ``offs_q``) x (keys ``[start_k, start_k + BLOCK_K)``), query-major, or
-    key-major when KEY_MAJOR. ``start_k`` and BLOCK_K are multiples of 8.
+def _dropout_keep(seed, pid_bh, start_q, start_k, Skv, dropout_p,
+                  BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, KEY_MAJOR: tl.constexpr):
+    """Keep-flags of the tile (queries ``[start_q, start_q + BLOCK_Q)``) x (keys ``[start_k, start_k + BLOCK_K)``),
+    query-major, or key-major when KEY_MAJOR. Starts and block sizes are multiples of 16.
 
     Counter-based (Philox, keyed by the seed and the head): the backward regenerates exactly the forward's mask
-    from (query, key), in whichever tile orientation it works. One Philox call yields four 32-bit words and
-    each word two 16-bit uniforms, so one call serves 8 consecutive keys of a query: a key is kept when its
-    uniform is at least ``round(p * 2**16)``, so the drop probability is p rounded to a multiple of 2**-16.
+    from (query, key), in whichever tile orientation it works. One Philox call yields four 32-bit words and each
+    word two 16-bit uniforms; a flag is kept when its uniform is at least ``round(p * 2**16)``, so the drop
+    probability is p rounded to a multiple of 2**-16.
+
+    Which 8 elements share a call follows the layout of Hopper's MMA accumulator, where a thread holds rows r and
+    r + 8 and pairs of adjacent columns 8 apart. With q = 16a + 8b + c and k = 16a' + 8b' + 2c'' + e (b, b', e in
+    {0, 1}), one call serves (a, c, a', c''): queries q0, q0 + 8 times keys k0, k0 + 1, k0 + 8, k0 + 9, word
+    2b + b', half e. Query-major, one thread holds all 8, so the flags are made where the probabilities are; key-
+    major (the dK/dV kernel) two lanes of a warp hold them. Measured against 8 consecutive keys per call, the
+    layout conversions this avoids took the forward+backward with dropout from 673 to 545 µs at B32 H12 S512 D64
+    (benchmarks/NOTES.md).
     """
-    groups = start_k // 8 + tl.arange(0, BLOCK_K // 8)
-    counter = offs_q[:, None] * ((Skv + 7) // 8) + groups[None, :]
+    rows = start_q // 2 + tl.arange(0, BLOCK_Q // 2)  # a call's index among the queries: 8a + c
+    cols = start_k // 4 + tl.arange(0, BLOCK_K // 4)  # and among the keys: 4a' + c''
+    counter = rows[:, None] * ((Skv + 15) // 16 * 4) + cols[None, :]
     r0, r1, r2, r3 = tl.randint4x(seed + pid_bh, counter)
     threshold = tl.cast(dropout_p * 65536.0 + 0.5, tl.uint32)
-    low = tl.join(tl.join((r0 & 0xFFFF) >= threshold, (r1 & 0xFFFF) >= threshold),
-                  tl.join((r2 & 0xFFFF) >= threshold, (r3 & 0xFFFF) >= threshold))
-    high = tl.join(tl.join((r0 >> 16) >= threshold, (r1 >> 16) >= threshold),
-                   tl.join((r2 >> 16) >= threshold, (r3 >> 16) >= threshold))
-    keep = tl.reshape(tl.join(low, high), [offs_q.shape[0], BLOCK_K])
+    shape: tl.constexpr = [BLOCK_Q // 16, 8, BLOCK_K // 16, 4, 2]
+    w0 = tl.reshape(tl.join((r0 & 0xFFFF) >= threshold, (r0 >> 16) >= threshold), shape)
+    w1 = tl.reshape(tl.join((r1 & 0xFFFF) >= threshold, (r1 >> 16) >= threshold), shape)
+    w2 = tl.reshape(tl.join((r2 & 0xFFFF) >= threshold, (r2 >> 16) >= threshold), shape)
+    w3 = tl.reshape(tl.join((r3 & 0xFFFF) >= threshold, (r3 >> 16) >= threshold), shape)
+    keep = tl.join(tl.join(w0, w1), tl.join(w2, w3))  # (a, c, a', c'', e, b', b)
     if KEY_MAJOR:
-        keep = tl.trans(keep)
+        keep = tl.reshape(tl.permute(keep, (2, 5, 3, 4, 0, 6, 1)), [BLOCK_K, BLOCK_Q])  # (a', b', c'', e, a, b, c)
+    else:
+        keep = tl.reshape(tl.permute(keep, (0, 6, 1, 2, 5, 3, 4)), [BLOCK_Q, BLOCK_K])  # (a, b, c, a', b', c'', e)
     return keep

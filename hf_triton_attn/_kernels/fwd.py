@@ -8,7 +8,7 @@ from .common import LOG2E, _apply_masks, _dropout_keep, _kept_key_range, _keys_i
 @triton.jit
 def _attn_fwd_inner(
     acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, hi,
-    offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+    start_m, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_kn, stride_kd, stride_vn, stride_vd,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
@@ -54,7 +54,7 @@ def _attn_fwd_inner(
         alpha = tl.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed, pid_bh, offs_m, start_n, Skv, dropout_p, BLOCK_N, False)
+            keep = _dropout_keep(seed, pid_bh, start_m, start_n, Skv, dropout_p, q.shape[0], BLOCK_N, False)
             p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)  # a scalar division, not one per element
         if USE_TMA:
             v = DescV.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
@@ -140,7 +140,7 @@ def _attn_fwd(
         hi = tl.minimum(hi, key_hi)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, full_end,
-        offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
@@ -148,7 +148,7 @@ def _attn_fwd(
         USE_TMA, SCALE_IN_EXP)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, DescK, DescV, tl.maximum(lo, full_end), hi,
-        offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
