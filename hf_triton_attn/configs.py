@@ -71,8 +71,9 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
     if block_d <= 64:
         return LaunchConfig(128, 64, 8, 3)
     if block_d <= 128:
-        # Causal rows end on the diagonal: narrower key blocks waste less of the last one.
-        return LaunchConfig(128, 64, 8, 3) if causal else LaunchConfig(128, 128, 8, 3)
+        # Causal rows end on the diagonal: narrower key blocks waste less of the last one. float32 takes them too:
+        # its 128x128 tiles need 384 KiB of shared memory, beyond Hopper's 227.
+        return LaunchConfig(128, 64, 8, 3) if causal or itemsize > 2 else LaunchConfig(128, 128, 8, 3)
     return LaunchConfig(64, 64, 4, 3) if itemsize <= 2 else LaunchConfig(64, 64, 8, 2)
 
 
