@@ -95,12 +95,13 @@ def test_dq_tensor_descriptor_and_pointer_loads(monkeypatch, use_tma, causal):
     assert len(descriptors) == (2 if use_tma else 0)
     assert torch.equal(ours[2][0, :, 50:], torch.zeros_like(ours[2][0, :, 50:]))
     assert torch.equal(ours[3][0, :, 50:], torch.zeros_like(ours[3][0, :, 50:]))
-    for b in range(2):
-        used = int(seqused[b])
-        inputs = (q[b:b + 1], k[b:b + 1, :, :used], v[b:b + 1, :, :used], grad_out[b:b + 1])
+    for row in range(2):
+        used = int(seqused[row])
+        inputs = (q[row:row + 1], k[row:row + 1, :, :used], v[row:row + 1, :, :used], grad_out[row:row + 1])
         ref64, same = (grads_of(lambda a, b, c: attention_reference(a, b, c, causal=causal),
                                 *(t.to(dtype) for t in inputs)) for dtype in (torch.float64, torch.float16))
-        got = (ours[0][b:b + 1], ours[1][b:b + 1], ours[2][b:b + 1, :, :used], ours[3][b:b + 1, :, :used])
+        got = (ours[0][row:row + 1], ours[1][row:row + 1], ours[2][row:row + 1, :, :used],
+               ours[3][row:row + 1, :, :used])
         for name, a, r64, r16 in zip(("out", "dq", "dk", "dv"), got, ref64, same):
             assert_close_to_reference(a, r64, r16, factor=3.0, what=name)
 
