@@ -100,8 +100,7 @@ def forward_impl(
         return out, lse
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
-    tma = (configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET)
-           and all(_tma_compatible(t) for t in (q, k, v)))
+    tma = configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET) and _tma_compatible(q, k, v)
     cfg = configs.forward_config(block_d, causal, q.element_size(), INTERPRET, tma, dropout_p > 0.0)
     descriptors = ((_descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n))
                    if tma else (None, None, None))
@@ -122,12 +121,12 @@ def forward_impl(
     return out, lse
 
 
-def _tma_compatible(t: torch.Tensor) -> bool:
-    """A tensor descriptor needs a 16-byte aligned base, unit stride in the last dim and the other strides
-    positive multiples of 16 bytes."""
-    *outer, last = t.stride()
-    return (last == 1 and t.data_ptr() % 16 == 0
-            and all(stride > 0 and stride * t.element_size() % 16 == 0 for stride in outer))
+def _tma_compatible(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor can have a tensor descriptor: a 16-byte aligned base, unit stride in the last dim and
+    the other strides positive multiples of 16 bytes."""
+    return all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+               and all(stride > 0 and stride * t.element_size() % 16 == 0 for stride in t.stride()[:-1])
+               for t in tensors)
 
 
 def _descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
@@ -154,8 +153,7 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, causal, scale, sof
     group = heads // hkv
     key_mask, _, km_strides, _, _ = _mask_args(key_mask, None, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
-    tma = (configs.decode_uses_tma(head_dim, q.element_size(), skv, INTERPRET)
-           and _tma_compatible(k) and _tma_compatible(v))
+    tma = configs.decode_uses_tma(head_dim, q.element_size(), skv, INTERPRET) and _tma_compatible(k, v)
     plan = configs.split_kv_plan(group * sq, batch * hkv, skv, block_d, _sm_count(q.device), INTERPRET, tma)
     descriptors = (_descriptor(k, plan.block_n), _descriptor(v, plan.block_n)) if tma else (None, None)
     # Per (batch * kv head, split, packed row): a partial output row, its max and its sum.
@@ -209,7 +207,7 @@ def backward_impl(
     cfg = configs.backward_config(block_d, causal, q.element_size(), INTERPRET, dropout_p > 0.0)
     do_bhsd = grad_out.transpose(1, 2)
     out_bhsd = out.transpose(1, 2)
-    tma = configs.dq_uses_tma(head_dim, q.element_size(), INTERPRET) and _tma_compatible(k) and _tma_compatible(v)
+    tma = configs.dq_uses_tma(head_dim, q.element_size(), INTERPRET) and _tma_compatible(k, v)
     kv_descriptors = (_descriptor(k, cfg.dq.block_n), _descriptor(v, cfg.dq.block_n)) if tma else (None, None)
 
     delta = torch.empty_like(lse)  # rowsum(O * dO), written by the dQ kernel for the dK/dV kernel

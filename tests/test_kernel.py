@@ -195,7 +195,7 @@ def test_tensors_a_descriptor_cannot_describe_take_pointer_loads(monkeypatch):
     misaligned_q.copy_(q)
     expanded_k = k[:1].expand(2, -1, -1, -1)
     for inputs in ((misaligned_q, k, v), (q, expanded_k, v)):
-        assert not all(ops._tma_compatible(t) for t in inputs)
+        assert not ops._tma_compatible(*inputs)
         check_forward(*inputs, causal=True)
     assert descriptors == []
     check_forward(q, k, v, causal=True)
