@@ -7,7 +7,16 @@ import functools
 from dataclasses import dataclass
 from typing import Optional
 
-import triton
+
+
+def cdiv(a: int, b: int) -> int:
+    """``triton.cdiv`` for host code: Triton's is a ConstexprFunction, whose call costs ~2 µs of host time."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """``triton.next_power_of_2`` for host code, without the ConstexprFunction call (see :func:`cdiv`)."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
 @dataclass(frozen=True)
@@ -19,7 +28,7 @@ class LaunchConfig:
 
 
 def padded_head_dim(head_dim: int) -> int:
-    return max(16, triton.next_power_of_2(head_dim))
+    return max(16, next_power_of_2(head_dim))
 
 
 def forward_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
@@ -40,21 +49,6 @@ def dq_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
     in the dK/dV kernel (Q/dO) were 4% slower causal and 2-4% faster full or GQA, so it keeps pointer loads
     (benchmarks/NOTES.md)."""
     return forward_uses_tma(head_dim, itemsize, interpret)
-
-
-# From this many keys a decoding call is long enough on the GPU for a descriptor launch's extra host time (tens
-# of µs: KernelLauncher cannot cache launches with descriptor arguments) not to matter.
-DECODE_TMA_MIN_KEYS = 16384
-
-
-def decode_uses_tma(head_dim: int, itemsize: int, seqlen_k: int, interpret: bool) -> bool:
-    """Whether the split-KV (decoding) kernel streams K/V through tensor descriptors, with 2 pipeline stages: at
-    head_dim 128 and long caches. On an H100 (B8 H32/8 D128 bf16, GB/s of K/V read; benchmarks/NOTES.md): L32768
-    2775 -> 2891 (cuDNN 2937); L131072 2741 -> 2733, even; 3 stages lost (2559 at L32768). The interpreter takes
-    them at every 16-bit power-of-two head dim and length, so the CPU tests cover both kinds of load."""
-    if not forward_uses_tma(head_dim, itemsize, interpret):
-        return False
-    return interpret or seqlen_k >= DECODE_TMA_MIN_KEYS
 
 
 def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, tma: bool = False,
@@ -126,23 +120,34 @@ class SplitKVPlan:
     num_warps: int
     num_stages: int
 
+    @property
+    def block_s(self) -> int:
+        """The merge kernel's tile over splits: a power of two, at least 2."""
+        return max(2, next_power_of_2(self.num_splits))
+
 
 @functools.lru_cache(maxsize=1024)  # called on every decoding step, where host time is what limits speed
-def split_kv_plan(rows: int, programs_per_split: int, seqlen_k: int, block_d: int, sm_count: int,
-                  interpret: bool, tma: bool = False, *, programs_per_sm: int = 2, block_n: Optional[int] = None,
-                  num_warps: int = 4, num_stages: Optional[int] = None) -> SplitKVPlan:
-    """Enough splits that about ``programs_per_sm`` programs per multiprocessor stream the cache, each at least 4
-    key blocks; ``tma``: the kernel loads K/V through descriptors (see :func:`decode_uses_tma`), which take 2
-    pipeline stages instead of 3. The keyword arguments exist for benchmarks/tune.py."""
-    block_r = max(16, triton.next_power_of_2(rows))
+def split_kv_plan(rows: int, programs_per_split: int, seqlen_k: int, block_d: int, itemsize: int, sm_count: int,
+                  interpret: bool, *, programs_per_sm: int = 1, block_n: Optional[int] = None, num_warps: int = 4,
+                  num_stages: int = 3) -> SplitKVPlan:
+    """One wave of programs: as many splits as fill ``programs_per_sm`` programs per multiprocessor (rounded
+    down), each streaming its keys through 3 pipeline stages of wide key blocks (``3 * 2 * block_n`` rows of K and
+    V: 192 KiB of shared memory at 128 16-bit columns). A split shorter than two such blocks takes half-width ones.
+
+    On an H100 (B8 H32/8 D128 bf16, CUDA-graph replay, µs; benchmarks/NOTES.md) this plan against the previous one
+    (about 2 programs per multiprocessor, 64-key blocks, at least 4 per split) and cuDNN: L1024 10.1 / 11.5 / 11.0,
+    L4096 50.0 / 54.4 / 50.6, L8192 93.2 / 101.4 / 94.6, L32768 352.9 / 357.9 / 351.3; B1 L131072 180.2 / 184.6 /
+    179.9. The keyword arguments exist for benchmarks/tune.py."""
+    block_r = max(16, next_power_of_2(rows))
     if interpret:
         block_n = 32
         split_size = 2 * block_n  # several splits even at test sizes, so the merge is exercised
         num_warps = num_stages = 1
     else:
-        block_n = block_n or (64 if block_d <= 128 else 32)
-        num_stages = num_stages or (2 if tma else 3)
-        splits = max(1, min(triton.cdiv(programs_per_sm * sm_count, programs_per_split),
-                            triton.cdiv(seqlen_k, 4 * block_n)))
-        split_size = triton.cdiv(triton.cdiv(seqlen_k, splits), block_n) * block_n
-    return SplitKVPlan(block_r, block_n, split_size, triton.cdiv(seqlen_k, split_size), num_warps, num_stages)
+        # 32 KiB per key block of K (and as much of V), whatever the head dim and dtype, within 32..128 keys.
+        block_n = block_n or min(128, max(32, 32768 // (block_d * itemsize)))
+        splits = max(1, min(programs_per_sm * sm_count // programs_per_split, cdiv(seqlen_k, block_n)))
+        if cdiv(seqlen_k, splits) < 2 * block_n and block_n > 32:
+            block_n //= 2
+        split_size = cdiv(cdiv(seqlen_k, splits), block_n) * block_n
+    return SplitKVPlan(block_r, block_n, split_size, cdiv(seqlen_k, split_size), num_warps, num_stages)

@@ -8,9 +8,9 @@ decoding step); :class:`EagerAttention` gives eager calls that need gradients th
 dispatcher. Inputs are validated in :mod:`hf_triton_attn.functional`; this layer trusts them.
 
 Kernels launch through :class:`hf_triton_attn.launch.KernelLauncher`. The forward reads Q/K/V tiles, and the
-backward's dQ kernel and the split-KV (decoding) kernel K/V tiles, through tensor descriptors (TMA on Hopper)
-where :func:`configs.forward_uses_tma`, :func:`configs.dq_uses_tma` and :func:`configs.decode_uses_tma` pick
-them and the tensors' strides allow (16-byte aligned, unit stride last), through pointer arithmetic otherwise.
+backward's dQ kernel K/V tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma`
+and :func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte aligned, unit stride last),
+through pointer arithmetic otherwise; the split-KV (decoding) kernel always through pointers.
 
 Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the output is allocated as
 (B, Sq, H, D), the layout Transformers reshapes to (B, Sq, H*D) without a copy; LSE is (B, H, Sq) float32 in
@@ -21,7 +21,6 @@ import functools
 from typing import Optional
 
 import torch
-import triton
 from triton.runtime.interpreter import InterpretedFunction
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -104,13 +103,12 @@ def forward_impl(
     cfg = configs.forward_config(block_d, causal, q.element_size(), INTERPRET, tma, dropout_p > 0.0)
     descriptors = ((_descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n))
                    if tma else (None, None, None))
-    out_bhsd = out.transpose(1, 2)
-    grid = (triton.cdiv(sq, cfg.block_m), batch * heads)
+    grid = (configs.cdiv(sq, cfg.block_m), batch * heads)
     _launch_fwd(
         grid,
         q, k, v, *descriptors, out, lse, key_mask, seqused_k, mask, seed,
         scale, softcap, dropout_p,
-        *q.stride(), *k.stride(), *v.stride(), *out_bhsd.stride(),
+        *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out),
         *km_strides, *m_strides,
         heads, sq, skv, heads // hkv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
@@ -119,6 +117,12 @@ def forward_impl(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse
+
+
+def _bhsd_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
+    """The strides of ``t.transpose(1, 2)`` for a (B, S, H, D) tensor, without building the view (~2 µs)."""
+    batch, seq, head, dim = t.stride()
+    return batch, head, seq, dim
 
 
 def _tma_compatible(*tensors: torch.Tensor) -> bool:
@@ -153,29 +157,28 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, causal, scale, sof
     group = heads // hkv
     key_mask, _, km_strides, _, _ = _mask_args(key_mask, None, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
-    tma = configs.decode_uses_tma(head_dim, q.element_size(), skv, INTERPRET) and _tma_compatible(k, v)
-    plan = configs.split_kv_plan(group * sq, batch * hkv, skv, block_d, _sm_count(q.device), INTERPRET, tma)
-    descriptors = (_descriptor(k, plan.block_n), _descriptor(v, plan.block_n)) if tma else (None, None)
+    plan = configs.split_kv_plan(group * sq, batch * hkv, skv, block_d, q.element_size(), _sm_count(q.device),
+                                 INTERPRET)
     # Per (batch * kv head, split, packed row): a partial output row, its max and its sum.
     work = torch.empty(batch * hkv * plan.num_splits * plan.block_r * (block_d + 2), device=q.device,
                        dtype=torch.float32)
     _launch_fwd_split(
         (plan.num_splits, batch * hkv),
-        q, k, v, *descriptors, work, key_mask, seqused_k,
+        q, k, v, work, key_mask, seqused_k,
         scale, softcap,
         *q.stride(), *k.stride(), *v.stride(), *km_strides,
         hkv, sq, skv, group, plan.split_size, plan.num_splits,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r, BLOCK_N=plan.block_n,
         IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, HAS_SEQUSED=seqused_k is not None,
-        HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype), USE_TMA=tma,
+        HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     _launch_combine_splits(
         (group * sq, batch * hkv),
-        work, out, lse, *out.transpose(1, 2).stride(),
+        work, out, lse, *_bhsd_strides(out),
         heads, hkv, sq, group, plan.num_splits,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r,
-        BLOCK_S=max(2, triton.next_power_of_2(plan.num_splits)), num_warps=1 if INTERPRET else 4,
+        BLOCK_S=plan.block_s, num_warps=1 if INTERPRET else 4,
     )
 
 
@@ -205,8 +208,6 @@ def backward_impl(
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
     cfg = configs.backward_config(block_d, causal, q.element_size(), INTERPRET, dropout_p > 0.0)
-    do_bhsd = grad_out.transpose(1, 2)
-    out_bhsd = out.transpose(1, 2)
     tma = configs.dq_uses_tma(head_dim, q.element_size(), INTERPRET) and _tma_compatible(k, v)
     kv_descriptors = (_descriptor(k, cfg.dq.block_n), _descriptor(v, cfg.dq.block_n)) if tma else (None, None)
 
@@ -214,20 +215,20 @@ def backward_impl(
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                  **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype))
     _launch_bwd_dq(
-        (triton.cdiv(sq, cfg.dq.block_m), batch * heads),
+        (configs.cdiv(sq, cfg.dq.block_m), batch * heads),
         q, k, v, *kv_descriptors, out, grad_out, dq, lse, delta, key_mask, seqused_k, mask, seed,
         scale, softcap, dropout_p,
-        *q.stride(), *k.stride(), *v.stride(), *out_bhsd.stride(), *do_bhsd.stride(), *dq.stride(),
+        *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out), *_bhsd_strides(grad_out), *dq.stride(),
         *km_strides, *m_strides,
         heads, sq, skv, heads // hkv,
         BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n, USE_TMA=tma,
         num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages, **flags,
     )
     _launch_bwd_dkdv(
-        (triton.cdiv(skv, cfg.dkdv.block_n), batch * hkv),
+        (configs.cdiv(skv, cfg.dkdv.block_n), batch * hkv),
         q, k, v, grad_out, dk, dv, lse, delta, key_mask, seqused_k, mask, seed,
         scale, softcap, dropout_p,
-        *q.stride(), *k.stride(), *v.stride(), *do_bhsd.stride(), *dk.stride(), *dv.stride(),
+        *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(grad_out), *dk.stride(), *dv.stride(),
         *km_strides, *m_strides,
         heads, hkv, sq, skv, heads // hkv,
         BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n,

@@ -162,22 +162,21 @@ def test_non_contiguous_inputs(layout, dtype):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("use_tma", [False, True])
-@pytest.mark.parametrize("seqlen_q", [37, 1], ids=["forward", "split-kv"])
+@pytest.mark.parametrize("seqlen_q, use_tma", [(37, False), (37, True), (1, False)],
+                         ids=["forward-pointers", "forward-descriptors", "split-kv"])
 def test_tensor_descriptor_and_pointer_loads(monkeypatch, seqlen_q, use_tma, causal):
-    """Both ways of loading tiles give the oracle's answer, in the forward kernel and in the split-KV (decoding)
-    kernel, including where the keys in use end inside a block whose unused rows hold NaN (a descriptor loads
-    them; they must not reach the output)."""
+    """Both ways of loading tiles give the oracle's answer in the forward kernel, and so do the split-KV
+    (decoding) kernel's pointer loads, including where the keys in use end inside a block whose unused rows hold
+    NaN (a descriptor loads them; they must not reach the output)."""
     if use_tma and not ops.INTERPRET and not configs.forward_uses_tma(128, 2, False):
         pytest.skip("no tensor-descriptor loads on this GPU configuration")
     head_dim = 32 if ops.INTERPRET else 128
     monkeypatch.setattr(configs, "forward_uses_tma", lambda *args: use_tma)
-    monkeypatch.setattr(configs, "decode_uses_tma", lambda *args: use_tma)
     descriptors = count_descriptors(monkeypatch, ops)
     q, k, v, seqused = inputs_with_unused_nan_keys(seqlen_q, head_dim, DEVICE)
     out = attention(q, k, v, causal=causal, seqused_k=seqused)
     assert ops._takes_split_kv(seqlen_q, 2, 70, None, 0.0) == (seqlen_q == 1)
-    assert len(descriptors) == (0 if not use_tma else 3 if seqlen_q > 1 else 2)
+    assert len(descriptors) == (3 if use_tma else 0)
     for b in range(2):
         used = int(seqused[b])
         sub = [t[b:b + 1, :, :used] if t is not q else t[b:b + 1] for t in (q, k, v)]
@@ -229,6 +228,45 @@ def test_empty_inputs():
 def test_large_shapes_gpu(dtype, causal, shape):
     q, k, v = random_qkv(*shape, dtype, DEVICE)
     check_forward(q, k, v, causal=causal)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 32, 8, 1, 1024, 128), (2, 8, 8, 1, 70000, 64), (3, 16, 2, 4, 3000, 256),
+                                   (1, 32, 4, 8, 5000, 128), (40, 4, 1, 1, 777, 96)])
+def test_split_kv_plans_gpu(dtype, shape):
+    """Decoding shapes across the split-KV plans: one split or many, half-width key blocks on short splits,
+    head dims whose blocks narrow to fit shared memory (256, and float32), up to 64 packed rows; with a
+    key-padding mask and per-row cache lengths."""
+    batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim = shape
+    assert ops._takes_split_kv(seqlen_q, heads // kv_heads, seqlen_k, None, 0.0)
+    q, k, v = random_qkv(*shape, dtype, DEVICE)
+    check_forward(q, k, v, causal=True)
+    keep = torch.rand(batch, seqlen_k, device=DEVICE) > 0.3
+    keep[:, -1] = True
+    seqused = torch.randint(seqlen_k // 2, seqlen_k + 1, (batch,), device=DEVICE, dtype=torch.int32)
+    check_forward(q, k, v, causal=True, attention_mask=keep)
+    for b in range(batch):
+        out = attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], causal=True, seqused_k=seqused[b:b + 1])
+        used = int(seqused[b])
+        ref64, same = reference_pair(q[b:b + 1], k[b:b + 1, :, :used], v[b:b + 1, :, :used], causal=True)
+        assert_close_to_reference(out, ref64, same)
+
+
+@pytest.mark.parametrize("sm_count", [132, 16])
+@pytest.mark.parametrize("block_d, itemsize", [(64, 2), (128, 2), (256, 2), (128, 4), (256, 4)])
+@pytest.mark.parametrize("programs_per_split", [1, 8, 64, 320])
+@pytest.mark.parametrize("seqlen_k", [2, 100, 1024, 4099, 131072])
+def test_split_kv_plan_fills_one_wave_and_covers_every_key(seqlen_k, programs_per_split, block_d, itemsize,
+                                                           sm_count):
+    """The GPU plan: at most one program per multiprocessor (unless one split alone is more), splits of whole
+    key blocks that cover the keys with none empty, and 3 stages of K and V blocks within 192 KiB."""
+    plan = configs.split_kv_plan(4, programs_per_split, seqlen_k, block_d, itemsize, sm_count, False)
+    assert plan.num_splits == 1 or plan.num_splits * programs_per_split <= sm_count
+    assert plan.split_size % plan.block_n == 0
+    assert (plan.num_splits - 1) * plan.split_size < seqlen_k <= plan.num_splits * plan.split_size
+    assert plan.num_stages * 2 * plan.block_n * block_d * itemsize <= 192 * 1024
+    assert 32 <= plan.block_n <= 128
 
 
 @pytest.mark.gpu

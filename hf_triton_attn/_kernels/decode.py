@@ -21,7 +21,7 @@ def _split_workspace(Work, num_splits, BLOCK_R: tl.constexpr, BLOCK_D: tl.conste
 
 @triton.jit
 def _attn_fwd_split(
-    Q, K, V, DescK, DescV, Work, KeyMask, SeqUsedK,
+    Q, K, V, Work, KeyMask, SeqUsedK,
     sm_scale, softcap,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -30,9 +30,8 @@ def _attn_fwd_split(
     Hkv, Sq, Skv, GROUP, split_size, num_splits,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """USE_TMA: K/V tiles come through the tensor descriptors DescK/DescV (over (B, Hkv, S, D))."""
     pid_s = tl.program_id(0)
     pid_bhk = tl.program_id(1)
     pid_b = pid_bhk // Hkv
@@ -61,13 +60,13 @@ def _attn_fwd_split(
     l_i = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, hi,
+        acc, l_i, m_i, q, k_base, v_base, None, None, lo, hi,
         0, query, tl.arange(0, BLOCK_N), offs_d, kv_end, q_start, pid_b, 0, pid_hk, 0, 0,
         sm_scale, softcap, 0.0, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, None, 0, 0, 0, 0,
         HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, 0, HAS_SOFTCAP, False, DOT_PRECISION,
-        USE_TMA, False)
+        False, False)
 
     part_out, part_max, part_sum = _split_workspace(Work, num_splits, BLOCK_R, BLOCK_D)
     part = (pid_bhk * num_splits + pid_s).to(tl.int64) * BLOCK_R + rows
