@@ -49,7 +49,7 @@ def test_backward_head_dims(dtype, head_dim):
     check_backward(*random_qkv(1, 2, 1, 33, 47, head_dim, dtype, DEVICE), causal=True)
 
 
-@pytest.mark.parametrize("kind", ["left", "right", "holes"])
+@pytest.mark.parametrize("kind", ["left", "right", "holes", "one_hole"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_backward_key_padding(kind, causal):
     check_backward(*random_qkv(3, 4, 2, 45, 45, 32, torch.float32, DEVICE), causal=causal,

@@ -43,13 +43,16 @@ def padding_mask(kind: str, batch: int, seqlen: int) -> torch.Tensor:
         mask = positions[None, :] < lengths[:, None]
     elif kind == "left":
         mask = positions[None, :] >= (seqlen - lengths)[:, None]
+    elif kind == "one_hole":  # right padding and one dropped key inside the run: the kernels' run test must see it
+        mask = positions[None, :] < lengths[:, None]
+        mask[torch.arange(batch), (torch.rand(batch) * lengths).long()] = False
     else:  # holes anywhere, as custom masks may have
         mask = torch.rand(batch, seqlen) > 0.4
     return mask.to(DEVICE)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["left", "right", "holes"])
+@pytest.mark.parametrize("kind", ["left", "right", "holes", "one_hole"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("seqlens", [(45, 45), (7, 90)])
 def test_key_padding(dtype, kind, causal, seqlens):

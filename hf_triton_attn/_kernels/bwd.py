@@ -13,7 +13,7 @@ diagonal run without bounds or causal masks; only the diagonal and ragged tiles 
 import triton
 import triton.language as tl
 
-from .common import _apply_masks, _dropout_keep, _kept_key_range, _keys_in_use, _scores
+from .common import _apply_masks, _dropout_keep, _kept_key_range, _keys_in_use, _scores, _unmasked_key_blocks
 
 
 @triton.jit
@@ -145,7 +145,7 @@ def _attn_bwd_dkdv(
     masked_end = tl.where(start_n + BLOCK_N <= kv_end, tl.minimum(masked_end, Sq), Sq)
     if HAS_KEY_MASK:
         # A key block of padding only (the mask drops all its keys) has zero gradients: skip its query loops.
-        key_lo, key_hi = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
+        key_lo, key_hi, _ = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
         padding_only = (start_n >= key_hi) | (start_n + BLOCK_N <= key_lo)
         lo = tl.where(padding_only, Sq, lo)
         masked_end = tl.where(padding_only, Sq, masked_end)
@@ -279,7 +279,8 @@ def _attn_bwd_dq(
         seed = tl.load(Seed)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    # The forward's split: [lo, full_end) unmasked, [full_end, hi) the diagonal and the ragged tail.
+    # The forward's split: [lo, clean_lo) key mask only, [clean_lo, clean_end) unmasked, [clean_end, hi) the
+    # diagonal, the ragged tail and the ends of the kept keys.
     full_end = kv_end // BLOCK_N * BLOCK_N
     hi = kv_end
     if IS_CAUSAL:
@@ -287,20 +288,30 @@ def _attn_bwd_dq(
         full_end = tl.minimum(full_end, tl.maximum(first_query_pos + 1, 0) // BLOCK_N * BLOCK_N)
         hi = tl.maximum(tl.minimum(hi, first_query_pos + BLOCK_M), 0)
     lo = 0
+    clean_lo = 0
+    clean_end = full_end
     if HAS_KEY_MASK:
-        key_lo, key_hi = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
+        key_lo, key_hi, one_run = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
         lo = key_lo // BLOCK_N * BLOCK_N
         full_end = tl.minimum(full_end, (key_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
         hi = tl.minimum(hi, key_hi)
+        clean_lo, clean_end = _unmasked_key_blocks(lo, full_end, key_lo, key_hi, one_run, BLOCK_N)
+        dq = _attn_bwd_dq_inner(
+            dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, clean_lo,
+            pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+            sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
+            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, True, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+            DOT_PRECISION, USE_TMA)
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, full_end,
+        dq, q, do, lse, delta, k_base, v_base, DescK, DescV, clean_lo, clean_end,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
         DOT_PRECISION, USE_TMA)
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, DescK, DescV, tl.maximum(lo, full_end), hi,
+        dq, q, do, lse, delta, k_base, v_base, DescK, DescV, clean_end, hi,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,

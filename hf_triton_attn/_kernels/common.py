@@ -21,19 +21,33 @@ def _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED: tl.constexpr):
 
 @triton.jit
 def _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end, BLOCK: tl.constexpr = 1024):
-    """[first, last + 1) of the keys that the key mask of row ``pid_b`` keeps in [0, kv_end); empty (first >=
-    the end) when it keeps none. Lets a program skip the key blocks of left and right padding: one pass over
-    kv_end bytes, against the kv_end * head_dim products it saves."""
+    """(first, last + 1, one_run) of the keys that the key mask of row ``pid_b`` keeps in [0, kv_end): empty
+    (first >= the end) when it keeps none; ``one_run`` when it keeps every key in between (left or right
+    padding, no holes). Lets a program skip the key blocks of padding, and leave the key mask out of the blocks
+    inside one run: one pass over kv_end bytes, against the kv_end * head_dim products it saves."""
     offs = tl.arange(0, BLOCK)
     base = KeyMask + pid_b.to(tl.int64) * stride_kmb
     first = tl.zeros([], tl.int32) + kv_end
     last = tl.zeros([], tl.int32) - 1
+    count = tl.zeros([], tl.int32)
     for start in range(0, kv_end, BLOCK):
         cols = start + offs
         kept = tl.load(base + cols * stride_kmn, mask=cols < kv_end, other=0) != 0
         first = tl.minimum(first, tl.min(tl.where(kept, cols, kv_end), 0))
         last = tl.maximum(last, tl.max(tl.where(kept, cols, -1), 0))
-    return first, last + 1
+        count += tl.sum(kept.to(tl.int32), 0)
+    return first, last + 1, count == last + 1 - first
+
+
+@triton.jit
+def _unmasked_key_blocks(lo, full_end, key_lo, key_hi, one_run, BLOCK_N: tl.constexpr):
+    """[clean_lo, clean_end): the key blocks of [lo, full_end) that need no key mask, because they lie inside the
+    one run of kept keys [key_lo, key_hi); empty, at max(lo, full_end), when the kept keys have holes. Blocks
+    [lo, clean_lo) then need the key mask alone, and [clean_end, ...) every mask."""
+    boundary = tl.maximum(lo, full_end)
+    clean_lo = tl.maximum(lo, tl.minimum((key_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, full_end))
+    clean_end = tl.maximum(clean_lo, tl.minimum(full_end, key_hi // BLOCK_N * BLOCK_N))
+    return tl.where(one_run, clean_lo, boundary), tl.where(one_run, clean_end, boundary)
 
 
 @triton.jit

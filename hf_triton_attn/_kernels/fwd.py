@@ -2,7 +2,8 @@
 import triton
 import triton.language as tl
 
-from .common import LOG2E, _apply_masks, _dropout_keep, _kept_key_range, _keys_in_use, _scores
+from .common import (LOG2E, _apply_masks, _dropout_keep, _kept_key_range, _keys_in_use, _scores,
+                     _unmasked_key_blocks)
 
 
 @triton.jit
@@ -132,22 +133,34 @@ def _attn_fwd(
         full_end = tl.minimum(full_end, tl.maximum(first_query_pos + 1, 0) // BLOCK_N * BLOCK_N)
         hi = tl.maximum(tl.minimum(hi, first_query_pos + BLOCK_M), 0)
     lo = 0
+    clean_lo = 0
+    clean_end = full_end
     if HAS_KEY_MASK:
-        # No work on the blocks of padding before the first and after the last key the mask keeps.
-        key_lo, key_hi = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
+        # No work on the blocks of padding before the first and after the last key the mask keeps, and no key
+        # mask on the blocks inside one run of kept keys.
+        key_lo, key_hi, one_run = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
         lo = key_lo // BLOCK_N * BLOCK_N
         full_end = tl.minimum(full_end, (key_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
         hi = tl.minimum(hi, key_hi)
+        clean_lo, clean_end = _unmasked_key_blocks(lo, full_end, key_lo, key_hi, one_run, BLOCK_N)
+        acc, l_i, m_i = _attn_fwd_inner(
+            acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, clean_lo,
+            pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+            sm_scale, softcap, dropout_p, Sq, Skv,
+            stride_kn, stride_kd, stride_vn, stride_vd,
+            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+            HEAD_DIM, BLOCK_D, BLOCK_N, False, False, True, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION,
+            USE_TMA, SCALE_IN_EXP)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, full_end,
+        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, clean_lo, clean_end,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION,
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, False, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION,
         USE_TMA, SCALE_IN_EXP)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, tl.maximum(lo, full_end), hi,
+        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, clean_end, hi,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
