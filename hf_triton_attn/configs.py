@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 
-
 def cdiv(a: int, b: int) -> int:
     """``triton.cdiv`` for host code: Triton's is a ConstexprFunction, whose call costs ~2 µs of host time."""
     return -(-a // b)
