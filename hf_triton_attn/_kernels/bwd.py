@@ -13,7 +13,7 @@ diagonal run without bounds or causal masks; only the diagonal and ragged tiles 
 import triton
 import triton.language as tl
 
-from .common import _apply_masks, _dropout_keep, _kept_key_range, _keys_in_use, _scores, _unmasked_key_blocks
+from .common import _apply_masks, _dropout_keep, _kept_key_range, _key_block_ranges, _keys_in_use, _scores
 
 
 @triton.jit
@@ -279,23 +279,10 @@ def _attn_bwd_dq(
         seed = tl.load(Seed)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    # The forward's split: [lo, clean_lo) key mask only, [clean_lo, clean_end) unmasked, [clean_end, hi) the
-    # diagonal, the ragged tail and the ends of the kept keys.
-    full_end = kv_end // BLOCK_N * BLOCK_N
-    hi = kv_end
-    if IS_CAUSAL:
-        first_query_pos = q_start + pid_m * BLOCK_M
-        full_end = tl.minimum(full_end, tl.maximum(first_query_pos + 1, 0) // BLOCK_N * BLOCK_N)
-        hi = tl.maximum(tl.minimum(hi, first_query_pos + BLOCK_M), 0)
-    lo = 0
-    clean_lo = 0
-    clean_end = full_end
+    # The forward's split of the key blocks (see _key_block_ranges).
+    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, KeyMask, stride_kmb,
+                                                    stride_kmn, pid_b, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
     if HAS_KEY_MASK:
-        key_lo, key_hi, one_run = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
-        lo = key_lo // BLOCK_N * BLOCK_N
-        full_end = tl.minimum(full_end, (key_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
-        hi = tl.minimum(hi, key_hi)
-        clean_lo, clean_end = _unmasked_key_blocks(lo, full_end, key_lo, key_hi, one_run, BLOCK_N)
         dq = _attn_bwd_dq_inner(
             dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, clean_lo,
             pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,

@@ -40,14 +40,36 @@ def _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end, BLOCK: tl.co
 
 
 @triton.jit
-def _unmasked_key_blocks(lo, full_end, key_lo, key_hi, one_run, BLOCK_N: tl.constexpr):
-    """[clean_lo, clean_end): the key blocks of [lo, full_end) that need no key mask, because they lie inside the
-    one run of kept keys [key_lo, key_hi); empty, at max(lo, full_end), when the kept keys have holes. Blocks
-    [lo, clean_lo) then need the key mask alone, and [clean_end, ...) every mask."""
-    boundary = tl.maximum(lo, full_end)
-    clean_lo = tl.maximum(lo, tl.minimum((key_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, full_end))
-    clean_end = tl.maximum(clean_lo, tl.minimum(full_end, key_hi // BLOCK_N * BLOCK_N))
-    return tl.where(one_run, clean_lo, boundary), tl.where(one_run, clean_end, boundary)
+def _key_block_ranges(start_m, q_start, kv_end, KeyMask, stride_kmb, stride_kmn, pid_b,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                      HAS_KEY_MASK: tl.constexpr):
+    """(lo, clean_lo, clean_end, hi): the key blocks the query block at ``start_m`` walks (forward and dQ).
+
+    [lo, clean_lo) need the key mask alone, [clean_lo, clean_end) no mask at all (wholly inside the keys in use,
+    left of every query's causal diagonal and inside the one run of kept keys), [clean_end, hi) every mask (the
+    diagonal, the ragged tail, the ends of the kept keys). Keys outside [lo, hi) are invisible to every query of
+    the block: the blocks of padding before the first and after the last kept key, and those past the diagonal.
+    When the kept keys have holes, [clean_lo, clean_end) is empty and [lo, clean_lo) takes its blocks."""
+    full_end = kv_end // BLOCK_N * BLOCK_N
+    hi = kv_end
+    if IS_CAUSAL:
+        first_query_pos = q_start + start_m
+        full_end = tl.minimum(full_end, tl.maximum(first_query_pos + 1, 0) // BLOCK_N * BLOCK_N)
+        hi = tl.maximum(tl.minimum(hi, first_query_pos + BLOCK_M), 0)
+    lo = 0
+    clean_lo = 0
+    clean_end = full_end
+    if HAS_KEY_MASK:
+        key_lo, key_hi, one_run = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
+        lo = key_lo // BLOCK_N * BLOCK_N
+        full_end = tl.minimum(full_end, (key_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
+        hi = tl.minimum(hi, key_hi)
+        boundary = tl.maximum(lo, full_end)
+        clean_lo = tl.maximum(lo, tl.minimum((key_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, full_end))
+        clean_end = tl.maximum(clean_lo, tl.minimum(full_end, key_hi // BLOCK_N * BLOCK_N))
+        clean_lo = tl.where(one_run, clean_lo, boundary)
+        clean_end = tl.where(one_run, clean_end, boundary)
+    return lo, clean_lo, clean_end, hi
 
 
 @triton.jit
