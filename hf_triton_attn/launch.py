@@ -26,8 +26,14 @@ When every call takes the normal path:
   they see every launch), ``knobs.runtime.debug``, an instrumentation mode, a stages-inspection hook, or pre-run hooks
   on the function: all of them change what ``JITFunction.run`` does or compiles;
 * a call whose positional arguments are not exactly the kernel's leading runtime parameters (constexprs go by
-  keyword), a grid that is not a tuple, an argument of a type other than tensor, int, float, bool and None, or an
-  unhashable keyword value; kernels whose runtime and constexpr parameters interleave.
+  keyword), a grid that is not a tuple, an argument of a type other than tensor, host tensor descriptor
+  (``triton.tools.tensor_descriptor.TensorDescriptor``), int, float, bool and None, or an unhashable keyword value;
+  kernels whose runtime and constexpr parameters interleave.
+
+Tensor descriptors: the compiled kernel's launcher turns each ``TensorDescriptor`` argument into the TMA descriptor
+itself, on every launch (the NVIDIA driver's ``make_tensordesc_arg``, from the descriptor's base, shape, strides and
+padding), so a cached launch passes them as they are. Only their specialization needs a key (see
+:func:`specialization_key`).
 """
 import torch
 import triton
@@ -38,8 +44,9 @@ try:
     from triton.knobs import HookChain
     from triton.runtime.driver import driver
     from triton.runtime.jit import JITFunction, KernelParam
+    from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # a Triton laid out unlike the versions this mirrors: FAST_PATH_AVAILABLE below is False
-    knobs = None
+    knobs = TensorDescriptor = None
 
 _CHECKED_TRITON_VERSIONS = ((3, 6), (3, 9))  # first and last minor version whose launch path this mirrors
 
@@ -59,7 +66,7 @@ FAST_PATH_AVAILABLE = (
     and hasattr(knobs.compilation, "instrumentation_mode")
 )
 
-_SCALAR_TYPES = (int, float, bool, type(None))
+_CACHED_TYPES = (int, float, bool, type(None), TensorDescriptor)  # besides tensors
 
 
 def specialization_key(args: tuple) -> tuple:
@@ -68,9 +75,11 @@ def specialization_key(args: tuple) -> tuple:
     It follows ``native_specialize_impl`` (triton's python/src/specialize.cc): a tensor specializes on its dtype and
     on whether ``data_ptr()`` is a multiple of 16; an int on being 1 (compiled in as a constant), on being a multiple
     of 16, and on its range (i32, i64 or u64); a float is fp32 and a bool u1 whatever their values; None is a
-    constant. Parameters marked ``do_not_specialize`` have fewer variants in Triton, never more, so there this key
-    is at worst finer than Triton's: one more cache entry, never the wrong kernel. Other argument types yield their
-    type only; :meth:`KernelLauncher.__call__` never caches a launch that had one.
+    constant; a host tensor descriptor on its base's dtype and its block shape (not on the base's alignment, its
+    shape, strides or padding, which reach the kernel at launch). Parameters marked ``do_not_specialize`` have fewer
+    variants in Triton, never more, so there this key is at worst finer than Triton's: one more cache entry, never
+    the wrong kernel. Other argument types yield their type only; :meth:`KernelLauncher.__call__` never caches a
+    launch that had one.
 
     One comprehension without per-argument function calls: this runs on every launch.
     """
@@ -80,6 +89,7 @@ def specialization_key(args: tuple) -> tuple:
         else type(a) if a is None or type(a) is float
         else (a.dtype, not a.data_ptr() & 15) if isinstance(a, torch.Tensor)
         else ("i64" if a <= 0x7FFF_FFFF_FFFF_FFFF else "u64", not a & 15) if type(a) is int
+        else (TensorDescriptor, a.base.dtype, *a.block_shape) if type(a) is TensorDescriptor
         else type(a)  # a bool (u1 whatever its value), or a type never cached
         for a in args])
 
@@ -139,7 +149,7 @@ class KernelLauncher:
         if cached is None:
             kernel = self.jit_fn[grid](*args, **kwargs)
             if key is not None and isinstance(kernel, CompiledKernel) and all(
-                    isinstance(a, torch.Tensor) or type(a) in _SCALAR_TYPES for a in args):
+                    isinstance(a, torch.Tensor) or type(a) in _CACHED_TYPES for a in args):
                 self._kernels[key] = self._entry(kernel, kwargs)
             return
         launcher, function, packed_metadata, constexpr_values, _ = cached

@@ -9,6 +9,7 @@ import triton.language as tl
 from triton import knobs
 from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 import hf_triton_attn
 from hf_triton_attn import ops
@@ -24,6 +25,13 @@ def _scaled_copy(X, Y, n, scale, BLOCK: tl.constexpr):
     tl.store(Y + offs, tl.load(X + offs, mask=keep) * scale, mask=keep)
 
 
+@triton.jit
+def _descriptor_block_copy(Desc, Y, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    tile = Desc.load([tl.program_id(0) * BLOCK_R, 0])
+    tl.store(Y + rows[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :], tile)
+
+
 def _key(*args, device=0, **kwargs):
     return cache_key(device, args, kwargs)
 
@@ -35,6 +43,18 @@ def _tensors():
         "fp32": base32, "fp32 other": torch.zeros(8), "fp32 +4 bytes": base32[1:], "fp32 +8 bytes": base32[2:],
         "fp32 +16 bytes": base32[4:], "fp16": base16, "fp16 +2 bytes": base16[1:], "fp16 +16 bytes": base16[8:],
         "int64": torch.zeros(4, dtype=torch.int64), "bool": torch.zeros(4, dtype=torch.bool),
+    }
+
+
+def _descriptors():
+    base = torch.zeros(2, 4, 64, 128, dtype=torch.bfloat16)
+
+    def over(t, block_rows=64, **kwargs):
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, block_rows, t.shape[3]], **kwargs)
+    return {
+        "desc": over(base), "desc other base": over(torch.ones(1, 2, 16, 128, dtype=torch.bfloat16)),
+        "desc offset rows": over(base[:, :, 16:]), "desc 32-row blocks": over(base, 32),
+        "desc fp16": over(base.half()), "desc nan padding": over(base, padding="nan"),
     }
 
 
@@ -71,7 +91,7 @@ def test_key_partitions_arguments_exactly_like_the_installed_triton():
     """Pairwise over a corpus: equal keys if and only if native_specialize_impl gives equal specializations."""
     values = [0, 1, 2, 15, 16, 17, 32, 48, -1, -16, -17, 2**31 - 1, 2**31, 2**31 + 16, -2**31, -2**31 - 1,
               -2**31 - 16, 2**32, 2**63 - 1, 2**63 - 16, 2**63, 2**63 + 16, 2**64 - 1, True, False, 0.0, 1.0, -2.5,
-              1e300, None, *_tensors().values()]
+              1e300, None, *_tensors().values(), *_descriptors().values()]
     triton_spec = [native_specialize_impl(BaseBackend, v, False, True, True) for v in values]
     ours = [specialization_key((v,)) for v in values]
     for (v1, s1, k1), (v2, s2, k2) in itertools.combinations(zip(values, triton_spec, ours), 2):
@@ -147,6 +167,38 @@ def test_cached_launches_match_the_normal_path(monkeypatch):
 
 
 @pytest.mark.gpu
+def test_cached_descriptor_launches_read_each_call_s_descriptor(monkeypatch):
+    """A cached launch hands the TensorDescriptor to the compiled launcher, which builds the TMA descriptor from it on
+    every call: a new base, a shorter shape (rows past it read as padding) or NaN padding must show in the output."""
+    normal_launches = _count_normal_launches(monkeypatch, _descriptor_block_copy)
+    launcher = KernelLauncher(_descriptor_block_copy)
+    block_r, block_c = 16, 32
+
+    def copy_through(launch, x, padding):
+        desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [block_r, block_c], padding=padding)
+        grid = (triton.cdiv(x.shape[0], block_r),)
+        y = torch.empty(grid[0] * block_r, block_c, device=x.device, dtype=x.dtype)
+        launch(grid, desc, y, BLOCK_R=block_r, BLOCK_C=block_c)
+        return y
+
+    cases = [  # (rows, dtype, padding, a specialization not launched before)
+        (40, torch.float32, "zero", True), (40, torch.float32, "zero", False), (24, torch.float32, "zero", False),
+        (40, torch.float32, "nan", False), (40, torch.float16, "zero", True),
+    ]
+    for rows, dtype, padding, new in cases:
+        x = torch.randn(rows, block_c, device=DEVICE, dtype=dtype)
+        launched_before = len(normal_launches)
+        y = copy_through(launcher, x, padding)
+        assert len(normal_launches) == launched_before + new, (rows, dtype, padding)
+        y_normal = copy_through(lambda grid, *a, **k: _descriptor_block_copy[grid](*a, **k), x, padding)
+        torch.testing.assert_close(y, y_normal, equal_nan=True)
+        torch.testing.assert_close(y[:rows], x)
+        tail = y[rows:]
+        assert (tail.isnan().all() if padding == "nan" else (tail == 0).all()), (rows, padding)
+    assert len(launcher._kernels) == sum(new for *_, new in cases)
+
+
+@pytest.mark.gpu
 def test_launch_hooks_see_every_launch(monkeypatch):
     normal_launches = _count_normal_launches(monkeypatch, _scaled_copy)
     launcher = KernelLauncher(_scaled_copy)
@@ -184,21 +236,24 @@ def test_each_device_gets_its_own_kernel():
 
 @pytest.mark.gpu
 def test_attention_launches_are_cached(monkeypatch):
-    """A decode call (split-KV pair) and a training step (forward + two backward kernels) launch from the cache
-    the second time."""
+    """A decode call (split-KV pair) and training steps (forward + two backward kernels; at head_dim 128 in bf16
+    the forward and dQ kernels take tensor descriptors) launch from the cache the second time."""
     kernels = [ops._attn_fwd_split, ops._attn_combine_splits, ops._attn_fwd, ops._attn_bwd_dkdv, ops._attn_bwd_dq]
     normal_launches = {kernel: _count_normal_launches(monkeypatch, kernel) for kernel in kernels}
     q = torch.randn(2, 8, 1, 64, device=DEVICE, dtype=torch.float16)
     k = torch.randn(2, 2, 300, 64, device=DEVICE, dtype=torch.float16)
     v = torch.randn_like(k)
-    qt, kt, vt = (torch.randn(2, 4, 128, 64, device=DEVICE, dtype=torch.float16, requires_grad=True)
-                  for _ in range(3))
+    train_inputs = [tuple(torch.randn(2, 4, 128, head_dim, device=DEVICE, dtype=dtype, requires_grad=True)
+                          for _ in range(3))
+                    for head_dim, dtype in ((64, torch.float16), (128, torch.bfloat16))]
+    assert ops.configs.forward_uses_tma(128, 2, ops.INTERPRET)
 
     def step():
-        decoded = hf_triton_attn.attention(q, k, v, causal=True)
-        out = hf_triton_attn.attention(qt, kt, vt, causal=True)
-        grads = torch.autograd.grad(out.square().sum(), (qt, kt, vt))
-        return decoded, out, *grads
+        results = [hf_triton_attn.attention(q, k, v, causal=True)]
+        for qt, kt, vt in train_inputs:
+            out = hf_triton_attn.attention(qt, kt, vt, causal=True)
+            results += [out, *torch.autograd.grad(out.square().sum(), (qt, kt, vt))]
+        return results
 
     first = step()
     launched_before = {kernel: len(calls) for kernel, calls in normal_launches.items()}
