@@ -159,20 +159,24 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, causal, scale, sof
     block_d = configs.padded_head_dim(head_dim)
     plan = configs.split_kv_plan(group * sq, batch * hkv, skv, block_d, q.element_size(), _sm_count(q.device),
                                  INTERPRET)
+    # One split writes the output itself: no workspace, no merge launch (host time is what limits short steps).
+    single = plan.num_splits == 1
     # Per (batch * kv head, split, packed row): a partial output row, its max and its sum.
-    work = torch.empty(batch * hkv * plan.num_splits * plan.block_r * (block_d + 2), device=q.device,
-                       dtype=torch.float32)
+    work = None if single else torch.empty(batch * hkv * plan.num_splits * plan.block_r * (block_d + 2),
+                                           device=q.device, dtype=torch.float32)
     _launch_fwd_split(
         (plan.num_splits, batch * hkv),
-        q, k, v, work, key_mask, seqused_k,
+        q, k, v, work, out, lse, key_mask, seqused_k,
         scale, softcap,
-        *q.stride(), *k.stride(), *v.stride(), *km_strides,
-        hkv, sq, skv, group, plan.split_size, plan.num_splits,
+        *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out), *km_strides,
+        heads, hkv, sq, skv, group, plan.split_size, plan.num_splits,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r, BLOCK_N=plan.block_n,
         IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, HAS_SEQUSED=seqused_k is not None,
-        HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype),
+        HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype), WRITE_OUT=single,
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
+    if single:
+        return
     _launch_combine_splits(
         (group * sq, batch * hkv),
         work, out, lse, *_bhsd_strides(out),

@@ -1,5 +1,6 @@
 """Forward kernel against the float64 oracle over the feature grid."""
 import functools
+import math
 
 import pytest
 import torch
@@ -236,7 +237,7 @@ def test_large_shapes_gpu(dtype, causal, shape):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 32, 8, 1, 1024, 128), (2, 8, 8, 1, 70000, 64), (3, 16, 2, 4, 3000, 256),
-                                   (1, 32, 4, 8, 5000, 128), (40, 4, 1, 1, 777, 96)])
+                                   (1, 32, 4, 8, 5000, 128), (40, 4, 1, 1, 777, 96), (80, 8, 1, 1, 3000, 64)])
 def test_split_kv_plans_gpu(dtype, shape):
     """Decoding shapes across the split-KV plans: one split or many, half-width key blocks on short splits,
     head dims whose blocks narrow to fit shared memory (256, and float32), up to 64 packed rows; with a
@@ -254,6 +255,35 @@ def test_split_kv_plans_gpu(dtype, shape):
         used = int(seqused[b])
         ref64, same = reference_pair(q[b:b + 1], k[b:b + 1, :, :used], v[b:b + 1, :, :used], causal=True)
         assert_close_to_reference(out, ref64, same)
+
+
+def lse_reference(q, k, key_mask, scale):
+    """log2 of each query row's softmax normaliser over its kept keys, in float64; 0 for rows that keep none."""
+    k = k.double().repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = (q.double() @ k.transpose(-1, -2) * scale).masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1) / math.log(2)
+    return torch.where(key_mask.any(-1)[:, None, None], lse, 0.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seqlen_k, merged", [(50, False), (300, True)], ids=["one-split", "several-splits"])
+def test_split_kv_single_split_writes_the_output_itself(monkeypatch, dtype, seqlen_k, merged):
+    """One split (every key in one program's range: at most 64 keys in the interpreter, one 128-key block on the
+    GPU) normalises and writes the output and its log-sum-exp in the split kernel, with no merge launch; several
+    splits go through the merge. Both must match the oracle, a row whose key mask keeps nothing included."""
+    merges = []
+    merge = ops._launch_combine_splits
+    monkeypatch.setattr(ops, "_launch_combine_splits", lambda *a, **kw: merges.append(1) or merge(*a, **kw))
+    q, k, v = random_qkv(3, 8, 2, 1, seqlen_k, 32, dtype, DEVICE)
+    key_mask = torch.rand(3, seqlen_k, device=DEVICE) > 0.3
+    key_mask[2] = False
+    scale = 32 ** -0.5
+    out, lse = ops.forward_impl(q, k, v, key_mask, None, None, None, True, scale, 0.0, 0.0)
+    assert len(merges) == merged
+    ref64, same = reference_pair(q, k, v, causal=True, attention_mask=key_mask)
+    assert_close_to_reference(out.transpose(1, 2), ref64, same)
+    assert out[2].abs().max() == 0
+    assert max_err(lse, lse_reference(q, k, key_mask, scale)) < 1e-3
 
 
 @pytest.mark.parametrize("sm_count", [132, 16])

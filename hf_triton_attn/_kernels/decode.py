@@ -2,7 +2,8 @@
 
 One program per (key split, batch, kv head) stacks the ``GROUP * Sq`` query rows that share the kv head into one
 tile, so each K/V element is read once per kv head, and the key range is split so that enough programs stream
-the cache in parallel. A second kernel merges the splits' partial results with their log-sum-exps.
+the cache in parallel. A second kernel merges the splits' partial results with their log-sum-exps; when one split
+holds every key (enough batch rows and kv heads to fill the GPU), the split kernel writes the output itself.
 """
 import triton
 import triton.language as tl
@@ -21,17 +22,20 @@ def _split_workspace(Work, num_splits, BLOCK_R: tl.constexpr, BLOCK_D: tl.conste
 
 @triton.jit
 def _attn_fwd_split(
-    Q, K, V, Work, KeyMask, SeqUsedK,
+    Q, K, V, Work, Out, LSE, KeyMask, SeqUsedK,
     sm_scale, softcap,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
     stride_kmb, stride_kmn,
-    Hkv, Sq, Skv, GROUP, split_size, num_splits,
+    H, Hkv, Sq, Skv, GROUP, split_size, num_splits,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, WRITE_OUT: tl.constexpr,
 ):
+    """WRITE_OUT (a single split): normalise and write Out and LSE here, as the merge kernel would; Work is unused.
+    Otherwise write the split's partial output, row maxima and row sums to Work for the merge."""
     pid_s = tl.program_id(0)
     pid_bhk = tl.program_id(1)
     pid_b = pid_bhk // Hkv
@@ -68,11 +72,20 @@ def _attn_fwd_split(
         HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, 0, HAS_SOFTCAP, False, DOT_PRECISION,
         False, False)
 
-    part_out, part_max, part_sum = _split_workspace(Work, num_splits, BLOCK_R, BLOCK_D)
-    part = (pid_bhk * num_splits + pid_s).to(tl.int64) * BLOCK_R + rows
-    tl.store(part_max + part, m_i)
-    tl.store(part_sum + part, l_i)
-    tl.store(part_out + part[:, None] * BLOCK_D + offs_d[None, :], acc)
+    if WRITE_OUT:
+        has_keys = l_i > 0.0
+        out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+        lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), 0.0)
+        tl.store(LSE + (pid_b * H + head).to(tl.int64) * Sq + query, lse, mask=row_ok)
+        tl.store(Out + pid_b.to(tl.int64) * stride_ob + head[:, None].to(tl.int64) * stride_oh
+                 + query[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od,
+                 out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    else:
+        part_out, part_max, part_sum = _split_workspace(Work, num_splits, BLOCK_R, BLOCK_D)
+        part = (pid_bhk * num_splits + pid_s).to(tl.int64) * BLOCK_R + rows
+        tl.store(part_max + part, m_i)
+        tl.store(part_sum + part, l_i)
+        tl.store(part_out + part[:, None] * BLOCK_D + offs_d[None, :], acc)
 
 
 @triton.jit
