@@ -73,6 +73,16 @@ def _key_block_ranges(start_m, q_start, kv_end, KeyMask, stride_kmb, stride_kmn,
 
 
 @triton.jit
+def _normalized_rows(acc, l_i, m_i):
+    """(output rows, their log-sum-exp in log2 units) from an online softmax's accumulator, row sums and row maxima.
+    Rows that saw no key (all masked) give 0, and an LSE of 0 makes the backward's probabilities 0 too."""
+    has_keys = l_i > 0.0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), 0.0)
+    return out, lse
+
+
+@triton.jit
 def _tanh(x):
     # 1 - 2 / (exp(2x) + 1): exact in fp32, saturates cleanly, and runs in the interpreter (no libdevice).
     return 1.0 - 2.0 / (tl.exp2(x * (2.0 * LOG2E)) + 1.0)

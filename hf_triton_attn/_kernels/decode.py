@@ -8,7 +8,7 @@ holds every key (enough batch rows and kv heads to fill the GPU), the split kern
 import triton
 import triton.language as tl
 
-from .common import _keys_in_use
+from .common import _keys_in_use, _normalized_rows
 from .fwd import _attn_fwd_inner
 
 
@@ -73,9 +73,7 @@ def _attn_fwd_split(
         False, False)
 
     if WRITE_OUT:
-        has_keys = l_i > 0.0
-        out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-        lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), 0.0)
+        out, lse = _normalized_rows(acc, l_i, m_i)
         tl.store(LSE + (pid_b * H + head).to(tl.int64) * Sq + query, lse, mask=row_ok)
         tl.store(Out + pid_b.to(tl.int64) * stride_ob + head[:, None].to(tl.int64) * stride_oh
                  + query[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od,

@@ -2,7 +2,8 @@
 import triton
 import triton.language as tl
 
-from .common import LOG2E, _apply_masks, _dropout_keep, _key_block_ranges, _keys_in_use, _scores
+from .common import (LOG2E, _apply_masks, _dropout_keep, _key_block_ranges, _keys_in_use, _normalized_rows,
+                     _scores)
 
 
 @triton.jit
@@ -151,10 +152,7 @@ def _attn_fwd(
         HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
         DOT_PRECISION, USE_TMA, SCALE_IN_EXP)
 
-    # Rows that saw no key (all masked) give 0, and an LSE of 0 makes the backward's probabilities 0 too.
-    has_keys = l_i > 0.0
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), 0.0)
+    out, lse = _normalized_rows(acc, l_i, m_i)
     tl.store(LSE + pid_bh.to(tl.int64) * Sq + offs_m, lse, mask=m_ok)
     o_ptrs = (Out + pid_b.to(tl.int64) * stride_ob + pid_h.to(tl.int64) * stride_oh
               + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od)
