@@ -128,7 +128,7 @@ def tune_backward(deadline: float) -> list[dict]:
             return torch.cat([q.grad.flatten(), k.grad.flatten(), v.grad.flatten()])
 
         reference = run()
-        base = default(configs.padded_head_dim(head_dim), causal, 2, False)
+        base = default(configs.padded_head_dim(head_dim), 2, False)
         for kernel in ("dkdv", "dq"):
             def install(cfg, kernel=kernel):
                 chosen = dataclasses.replace(base, **{kernel: cfg})

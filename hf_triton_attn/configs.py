@@ -20,10 +20,13 @@ def next_power_of_2(n: int) -> int:
 
 @dataclass(frozen=True)
 class LaunchConfig:
+    """``max_registers`` caps the registers per thread (Triton's ``maxnreg``), where measured to keep enough
+    programs resident per multiprocessor; None leaves the choice to the compiler."""
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    max_registers: Optional[int] = None
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -62,7 +65,9 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
     if block_d <= 64 and dropout:
         return LaunchConfig(64, 64, 4, 3)
     if block_d <= 64:
-        return LaunchConfig(128, 64, 8, 3)
+        # Two programs per multiprocessor need at most 128 registers per thread (8 warps). The key-mask variant
+        # compiles to ~158 without the cap (triton 3.6); capped, it uses 127 without spilling.
+        return LaunchConfig(128, 64, 8, 3, max_registers=128)
     if block_d <= 128:
         # Causal rows end on the diagonal: narrower key blocks waste less of the last one. float32 takes them too:
         # its 128x128 tiles need 384 KiB of shared memory, beyond Hopper's 227.
@@ -78,8 +83,7 @@ class BackwardConfig:
     dq: LaunchConfig
 
 
-def backward_config(block_d: int, causal: bool, itemsize: int, interpret: bool,
-                    dropout: bool = False) -> BackwardConfig:
+def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool = False) -> BackwardConfig:
     """Measured on an H100 with benchmarks/tune.py (bf16, S=4096, forward+backward time). float32 keeps the
     narrower tiles its doubled size fits in.
 
@@ -98,8 +102,10 @@ def backward_config(block_d: int, causal: bool, itemsize: int, interpret: bool,
     if block_d <= 64 and dropout:
         return BackwardConfig(LaunchConfig(64, 64, 4, 3), LaunchConfig(64, 32, 4, 3))
     if block_d <= 64:
-        dq = LaunchConfig(128, 64, 4, 3) if causal else LaunchConfig(128, 64, 8, 2)
-        return BackwardConfig(LaunchConfig(32, 128, 4, 3), dq)
+        # dQ with 8 warps and at most 128 registers, two programs per multiprocessor, against the earlier 4 warps
+        # (causal) or 2 stages (full), in one alternating run (benchmarks/NOTES.md, session 9): whole backward
+        # B4 H32/8 S4096 causal 2349 -> 2288 µs, B32 H12 S512 full 259 -> 248, the same right-padded 267 -> 212.
+        return BackwardConfig(LaunchConfig(32, 128, 4, 3), LaunchConfig(128, 64, 8, 3, max_registers=128))
     if block_d <= 128:
         return BackwardConfig(LaunchConfig(64, 128, 8, 3), LaunchConfig(128, 64, 8, 3))
     return BackwardConfig(LaunchConfig(32, 64, 8, 3), LaunchConfig(64, 32, 8, 2))

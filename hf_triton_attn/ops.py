@@ -28,6 +28,7 @@ from . import configs
 from ._kernels.bwd import _attn_bwd_dkdv, _attn_bwd_dq
 from ._kernels.decode import _attn_combine_splits, _attn_fwd_split
 from ._kernels.fwd import _attn_fwd
+from ._kernels.key_range import _key_ranges
 from .launch import KernelLauncher
 
 INTERPRET = isinstance(_attn_fwd, InterpretedFunction)
@@ -38,6 +39,7 @@ _launch_fwd_split = KernelLauncher(_attn_fwd_split)
 _launch_combine_splits = KernelLauncher(_attn_combine_splits)
 _launch_bwd_dkdv = KernelLauncher(_attn_bwd_dkdv)
 _launch_bwd_dq = KernelLauncher(_attn_bwd_dq)
+_launch_key_ranges = KernelLauncher(_key_ranges)
 
 _NO_TENSOR_STRIDES = (0, 0)
 
@@ -68,6 +70,17 @@ def _mask_args(key_mask, mask, q, sq, skv):
         m_strides = mask.stride()
         mask_kind = 1 if mask.dtype == torch.uint8 else 2
     return key_mask, mask, km_strides, m_strides, mask_kind
+
+
+def _key_range(key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], skv: int):
+    """Where each row's key mask keeps keys, (B, 3) int32 (see _kernels/key_range.py), or None without a key mask.
+    ``key_mask`` is the kernels' (B, Skv) uint8 view from :func:`_mask_args`."""
+    if key_mask is None:
+        return None
+    ranges = torch.empty((key_mask.shape[0], 3), device=key_mask.device, dtype=torch.int32)
+    _launch_key_ranges((key_mask.shape[0],), key_mask, seqused_k, ranges, *key_mask.stride(), skv,
+                       HAS_SEQUSED=seqused_k is not None, BLOCK=1024, num_warps=4)
+    return ranges
 
 
 def _flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, dtype):
@@ -106,7 +119,7 @@ def forward_impl(
     grid = (configs.cdiv(sq, cfg.block_m), batch * heads)
     _launch_fwd(
         grid,
-        q, k, v, *descriptors, out, lse, key_mask, seqused_k, mask, seed,
+        q, k, v, *descriptors, out, lse, key_mask, _key_range(key_mask, seqused_k, skv), seqused_k, mask, seed,
         scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out),
         *km_strides, *m_strides,
@@ -114,7 +127,7 @@ def forward_impl(
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype),
         USE_TMA=tma, SCALE_IN_EXP=scale > 0.0 and softcap == 0.0 and mask_kind != 2,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.max_registers,
     )
     return out, lse
 
@@ -211,32 +224,33 @@ def backward_impl(
         return dq.zero_(), dk.zero_(), dv.zero_()
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
-    cfg = configs.backward_config(block_d, causal, q.element_size(), INTERPRET, dropout_p > 0.0)
+    cfg = configs.backward_config(block_d, q.element_size(), INTERPRET, dropout_p > 0.0)
     tma = configs.dq_uses_tma(head_dim, q.element_size(), INTERPRET) and _tma_compatible(k, v)
     kv_descriptors = (_descriptor(k, cfg.dq.block_n), _descriptor(v, cfg.dq.block_n)) if tma else (None, None)
 
     delta = torch.empty_like(lse)  # rowsum(O * dO), written by the dQ kernel for the dK/dV kernel
+    key_range = _key_range(key_mask, seqused_k, skv)
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                  **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype))
     _launch_bwd_dq(
         (configs.cdiv(sq, cfg.dq.block_m), batch * heads),
-        q, k, v, *kv_descriptors, out, grad_out, dq, lse, delta, key_mask, seqused_k, mask, seed,
+        q, k, v, *kv_descriptors, out, grad_out, dq, lse, delta, key_mask, key_range, seqused_k, mask, seed,
         scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out), *_bhsd_strides(grad_out), *dq.stride(),
         *km_strides, *m_strides,
         heads, sq, skv, heads // hkv,
         BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n, USE_TMA=tma,
-        num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages, **flags,
+        num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages, maxnreg=cfg.dq.max_registers, **flags,
     )
     _launch_bwd_dkdv(
         (configs.cdiv(skv, cfg.dkdv.block_n), batch * hkv),
-        q, k, v, grad_out, dk, dv, lse, delta, key_mask, seqused_k, mask, seed,
+        q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_range, seqused_k, mask, seed,
         scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(grad_out), *dk.stride(), *dv.stride(),
         *km_strides, *m_strides,
         heads, hkv, sq, skv, heads // hkv,
         BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n,
-        num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages, **flags,
+        num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages, maxnreg=cfg.dkdv.max_registers, **flags,
     )
     return dq, dk, dv
 

@@ -123,6 +123,21 @@ def test_fully_masked_rows_have_zero_grads():
         assert torch.isfinite(t.grad).all() and t.grad[1].abs().max() == 0
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter (numpy) reports the overflow on purpose
+def test_dropped_keys_with_overflowing_scores_get_zero_grads(causal):
+    """The dK/dV kernel leaves the key mask out of its loops and zeroes the dropped keys' rows at the end: scores
+    of dropped keys that overflow exp2 (inf, and inf * 0 = NaN) must not reach any gradient."""
+    q, k, v = random_qkv(3, 4, 2, 45, 45, 32, torch.float32, DEVICE)
+    key_mask = padding_mask("holes", 3, 45)
+    k = torch.where(key_mask[:, None, :, None], k, 1e4 * q.abs().amax())
+    check_backward(q, k, v, causal=causal, attention_mask=key_mask)
+    _, _, dk, dv = grads_of(lambda a, b, c: attention(a, b, c, causal=causal, attention_mask=key_mask),
+                            q, k, v, torch.randn_like(q))
+    dropped = ~key_mask[:, None, :, None]
+    assert dk.masked_select(dropped).eq(0).all() and dv.masked_select(dropped).eq(0).all()
+
+
 def dropout_keep_mask(shape, dropout_p, seed, causal=False):
     """Recover the kernel's keep-mask: zero queries give uniform weights, identity values expose each one."""
     batch, heads, seqlen_q, seqlen_k = shape

@@ -84,6 +84,32 @@ def test_padding_blocks_skipped_exactly(causal, seqlens, ranges):
     check_forward(q, k, v, causal=causal, attention_mask=kept_ranges_mask(ranges, seqlens[1]))
 
 
+@pytest.mark.parametrize("with_seqused", [False, True])
+def test_key_ranges(with_seqused):
+    """The per-row summary the attention kernels read instead of scanning the key mask: first kept key, last + 1,
+    and whether every key in between is kept, among the keys in use. Rows span several of the kernel's 1024-key
+    chunks; they keep nothing, everything, one run, or keys with holes."""
+    seqlen = 2500
+    positions = torch.arange(seqlen)
+    mask = torch.zeros(6, seqlen, dtype=torch.bool)
+    mask[1] = True
+    mask[2, 700:2100] = True
+    mask[3] = torch.rand(seqlen) > 0.5
+    mask[4, 1030:1040] = True
+    mask[4, 2400] = True
+    mask[5, 3] = True
+    seqused = torch.tensor([2500, 1500, 2500, 2000, 1041, 0]) if with_seqused else torch.full((6,), seqlen)
+    got = ops._key_range(mask.to(DEVICE).view(torch.uint8),
+                         seqused.to(DEVICE, torch.int32) if with_seqused else None, seqlen).cpu()
+    for row in range(6):
+        kept = positions[mask[row] & (positions < seqused[row])]
+        if len(kept) == 0:
+            assert got[row, 0] >= got[row, 1], row
+            continue
+        first, end = int(kept[0]), int(kept[-1]) + 1
+        assert got[row].tolist() == [first, end, int(len(kept) == end - first)], row
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mask_shape", [(2, 1, 29, 53), (1, 4, 29, 53), (2, 4, 29, 53)])
 @pytest.mark.parametrize("mask_kind", ["bool", "additive"])

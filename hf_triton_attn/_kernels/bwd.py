@@ -8,12 +8,14 @@ also writes Delta = rowsum(O * dO), which both kernels need: one pass over O and
 anyway, instead of a separate launch.
 
 Both kernels split their loop like the forward: tiles wholly inside the keys in use and clear of the causal
-diagonal run without bounds or causal masks; only the diagonal and ragged tiles pay for them.
+diagonal run without bounds or causal masks; only the diagonal and ragged tiles pay for them. The dK/dV kernel
+applies a key-padding mask once, to its key block's rows of dK and dV, not per tile.
 """
 import triton
 import triton.language as tl
 
-from .common import _apply_masks, _dropout_keep, _kept_key_range, _key_block_ranges, _keys_in_use, _scores
+from .common import (_apply_masks, _block_count, _block_start, _dropout_keep, _kept_key_range, _key_block_ranges,
+                     _keys_in_use, _scores)
 
 
 @triton.jit
@@ -89,7 +91,7 @@ def _attn_bwd_dkdv_inner(
 
 @triton.jit
 def _attn_bwd_dkdv(
-    Q, K, V, DO, DK, DV, LSE, Delta, KeyMask, SeqUsedK, Mask, Seed,
+    Q, K, V, DO, DK, DV, LSE, Delta, KeyMask, KeyRange, SeqUsedK, Mask, Seed,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -145,7 +147,7 @@ def _attn_bwd_dkdv(
     masked_end = tl.where(start_n + BLOCK_N <= kv_end, tl.minimum(masked_end, Sq), Sq)
     if HAS_KEY_MASK:
         # A key block of padding only (the mask drops all its keys) has zero gradients: skip its query loops.
-        key_lo, key_hi, _ = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
+        key_lo, key_hi, _ = _kept_key_range(KeyRange, pid_b)
         padding_only = (start_n >= key_hi) | (start_n + BLOCK_N <= key_lo)
         lo = tl.where(padding_only, Sq, lo)
         masked_end = tl.where(padding_only, Sq, masked_end)
@@ -161,17 +163,25 @@ def _attn_bwd_dkdv(
             offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
             sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
             KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, IS_CAUSAL, True, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
             DOT_PRECISION)
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, masked_end, Sq,
             offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
             sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
             KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
             DOT_PRECISION)
 
     dk *= sm_scale
+    if HAS_KEY_MASK:
+        # The loops leave the key mask out: a dropped key's probabilities are zero for every query, so its rows of
+        # dK and dV are zero, and nothing else depends on them (each row sums over its own key's column of P and
+        # dS). Zeroing the rows here replaces a key-mask load and select per query block; it also discards whatever
+        # the unmasked scores of those rows gave, inf or NaN included.
+        kept = tl.load(KeyMask + pid_b.to(tl.int64) * stride_kmb + offs_n * stride_kmn, mask=n_ok, other=0) != 0
+        dk = tl.where(kept[:, None], dk, 0.0)
+        dv = tl.where(kept[:, None], dv, 0.0)
     out_ok = (offs_n[:, None] < Skv) & d_ok[None, :]
     tl.store(DK + pid_b.to(tl.int64) * stride_dkb + pid_hk.to(tl.int64) * stride_dkh
              + offs_n[:, None].to(tl.int64) * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -183,7 +193,7 @@ def _attn_bwd_dkdv(
 
 @triton.jit
 def _attn_bwd_dq_inner(
-    dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi,
+    dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi, skip_lo, skip_hi,
     start_m, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_kn, stride_kd, stride_vn, stride_vd,
@@ -192,8 +202,9 @@ def _attn_bwd_dq_inner(
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    """Accumulate dQ over key blocks [lo, hi)."""
-    for start_n in range(lo, hi, BLOCK_N):
+    """Accumulate dQ over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_count)."""
+    for i in range(0, _block_count(lo, hi, skip_lo, skip_hi, BLOCK_N)):
+        start_n = _block_start(i, lo, skip_lo, skip_hi, BLOCK_N)
         offs_n = start_n + offs_n0
         if USE_TMA:
             k_t = tl.trans(DescK.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
@@ -227,7 +238,7 @@ def _attn_bwd_dq_inner(
 
 @triton.jit
 def _attn_bwd_dq(
-    Q, K, V, DescK, DescV, Out, DO, DQ, LSE, Delta, KeyMask, SeqUsedK, Mask, Seed,
+    Q, K, V, DescK, DescV, Out, DO, DQ, LSE, Delta, KeyMask, KeyRange, SeqUsedK, Mask, Seed,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -280,25 +291,17 @@ def _attn_bwd_dq(
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     # The forward's split of the key blocks (see _key_block_ranges).
-    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, KeyMask, stride_kmb,
-                                                    stride_kmn, pid_b, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
-    if HAS_KEY_MASK:
-        dq = _attn_bwd_dq_inner(
-            dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, clean_lo,
-            pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
-            sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
-            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, True, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-            DOT_PRECISION, USE_TMA)
+    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, KeyRange, pid_b, BLOCK_M,
+                                                    BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, DescK, DescV, clean_lo, clean_end,
+        dq, q, do, lse, delta, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
         HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
         DOT_PRECISION, USE_TMA)
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, DescK, DescV, clean_end, hi,
+        dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,

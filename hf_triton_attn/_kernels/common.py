@@ -20,36 +20,26 @@ def _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED: tl.constexpr):
 
 
 @triton.jit
-def _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end, BLOCK: tl.constexpr = 1024):
-    """(first, last + 1, one_run) of the keys that the key mask of row ``pid_b`` keeps in [0, kv_end): empty
-    (first >= the end) when it keeps none; ``one_run`` when it keeps every key in between (left or right
-    padding, no holes). Lets a program skip the key blocks of padding, and leave the key mask out of the blocks
-    inside one run: one pass over kv_end bytes, against the kv_end * head_dim products it saves."""
-    offs = tl.arange(0, BLOCK)
-    base = KeyMask + pid_b.to(tl.int64) * stride_kmb
-    first = tl.zeros([], tl.int32) + kv_end
-    last = tl.zeros([], tl.int32) - 1
-    count = tl.zeros([], tl.int32)
-    for start in range(0, kv_end, BLOCK):
-        cols = start + offs
-        kept = tl.load(base + cols * stride_kmn, mask=cols < kv_end, other=0) != 0
-        first = tl.minimum(first, tl.min(tl.where(kept, cols, kv_end), 0))
-        last = tl.maximum(last, tl.max(tl.where(kept, cols, -1), 0))
-        count += tl.sum(kept.to(tl.int32), 0)
-    return first, last + 1, count == last + 1 - first
+def _kept_key_range(KeyRange, pid_b):
+    """(first, last + 1, one_run) of the keys that the key mask of row ``pid_b`` keeps among the keys in use, as
+    :func:`hf_triton_attn._kernels.key_range._key_ranges` wrote them: empty (first >= the end) when it keeps none;
+    ``one_run`` when it keeps every key in between (left or right padding, no holes)."""
+    base = KeyRange + pid_b * 3
+    return tl.load(base), tl.load(base + 1), tl.load(base + 2) != 0
 
 
 @triton.jit
-def _key_block_ranges(start_m, q_start, kv_end, KeyMask, stride_kmb, stride_kmn, pid_b,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                      HAS_KEY_MASK: tl.constexpr):
+def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr):
     """(lo, clean_lo, clean_end, hi): the key blocks the query block at ``start_m`` walks (forward and dQ).
 
-    [lo, clean_lo) need the key mask alone, [clean_lo, clean_end) no mask at all (wholly inside the keys in use,
-    left of every query's causal diagonal and inside the one run of kept keys), [clean_end, hi) every mask (the
-    diagonal, the ragged tail, the ends of the kept keys). Keys outside [lo, hi) are invisible to every query of
-    the block: the blocks of padding before the first and after the last kept key, and those past the diagonal.
-    When the kept keys have holes, [clean_lo, clean_end) is empty and [lo, clean_lo) takes its blocks."""
+    [clean_lo, clean_end) need no mask at all (wholly inside the keys in use, left of every query's causal
+    diagonal and inside the one run of kept keys); [lo, clean_lo) (the start of the kept keys) and
+    [clean_end, hi) (the diagonal, the ragged tail, the end of the kept keys) need the masks, and the kernels walk
+    them in one loop (see :func:`_block_count`): a third loop made the head_dim 128 forward spill registers.
+    Keys outside [lo, hi) are invisible to every query of the block: the blocks of padding before the first and
+    after the last kept key, and those past the diagonal. When the kept keys have holes, [clean_lo, clean_end) is
+    empty and [lo, clean_lo) takes its blocks."""
     full_end = kv_end // BLOCK_N * BLOCK_N
     hi = kv_end
     if IS_CAUSAL:
@@ -60,7 +50,7 @@ def _key_block_ranges(start_m, q_start, kv_end, KeyMask, stride_kmb, stride_kmn,
     clean_lo = 0
     clean_end = full_end
     if HAS_KEY_MASK:
-        key_lo, key_hi, one_run = _kept_key_range(KeyMask, stride_kmb, stride_kmn, pid_b, kv_end)
+        key_lo, key_hi, one_run = _kept_key_range(KeyRange, pid_b)
         lo = key_lo // BLOCK_N * BLOCK_N
         full_end = tl.minimum(full_end, (key_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
         hi = tl.minimum(hi, key_hi)
@@ -70,6 +60,20 @@ def _key_block_ranges(start_m, q_start, kv_end, KeyMask, stride_kmb, stride_kmn,
         clean_lo = tl.where(one_run, clean_lo, boundary)
         clean_end = tl.where(one_run, clean_end, boundary)
     return lo, clean_lo, clean_end, hi
+
+
+@triton.jit
+def _block_count(lo, hi, skip_lo, skip_hi, BLOCK_N: tl.constexpr):
+    """How many key blocks a loop walks from ``lo`` to ``hi``, leaving out [skip_lo, skip_hi): those starting in
+    [lo, skip_lo), then those in [skip_hi, hi). lo, skip_lo and skip_hi lie on the block grid, lo <= skip_lo."""
+    return (skip_lo - lo) // BLOCK_N + tl.maximum(hi - skip_hi + BLOCK_N - 1, 0) // BLOCK_N
+
+
+@triton.jit
+def _block_start(i, lo, skip_lo, skip_hi, BLOCK_N: tl.constexpr):
+    """The first key of the ``i``-th block that :func:`_block_count` counts."""
+    start = lo + i * BLOCK_N
+    return tl.where(start >= skip_lo, start + (skip_hi - skip_lo), start)
 
 
 @triton.jit

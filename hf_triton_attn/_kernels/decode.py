@@ -64,7 +64,7 @@ def _attn_fwd_split(
     l_i = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, None, None, lo, hi,
+        acc, l_i, m_i, q, k_base, v_base, None, None, lo, hi, lo, lo,
         0, query, tl.arange(0, BLOCK_N), offs_d, kv_end, q_start, pid_b, 0, pid_hk, 0, 0,
         sm_scale, softcap, 0.0, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,

@@ -2,13 +2,13 @@
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, _apply_masks, _dropout_keep, _key_block_ranges, _keys_in_use, _normalized_rows,
-                     _scores)
+from .common import (LOG2E, _apply_masks, _block_count, _block_start, _dropout_keep, _key_block_ranges,
+                     _keys_in_use, _normalized_rows, _scores)
 
 
 @triton.jit
 def _attn_fwd_inner(
-    acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, hi,
+    acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, hi, skip_lo, skip_hi,
     start_m, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_kn, stride_kd, stride_vn, stride_vd,
@@ -18,8 +18,10 @@ def _attn_fwd_inner(
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr,
 ):
-    """Online-softmax update over key blocks [lo, hi). Masking work is compiled in only where the caller asks."""
-    for start_n in range(lo, hi, BLOCK_N):
+    """Online-softmax update over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_count). Masking
+    work is compiled in only where the caller asks."""
+    for i in range(0, _block_count(lo, hi, skip_lo, skip_hi, BLOCK_N)):
+        start_n = _block_start(i, lo, skip_lo, skip_hi, BLOCK_N)
         offs_n = start_n + offs_n0
         n_ok = offs_n < kv_end
         if USE_TMA:
@@ -75,7 +77,7 @@ def _attn_fwd_inner(
 
 @triton.jit
 def _attn_fwd(
-    Q, K, V, DescQ, DescK, DescV, Out, LSE, KeyMask, SeqUsedK, Mask, Seed,
+    Q, K, V, DescQ, DescK, DescV, Out, LSE, KeyMask, KeyRange, SeqUsedK, Mask, Seed,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -124,19 +126,10 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, KeyMask, stride_kmb,
-                                                    stride_kmn, pid_b, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
-    if HAS_KEY_MASK:
-        acc, l_i, m_i = _attn_fwd_inner(
-            acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, clean_lo,
-            pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
-            sm_scale, softcap, dropout_p, Sq, Skv,
-            stride_kn, stride_kd, stride_vn, stride_vd,
-            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_D, BLOCK_N, False, False, True, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION,
-            USE_TMA, SCALE_IN_EXP)
+    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, KeyRange, pid_b, BLOCK_M,
+                                                    BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, clean_lo, clean_end,
+        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
@@ -144,7 +137,7 @@ def _attn_fwd(
         HEAD_DIM, BLOCK_D, BLOCK_N, False, False, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION,
         USE_TMA, SCALE_IN_EXP)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, clean_end, hi,
+        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
