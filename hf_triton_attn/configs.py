@@ -54,7 +54,7 @@ def dq_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
 
 
 def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, tma: bool = False,
-                   dropout: bool = False) -> LaunchConfig:
+                   dropout: bool = False, key_mask: bool = False) -> LaunchConfig:
     """Measured on an H100 with benchmarks/tune.py (bf16, S=4096). float32 (a correctness path, not a fast one)
     gets fewer pipeline stages at head_dim 256, where its tiles would not fit in shared memory. Dropout at head_dim
     64 takes smaller tiles: 242 -> 211 µs (full) and 168 -> 144 µs (causal) at B32 H12 S512."""
@@ -65,9 +65,10 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
     if block_d <= 64 and dropout:
         return LaunchConfig(64, 64, 4, 3)
     if block_d <= 64:
-        # Two programs per multiprocessor need at most 128 registers per thread (8 warps). The key-mask variant
-        # compiles to ~158 without the cap (triton 3.6); capped, it uses 127 without spilling.
-        return LaunchConfig(128, 64, 8, 3, max_registers=128)
+        # Two programs per multiprocessor need at most 128 registers per thread (8 warps). With a key mask the
+        # kernel compiles to 158 (triton 3.6); capped, to 127 without spilling. Without one it needs no cap, and
+        # the cap cost ~1-2% in a one-off probe (benchmarks/NOTES.md, session 9).
+        return LaunchConfig(128, 64, 8, 3, max_registers=128 if key_mask else None)
     if block_d <= 128:
         # Causal rows end on the diagonal: narrower key blocks waste less of the last one. float32 takes them too:
         # its 128x128 tiles need 384 KiB of shared memory, beyond Hopper's 227.

@@ -14,7 +14,7 @@ applies a key-padding mask once, to its key block's rows of dK and dV, not per t
 import triton
 import triton.language as tl
 
-from .common import (_apply_masks, _block_count, _block_start, _dropout_keep, _kept_key_range, _key_block_ranges,
+from .common import (_apply_masks, _block_loop, _block_start, _dropout_keep, _kept_key_range, _key_block_ranges,
                      _keys_in_use, _scores)
 
 
@@ -202,9 +202,11 @@ def _attn_bwd_dq_inner(
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    """Accumulate dQ over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_count)."""
-    for i in range(0, _block_count(lo, hi, skip_lo, skip_hi, BLOCK_N)):
-        start_n = _block_start(i, lo, skip_lo, skip_hi, BLOCK_N)
+    """Accumulate dQ over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_loop; a key mask may
+    leave a gap, otherwise lo == skip_lo)."""
+    first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_N, HAS_KEY_MASK)
+    for start in range(first, end, BLOCK_N):
+        start_n = _block_start(start, skip_lo, skip_hi, HAS_KEY_MASK)
         offs_n = start_n + offs_n0
         if USE_TMA:
             k_t = tl.trans(DescK.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D))

@@ -36,7 +36,7 @@ def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, BLOCK_M: tl.con
     [clean_lo, clean_end) need no mask at all (wholly inside the keys in use, left of every query's causal
     diagonal and inside the one run of kept keys); [lo, clean_lo) (the start of the kept keys) and
     [clean_end, hi) (the diagonal, the ragged tail, the end of the kept keys) need the masks, and the kernels walk
-    them in one loop (see :func:`_block_count`): a third loop made the head_dim 128 forward spill registers.
+    them in one loop (see :func:`_block_loop`): a third loop made the head_dim 128 forward spill registers.
     Keys outside [lo, hi) are invisible to every query of the block: the blocks of padding before the first and
     after the last kept key, and those past the diagonal. When the kept keys have holes, [clean_lo, clean_end) is
     empty and [lo, clean_lo) takes its blocks."""
@@ -63,17 +63,25 @@ def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, BLOCK_M: tl.con
 
 
 @triton.jit
-def _block_count(lo, hi, skip_lo, skip_hi, BLOCK_N: tl.constexpr):
-    """How many key blocks a loop walks from ``lo`` to ``hi``, leaving out [skip_lo, skip_hi): those starting in
-    [lo, skip_lo), then those in [skip_hi, hi). lo, skip_lo and skip_hi lie on the block grid, lo <= skip_lo."""
-    return (skip_lo - lo) // BLOCK_N + tl.maximum(hi - skip_hi + BLOCK_N - 1, 0) // BLOCK_N
+def _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_N: tl.constexpr, HAS_GAP: tl.constexpr):
+    """(first, end): ``for start in range(first, end, BLOCK_N)``, each start mapped by :func:`_block_start`, walks
+    the key blocks of [lo, hi) outside [skip_lo, skip_hi): those starting in [lo, skip_lo), then those in
+    [skip_hi, hi). lo, skip_lo and skip_hi lie on the block grid, lo <= skip_lo. Without HAS_GAP the caller
+    guarantees lo == skip_lo, and the loop is plainly [skip_hi, hi)."""
+    if HAS_GAP:
+        count = (skip_lo - lo) // BLOCK_N + tl.maximum(hi - skip_hi + BLOCK_N - 1, 0) // BLOCK_N
+        return lo, lo + count * BLOCK_N
+    else:
+        return skip_hi, hi
 
 
 @triton.jit
-def _block_start(i, lo, skip_lo, skip_hi, BLOCK_N: tl.constexpr):
-    """The first key of the ``i``-th block that :func:`_block_count` counts."""
-    start = lo + i * BLOCK_N
-    return tl.where(start >= skip_lo, start + (skip_hi - skip_lo), start)
+def _block_start(start, skip_lo, skip_hi, HAS_GAP: tl.constexpr):
+    """The first key of the block a :func:`_block_loop` loop reaches at ``start``."""
+    if HAS_GAP:
+        return tl.where(start >= skip_lo, start + (skip_hi - skip_lo), start)
+    else:
+        return start
 
 
 @triton.jit

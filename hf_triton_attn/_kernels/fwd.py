@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, _apply_masks, _block_count, _block_start, _dropout_keep, _key_block_ranges,
+from .common import (LOG2E, _apply_masks, _block_loop, _block_start, _dropout_keep, _key_block_ranges,
                      _keys_in_use, _normalized_rows, _scores)
 
 
@@ -18,10 +18,11 @@ def _attn_fwd_inner(
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr,
 ):
-    """Online-softmax update over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_count). Masking
-    work is compiled in only where the caller asks."""
-    for i in range(0, _block_count(lo, hi, skip_lo, skip_hi, BLOCK_N)):
-        start_n = _block_start(i, lo, skip_lo, skip_hi, BLOCK_N)
+    """Online-softmax update over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_loop; a key
+    mask may leave a gap, otherwise lo == skip_lo). Masking work is compiled in only where the caller asks."""
+    first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_N, HAS_KEY_MASK)
+    for start in range(first, end, BLOCK_N):
+        start_n = _block_start(start, skip_lo, skip_hi, HAS_KEY_MASK)
         offs_n = start_n + offs_n0
         n_ok = offs_n < kv_end
         if USE_TMA:
