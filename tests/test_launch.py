@@ -237,8 +237,10 @@ def test_each_device_gets_its_own_kernel():
 @pytest.mark.gpu
 def test_attention_launches_are_cached(monkeypatch):
     """A decode call (split-KV pair) and training steps (forward + two backward kernels; at head_dim 128 in bf16
-    the forward and dQ kernels take tensor descriptors) launch from the cache the second time."""
-    kernels = [ops._attn_fwd_split, ops._attn_combine_splits, ops._attn_fwd, ops._attn_bwd_dkdv, ops._attn_bwd_dq]
+    the forward and dQ kernels take tensor descriptors; at head_dim 64 a register cap, and a key mask with its
+    key-range launch) launch from the cache the second time."""
+    kernels = [ops._attn_fwd_split, ops._attn_combine_splits, ops._attn_fwd, ops._attn_bwd_dkdv, ops._attn_bwd_dq,
+               ops._key_ranges]
     normal_launches = {kernel: _count_normal_launches(monkeypatch, kernel) for kernel in kernels}
     q = torch.randn(2, 8, 1, 64, device=DEVICE, dtype=torch.float16)
     k = torch.randn(2, 2, 300, 64, device=DEVICE, dtype=torch.float16)
@@ -247,12 +249,14 @@ def test_attention_launches_are_cached(monkeypatch):
                           for _ in range(3))
                     for head_dim, dtype in ((64, torch.float16), (128, torch.bfloat16))]
     assert ops.configs.forward_uses_tma(128, 2, ops.INTERPRET)
+    key_mask = torch.arange(128, device=DEVICE) < torch.tensor([[100], [128]], device=DEVICE)
 
     def step():
         results = [hf_triton_attn.attention(q, k, v, causal=True)]
         for qt, kt, vt in train_inputs:
-            out = hf_triton_attn.attention(qt, kt, vt, causal=True)
-            results += [out, *torch.autograd.grad(out.square().sum(), (qt, kt, vt))]
+            for mask in (None, key_mask):
+                out = hf_triton_attn.attention(qt, kt, vt, causal=True, attention_mask=mask)
+                results += [out, *torch.autograd.grad(out.square().sum(), (qt, kt, vt))]
         return results
 
     first = step()
