@@ -250,7 +250,7 @@ def backward_impl(
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(grad_out), *dk.stride(), *dv.stride(),
         *km_strides, *m_strides,
         heads, hkv, sq, skv, heads // hkv,
-        BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n,
+        BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n, GROUPED=heads > hkv,
         num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages, maxnreg=cfg.dkdv.max_registers, **flags,
     )
     return dq, dk, dv

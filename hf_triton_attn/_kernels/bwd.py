@@ -1,8 +1,9 @@
 """Flash-attention backward: probabilities are recomputed from the saved log-sum-exp, tile by tile.
 
-dK/dV: one program per (key block, kv head) loops over the query heads that share the kv head, so GQA
-gradients are summed in registers (deterministic, no atomics, no repeated K/V). It works on key-major tiles
-(``k @ q^T``), so P^T and dS^T come out of the dot products in the orientation the dK/dV products consume.
+dK/dV: one program per (key block, kv head) walks the query blocks of every query head that shares the kv head,
+in one loop, so GQA gradients are summed in registers (deterministic, no atomics, no repeated K/V). It works on
+key-major tiles (``k @ q^T``), so P^T and dS^T come out of the dot products in the orientation the dK/dV products
+consume.
 dQ: one program per (query block, query head), walking the same key range as the forward. It runs first and
 also writes Delta = rowsum(O * dO), which both kernels need: one pass over O and dO inside a kernel that loads dO
 anyway, instead of a separate launch.
@@ -54,38 +55,94 @@ def _probs_and_dscores(
 
 
 @triton.jit
-def _attn_bwd_dkdv_inner(
-    dk, dv, k, v, q_base, do_base, lse_base, delta_base, lo, hi,
+def _attn_bwd_dkdv_step(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m,
     offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_qm, stride_qd, stride_dom, stride_dod,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Accumulate one query head's contribution to dK/dV over query blocks [lo, hi).
-
-    Query rows past Sq load as zeros with lse = delta = 0, so they add exactly nothing (dO = 0)."""
+    """Add the query block at ``start_m`` of one query head to dK/dV. Query rows past Sq load as zeros with
+    lse = delta = 0, so they add exactly nothing (dO = 0)."""
+    offs_m = start_m + offs_m0
+    m_ok = offs_m < Sq
     d_ok = offs_d < HEAD_DIM
-    for start_m in range(lo, hi, BLOCK_M):
-        offs_m = start_m + offs_m0
-        m_ok = offs_m < Sq
-        q_t = tl.load(q_base + offs_m[None, :].to(tl.int64) * stride_qm + offs_d[:, None] * stride_qd,
-                      mask=m_ok[None, :] & d_ok[:, None], other=0.0)
-        do = tl.load(do_base + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :] * stride_dod,
-                     mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-        lse = tl.load(lse_base + offs_m, mask=m_ok, other=0.0)
-        delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        p_t, ds_t = _probs_and_dscores(
-            k, q_t, dp_t, lse[None, :], delta[None, :], start_m, offs_m, start_n, offs_n,
-            kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed, Skv,
-            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_M, BLOCK_N,
-            True,
-            IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
-        dk += tl.dot(ds_t.to(q_t.dtype), tl.trans(q_t), input_precision=DOT_PRECISION)
+    q_t = tl.load(q_base + offs_m[None, :].to(tl.int64) * stride_qm + offs_d[:, None] * stride_qd,
+                  mask=m_ok[None, :] & d_ok[:, None], other=0.0)
+    do = tl.load(do_base + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :] * stride_dod,
+                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    lse = tl.load(lse_base + offs_m, mask=m_ok, other=0.0)
+    delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+    p_t, ds_t = _probs_and_dscores(
+        k, q_t, dp_t, lse[None, :], delta[None, :], start_m, offs_m, start_n, offs_n,
+        kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed, Skv,
+        KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_M, BLOCK_N,
+        True,
+        IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+    dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+    dk += tl.dot(ds_t.to(q_t.dtype), tl.trans(q_t), input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(
+    dk, dv, k, v, Q, DO, LSE, Delta, lo, hi,
+    offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_hk, seed,
+    sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
+    stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
+    KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPED: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Accumulate the contributions to dK/dV of the GROUP query heads of kv head ``pid_hk`` over the query blocks
+    [lo, hi) of each.
+
+    GROUPED (GROUP > 1): one loop over (head, query block), so one software pipeline serves all the heads. With a
+    loop per head, each refilled its pipeline, and under a causal mask the diagonal's loop has only BLOCK_N /
+    BLOCK_M blocks per head, too few to fill one: B16 H32/8 S1024 head_dim 64 causal, backward 754 -> 702 µs;
+    B4 S4096 2247 -> 2179 µs (benchmarks/NOTES.md). A single head keeps the plain loop, where the head
+    bookkeeping cost ~2% (B32 H12 S512)."""
+    pid_h = pid_hk * GROUP
+    pid_bh = pid_b * H + pid_h
+    q_base = Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
+    do_base = DO + pid_b.to(tl.int64) * stride_dob + pid_h.to(tl.int64) * stride_doh
+    lse_base = LSE + pid_bh.to(tl.int64) * Sq
+    delta_base = Delta + pid_bh.to(tl.int64) * Sq
+    if GROUPED:
+        start_m = lo
+        for _ in range(0, GROUP * ((hi - lo + BLOCK_M - 1) // BLOCK_M)):
+            dk, dv = _attn_bwd_dkdv_step(
+                dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m,
+                offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+                sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
+                KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+                HEAD_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
+                HAS_DROPOUT, DOT_PRECISION)
+            # On to the next query block, or to the next head's first: bases stepped, not recomputed (the
+            # recomputation made the loop ~10% longer in instructions).
+            start_m += BLOCK_M
+            next_head = start_m >= hi
+            start_m = tl.where(next_head, lo, start_m)
+            pid_h += next_head.to(tl.int32)
+            pid_bh += next_head.to(tl.int32)
+            q_base += tl.where(next_head, stride_qh, 0)
+            do_base += tl.where(next_head, stride_doh, 0)
+            lse_base += tl.where(next_head, Sq, 0)
+            delta_base += tl.where(next_head, Sq, 0)
+    else:
+        for start_m in range(lo, hi, BLOCK_M):
+            dk, dv = _attn_bwd_dkdv_step(
+                dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m,
+                offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+                sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
+                KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+                HEAD_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
+                HAS_DROPOUT, DOT_PRECISION)
     return dk, dv
 
 
@@ -103,9 +160,11 @@ def _attn_bwd_dkdv(
     stride_mb, stride_mh, stride_mm, stride_mn,
     H, Hkv, Sq, Skv, GROUP,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUPED: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
+    """GROUPED: GROUP > 1 query heads share each kv head."""
     pid_n = tl.program_id(0)
     pid_bhk = tl.program_id(1)
     pid_b = pid_bhk // Hkv
@@ -151,27 +210,22 @@ def _attn_bwd_dkdv(
         padding_only = (start_n >= key_hi) | (start_n + BLOCK_N <= key_lo)
         lo = tl.where(padding_only, Sq, lo)
         masked_end = tl.where(padding_only, Sq, masked_end)
-    for g in range(0, GROUP):
-        pid_h = pid_hk * GROUP + g
-        pid_bh = pid_b * H + pid_h
-        q_base = Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
-        do_base = DO + pid_b.to(tl.int64) * stride_dob + pid_h.to(tl.int64) * stride_doh
-        lse_base = LSE + pid_bh.to(tl.int64) * Sq
-        delta_base = Delta + pid_bh.to(tl.int64) * Sq
-        dk, dv = _attn_bwd_dkdv_inner(
-            dk, dv, k, v, q_base, do_base, lse_base, delta_base, lo, masked_end,
-            offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
-            sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
-            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, IS_CAUSAL, True, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-            DOT_PRECISION)
-        dk, dv = _attn_bwd_dkdv_inner(
-            dk, dv, k, v, q_base, do_base, lse_base, delta_base, masked_end, Sq,
-            offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
-            sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
-            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-            DOT_PRECISION)
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk, dv, k, v, Q, DO, LSE, Delta, lo, masked_end,
+        offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_hk, seed,
+        sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
+        stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
+        KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+        HEAD_DIM, BLOCK_M, BLOCK_N, GROUPED, IS_CAUSAL, True, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+        DOT_PRECISION)
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk, dv, k, v, Q, DO, LSE, Delta, masked_end, Sq,
+        offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_hk, seed,
+        sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
+        stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
+        KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+        HEAD_DIM, BLOCK_M, BLOCK_N, GROUPED, False, False, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+        DOT_PRECISION)
 
     dk *= sm_scale
     if HAS_KEY_MASK:
