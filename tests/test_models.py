@@ -6,7 +6,7 @@ import textwrap
 import pytest
 import torch
 import transformers
-from conftest import DEVICE
+from conftest import DEVICE, ON_GPU
 from tiny_models import DECODER_CONFIGS, bert_config, left_padded_batch, load, right_padded_batch, saved_model
 from transformers import AutoModelForCausalLM, BertModel
 
@@ -113,6 +113,21 @@ def test_greedy_generation_matches_eager(decoder, cache, padded):
         tokens[impl] = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     assert tokens["triton"].shape[1] == ids.shape[1] + 20
     assert torch.equal(tokens["eager"], tokens["triton"]), name
+
+
+def test_compiled_static_cache_generation_matches_eager(decoder):
+    """generate() with a static cache through a compiled forward (fullgraph: no graph break around our op)."""
+    name, path = decoder
+    ids, mask = left_padded_batch(DEVICE)
+    kwargs = dict(GENERATE_KWARGS, max_new_tokens=8, min_new_tokens=8, cache_implementation="static")
+    expected = load(AutoModelForCausalLM, path, "eager", DEVICE).generate(input_ids=ids, attention_mask=mask, **kwargs)
+    model = load(AutoModelForCausalLM, path, "triton", DEVICE)
+    # The models' forwards share Transformers' wrapper code objects, whose recompiles would add up across the
+    # parametrized cases to Dynamo's limit.
+    torch._dynamo.reset()
+    model.forward = torch.compile(model.forward, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
+    tokens = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    assert torch.equal(tokens, expected), name
 
 
 def test_custom_4d_masks_match_eager(tmp_path_factory):
