@@ -74,6 +74,7 @@ class ModelCase:
     reps: int
     max_seconds: float = 20.0  # wall time the timed repetitions may take (at least one runs)
     new_tokens: int = 0  # generate only
+    cache: Optional[str] = None  # generate only: Transformers' cache_implementation ("static" compiles the step)
 
     @property
     def unit(self) -> str:
@@ -110,6 +111,9 @@ def all_cases(quick: bool) -> list[ModelCase]:
         ModelCase("bert-base forward B128 S<=512 fp16", "bert", "forward", 128, 512, "right", 3, 10),
         ModelCase("llama-0.7b generate B8 prompts<=1024 +128 bf16", "llama", "generate", 8, 1024, "left",
                   1, 3, max_seconds=15.0, new_tokens=128),
+        # The first call compiles the decoding step (Transformers does, for a static cache): two warm-up calls.
+        ModelCase("llama-0.7b generate static cache B8 prompts<=1024 +128 bf16", "llama", "generate", 8, 1024,
+                  "left", 2, 3, max_seconds=15.0, new_tokens=128, cache="static"),
     ]
 
 
@@ -169,7 +173,7 @@ def measure_generate(model, case: ModelCase, batch: Batch) -> Measurement:
     def generate():
         return model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                               max_new_tokens=case.new_tokens, min_new_tokens=case.new_tokens, do_sample=False,
-                              pad_token_id=PAD_ID)
+                              pad_token_id=PAD_ID, **({"cache_implementation": case.cache} if case.cache else {}))
 
     generated = []
     times = time_cuda_ms(lambda: generated.append(generate()), case.warmup, case.reps, case.max_seconds)
