@@ -122,8 +122,8 @@ def test_compiled_static_cache_generation_matches_eager(decoder):
     kwargs = dict(GENERATE_KWARGS, max_new_tokens=8, min_new_tokens=8, cache_implementation="static")
     expected = load(AutoModelForCausalLM, path, "eager", DEVICE).generate(input_ids=ids, attention_mask=mask, **kwargs)
     model = load(AutoModelForCausalLM, path, "triton", DEVICE)
-    # The models' forwards share Transformers' wrapper code objects, whose recompiles would add up across the
-    # parametrized cases to Dynamo's limit.
+    # A clean Dynamo cache per case: without it the parametrized cases together hit Dynamo's recompile limit
+    # (Transformers' wrappers are code shared by every model).
     torch._dynamo.reset()
     model.forward = torch.compile(model.forward, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
     tokens = model.generate(input_ids=ids, attention_mask=mask, **kwargs)

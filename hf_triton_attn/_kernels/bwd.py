@@ -104,8 +104,8 @@ def _attn_bwd_dkdv_inner(
 
     GROUPED (GROUP > 1): one loop over (head, query block), so one software pipeline serves all the heads. With a
     loop per head, each refilled its pipeline, and under a causal mask the diagonal's loop has only BLOCK_N /
-    BLOCK_M blocks per head, too few to fill one: B16 H32/8 S1024 head_dim 64 causal, backward 754 -> 702 µs;
-    B4 S4096 2247 -> 2179 µs (benchmarks/NOTES.md). A single head keeps the plain loop, where the head
+    BLOCK_M blocks per head, too few to fill one: B16 H32/8 S1024 head_dim 64 causal, backward 752 -> 698 µs;
+    B4 S4096 2229 -> 2170 µs (benchmarks/RESULTS.md). A single head keeps the plain loop, where the head
     bookkeeping cost ~2% (B32 H12 S512)."""
     pid_h = pid_hk * GROUP
     pid_bh = pid_b * H + pid_h
