@@ -101,6 +101,8 @@ def all_cases(quick: bool) -> list[ModelCase]:
             ModelCase("4-layer bert forward B16 S<=128 fp16", "bert", "forward", 16, 128, "right", 1, 3),
             ModelCase("small llama generate B2 prompts<=128 +16 bf16", "llama", "generate", 2, 128, "left",
                       1, 2, new_tokens=16),
+            ModelCase("small llama generate static cache B2 prompts<=128 +16 bf16", "llama", "generate", 2, 128,
+                      "left", 2, 2, new_tokens=16, cache="static"),
             ModelCase("4-layer bert train step dropout 0.1 B8 S<=128 bf16", "bert-mlm", "train", 8, 128, "right",
                       1, 3),
         ]
