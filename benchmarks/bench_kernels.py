@@ -48,7 +48,8 @@ GRADIENT_TOLERANCE = 2e-2  # relative norm error ||a - b|| / ||b|| of each gradi
 LENGTHS_SEED = 0
 DEVICE = "cuda"  # one constant, so that the logic can be exercised on a CPU by patching it
 
-GROUP_UNITS = {"dense fwd": "TFLOP/s", "dense fwdbwd": "TFLOP/s", "padded fwd": "useful TFLOP/s", "decode": "GB/s",
+GROUP_UNITS = {"dense fwd": "TFLOP/s", "dense fwdbwd": "TFLOP/s", "padded fwd": "useful TFLOP/s",
+               "window fwd": "useful TFLOP/s", "window fwdbwd": "useful TFLOP/s", "decode": "GB/s",
                "decode graph": "GB/s"}
 
 
@@ -63,6 +64,7 @@ class KernelCase:
     causal: bool
     dtype: torch.dtype = torch.bfloat16
     dropout_p: float = 0.0  # forward+backward only; outputs then differ by provider and are not compared
+    window: int = 0  # window groups: causal sliding window, as a dense mask (what Transformers builds)
 
     @property
     def seqlen_q(self) -> int:
@@ -74,7 +76,7 @@ class KernelCase:
 
     @property
     def backward(self) -> bool:
-        return self.group == "dense fwdbwd"
+        return self.group.endswith("fwdbwd")
 
     @property
     def padded(self) -> bool:
@@ -91,6 +93,8 @@ class KernelCase:
             return f"{self.group} B{self.batch} H{self.heads}/{self.kv_heads} L{self.seqlen} D{self.head_dim} {dtype}"
         heads = f"H{self.heads}" if self.padded else f"H{self.heads}/{self.kv_heads}"
         mask = "causal" if self.causal else "full"
+        if self.window:
+            mask = f"window {self.window}"
         dropout = f" dropout {self.dropout_p}" if self.dropout_p else ""
         return f"{self.group} B{self.batch} {heads} S{self.seqlen} D{self.head_dim} {mask}{dropout} {dtype}"
 
@@ -120,6 +124,9 @@ def all_cases() -> list[KernelCase]:
         KernelCase("dense fwdbwd", 32, 12, 12, 512, 64, False, dropout_p=0.1),
         KernelCase("padded fwd", 16, 16, 16, 2048, 128, True),
         KernelCase("padded fwd", 16, 12, 12, 512, 64, False),
+        # A Mistral-style sliding-window layer: Transformers hands every backend a dense (B, 1, S, S) mask.
+        KernelCase("window fwd", 1, 32, 8, 8192, 128, True, window=4096),
+        KernelCase("window fwdbwd", 1, 32, 8, 8192, 128, True, window=4096),
     ]
     for batch, cache_len in ((8, 1024), (8, 8192), (8, 32768), (1, 131072)):
         cases.append(KernelCase("decode", batch, 32, 8, cache_len, 128, False))
@@ -141,13 +148,16 @@ def case_lengths(case: KernelCase) -> Optional[list[int]]:
 
 
 def case_work(case: KernelCase, lengths: Optional[list[int]]) -> float:
-    """FLOP (dense, padded) or bytes (decode) that the throughput figure counts."""
+    """FLOP (dense, padded, window: useful pairs only) or bytes (decode) that the throughput figure counts."""
     if case.decode:
         return 2.0 * case.batch * case.kv_heads * case.seqlen * case.head_dim * case.dtype.itemsize
     causal_factor = 0.5 if case.causal else 1.0
     if case.padded:
         return causal_factor * sum(4.0 * case.heads * length * length * case.head_dim for length in lengths)
     backward_factor = 3.5 if case.backward else 1.0
+    if case.window:
+        pairs = sum(min(query + 1, case.window) for query in range(case.seqlen))
+        return 4.0 * case.batch * case.heads * pairs * case.head_dim * backward_factor
     return (4.0 * case.batch * case.heads * case.seqlen_q * case.seqlen * case.head_dim
             * causal_factor * backward_factor)
 
@@ -166,7 +176,8 @@ class Inputs:
     grad_out: Optional[torch.Tensor]        # forward+backward only
     lengths: Optional[list[int]]            # padded only
     key_padding_mask: Optional[torch.Tensor]  # (B, S) bool, True = attend: what ours takes
-    sdpa_mask: Optional[torch.Tensor]       # (B, 1, S, S) bool: what Transformers builds for SDPA
+    sdpa_mask: Optional[torch.Tensor]       # (B, 1, S, S) bool: what Transformers builds for SDPA (and for ours
+                                            # in window cases)
 
 
 def make_inputs(case: KernelCase, lengths: Optional[list[int]]) -> Inputs:
@@ -191,6 +202,10 @@ def make_inputs(case: KernelCase, lengths: Optional[list[int]]) -> Inputs:
         if case.causal:
             sdpa_mask = sdpa_mask & (positions[None, :] <= positions[:, None])
         sdpa_mask = sdpa_mask.contiguous()
+    if case.window:
+        positions = torch.arange(case.seqlen, device=DEVICE)
+        offset = positions[:, None] - positions[None, :]
+        sdpa_mask = ((offset >= 0) & (offset < case.window)).expand(case.batch, 1, case.seqlen, case.seqlen)
     return Inputs(q, k, v, grad_out, lengths, key_padding_mask, sdpa_mask)
 
 
@@ -202,9 +217,15 @@ def make_ours(case: KernelCase, inputs: Inputs):
     # Imported here, not at the top, so that --help works and a broken package fails as a provider (n/a).
     import hf_triton_attn
 
+    if case.window:
+        # As the integration layer passes a dense mask: causality is in the mask.
+        causal, mask = False, inputs.sdpa_mask
+    else:
+        causal, mask = case.causal, inputs.key_padding_mask
+
     def forward():
-        return hf_triton_attn.attention(inputs.q, inputs.k, inputs.v, causal=case.causal,
-                                        attention_mask=inputs.key_padding_mask, dropout_p=case.dropout_p)
+        return hf_triton_attn.attention(inputs.q, inputs.k, inputs.v, causal=causal, attention_mask=mask,
+                                        dropout_p=case.dropout_p)
     return contextlib.nullcontext(), forward
 
 
@@ -223,7 +244,12 @@ def sdpa_maker(backend: SDPBackend) -> ProviderMaker:
 
 
 def flex_block_mask(case: KernelCase, inputs: Inputs):
-    """The block mask a model would build: from the lengths when padded, causal, or none (full)."""
+    """The block mask a model would build: from the lengths when padded, the window, causal, or none (full)."""
+    if case.window:
+        def window_mod(b, h, q_idx, kv_idx):
+            return (kv_idx <= q_idx) & (q_idx - kv_idx < case.window)
+        return create_block_mask(window_mod, B=None, H=None, Q_LEN=case.seqlen_q, KV_LEN=case.seqlen,
+                                 device=DEVICE)
     if inputs.lengths is not None:
         lengths = torch.tensor(inputs.lengths, device=DEVICE)
         if case.causal:

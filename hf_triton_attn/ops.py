@@ -16,6 +16,8 @@ Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the 
 (B, Sq, H, D), the layout Transformers reshapes to (B, Sq, H*D) without a copy; LSE is (B, H, Sq) float32 in
 log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B,) keys in use,
 ``mask`` a dense (B|1, H|1, Sq, Skv) boolean or additive float mask, ``seed`` a one-element int64 tensor.
+A dense mask gets its spans of visible keys per row (and of queries per key) from one extra launch, so that the
+kernels skip the blocks it hides (:func:`_visible_spans_of`).
 """
 import functools
 from typing import Optional
@@ -29,6 +31,7 @@ from ._kernels.bwd import _attn_bwd_dkdv, _attn_bwd_dq
 from ._kernels.decode import _attn_combine_splits, _attn_fwd_split
 from ._kernels.fwd import _attn_fwd
 from ._kernels.key_range import _key_ranges
+from ._kernels.mask_range import _visible_spans
 from .launch import KernelLauncher
 
 INTERPRET = isinstance(_attn_fwd, InterpretedFunction)
@@ -40,6 +43,7 @@ _launch_combine_splits = KernelLauncher(_attn_combine_splits)
 _launch_bwd_dkdv = KernelLauncher(_attn_bwd_dkdv)
 _launch_bwd_dq = KernelLauncher(_attn_bwd_dq)
 _launch_key_ranges = KernelLauncher(_key_ranges)
+_launch_visible_spans = KernelLauncher(_visible_spans)
 
 _NO_TENSOR_STRIDES = (0, 0)
 
@@ -83,6 +87,33 @@ def _key_range(key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tenso
     return ranges
 
 
+def _visible_spans_of(mask: Optional[torch.Tensor], by_key: bool = False, group: int = 1):
+    """Kernel arguments (spans, three strides) for a dense mask, or (None, 0, 0, 0) without one.
+
+    Spans are (B|1, H|1, Sq, 2) int32 (see _kernels/mask_range.py): per query row, the first key the mask lets it
+    see and one past the last; with ``by_key``, per key, the span of queries that see it, (B|1, Hkv|1, Skv, 2),
+    merged over the ``group`` query heads of each kv head. Built from the mask as given (before broadcasting),
+    so a mask shared by all heads is read once."""
+    if mask is None:
+        return None, 0, 0, 0
+    mask = _as_kernel_mask(mask)
+    batch, heads, sq, skv = mask.shape
+    rows, cols = (skv, sq) if by_key else (sq, skv)
+    stride_b, stride_h, stride_m, stride_n = mask.stride()
+    stride_r, stride_c = (stride_n, stride_m) if by_key else (stride_m, stride_n)
+    spans = torch.empty((batch, heads, rows, 2), device=mask.device, dtype=torch.int32)
+    block_r, block_c = (16, 16) if INTERPRET else (16, 256)
+    _launch_visible_spans((configs.cdiv(rows, block_r), batch * heads), mask, spans,
+                          stride_b, stride_h, stride_r, stride_c, *spans.stride()[:3], heads, rows, cols,
+                          IS_ADDITIVE=mask.dtype != torch.uint8, BLOCK_R=block_r, BLOCK_C=block_c,
+                          num_warps=1 if INTERPRET else 4)
+    if by_key and heads > 1 and group > 1:
+        spans = spans.view(batch, heads // group, group, rows, 2)
+        spans = torch.stack((spans[..., 0].amin(2), spans[..., 1].amax(2)), dim=-1)
+    # Stride 0 along a dimension the mask broadcasts, as for the mask itself.
+    return spans, *(stride if size > 1 else 0 for stride, size in zip(spans.stride()[:2], spans.shape[:2])), 2
+
+
 def _flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, dtype):
     return dict(
         IS_CAUSAL=causal,
@@ -110,6 +141,7 @@ def forward_impl(
     if _takes_split_kv(sq, heads // hkv, skv, mask, dropout_p):
         _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, causal, scale, softcap)
         return out, lse
+    spans = _visible_spans_of(mask)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
     tma = configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET) and _tma_compatible(q, k, v)
@@ -120,10 +152,10 @@ def forward_impl(
     grid = (configs.cdiv(sq, cfg.block_m), batch * heads)
     _launch_fwd(
         grid,
-        q, k, v, *descriptors, out, lse, key_mask, _key_range(key_mask, seqused_k, skv), seqused_k, mask, seed,
-        scale, softcap, dropout_p,
+        q, k, v, *descriptors, out, lse, key_mask, _key_range(key_mask, seqused_k, skv), seqused_k, mask, spans[0],
+        seed, scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out),
-        *km_strides, *m_strides,
+        *km_strides, *m_strides, *spans[1:],
         heads, sq, skv, heads // hkv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype),
@@ -223,6 +255,8 @@ def backward_impl(
     dv = torch.empty_like(v)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
+    query_spans = _visible_spans_of(mask)
+    key_spans = _visible_spans_of(mask, by_key=True, group=heads // hkv)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
     cfg = configs.backward_config(block_d, q.element_size(), INTERPRET, dropout_p > 0.0)
@@ -235,20 +269,20 @@ def backward_impl(
                  **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype))
     _launch_bwd_dq(
         (configs.cdiv(sq, cfg.dq.block_m), batch * heads),
-        q, k, v, *kv_descriptors, out, grad_out, dq, lse, delta, key_mask, key_range, seqused_k, mask, seed,
-        scale, softcap, dropout_p,
+        q, k, v, *kv_descriptors, out, grad_out, dq, lse, delta, key_mask, key_range, seqused_k, mask,
+        query_spans[0], seed, scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out), *_bhsd_strides(grad_out), *dq.stride(),
-        *km_strides, *m_strides,
+        *km_strides, *m_strides, *query_spans[1:],
         heads, sq, skv, heads // hkv,
         BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n, USE_TMA=tma,
         num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages, maxnreg=cfg.dq.max_registers, **flags,
     )
     _launch_bwd_dkdv(
         (configs.cdiv(skv, cfg.dkdv.block_n), batch * hkv),
-        q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_range, seqused_k, mask, seed,
+        q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_range, seqused_k, mask, key_spans[0], seed,
         scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(grad_out), *dk.stride(), *dv.stride(),
-        *km_strides, *m_strides,
+        *km_strides, *m_strides, *key_spans[1:],
         heads, hkv, sq, skv, heads // hkv,
         BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n, GROUPED=heads > hkv,
         num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages, maxnreg=cfg.dkdv.max_registers, **flags,

@@ -123,6 +123,68 @@ def test_dense_masks(dtype, mask_shape, mask_kind):
     check_forward(q, k, v, attention_mask=mask)
 
 
+def structured_mask(kind: str, batch: int, heads: int, seqlen_q: int, seqlen_k: int) -> torch.Tensor:
+    """(batch, heads, Sq, Skv) boolean masks whose visible keys form narrow bands, so that most key blocks (and,
+    per key, most query blocks) are hidden from whole tiles: what the kernels skip through the mask's spans.
+
+    - sliding: causal sliding windows (bottom-right aligned), a different width per head and batch row;
+    - packed: causal attention within segments of different lengths per row (packed sequences);
+    - band_with_empty_rows: a window far from the diagonal, and rows of queries that see nothing."""
+    q_pos = torch.arange(seqlen_q)[:, None] + (seqlen_k - seqlen_q)
+    kv = torch.arange(seqlen_k)[None, :]
+    masks = []
+    for b in range(batch):
+        per_head = []
+        for h in range(heads):
+            if kind == "sliding":
+                window = 5 + 17 * h + 11 * b
+                mask = (kv <= q_pos) & (kv > q_pos - window)
+            elif kind == "packed":
+                bounds = torch.tensor([0, 23 + 9 * b, 70 + 5 * h, seqlen_k])
+                segment = torch.bucketize(torch.arange(seqlen_k), bounds[1:], right=True)
+                mask = (segment[q_pos.clamp(0, seqlen_k - 1)] == segment[kv]) & (kv <= q_pos)
+            else:
+                mask = (kv >= q_pos // 2 + 30 + 4 * h) & (kv < q_pos // 2 + 45 + 4 * h)
+                mask[(torch.arange(seqlen_q) % 37) < 9 + b] = False
+            per_head.append(mask)
+        masks.append(torch.stack(per_head))
+    return torch.stack(masks).to(DEVICE)
+
+
+@pytest.mark.parametrize("kind", ["sliding", "packed", "band_with_empty_rows"])
+@pytest.mark.parametrize("by_key", [False, True])
+@pytest.mark.parametrize("mask_kind", ["bool", "additive"])
+def test_visible_spans(kind, by_key, mask_kind):
+    """The per-row spans the kernels read instead of walking every key block of a dense mask: first visible
+    column, last + 1, (C, 0) for a row that sees nothing; per key (by_key), merged over each kv head's 2 heads."""
+    mask = structured_mask(kind, 2, 4, 130, 150)
+    if mask_kind == "additive":
+        mask = torch.randn(mask.shape, device=DEVICE).masked_fill(~mask, float("-inf"))
+    spans, stride_b, stride_h, stride_r = ops._visible_spans_of(mask, by_key=by_key, group=2)
+    visible = mask if mask.dtype == torch.bool else mask != float("-inf")
+    if by_key:
+        visible = visible.transpose(-1, -2).reshape(2, 2, 2, 150, 130).any(2)
+    positions = torch.arange(visible.shape[-1], device=DEVICE)
+    first = torch.where(visible, positions, visible.shape[-1]).amin(-1)
+    end = torch.where(visible, positions + 1, 0).amax(-1)
+    assert torch.equal(spans, torch.stack((first, end), -1).to(torch.int32))
+    assert (stride_b, stride_h, stride_r) == spans.stride()[:3]
+    one_head = ops._visible_spans_of(mask[:1, :1], by_key=by_key, group=2)
+    assert one_head[1:] == (0, 0, 2)  # broadcast dimensions get stride 0, as the mask's
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["sliding", "packed", "band_with_empty_rows"])
+@pytest.mark.parametrize("mask_heads", [1, 4])
+def test_structured_dense_masks(dtype, kind, mask_heads):
+    """Dense masks that hide whole tiles: the blocks outside each tile's span are skipped, with unchanged results."""
+    q, k, v = random_qkv(2, 4, 2, 130, 150, 32, dtype, DEVICE)
+    mask = structured_mask(kind, 2, mask_heads, 130, 150)
+    check_forward(q, k, v, attention_mask=mask)
+    additive = torch.randn(mask.shape, device=DEVICE, dtype=dtype).masked_fill(~mask, float("-inf"))
+    check_forward(q, k, v, attention_mask=additive)
+
+
 def test_dense_mask_and_causal_combine():
     q, k, v = random_qkv(2, 2, 2, 40, 40, 16, torch.float32, DEVICE)
     check_forward(q, k, v, causal=True, attention_mask=torch.rand(2, 1, 40, 40, device=DEVICE) > 0.2)

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .common import (_apply_masks, _block_loop, _block_start, _dropout_keep, _kept_key_range, _key_block_ranges,
-                     _keys_in_use, _scores)
+                     _keys_in_use, _scores, _visible_span)
 
 
 @triton.jit
@@ -148,7 +148,7 @@ def _attn_bwd_dkdv_inner(
 
 @triton.jit
 def _attn_bwd_dkdv(
-    Q, K, V, DO, DK, DV, LSE, Delta, KeyMask, KeyRange, SeqUsedK, Mask, Seed,
+    Q, K, V, DO, DK, DV, LSE, Delta, KeyMask, KeyRange, SeqUsedK, Mask, MaskSpans, Seed,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -158,6 +158,7 @@ def _attn_bwd_dkdv(
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_kmb, stride_kmn,
     stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_msb, stride_msh, stride_msr,
     H, Hkv, Sq, Skv, GROUP,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     GROUPED: tl.constexpr,
@@ -210,8 +211,15 @@ def _attn_bwd_dkdv(
         padding_only = (start_n >= key_hi) | (start_n + BLOCK_N <= key_lo)
         lo = tl.where(padding_only, Sq, lo)
         masked_end = tl.where(padding_only, Sq, masked_end)
+    hi = Sq
+    if MASK_KIND != 0:
+        # Query blocks outside the span of queries that see this block's keys through the dense mask add nothing
+        # (``MaskSpans`` holds, per key, the span over the query heads of this kv head).
+        span_lo, hi = _visible_span(MaskSpans, stride_msb, stride_msh, stride_msr, pid_b, pid_hk, offs_n, Skv, Sq)
+        lo = tl.maximum(lo, span_lo // BLOCK_M * BLOCK_M)
+        masked_end = tl.maximum(masked_end, lo)
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, Q, DO, LSE, Delta, lo, masked_end,
+        dk, dv, k, v, Q, DO, LSE, Delta, lo, tl.minimum(masked_end, hi),
         offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_hk, seed,
         sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
@@ -219,7 +227,7 @@ def _attn_bwd_dkdv(
         HEAD_DIM, BLOCK_M, BLOCK_N, GROUPED, IS_CAUSAL, True, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
         DOT_PRECISION)
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, Q, DO, LSE, Delta, masked_end, Sq,
+        dk, dv, k, v, Q, DO, LSE, Delta, masked_end, hi,
         offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_hk, seed,
         sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
@@ -294,7 +302,7 @@ def _attn_bwd_dq_inner(
 
 @triton.jit
 def _attn_bwd_dq(
-    Q, K, V, DescK, DescV, Out, DO, DQ, LSE, Delta, KeyMask, KeyRange, SeqUsedK, Mask, Seed,
+    Q, K, V, DescK, DescV, Out, DO, DQ, LSE, Delta, KeyMask, KeyRange, SeqUsedK, Mask, MaskSpans, Seed,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -304,6 +312,7 @@ def _attn_bwd_dq(
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_kmb, stride_kmn,
     stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_msb, stride_msh, stride_msr,
     H, Sq, Skv, GROUP,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
@@ -347,8 +356,9 @@ def _attn_bwd_dq(
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     # The forward's split of the key blocks (see _key_block_ranges).
-    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, KeyRange, pid_b, BLOCK_M,
-                                                    BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
+    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, KeyRange, pid_b, pid_h, Sq,
+                                                    MaskSpans, stride_msb, stride_msh, stride_msr,
+                                                    BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, MASK_KIND)
     dq = _attn_bwd_dq_inner(
         dq, q, do, lse, delta, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,

@@ -29,8 +29,20 @@ def _kept_key_range(KeyRange, pid_b):
 
 
 @triton.jit
-def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr):
+def _visible_span(Spans, stride_sb, stride_sh, stride_sr, pid_b, pid_h, offs, R, C):
+    """The union of the spans :func:`hf_triton_attn._kernels.mask_range._visible_spans` wrote for rows ``offs``
+    (those past R ignored): (first visible column, last + 1), or (C, 0) when none of them sees anything."""
+    ptrs = Spans + pid_b.to(tl.int64) * stride_sb + pid_h.to(tl.int64) * stride_sh + offs.to(tl.int64) * stride_sr
+    first = tl.min(tl.load(ptrs, mask=offs < R, other=C), 0)
+    end = tl.max(tl.load(ptrs + 1, mask=offs < R, other=0), 0)
+    return first, end
+
+
+@triton.jit
+def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, pid_h, Sq,
+                      MaskSpans, stride_msb, stride_msh, stride_msr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr):
     """(lo, clean_lo, clean_end, hi): the key blocks the query block at ``start_m`` walks (forward and dQ).
 
     [clean_lo, clean_end) need no mask at all (wholly inside the keys in use, left of every query's causal
@@ -38,7 +50,8 @@ def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, BLOCK_M: tl.con
     [clean_end, hi) (the diagonal, the ragged tail, the end of the kept keys) need the masks, and the kernels walk
     them in one loop (see :func:`_block_loop`): a third loop made the head_dim 128 forward spill registers.
     Keys outside [lo, hi) are invisible to every query of the block: the blocks of padding before the first and
-    after the last kept key, and those past the diagonal. When the kept keys have holes, [clean_lo, clean_end) is
+    after the last kept key, those past the diagonal, and those outside the span a dense mask lets the block's
+    rows see (``MaskSpans``, see _kernels/mask_range.py). When the kept keys have holes, [clean_lo, clean_end) is
     empty and [lo, clean_lo) takes its blocks."""
     full_end = kv_end // BLOCK_N * BLOCK_N
     hi = kv_end
@@ -59,6 +72,15 @@ def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, BLOCK_M: tl.con
         clean_end = tl.maximum(clean_lo, tl.minimum(full_end, key_hi // BLOCK_N * BLOCK_N))
         clean_lo = tl.where(one_run, clean_lo, boundary)
         clean_end = tl.where(one_run, clean_end, boundary)
+    if MASK_KIND != 0:
+        # A dense mask is applied in every block (clean only means no bounds or causal mask); blocks outside the
+        # span its rows see are skipped, since the mask hides them from every query of the block.
+        span_lo, span_hi = _visible_span(MaskSpans, stride_msb, stride_msh, stride_msr, pid_b, pid_h,
+                                         start_m + tl.arange(0, BLOCK_M), Sq, kv_end)
+        lo = tl.maximum(lo, span_lo // BLOCK_N * BLOCK_N)
+        hi = tl.minimum(hi, span_hi)
+        clean_lo = tl.maximum(clean_lo, lo)
+        clean_end = tl.maximum(clean_lo, tl.minimum(clean_end, (span_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N))
     return lo, clean_lo, clean_end, hi
 
 

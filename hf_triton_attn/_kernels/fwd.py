@@ -78,7 +78,7 @@ def _attn_fwd_inner(
 
 @triton.jit
 def _attn_fwd(
-    Q, K, V, DescQ, DescK, DescV, Out, LSE, KeyMask, KeyRange, SeqUsedK, Mask, Seed,
+    Q, K, V, DescQ, DescK, DescV, Out, LSE, KeyMask, KeyRange, SeqUsedK, Mask, MaskSpans, Seed,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -86,6 +86,7 @@ def _attn_fwd(
     stride_ob, stride_oh, stride_om, stride_od,
     stride_kmb, stride_kmn,
     stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_msb, stride_msh, stride_msr,
     H, Sq, Skv, GROUP,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
@@ -127,8 +128,9 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, KeyRange, pid_b, BLOCK_M,
-                                                    BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
+    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, KeyRange, pid_b, pid_h, Sq,
+                                                    MaskSpans, stride_msb, stride_msh, stride_msr,
+                                                    BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, MASK_KIND)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,

@@ -1,0 +1,46 @@
+"""Where a dense mask lets each query row see keys: the span the attention kernels walk instead of every block.
+
+A dense (B, H, Sq, Skv) mask is applied tile by tile, so without a summary every key block is computed even when
+the mask hides it from a whole query block: the upper triangle of a causal or sliding-window mask, the other
+segments of a packed batch, the far past of a sliding window. One launch per mask writes, per row of the mask,
+the first visible column and one past the last; the kernels take the union over their tile's rows and skip the
+blocks outside it. Blocks inside the span are computed and masked as before, so results are unchanged. Read
+with rows and columns swapped, the same kernel gives per key the span of queries that see it (the dK/dV kernel).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _visible_spans(
+    Mask, Spans,
+    stride_mb, stride_mh, stride_mr, stride_mc,
+    stride_sb, stride_sh, stride_sr,
+    H, R, C,
+    IS_ADDITIVE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """For rows [program_id(0) * BLOCK_R, + BLOCK_R) of the (R, C) matrix of (batch, head) program_id(1), write
+    (first visible column, last + 1) as two int32 at Spans + row offset: (C, 0) for a row that sees nothing.
+    Visible: a non-zero keep-flag, or an additive entry other than -inf."""
+    pid_r = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_b = pid_bh // H
+    pid_h = pid_bh % H
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols0 = tl.arange(0, BLOCK_C)
+    base = Mask + pid_b.to(tl.int64) * stride_mb + pid_h.to(tl.int64) * stride_mh + rows[:, None].to(tl.int64) * stride_mr
+    first = tl.full([BLOCK_R], C, tl.int32)
+    end = tl.zeros([BLOCK_R], tl.int32)
+    for start in range(0, C, BLOCK_C):
+        cols = start + cols0
+        ok = (rows[:, None] < R) & (cols[None, :] < C)
+        if IS_ADDITIVE:
+            visible = tl.load(base + cols[None, :] * stride_mc, mask=ok, other=float("-inf")) != float("-inf")
+        else:
+            visible = tl.load(base + cols[None, :] * stride_mc, mask=ok, other=0) != 0
+        visible = visible & ok
+        first = tl.minimum(first, tl.min(tl.where(visible, cols[None, :], C), 1))
+        end = tl.maximum(end, tl.max(tl.where(visible, cols[None, :] + 1, 0), 1))
+    out = Spans + pid_b.to(tl.int64) * stride_sb + pid_h.to(tl.int64) * stride_sh + rows * stride_sr
+    tl.store(out, first, mask=rows < R)
+    tl.store(out + 1, end, mask=rows < R)
