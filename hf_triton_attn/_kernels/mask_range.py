@@ -28,7 +28,8 @@ def _visible_spans(
     pid_h = pid_bh % H
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     cols0 = tl.arange(0, BLOCK_C)
-    base = Mask + pid_b.to(tl.int64) * stride_mb + pid_h.to(tl.int64) * stride_mh + rows[:, None].to(tl.int64) * stride_mr
+    base = (Mask + pid_b.to(tl.int64) * stride_mb + pid_h.to(tl.int64) * stride_mh
+            + rows[:, None].to(tl.int64) * stride_mr)
     first = tl.full([BLOCK_R], C, tl.int32)
     end = tl.zeros([BLOCK_R], tl.int32)
     for start in range(0, C, BLOCK_C):
