@@ -47,7 +47,9 @@ def attention(
             - (batch, seqlen_k) boolean: key-padding mask, True = attend (left, right or holes).
             - (batch or 1, heads or 1, seqlen_q, seqlen_k) boolean (True = attend) or floating additive
               mask (added to the scaled scores; ``-inf`` masks). Read tile by tile inside the kernel; key
-              blocks it hides from a whole tile of queries (``False`` or ``-inf`` throughout) are skipped.
+              blocks it hides from a whole tile of queries (``False`` or ``-inf`` throughout) are skipped, and
+              blocks inside every row's clear run (a span of ``True``, or of ``0.0``, without holes) are
+              computed without reading it.
 
             Query rows with no visible key return zeros (never NaN).
         seqused_k: optional (batch,) integer tensor: only the first ``seqused_k[b]`` keys of row ``b`` are

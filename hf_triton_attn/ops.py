@@ -16,8 +16,9 @@ Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the 
 (B, Sq, H, D), the layout Transformers reshapes to (B, Sq, H*D) without a copy; LSE is (B, H, Sq) float32 in
 log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B,) keys in use,
 ``mask`` a dense (B|1, H|1, Sq, Skv) boolean or additive float mask, ``seed`` a one-element int64 tensor.
-A dense mask gets its spans of visible keys per row (and of queries per key) from one extra launch, so that the
-kernels skip the blocks it hides (:func:`_visible_spans_of`).
+A dense mask gets its spans of visible keys per row (and of queries per key) and its clear runs from one extra
+launch, so that the kernels skip the blocks it hides and compute without it the blocks it shows in full
+(:func:`_visible_spans_of`).
 """
 import functools
 from typing import Optional
@@ -90,10 +91,11 @@ def _key_range(key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tenso
 def _visible_spans_of(mask: Optional[torch.Tensor], by_key: bool = False, group: int = 1):
     """Kernel arguments (spans, three strides) for a dense mask, or (None, 0, 0, 0) without one.
 
-    Spans are (B|1, H|1, Sq, 2) int32 (see _kernels/mask_range.py): per query row, the first key the mask lets it
-    see and one past the last; with ``by_key``, per key, the span of queries that see it, (B|1, Hkv|1, Skv, 2),
-    merged over the ``group`` query heads of each kv head. Built from the mask as given (before broadcasting),
-    so a mask shared by all heads is read once."""
+    Spans are (B|1, H|1, Sq, 4) int32 (see _kernels/mask_range.py): per query row, the first key the mask lets it
+    see and one past the last, then the row's clear run (the keys where the mask changes nothing); with
+    ``by_key``, the same per key over the queries that see it, (B|1, Hkv|1, Skv, 4), merged over the ``group``
+    query heads of each kv head (the union of their spans, the intersection of their clear runs). Built from the
+    mask as given (before broadcasting), so a mask shared by all heads is read once."""
     if mask is None:
         return None, 0, 0, 0
     mask = _as_kernel_mask(mask)
@@ -101,17 +103,18 @@ def _visible_spans_of(mask: Optional[torch.Tensor], by_key: bool = False, group:
     rows, cols = (skv, sq) if by_key else (sq, skv)
     stride_b, stride_h, stride_m, stride_n = mask.stride()
     stride_r, stride_c = (stride_n, stride_m) if by_key else (stride_m, stride_n)
-    spans = torch.empty((batch, heads, rows, 2), device=mask.device, dtype=torch.int32)
+    spans = torch.empty((batch, heads, rows, 4), device=mask.device, dtype=torch.int32)
     block_r, block_c = (16, 16) if INTERPRET else (16, 256)
     _launch_visible_spans((configs.cdiv(rows, block_r), batch * heads), mask, spans,
                           stride_b, stride_h, stride_r, stride_c, *spans.stride()[:3], heads, rows, cols,
                           IS_ADDITIVE=mask.dtype != torch.uint8, BLOCK_R=block_r, BLOCK_C=block_c,
                           num_warps=1 if INTERPRET else 4)
     if by_key and heads > 1 and group > 1:
-        spans = spans.view(batch, heads // group, group, rows, 2)
-        spans = torch.stack((spans[..., 0].amin(2), spans[..., 1].amax(2)), dim=-1)
+        spans = spans.view(batch, heads // group, group, rows, 4)
+        spans = torch.stack((spans[..., 0].amin(2), spans[..., 1].amax(2), spans[..., 2].amax(2),
+                             spans[..., 3].amin(2)), dim=-1)
     # Stride 0 along a dimension the mask broadcasts, as for the mask itself.
-    return spans, *(stride if size > 1 else 0 for stride, size in zip(spans.stride()[:2], spans.shape[:2])), 2
+    return spans, *(stride if size > 1 else 0 for stride, size in zip(spans.stride()[:2], spans.shape[:2])), 4
 
 
 def _flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, dtype):

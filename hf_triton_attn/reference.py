@@ -37,7 +37,10 @@ def attention_reference(
         elif attention_mask.dtype == torch.bool:
             keep = keep & attention_mask
         else:
-            scores = scores + attention_mask.to(scores.dtype)
+            # -inf entries mask through ``keep`` (masked_fill), so rows that see nothing get zero gradients, not NaN.
+            hidden = attention_mask == float("-inf")
+            keep = keep & ~hidden
+            scores = scores + attention_mask.masked_fill(hidden, 0.0).to(scores.dtype)
     scores = scores.masked_fill(~keep, float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     if dropout_mask is not None:

@@ -4,7 +4,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import assert_close_to_reference, count_descriptors, inputs_with_unused_nan_keys, random_qkv
-from test_kernel import PADDING_CASES, kept_ranges_mask, padding_mask, structured_mask
+from test_kernel import (PADDING_CASES, STRUCTURED_KINDS, additive_mask, kept_ranges_mask, padding_mask,
+                         structured_mask)
 
 from hf_triton_attn import attention, configs, functional, ops
 from hf_triton_attn.reference import attention_reference
@@ -72,13 +73,18 @@ def test_backward_dense_mask(mask_kind):
     check_backward(q, k, v, attention_mask=mask)
 
 
-@pytest.mark.parametrize("kind", ["sliding", "packed", "band_with_empty_rows"])
-@pytest.mark.parametrize("heads, mask_heads", [((4, 2), 4), ((4, 1), 1)])
-def test_backward_structured_dense_mask(kind, heads, mask_heads):
+@pytest.mark.parametrize("kind", STRUCTURED_KINDS)
+@pytest.mark.parametrize("mask_heads", [1, 2])
+@pytest.mark.parametrize("mask_kind", ["bool", "zeros"])
+def test_backward_structured_dense_mask(kind, mask_heads, mask_kind):
     """dQ skips the key blocks outside each query tile's span, dK/dV the query blocks outside each key tile's span
-    (merged over the query heads of a kv head when the mask differs per head)."""
-    q, k, v = random_qkv(2, *heads, 130, 150, 32, torch.float32, DEVICE)
-    check_backward(q, k, v, attention_mask=structured_mask(kind, 2, mask_heads, 130, 150))
+    (merged over the two query heads of the kv head when the mask differs per head); both compute the blocks
+    inside every row's (key's) clear run without the mask."""
+    q, k, v = random_qkv(2, 2, 1, 130, 150, 32, torch.float32, DEVICE)
+    mask = structured_mask(kind, 2, mask_heads, 130, 150)
+    if mask_kind == "zeros":
+        mask = additive_mask(mask, "zeros")
+    check_backward(q, k, v, attention_mask=mask)
 
 
 def test_backward_seqused_softcap_scale():

@@ -123,13 +123,19 @@ def test_dense_masks(dtype, mask_shape, mask_kind):
     check_forward(q, k, v, attention_mask=mask)
 
 
+STRUCTURED_KINDS = ["sliding", "packed", "band_with_empty_rows", "window_with_holes"]
+
+
 def structured_mask(kind: str, batch: int, heads: int, seqlen_q: int, seqlen_k: int) -> torch.Tensor:
-    """(batch, heads, Sq, Skv) boolean masks whose visible keys form narrow bands, so that most key blocks (and,
-    per key, most query blocks) are hidden from whole tiles: what the kernels skip through the mask's spans.
+    """(batch, heads, Sq, Skv) boolean masks whose visible keys form bands, so that most key blocks (and, per key,
+    most query blocks) are hidden from whole tiles, and, in the wider bands, whole tiles see every key of some
+    blocks: what the kernels skip, and compute without the mask, through the mask's spans and clear runs.
 
     - sliding: causal sliding windows (bottom-right aligned), a different width per head and batch row;
     - packed: causal attention within segments of different lengths per row (packed sequences);
-    - band_with_empty_rows: a window far from the diagonal, and rows of queries that see nothing."""
+    - band_with_empty_rows: a band far from the diagonal, and rows of queries that see nothing;
+    - window_with_holes: sliding windows where a few query rows lose one key inside theirs (visible spans that
+      are not clear runs)."""
     q_pos = torch.arange(seqlen_q)[:, None] + (seqlen_k - seqlen_q)
     kv = torch.arange(seqlen_k)[None, :]
     masks = []
@@ -137,52 +143,79 @@ def structured_mask(kind: str, batch: int, heads: int, seqlen_q: int, seqlen_k: 
         per_head = []
         for h in range(heads):
             if kind == "sliding":
-                window = 5 + 17 * h + 11 * b
+                window = 5 + 60 * h + 40 * b
                 mask = (kv <= q_pos) & (kv > q_pos - window)
             elif kind == "packed":
                 bounds = torch.tensor([0, 23 + 9 * b, 70 + 5 * h, seqlen_k])
                 segment = torch.bucketize(torch.arange(seqlen_k), bounds[1:], right=True)
                 mask = (segment[q_pos.clamp(0, seqlen_k - 1)] == segment[kv]) & (kv <= q_pos)
-            else:
-                mask = (kv >= q_pos // 2 + 30 + 4 * h) & (kv < q_pos // 2 + 45 + 4 * h)
+            elif kind == "band_with_empty_rows":
+                mask = (kv >= q_pos // 2 + 30 + 4 * h) & (kv < q_pos // 2 + 45 + 45 * h)
                 mask[(torch.arange(seqlen_q) % 37) < 9 + b] = False
+            else:
+                mask = (kv <= q_pos) & (kv > q_pos - 70 - 30 * h)
+                holed = (torch.arange(seqlen_q)[:, None] % 41 == 3 + b) & (kv == q_pos - 7)
+                mask &= ~holed
             per_head.append(mask)
         masks.append(torch.stack(per_head))
     return torch.stack(masks).to(DEVICE)
 
 
-@pytest.mark.parametrize("kind", ["sliding", "packed", "band_with_empty_rows"])
+def additive_mask(mask: torch.Tensor, kind: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The boolean ``mask`` as an additive one (-inf where it hides): "random" adds a random bias everywhere it
+    shows, "zeros" adds 0 there, except a small bias on one visible key of a few rows (those rows have visible
+    spans but no clear run: the mask changes their scores)."""
+    if kind == "random":
+        return torch.randn(mask.shape, device=DEVICE, dtype=dtype).masked_fill(~mask, float("-inf"))
+    additive = torch.zeros(mask.shape, device=DEVICE, dtype=dtype)
+    rows = torch.arange(mask.shape[-2], device=DEVICE)
+    biased = (rows % 29 == 5)[:, None] & (mask.cumsum(-1) == 2)
+    return additive.masked_fill(biased, -1.5).masked_fill(~mask, float("-inf"))
+
+
+@pytest.mark.parametrize("kind", STRUCTURED_KINDS)
 @pytest.mark.parametrize("by_key", [False, True])
-@pytest.mark.parametrize("mask_kind", ["bool", "additive"])
+@pytest.mark.parametrize("mask_kind", ["bool", "random", "zeros"])
 def test_visible_spans(kind, by_key, mask_kind):
-    """The per-row spans the kernels read instead of walking every key block of a dense mask: first visible
-    column, last + 1, (C, 0) for a row that sees nothing; per key (by_key), merged over each kv head's 2 heads."""
+    """What the kernels read instead of walking every key block of a dense mask: per row, the first visible column
+    and last + 1, (C, 0) for a row that sees nothing, then the clear run (the same span if the mask passes all of
+    it through unchanged, else (C, 0)); per key (by_key), spans united and clear runs intersected over each kv
+    head's 2 heads."""
     mask = structured_mask(kind, 2, 4, 130, 150)
-    if mask_kind == "additive":
-        mask = torch.randn(mask.shape, device=DEVICE).masked_fill(~mask, float("-inf"))
+    visible = mask
+    passes = mask
+    if mask_kind != "bool":
+        mask = additive_mask(mask, mask_kind)
+        visible = mask != float("-inf")
+        passes = mask == 0
     spans, stride_b, stride_h, stride_r = ops._visible_spans_of(mask, by_key=by_key, group=2)
-    visible = mask if mask.dtype == torch.bool else mask != float("-inf")
     if by_key:
-        visible = visible.transpose(-1, -2).reshape(2, 2, 2, 150, 130).any(2)
-    positions = torch.arange(visible.shape[-1], device=DEVICE)
-    first = torch.where(visible, positions, visible.shape[-1]).amin(-1)
+        visible, passes = (t.transpose(-1, -2).reshape(2, 2, 2, 150, 130) for t in (visible, passes))
+    columns = visible.shape[-1]
+    positions = torch.arange(columns, device=DEVICE)
+    first = torch.where(visible, positions, columns).amin(-1)
     end = torch.where(visible, positions + 1, 0).amax(-1)
-    assert torch.equal(spans, torch.stack((first, end), -1).to(torch.int32))
+    clear = (passes.sum(-1) == end - first) & (end > first)
+    clear_first, clear_end = torch.where(clear, first, columns), torch.where(clear, end, 0)
+    if by_key:
+        first, end, clear_first, clear_end = first.amin(2), end.amax(2), clear_first.amax(2), clear_end.amin(2)
+    assert torch.equal(spans, torch.stack((first, end, clear_first, clear_end), -1).to(torch.int32))
     assert (stride_b, stride_h, stride_r) == spans.stride()[:3]
     one_head = ops._visible_spans_of(mask[:1, :1], by_key=by_key, group=2)
-    assert one_head[1:] == (0, 0, 2)  # broadcast dimensions get stride 0, as the mask's
+    assert one_head[1:] == (0, 0, 4)  # broadcast dimensions get stride 0, as the mask's
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["sliding", "packed", "band_with_empty_rows"])
-@pytest.mark.parametrize("mask_heads", [1, 4])
+@pytest.mark.parametrize("kind", STRUCTURED_KINDS)
+@pytest.mark.parametrize("mask_heads", [1, 2])
 def test_structured_dense_masks(dtype, kind, mask_heads):
-    """Dense masks that hide whole tiles: the blocks outside each tile's span are skipped, with unchanged results."""
-    q, k, v = random_qkv(2, 4, 2, 130, 150, 32, dtype, DEVICE)
+    """Dense masks that hide whole tiles, or show them every key of a block: the blocks outside each tile's span
+    are skipped, those inside every row's clear run computed without the mask, with unchanged results."""
+    q, k, v = random_qkv(2, 2, 1, 130, 150, 32, dtype, DEVICE)
     mask = structured_mask(kind, 2, mask_heads, 130, 150)
     check_forward(q, k, v, attention_mask=mask)
-    additive = torch.randn(mask.shape, device=DEVICE, dtype=dtype).masked_fill(~mask, float("-inf"))
-    check_forward(q, k, v, attention_mask=additive)
+    for additive_kind in ("random", "zeros"):
+        check_forward(q, k, v, attention_mask=additive_mask(mask, additive_kind, dtype))
 
 
 def test_dense_mask_and_causal_combine():

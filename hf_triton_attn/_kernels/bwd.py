@@ -90,17 +90,18 @@ def _attn_bwd_dkdv_step(
 
 @triton.jit
 def _attn_bwd_dkdv_inner(
-    dk, dv, k, v, Q, DO, LSE, Delta, lo, hi,
+    dk, dv, k, v, Q, DO, LSE, Delta, lo, hi, skip_lo, skip_hi,
     offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_hk, seed,
     sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
     stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPED: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_GAP: tl.constexpr,
 ):
     """Accumulate the contributions to dK/dV of the GROUP query heads of kv head ``pid_hk`` over the query blocks
-    [lo, hi) of each.
+    of [lo, hi) outside [skip_lo, skip_hi) of each (see _block_loop; with HAS_GAP, since a dense mask may leave
+    one, otherwise lo == skip_lo).
 
     GROUPED (GROUP > 1): one loop over (head, query block), so one software pipeline serves all the heads. With a
     loop per head, each refilled its pipeline, and under a causal mask the diagonal's loop has only BLOCK_N /
@@ -113,11 +114,12 @@ def _attn_bwd_dkdv_inner(
     do_base = DO + pid_b.to(tl.int64) * stride_dob + pid_h.to(tl.int64) * stride_doh
     lse_base = LSE + pid_bh.to(tl.int64) * Sq
     delta_base = Delta + pid_bh.to(tl.int64) * Sq
+    first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_M, HAS_GAP)
     if GROUPED:
-        start_m = lo
-        for _ in range(0, GROUP * ((hi - lo + BLOCK_M - 1) // BLOCK_M)):
+        start = first
+        for _ in range(0, GROUP * ((end - first + BLOCK_M - 1) // BLOCK_M)):
             dk, dv = _attn_bwd_dkdv_step(
-                dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m,
+                dk, dv, k, v, q_base, do_base, lse_base, delta_base, _block_start(start, skip_lo, skip_hi, HAS_GAP),
                 offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
                 sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
                 KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
@@ -125,9 +127,9 @@ def _attn_bwd_dkdv_inner(
                 HAS_DROPOUT, DOT_PRECISION)
             # On to the next query block, or to the next head's first: bases stepped, not recomputed (the
             # recomputation made the loop ~10% longer in instructions).
-            start_m += BLOCK_M
-            next_head = start_m >= hi
-            start_m = tl.where(next_head, lo, start_m)
+            start += BLOCK_M
+            next_head = start >= end
+            start = tl.where(next_head, first, start)
             pid_h += next_head.to(tl.int32)
             pid_bh += next_head.to(tl.int32)
             q_base += tl.where(next_head, stride_qh, 0)
@@ -135,9 +137,9 @@ def _attn_bwd_dkdv_inner(
             lse_base += tl.where(next_head, Sq, 0)
             delta_base += tl.where(next_head, Sq, 0)
     else:
-        for start_m in range(lo, hi, BLOCK_M):
+        for start in range(first, end, BLOCK_M):
             dk, dv = _attn_bwd_dkdv_step(
-                dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m,
+                dk, dv, k, v, q_base, do_base, lse_base, delta_base, _block_start(start, skip_lo, skip_hi, HAS_GAP),
                 offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
                 sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
                 KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
@@ -211,29 +213,42 @@ def _attn_bwd_dkdv(
         padding_only = (start_n >= key_hi) | (start_n + BLOCK_N <= key_lo)
         lo = tl.where(padding_only, Sq, lo)
         masked_end = tl.where(padding_only, Sq, masked_end)
-    hi = Sq
+    # The masked loop walks [lo, masked_hi) outside [skip_lo, skip_hi), the clean loop [clean_lo, clean_end).
+    masked_hi = masked_end
+    skip_lo = lo
+    skip_hi = lo
+    clean_lo = masked_end
+    clean_end = Sq
     if MASK_KIND != 0:
-        # Query blocks outside the span of queries that see this block's keys through the dense mask add nothing
-        # (``MaskSpans`` holds, per key, the span over the query heads of this kv head).
-        span_lo, hi = _visible_span(MaskSpans, stride_msb, stride_msh, stride_msr, pid_b, pid_hk, offs_n, Skv, Sq)
+        # Query blocks outside the span of queries that see this block's keys through the dense mask add nothing;
+        # those inside every key's clear run need no mask at all (``MaskSpans`` holds, per key, the span and the
+        # clear run over the query heads of this kv head). The rest take every mask, in one loop with a gap.
+        span_lo, masked_hi, clear_lo, clear_end = _visible_span(MaskSpans, stride_msb, stride_msh, stride_msr,
+                                                                pid_b, pid_hk, offs_n, Skv, Sq)
         lo = tl.maximum(lo, span_lo // BLOCK_M * BLOCK_M)
-        masked_end = tl.maximum(masked_end, lo)
+        clean_lo = tl.maximum(masked_end, (clear_lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M)
+        clean_end = clear_end // BLOCK_M * BLOCK_M
+        no_clean_block = clean_end <= clean_lo
+        clean_lo = tl.where(no_clean_block, lo, clean_lo)
+        clean_end = tl.where(no_clean_block, lo, clean_end)
+        skip_lo = clean_lo
+        skip_hi = clean_end
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, Q, DO, LSE, Delta, lo, tl.minimum(masked_end, hi),
+        dk, dv, k, v, Q, DO, LSE, Delta, lo, masked_hi, skip_lo, skip_hi,
         offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_hk, seed,
         sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
         HEAD_DIM, BLOCK_M, BLOCK_N, GROUPED, IS_CAUSAL, True, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION)
+        DOT_PRECISION, MASK_KIND != 0)
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, Q, DO, LSE, Delta, masked_end, hi,
+        dk, dv, k, v, Q, DO, LSE, Delta, clean_lo, clean_end, clean_lo, clean_lo,
         offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_hk, seed,
         sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_M, BLOCK_N, GROUPED, False, False, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION)
+        HEAD_DIM, BLOCK_M, BLOCK_N, GROUPED, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT,
+        DOT_PRECISION, False)
 
     dk *= sm_scale
     if HAS_KEY_MASK:
@@ -263,12 +278,13 @@ def _attn_bwd_dq_inner(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    HAS_GAP: tl.constexpr,
 ):
-    """Accumulate dQ over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_loop; a key mask may
-    leave a gap, otherwise lo == skip_lo)."""
-    first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_N, HAS_KEY_MASK)
+    """Accumulate dQ over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_loop; with HAS_GAP,
+    since a key mask or a dense mask may leave one, otherwise lo == skip_lo)."""
+    first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_N, HAS_GAP)
     for start in range(first, end, BLOCK_N):
-        start_n = _block_start(start, skip_lo, skip_hi, HAS_KEY_MASK)
+        start_n = _block_start(start, skip_lo, skip_hi, HAS_GAP)
         offs_n = start_n + offs_n0
         if USE_TMA:
             k_t = tl.trans(DescK.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
@@ -364,15 +380,15 @@ def _attn_bwd_dq(
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION, USE_TMA)
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT,
+        DOT_PRECISION, USE_TMA, False)
     dq = _attn_bwd_dq_inner(
         dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
         HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION, USE_TMA)
+        DOT_PRECISION, USE_TMA, HAS_KEY_MASK or MASK_KIND != 0)
 
     dq *= sm_scale
     tl.store(DQ + pid_b.to(tl.int64) * stride_dqb + pid_h.to(tl.int64) * stride_dqh

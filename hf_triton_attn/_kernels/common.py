@@ -30,12 +30,17 @@ def _kept_key_range(KeyRange, pid_b):
 
 @triton.jit
 def _visible_span(Spans, stride_sb, stride_sh, stride_sr, pid_b, pid_h, offs, R, C):
-    """The union of the spans :func:`hf_triton_attn._kernels.mask_range._visible_spans` wrote for rows ``offs``
-    (those past R ignored): (first visible column, last + 1), or (C, 0) when none of them sees anything."""
+    """From what :func:`hf_triton_attn._kernels.mask_range._visible_spans` wrote for rows ``offs`` (those past R
+    ignored): the union of their spans, (first visible column, last + 1) or (C, 0) when none of them sees
+    anything; then the intersection of their clear runs, the columns where the mask changes none of the rows
+    (empty, first >= last + 1, when a row has no clear run)."""
     ptrs = Spans + pid_b.to(tl.int64) * stride_sb + pid_h.to(tl.int64) * stride_sh + offs.to(tl.int64) * stride_sr
-    first = tl.min(tl.load(ptrs, mask=offs < R, other=C), 0)
-    end = tl.max(tl.load(ptrs + 1, mask=offs < R, other=0), 0)
-    return first, end
+    in_range = offs < R
+    first = tl.min(tl.load(ptrs, mask=in_range, other=C), 0)
+    end = tl.max(tl.load(ptrs + 1, mask=in_range, other=0), 0)
+    clear_first = tl.max(tl.load(ptrs + 2, mask=in_range, other=0), 0)
+    clear_end = tl.min(tl.load(ptrs + 3, mask=in_range, other=C), 0)
+    return first, end, clear_first, clear_end
 
 
 @triton.jit
@@ -46,13 +51,14 @@ def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, pid_h, Sq,
     """(lo, clean_lo, clean_end, hi): the key blocks the query block at ``start_m`` walks (forward and dQ).
 
     [clean_lo, clean_end) need no mask at all (wholly inside the keys in use, left of every query's causal
-    diagonal and inside the one run of kept keys); [lo, clean_lo) (the start of the kept keys) and
-    [clean_end, hi) (the diagonal, the ragged tail, the end of the kept keys) need the masks, and the kernels walk
-    them in one loop (see :func:`_block_loop`): a third loop made the head_dim 128 forward spill registers.
-    Keys outside [lo, hi) are invisible to every query of the block: the blocks of padding before the first and
-    after the last kept key, those past the diagonal, and those outside the span a dense mask lets the block's
-    rows see (``MaskSpans``, see _kernels/mask_range.py). When the kept keys have holes, [clean_lo, clean_end) is
-    empty and [lo, clean_lo) takes its blocks."""
+    diagonal, inside the one run of kept keys and inside every row's clear run of a dense mask); [lo, clean_lo)
+    (the start of the kept keys, the left edge of a sliding window) and [clean_end, hi) (the diagonal, the ragged
+    tail, the end of the kept keys) need the masks, and the kernels walk them in one loop (see
+    :func:`_block_loop`): a third loop made the head_dim 128 forward spill registers. Keys outside [lo, hi) are
+    invisible to every query of the block: the blocks of padding before the first and after the last kept key,
+    those past the diagonal, and those outside the span a dense mask lets the block's rows see (``MaskSpans``,
+    see _kernels/mask_range.py). When the kept keys have holes, or the dense mask leaves no clear run common to
+    the block's rows, [clean_lo, clean_end) is empty and the masked loop takes every block."""
     full_end = kv_end // BLOCK_N * BLOCK_N
     hi = kv_end
     if IS_CAUSAL:
@@ -73,14 +79,18 @@ def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, pid_h, Sq,
         clean_lo = tl.where(one_run, clean_lo, boundary)
         clean_end = tl.where(one_run, clean_end, boundary)
     if MASK_KIND != 0:
-        # A dense mask is applied in every block (clean only means no bounds or causal mask); blocks outside the
-        # span its rows see are skipped, since the mask hides them from every query of the block.
-        span_lo, span_hi = _visible_span(MaskSpans, stride_msb, stride_msh, stride_msr, pid_b, pid_h,
-                                         start_m + tl.arange(0, BLOCK_M), Sq, kv_end)
+        # Blocks outside the span the block's rows see are skipped: the mask hides them from every query. Inside
+        # it, only the blocks within every row's clear run can go without the mask.
+        span_lo, span_hi, clear_lo, clear_end = _visible_span(MaskSpans, stride_msb, stride_msh, stride_msr,
+                                                              pid_b, pid_h, start_m + tl.arange(0, BLOCK_M), Sq,
+                                                              kv_end)
         lo = tl.maximum(lo, span_lo // BLOCK_N * BLOCK_N)
         hi = tl.minimum(hi, span_hi)
-        clean_lo = tl.maximum(clean_lo, lo)
-        clean_end = tl.maximum(clean_lo, tl.minimum(clean_end, (span_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N))
+        clean_lo = tl.maximum(clean_lo, (clear_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
+        clean_end = tl.minimum(clean_end, clear_end // BLOCK_N * BLOCK_N)
+        no_clean_block = clean_end <= clean_lo
+        clean_lo = tl.where(no_clean_block, lo, clean_lo)
+        clean_end = tl.where(no_clean_block, lo, clean_end)
     return lo, clean_lo, clean_end, hi
 
 

@@ -70,7 +70,7 @@ def _attn_fwd_split(
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, None, 0, 0, 0, 0,
         HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, 0, HAS_SOFTCAP, False, DOT_PRECISION,
-        False, False)
+        False, False, HAS_KEY_MASK)
 
     if WRITE_OUT:
         out, lse = _normalized_rows(acc, l_i, m_i)

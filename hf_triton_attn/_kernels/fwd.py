@@ -16,13 +16,14 @@ def _attn_fwd_inner(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr, HAS_GAP: tl.constexpr,
 ):
-    """Online-softmax update over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_loop; a key
-    mask may leave a gap, otherwise lo == skip_lo). Masking work is compiled in only where the caller asks."""
-    first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_N, HAS_KEY_MASK)
+    """Online-softmax update over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_loop; with
+    HAS_GAP, since a key mask or a dense mask may leave one, otherwise lo == skip_lo). Masking work is compiled in
+    only where the caller asks."""
+    first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_N, HAS_GAP)
     for start in range(first, end, BLOCK_N):
-        start_n = _block_start(start, skip_lo, skip_hi, HAS_KEY_MASK)
+        start_n = _block_start(start, skip_lo, skip_hi, HAS_GAP)
         offs_n = start_n + offs_n0
         n_ok = offs_n < kv_end
         if USE_TMA:
@@ -137,8 +138,8 @@ def _attn_fwd(
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, False, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION,
-        USE_TMA, SCALE_IN_EXP)
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION,
+        USE_TMA, SCALE_IN_EXP, False)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
@@ -146,7 +147,7 @@ def _attn_fwd(
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
         HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION, USE_TMA, SCALE_IN_EXP)
+        DOT_PRECISION, USE_TMA, SCALE_IN_EXP, HAS_KEY_MASK or MASK_KIND != 0)
 
     out, lse = _normalized_rows(acc, l_i, m_i)
     tl.store(LSE + pid_bh.to(tl.int64) * Sq + offs_m, lse, mask=m_ok)

@@ -4,8 +4,11 @@ A dense (B, H, Sq, Skv) mask is applied tile by tile, so without a summary every
 the mask hides it from a whole query block: the upper triangle of a causal or sliding-window mask, the other
 segments of a packed batch, the far past of a sliding window. One launch per mask writes, per row of the mask,
 the first visible column and one past the last; the kernels take the union over their tile's rows and skip the
-blocks outside it. Blocks inside the span are computed and masked as before, so results are unchanged. Read
-with rows and columns swapped, the same kernel gives per key the span of queries that see it (the dK/dV kernel).
+blocks outside it. It also writes the row's clear run: the same span when the mask passes every entry of it
+through unchanged (a keep-flag, or an additive 0), else an empty one. Inside the intersection of its rows' clear
+runs a tile needs no dense mask at all (the bulk of a sliding window or of a packed segment), so the kernels
+load and apply the mask only on the blocks at the edges of the runs. Read with rows and columns swapped, the
+same kernel gives per key the span of queries that see it (the dK/dV kernel).
 """
 import triton
 import triton.language as tl
@@ -20,8 +23,10 @@ def _visible_spans(
     IS_ADDITIVE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """For rows [program_id(0) * BLOCK_R, + BLOCK_R) of the (R, C) matrix of (batch, head) program_id(1), write
-    (first visible column, last + 1) as two int32 at Spans + row offset: (C, 0) for a row that sees nothing.
-    Visible: a non-zero keep-flag, or an additive entry other than -inf."""
+    four int32 at Spans + row offset: (first visible column, last + 1), (C, 0) for a row that sees nothing; then
+    the clear run, the same pair when every entry between them passes through unchanged, else (C, 0).
+    Visible: a non-zero keep-flag, or an additive entry other than -inf. Passing through: a non-zero keep-flag,
+    or an additive 0."""
     pid_r = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_b = pid_bh // H
@@ -32,16 +37,25 @@ def _visible_spans(
             + rows[:, None].to(tl.int64) * stride_mr)
     first = tl.full([BLOCK_R], C, tl.int32)
     end = tl.zeros([BLOCK_R], tl.int32)
+    passing = tl.zeros([BLOCK_R], tl.int32)
     for start in range(0, C, BLOCK_C):
         cols = start + cols0
         ok = (rows[:, None] < R) & (cols[None, :] < C)
         if IS_ADDITIVE:
-            visible = tl.load(base + cols[None, :] * stride_mc, mask=ok, other=float("-inf")) != float("-inf")
+            entries = tl.load(base + cols[None, :] * stride_mc, mask=ok, other=float("-inf"))
+            visible = entries != float("-inf")
+            passes = entries == 0.0
         else:
             visible = tl.load(base + cols[None, :] * stride_mc, mask=ok, other=0) != 0
+            passes = visible
         visible = visible & ok
         first = tl.minimum(first, tl.min(tl.where(visible, cols[None, :], C), 1))
         end = tl.maximum(end, tl.max(tl.where(visible, cols[None, :] + 1, 0), 1))
+        passing += tl.sum((passes & ok).to(tl.int32), 1)
+    # Passing entries are visible ones, so as many of them as the span is wide means all of the span passes.
+    clear = passing == end - first
     out = Spans + pid_b.to(tl.int64) * stride_sb + pid_h.to(tl.int64) * stride_sh + rows * stride_sr
     tl.store(out, first, mask=rows < R)
     tl.store(out + 1, end, mask=rows < R)
+    tl.store(out + 2, tl.where(clear, first, C), mask=rows < R)
+    tl.store(out + 3, tl.where(clear, end, 0), mask=rows < R)
