@@ -300,7 +300,7 @@ def test_tensor_descriptor_and_pointer_loads(monkeypatch, seqlen_q, use_tma, cau
     descriptors = count_descriptors(monkeypatch, ops)
     q, k, v, seqused = inputs_with_unused_nan_keys(seqlen_q, head_dim, DEVICE)
     out = attention(q, k, v, causal=causal, seqused_k=seqused)
-    assert ops._takes_split_kv(seqlen_q, 2, 70, None, 0.0) == (seqlen_q == 1)
+    assert ops._takes_split_kv(seqlen_q, 2, 70, 0.0) == (seqlen_q == 1)
     assert len(descriptors) == (3 if use_tma else 0)
     for b in range(2):
         used = int(seqused[b])
@@ -364,7 +364,7 @@ def test_split_kv_plans_gpu(dtype, shape):
     head dims whose blocks narrow to fit shared memory (256, and float32), up to 64 packed rows; with a
     key-padding mask and per-row cache lengths."""
     batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim = shape
-    assert ops._takes_split_kv(seqlen_q, heads // kv_heads, seqlen_k, None, 0.0)
+    assert ops._takes_split_kv(seqlen_q, heads // kv_heads, seqlen_k, 0.0)
     q, k, v = random_qkv(*shape, dtype, DEVICE)
     check_forward(q, k, v, causal=True)
     keep = torch.rand(batch, seqlen_k, device=DEVICE) > 0.3
@@ -376,6 +376,32 @@ def test_split_kv_plans_gpu(dtype, shape):
         used = int(seqused[b])
         ref64, same = reference_pair(q[b:b + 1], k[b:b + 1, :, :used], v[b:b + 1, :, :used], causal=True)
         assert_close_to_reference(out, ref64, same)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seqlen_q", [1, 3])
+@pytest.mark.parametrize("mask_kind", ["window", "per_head", "additive"])
+def test_split_kv_dense_masks(monkeypatch, dtype, seqlen_q, mask_kind):
+    """Decoding with a dense mask (a sliding-window layer's, a per-head one with rows that see nothing, an additive
+    one) takes the split-KV kernel, which reads it per packed row (each row's own head and query) and skips the
+    key blocks outside the span its rows see; it must match the oracle."""
+    monkeypatch.setattr(ops, "_launch_fwd", lambda *args, **kwargs: pytest.fail("took the prefill kernel"))
+    batch, heads, kv_heads, seqlen_k = 2, 8, 2, 150
+    q, k, v = random_qkv(batch, heads, kv_heads, seqlen_q, seqlen_k, 32, dtype, DEVICE)
+    q_pos = torch.arange(seqlen_q, device=DEVICE)[:, None] + seqlen_k - seqlen_q
+    keys = torch.arange(seqlen_k, device=DEVICE)
+    if mask_kind == "window":
+        mask = ((keys <= q_pos) & (keys > q_pos - 40)).expand(batch, 1, seqlen_q, seqlen_k)
+    elif mask_kind == "per_head":
+        mask = torch.rand(batch, heads, seqlen_q, seqlen_k, device=DEVICE) > 0.6
+        mask[0, 3] = False
+        mask[1, :, :, :70] = False
+    else:
+        mask = torch.randn(batch, 1, seqlen_q, seqlen_k, device=DEVICE, dtype=dtype)
+        mask = mask.masked_fill(torch.rand(mask.shape, device=DEVICE) < 0.3, float("-inf"))
+    assert ops._takes_split_kv(seqlen_q, heads // kv_heads, seqlen_k, 0.0)
+    check_forward(q, k, v, attention_mask=mask)
+    check_forward(q, k, v, causal=True, attention_mask=mask)
 
 
 def lse_reference(q, k, key_mask, scale):

@@ -8,7 +8,7 @@ holds every key (enough batch rows and kv heads to fill the GPU), the split kern
 import triton
 import triton.language as tl
 
-from .common import _keys_in_use, _normalized_rows
+from .common import _keys_in_use, _normalized_rows, _visible_span
 from .fwd import _attn_fwd_inner
 
 
@@ -22,20 +22,24 @@ def _split_workspace(Work, num_splits, BLOCK_R: tl.constexpr, BLOCK_D: tl.conste
 
 @triton.jit
 def _attn_fwd_split(
-    Q, K, V, Work, Out, LSE, KeyMask, SeqUsedK,
+    Q, K, V, Work, Out, LSE, KeyMask, SeqUsedK, Mask, MaskSpans,
     sm_scale, softcap,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_kmb, stride_kmn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_msb, stride_msh, stride_msr,
     H, Hkv, Sq, Skv, GROUP, split_size, num_splits,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, WRITE_OUT: tl.constexpr,
 ):
     """WRITE_OUT (a single split): normalise and write Out and LSE here, as the merge kernel would; Work is unused.
-    Otherwise write the split's partial output, row maxima and row sums to Work for the merge."""
+    Otherwise write the split's partial output, row maxima and row sums to Work for the merge. A dense mask
+    (MASK_KIND as in the forward) is read per packed row, at the row's own head and query, and the split's key
+    blocks outside the span its rows see (``MaskSpans``, see _kernels/mask_range.py) are skipped."""
     pid_s = tl.program_id(0)
     pid_bhk = tl.program_id(1)
     pid_b = pid_bhk // Hkv
@@ -60,16 +64,21 @@ def _attn_fwd_split(
     hi = tl.minimum(lo + split_size, kv_end)
     if IS_CAUSAL:
         hi = tl.minimum(hi, q_start + Sq)
+    if MASK_KIND != 0:
+        span_lo, span_hi, _, _ = _visible_span(MaskSpans, stride_msb, stride_msh, stride_msr, pid_b, head,
+                                               tl.where(row_ok, query, Sq), Sq, kv_end)
+        lo = tl.maximum(lo, span_lo // BLOCK_N * BLOCK_N)
+        hi = tl.minimum(hi, span_hi)
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, None, None, lo, hi, lo, lo,
-        0, query, tl.arange(0, BLOCK_N), offs_d, kv_end, q_start, pid_b, 0, pid_hk, 0, 0,
+        0, query, tl.arange(0, BLOCK_N), offs_d, kv_end, q_start, pid_b, head[:, None], pid_hk, 0, 0,
         sm_scale, softcap, 0.0, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
-        KeyMask, stride_kmb, stride_kmn, None, 0, 0, 0, 0,
-        HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, 0, HAS_SOFTCAP, False, DOT_PRECISION,
+        KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+        HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, False, DOT_PRECISION,
         False, False, HAS_KEY_MASK)
 
     if WRITE_OUT:
