@@ -69,12 +69,15 @@ def _attn_fwd_split(
                                                tl.where(row_ok, query, Sq), Sq, kv_end)
         lo = tl.maximum(lo, span_lo // BLOCK_N * BLOCK_N)
         hi = tl.minimum(hi, span_hi)
+    # The tile's rows past the packed ones would address heads past H: they read head 0's mask (their results are
+    # never stored).
+    mask_head = tl.where(row_ok, head, 0)
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, None, None, lo, hi, lo, lo,
-        0, query, tl.arange(0, BLOCK_N), offs_d, kv_end, q_start, pid_b, head[:, None], pid_hk, 0, 0,
+        0, query, tl.arange(0, BLOCK_N), offs_d, kv_end, q_start, pid_b, mask_head[:, None], pid_hk, 0, 0,
         sm_scale, softcap, 0.0, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
