@@ -108,7 +108,7 @@ def _visible_spans_of(mask: Optional[torch.Tensor], by_key: bool = False, group:
         block_r, block_c = 16, 16
     else:
         # A decoding step's mask has a row or a few: wide column blocks, or its few programs walk the row serially
-        # (B8 L4096, one row: 12.9 µs of GPU time with 256 columns a step, against 47 for the attention).
+        # (B8 L4096, one row: 12.9 µs of GPU time with 256 columns a step, 2.0 with these; the attention takes 47).
         block_r = min(16, configs.next_power_of_2(rows))
         block_c = max(256, min(configs.next_power_of_2(cols), 4096 // block_r))
     _launch_visible_spans((configs.cdiv(rows, block_r), batch * heads), mask, spans,
