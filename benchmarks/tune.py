@@ -23,10 +23,11 @@ from common import environment_info, format_table, print_environment, require_cu
 from hf_triton_attn import attention, configs  # noqa: E402
 
 DEVICE = "cuda"  # one constant, so that the logic can be exercised on a CPU by patching it
-# (batch, heads, kv_heads, seqlen, head_dim, causal): the dense shapes of PEERS.md, one per head dim and mode.
+# (batch, heads, kv_heads, seqlen, head_dim, causal): the dense shapes of PEERS.md, one per head dim and mode, and
+# a short causal one (configs.forward_config takes its own tiles for those).
 DENSE_CASES = [
     (4, 32, 32, 4096, 64, False), (4, 32, 32, 4096, 64, True),
-    (4, 16, 16, 4096, 128, False), (4, 16, 16, 4096, 128, True),
+    (4, 16, 16, 4096, 128, False), (4, 16, 16, 4096, 128, True), (16, 16, 16, 1024, 128, True),
     (2, 8, 8, 4096, 256, True),
 ]
 # (batch, heads, kv_heads, cache length, head_dim)

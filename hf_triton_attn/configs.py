@@ -36,31 +36,44 @@ def padded_head_dim(head_dim: int) -> int:
 def forward_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
     """Whether the forward loads Q/K/V tiles through tensor descriptors (TMA) when the tensors allow it.
 
-    Head dim 128 on an H100: with them (and the launch configuration below) the bf16 forward went from 458 to
-    539 TFLOP/s (benchmarks/RESULTS.md). A one-off probe saw no gain at head_dim 64, so other head dims keep
-    pointer loads until measured. The interpreter takes descriptors for every 16-bit power-of-two head dim, so
-    the CPU tests cover both kinds of load."""
+    On an H100, bf16: head_dim 128 went from 458 to 539 TFLOP/s with them (benchmarks/RESULTS.md); head_dim 256
+    with the 128x64 tiles below, B2 H8 S4096 full 552 -> 542 µs, other shapes alike (benchmarks/NOTES.md, session
+    13). At head_dim 64 they gained at most 2-4% on a few shapes and lost on others, so it keeps pointer loads.
+    The interpreter takes descriptors for every 16-bit power-of-two head dim, so the CPU tests cover both kinds of
+    load."""
+    if itemsize != 2 or head_dim != padded_head_dim(head_dim):
+        return False
+    return interpret or head_dim in (128, 256)
+
+
+def dq_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
+    """Whether the dQ kernel streams K/V tiles through tensor descriptors, where the tensors allow. Head dim 128 on
+    an H100, B4 H16 S4096 bf16: dQ 816 -> 765 µs causal, 1450 -> 1308 µs full; the same loads in the dK/dV kernel
+    (Q/dO) were 4% slower causal and 2-4% faster full or GQA, so it keeps pointer loads (benchmarks/NOTES.md).
+    Other head dims are not measured and keep pointer loads on the GPU."""
     if itemsize != 2 or head_dim != padded_head_dim(head_dim):
         return False
     return interpret or head_dim == 128
 
 
-def dq_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
-    """Whether the dQ kernel streams K/V tiles through tensor descriptors, where the tensors allow: the forward's
-    rule. Head dim 128 on an H100, B4 H16 S4096 bf16: dQ 816 -> 765 µs causal, 1450 -> 1308 µs full; the same loads
-    in the dK/dV kernel (Q/dO) were 4% slower causal and 2-4% faster full or GQA, so it keeps pointer loads
-    (benchmarks/NOTES.md)."""
-    return forward_uses_tma(head_dim, itemsize, interpret)
-
-
 def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, tma: bool = False,
-                   dropout: bool = False, key_mask: bool = False) -> LaunchConfig:
-    """Measured on an H100 with benchmarks/tune.py (bf16, S=4096). float32 (a correctness path, not a fast one)
-    gets fewer pipeline stages at head_dim 256, where its tiles would not fit in shared memory. Dropout at head_dim
-    64 takes smaller tiles: 242 -> 211 µs (full) and 168 -> 144 µs (causal) at B32 H12 S512."""
+                   dropout: bool = False, key_mask: bool = False, seqlen_k: Optional[int] = None) -> LaunchConfig:
+    """Measured on an H100 with benchmarks/tune.py (bf16, S=4096) and alternating probes (benchmarks/NOTES.md).
+    ``seqlen_k`` (None: long) picks smaller tiles for short causal rows. float32 (a correctness path, not a fast
+    one) gets fewer pipeline stages at head_dim 256, where its tiles would not fit in shared memory. Dropout at
+    head_dim 64 takes smaller tiles: 242 -> 211 µs (full) and 168 -> 144 µs (causal) at B32 H12 S512."""
     if interpret:
         return LaunchConfig(32, 32, 1, 1)
+    if block_d > 128 and itemsize <= 2:
+        # One program of two warp groups per multiprocessor, against 64x64 tiles with 4 warps, B2 H8 S4096 causal
+        # 469 -> 350 µs, full 769 -> 542 (with descriptors), B1 H8 S16384 causal 3146 -> 2128 (session 13).
+        return LaunchConfig(128, 64, 8, 2)
     if tma:
+        if causal and seqlen_k is not None and seqlen_k <= 2048:
+            # Short causal rows: the programs' few key blocks leave 128-row tiles waiting on their pipeline's
+            # start and on the diagonal; B16 H16 S1024 229 -> 203 µs, B16 H32/8 S1024 412 -> 391, B8 H16 S2048
+            # 366 -> 356; at S4096 the two tile shapes time alike and at S16384 128 rows win (session 13).
+            return LaunchConfig(64, 64, 4, 3)
         return LaunchConfig(128, 64, 4, 2)
     if block_d <= 64 and dropout:
         return LaunchConfig(64, 64, 4, 3)
@@ -73,7 +86,7 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
         # Causal rows end on the diagonal: narrower key blocks waste less of the last one. float32 takes them too:
         # its 128x128 tiles need 384 KiB of shared memory, beyond Hopper's 227.
         return LaunchConfig(128, 64, 8, 3) if causal or itemsize > 2 else LaunchConfig(128, 128, 8, 3)
-    return LaunchConfig(64, 64, 4, 3) if itemsize <= 2 else LaunchConfig(64, 64, 8, 2)
+    return LaunchConfig(64, 64, 8, 2)
 
 
 @dataclass(frozen=True)

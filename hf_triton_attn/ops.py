@@ -155,7 +155,7 @@ def forward_impl(
     block_d = configs.padded_head_dim(head_dim)
     tma = configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET) and _tma_compatible(q, k, v)
     cfg = configs.forward_config(block_d, causal, q.element_size(), INTERPRET, tma, dropout_p > 0.0,
-                                 key_mask is not None)
+                                 key_mask is not None, skv)
     descriptors = ((_descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n))
                    if tma else (None, None, None))
     grid = (configs.cdiv(sq, cfg.block_m), batch * heads)

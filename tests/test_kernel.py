@@ -356,6 +356,28 @@ def test_large_shapes_gpu(dtype, causal, shape):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("seqlen", [1000, 2100])
+@pytest.mark.parametrize("mask_kind", ["none", "key", "dense"])
+def test_forward_launch_configs_gpu(dtype, head_dim, seqlen, mask_kind):
+    """Every forward launch configuration the GPU picks for 16-bit inputs (per head dim, descriptors or pointers,
+    and for causal rows of at most 2048 keys their own tiles) with no mask, a key-padding mask and a dense one."""
+    tma = configs.forward_uses_tma(head_dim, 2, False)
+    short, long = (configs.forward_config(head_dim, True, 2, False, tma, False, False, skv) for skv in (seqlen, 4096))
+    assert (short != long) == (head_dim == 128 and seqlen <= 2048)
+    q, k, v = random_qkv(2, 4, 2, seqlen, seqlen, head_dim, dtype, DEVICE)
+    mask = None
+    if mask_kind == "key":
+        mask = padding_mask("right", 2, seqlen)
+    elif mask_kind == "dense":
+        mask = structured_mask("sliding", 2, 1, seqlen, seqlen)
+    check_forward(q, k, v, causal=True, attention_mask=mask)
+    if mask_kind == "none":
+        check_forward(q, k, v, causal=False)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 32, 8, 1, 1024, 128), (2, 8, 8, 1, 70000, 64), (3, 16, 2, 4, 3000, 256),
                                    (1, 32, 4, 8, 5000, 128), (40, 4, 1, 1, 777, 96), (80, 8, 1, 1, 3000, 64)])
