@@ -18,10 +18,11 @@ log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B
 ``mask`` a dense (B|1, H|1, Sq, Skv) boolean or additive float mask, ``seed`` a one-element int64 tensor.
 A dense mask gets its spans of visible keys per row (and of queries per key) and its clear runs from one extra
 launch, so that the kernels skip the blocks it hides and compute without it the blocks it shows in full
-(:func:`_visible_spans_of`).
+(:func:`_visible_spans_of`); a key mask gets its kept range from another (:func:`_key_range`). Eager autograd
+hands the forward's summaries to the backward (:class:`EagerAttention`).
 """
 import functools
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from triton.runtime.interpreter import InterpretedFunction
@@ -135,23 +136,38 @@ def _flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, dtype):
     )
 
 
+class MaskSummaries(NamedTuple):
+    """What one call's launches summarised of its masks: ``key_range`` from :func:`_key_range`, ``query_spans``
+    from :func:`_visible_spans_of`; None where not computed. The backward takes them from its forward (eager
+    autograd) rather than reading the masks again."""
+    key_range: Optional[torch.Tensor] = None
+    query_spans: Optional[tuple] = None
+
+
 def forward_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], mask: Optional[torch.Tensor],
     seed: Optional[torch.Tensor],
     causal: bool, scale: float, softcap: float, dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse, _ = _forward(q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p)
+    return out, lse
+
+
+def _forward(q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p):
+    """:func:`forward_impl`'s body; also returns the :class:`MaskSummaries` it computed."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     out = torch.empty((batch, sq, heads, head_dim), device=q.device, dtype=q.dtype)
     lse = torch.empty((batch, heads, sq), device=q.device, dtype=torch.float32)
     if out.numel() == 0:
-        return out, lse
+        return out, lse, MaskSummaries()
     if _takes_split_kv(sq, heads // hkv, skv, dropout_p):
-        _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scale, softcap)
-        return out, lse
+        spans = _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scale, softcap)
+        return out, lse, MaskSummaries(query_spans=spans)
     spans = _visible_spans_of(mask)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
+    key_range = _key_range(key_mask, seqused_k, skv)
     block_d = configs.padded_head_dim(head_dim)
     tma = configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET) and _tma_compatible(q, k, v)
     cfg = configs.forward_config(block_d, causal, q.element_size(), INTERPRET, tma, dropout_p > 0.0,
@@ -161,7 +177,7 @@ def forward_impl(
     grid = (configs.cdiv(sq, cfg.block_m), batch * heads)
     _launch_fwd(
         grid,
-        q, k, v, *descriptors, out, lse, key_mask, _key_range(key_mask, seqused_k, skv), seqused_k, mask, spans[0],
+        q, k, v, *descriptors, out, lse, key_mask, key_range, seqused_k, mask, spans[0],
         seed, scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out),
         *km_strides, *m_strides, *spans[1:],
@@ -171,7 +187,7 @@ def forward_impl(
         USE_TMA=tma, SCALE_IN_EXP=scale > 0.0 and softcap == 0.0 and mask_kind != 2,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.max_registers,
     )
-    return out, lse
+    return out, lse, MaskSummaries(key_range, spans)
 
 
 def _bhsd_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
@@ -206,7 +222,8 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scale, softcap) -> None:
+def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scale, softcap) -> tuple:
+    """Writes out and lse; returns the mask's row spans (:func:`_visible_spans_of`)."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     group = heads // hkv
@@ -231,15 +248,15 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scal
         HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype), WRITE_OUT=single,
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
-    if single:
-        return
-    _launch_combine_splits(
-        (group * sq, batch * hkv),
-        work, out, lse, *_bhsd_strides(out),
-        heads, hkv, sq, group, plan.num_splits,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r,
-        BLOCK_S=plan.block_s, num_warps=1 if INTERPRET else 4,
-    )
+    if not single:
+        _launch_combine_splits(
+            (group * sq, batch * hkv),
+            work, out, lse, *_bhsd_strides(out),
+            heads, hkv, sq, group, plan.num_splits,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r,
+            BLOCK_S=plan.block_s, num_warps=1 if INTERPRET else 4,
+        )
+    return spans
 
 
 @attention_forward.register_fake
@@ -258,6 +275,13 @@ def backward_impl(
     causal: bool, scale: float, softcap: float, dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """grad_out and out are (B, Sq, H, D) like the forward's output; returns dq, dk, dv shaped like q, k, v."""
+    return _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p,
+                     MaskSummaries())
+
+
+def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p,
+              summaries: MaskSummaries):
+    """:func:`backward_impl`'s body, reusing the forward's mask summaries where given."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     dq = torch.empty_like(q)
@@ -265,7 +289,7 @@ def backward_impl(
     dv = torch.empty_like(v)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    query_spans = _visible_spans_of(mask)
+    query_spans = summaries.query_spans if summaries.query_spans is not None else _visible_spans_of(mask)
     key_spans = _visible_spans_of(mask, by_key=True, group=heads // hkv)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
@@ -274,7 +298,7 @@ def backward_impl(
     kv_descriptors = (_descriptor(k, cfg.dq.block_n), _descriptor(v, cfg.dq.block_n)) if tma else (None, None)
 
     delta = torch.empty_like(lse)  # rowsum(O * dO), written by the dQ kernel for the dK/dV kernel
-    key_range = _key_range(key_mask, seqused_k, skv)
+    key_range = summaries.key_range if summaries.key_range is not None else _key_range(key_mask, seqused_k, skv)
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                  **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype))
     _launch_bwd_dq(
@@ -322,18 +346,20 @@ def _gradients(ctx, grad_out, backward) -> tuple:
     return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
-def _backward(ctx, grad_out, _grad_lse):
+def _op_backward(ctx, grad_out, _grad_lse):
     return _gradients(ctx, grad_out, attention_backward)
 
 
-torch.library.register_autograd("hf_triton_attn::attention_forward", _backward, setup_context=_setup_context)
+torch.library.register_autograd("hf_triton_attn::attention_forward", _op_backward, setup_context=_setup_context)
 
 
 class EagerAttention(torch.autograd.Function):
-    """The custom ops' autograd for eager calls on plain tensors, calling ``forward_impl`` and ``backward_impl``
-    directly. Same kernels, same results; what it skips is the custom ops' dispatch in Python, ~0.1 ms of host
-    time per forward+backward on the H100 machine (benchmarks/RESULTS.md, "Host time of a training call").
-    Tracing, compiling and dispatch or functorch modes must use the custom op (see functional.py).
+    """The custom ops' autograd for eager calls on plain tensors, calling the ops' bodies directly. Same kernels,
+    same results; what it skips is the custom ops' dispatch in Python, ~0.1 ms of host time per forward+backward on
+    the H100 machine (benchmarks/RESULTS.md, "Host time of a training call"), and the backward reuses the
+    forward's :class:`MaskSummaries` instead of launching them again (the custom op's backward, which sees only
+    tensors the forward returned or took, recomputes them). Tracing, compiling and dispatch or functorch modes
+    must use the custom op (see functional.py).
 
     ``forward`` takes ``ctx`` (no separate ``setup_context``): with a ``setup_context``, ``Function.apply`` binds
     the arguments through ``inspect.signature`` on every call, tens of microseconds of host time."""
@@ -341,11 +367,11 @@ class EagerAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p):
         inputs = (q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p)
-        output = forward_impl(*inputs)
-        _setup_context(ctx, inputs, output)
-        ctx.mark_non_differentiable(output[1])
-        return output
+        out, lse, ctx.mask_summaries = _forward(*inputs)
+        _setup_context(ctx, inputs, (out, lse))
+        ctx.mark_non_differentiable(lse)
+        return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, _grad_lse):
-        return _gradients(ctx, grad_out, backward_impl)
+        return _gradients(ctx, grad_out, functools.partial(_backward, summaries=ctx.mask_summaries))

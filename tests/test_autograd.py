@@ -316,6 +316,36 @@ def test_eager_training_skips_the_dispatcher_with_the_same_gradients(monkeypatch
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("mask_kind", ["key", "dense"])
+def test_eager_backward_reuses_the_forward_mask_summaries(monkeypatch, mask_kind):
+    """Eager training summarises each mask once: the backward takes the forward's key range (key mask) or row
+    spans (dense mask) and launches only what the forward did not compute (the per-key spans). The custom op's
+    backward, which has no forward context, summarises again; both give the same gradients."""
+    q, k, v = random_qkv(2, 4, 2, 40, 70, 32, torch.float32, DEVICE)
+    mask = padding_mask("left", 2, 70) if mask_kind == "key" else structured_mask("sliding", 2, 1, 40, 70)
+    grad_out = torch.randn_like(q)
+    launcher = "_launch_key_ranges" if mask_kind == "key" else "_launch_visible_spans"
+    launches = []
+    monkeypatch.setattr(ops, launcher, lambda *args, launch=getattr(ops, launcher), **kwargs:
+                        launches.append(1) or launch(*args, **kwargs))
+
+    def run():
+        launches.clear()
+        return grads_of(lambda a, b, c: attention(a, b, c, causal=True, attention_mask=mask), q, k, v, grad_out)
+
+    eager = run()
+    assert len(launches) == (1 if mask_kind == "key" else 2)
+    monkeypatch.setattr(functional, "_runs_eagerly", lambda tensors: False)
+    through_op = run()
+    assert len(launches) == (2 if mask_kind == "key" else 3)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), eager, through_op):
+        assert torch.equal(a, b), name
+    ref64, same = (grads_of(lambda a, b, c: attention_reference(a, b, c, causal=True, attention_mask=mask),
+                            *(t.to(dtype) for t in (q, k, v, grad_out))) for dtype in (torch.float64, q.dtype))
+    for name, a, b, c in zip(("out", "dq", "dk", "dv"), eager, ref64, same):
+        assert_close_to_reference(a, b, c, factor=3.0, what=name)
+
+
 def test_grad_and_dispatch_modes_go_through_the_op():
     q, k, v = random_qkv(1, 2, 2, 5, 40, 16, torch.float32, DEVICE, requires_grad=True)
     with _RecordOps() as recorder:
@@ -325,12 +355,22 @@ def test_grad_and_dispatch_modes_go_through_the_op():
         attention(q, k, v)
     assert "hf_triton_attn.attention_forward.default" in recorder.names
 
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape, causal", [((2, 16, 4, 1024, 1024, 128), True), ((1, 8, 2, 777, 1500, 64), False),
                                            ((2, 4, 4, 512, 512, 256), True), ((4, 12, 12, 300, 300, 96), False)])
 def test_backward_large_shapes_gpu(dtype, shape, causal):
     check_backward(*random_qkv(*shape, dtype, DEVICE), causal=causal)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mask_kind", ["key", "dense"])
+def test_backward_head_dim_256_masks_gpu(mask_kind):
+    """The head_dim 256 backward tiles (wider than the others' per program) with a key mask and a dense one."""
+    q, k, v = random_qkv(2, 4, 2, 700, 700, 256, torch.bfloat16, DEVICE)
+    mask = padding_mask("right", 2, 700) if mask_kind == "key" else structured_mask("sliding", 2, 1, 700, 700)
+    check_backward(q, k, v, causal=True, attention_mask=mask)
 
 
 @pytest.mark.gpu
