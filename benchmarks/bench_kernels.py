@@ -12,7 +12,8 @@ before timing, except with dropout, where each provider draws its own mask. Time
 - decode (Sq=1): bytes of K and V read once, 2*B*Hkv*L*D*itemsize. "decode" times each eager call, host
   (Python, dispatch, kernel launches) included; "decode graph" replays the call from a CUDA graph
   (``triton.testing.do_bench_cudagraph``), as generation with a static cache under torch.compile does, so
-  only the GPU's time counts.
+  only the GPU's time counts. "decode window" is a sliding-window layer's decoding step, replayed the same way:
+  a dense (B, 1, 1, L) mask that shows the last ``window`` keys, and bytes of the K and V rows inside the window.
 
 Masks are built outside the timed region for every provider, as a model would build them once per forward
 and share them between layers.
@@ -50,7 +51,7 @@ DEVICE = "cuda"  # one constant, so that the logic can be exercised on a CPU by 
 
 GROUP_UNITS = {"dense fwd": "TFLOP/s", "dense fwdbwd": "TFLOP/s", "padded fwd": "useful TFLOP/s",
                "window fwd": "useful TFLOP/s", "window fwdbwd": "useful TFLOP/s", "decode": "GB/s",
-               "decode graph": "GB/s"}
+               "decode graph": "GB/s", "decode window": "GB/s"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,11 @@ class KernelCase:
     dtype: torch.dtype = torch.bfloat16
     dropout_p: float = 0.0  # forward+backward only; outputs then differ by provider and are not compared
     window: int = 0  # window groups: causal sliding window, as a dense mask (what Transformers builds)
+
+    @property
+    def graph(self) -> bool:
+        """Timed by CUDA-graph replay (GPU time only)."""
+        return self.group in ("decode graph", "decode window")
 
     @property
     def seqlen_q(self) -> int:
@@ -90,7 +96,9 @@ class KernelCase:
     def name(self) -> str:
         dtype = str(self.dtype).replace("torch.", "")
         if self.decode:
-            return f"{self.group} B{self.batch} H{self.heads}/{self.kv_heads} L{self.seqlen} D{self.head_dim} {dtype}"
+            window = f" window {self.window}" if self.window else ""
+            return (f"{self.group} B{self.batch} H{self.heads}/{self.kv_heads} L{self.seqlen} D{self.head_dim}"
+                    f"{window} {dtype}")
         heads = f"H{self.heads}" if self.padded else f"H{self.heads}/{self.kv_heads}"
         mask = "causal" if self.causal else "full"
         if self.window:
@@ -119,6 +127,7 @@ def all_cases() -> list[KernelCase]:
         KernelCase("dense fwdbwd", 4, 16, 16, 4096, 128, True),
         KernelCase("dense fwdbwd", 1, 16, 16, 16384, 128, True),
         KernelCase("dense fwdbwd", 4, 32, 8, 4096, 128, True),
+        KernelCase("dense fwdbwd", 2, 8, 8, 4096, 256, True),
         # BERT-base training, without and with its attention dropout (FlexAttention has no dropout: n/a).
         KernelCase("dense fwdbwd", 32, 12, 12, 512, 64, False),
         KernelCase("dense fwdbwd", 32, 12, 12, 512, 64, False, dropout_p=0.1),
@@ -132,6 +141,8 @@ def all_cases() -> list[KernelCase]:
         cases.append(KernelCase("decode", batch, 32, 8, cache_len, 128, False))
     for cache_len in (1024, 4096, 32768):
         cases.append(KernelCase("decode graph", 8, 32, 8, cache_len, 128, False))
+    for cache_len in (4096, 32768):
+        cases.append(KernelCase("decode window", 8, 32, 8, cache_len, 128, True, window=4096))
     return cases
 
 
@@ -148,9 +159,11 @@ def case_lengths(case: KernelCase) -> Optional[list[int]]:
 
 
 def case_work(case: KernelCase, lengths: Optional[list[int]]) -> float:
-    """FLOP (dense, padded, window: useful pairs only) or bytes (decode) that the throughput figure counts."""
+    """FLOP (dense, padded, window: useful pairs only) or bytes (decode: inside the window) that the throughput
+    figure counts."""
     if case.decode:
-        return 2.0 * case.batch * case.kv_heads * case.seqlen * case.head_dim * case.dtype.itemsize
+        keys = min(case.seqlen, case.window) if case.window else case.seqlen
+        return 2.0 * case.batch * case.kv_heads * keys * case.head_dim * case.dtype.itemsize
     causal_factor = 0.5 if case.causal else 1.0
     if case.padded:
         return causal_factor * sum(4.0 * case.heads * length * length * case.head_dim for length in lengths)
@@ -176,7 +189,7 @@ class Inputs:
     grad_out: Optional[torch.Tensor]        # forward+backward only
     lengths: Optional[list[int]]            # padded only
     key_padding_mask: Optional[torch.Tensor]  # (B, S) bool, True = attend: what ours takes
-    sdpa_mask: Optional[torch.Tensor]       # (B, 1, S, S) bool: what Transformers builds for SDPA (and for ours
+    sdpa_mask: Optional[torch.Tensor]       # (B, 1, Sq, S) bool: what Transformers builds for SDPA (and for ours
                                             # in window cases)
 
 
@@ -203,9 +216,10 @@ def make_inputs(case: KernelCase, lengths: Optional[list[int]]) -> Inputs:
             sdpa_mask = sdpa_mask & (positions[None, :] <= positions[:, None])
         sdpa_mask = sdpa_mask.contiguous()
     if case.window:
-        positions = torch.arange(case.seqlen, device=DEVICE)
-        offset = positions[:, None] - positions[None, :]
-        sdpa_mask = ((offset >= 0) & (offset < case.window)).expand(case.batch, 1, case.seqlen, case.seqlen)
+        # The last query sits at the last key (a decoding step's one query too).
+        query_positions = torch.arange(case.seqlen_q, device=DEVICE) + (case.seqlen - case.seqlen_q)
+        offset = query_positions[:, None] - torch.arange(case.seqlen, device=DEVICE)[None, :]
+        sdpa_mask = ((offset >= 0) & (offset < case.window)).expand(case.batch, 1, case.seqlen_q, case.seqlen)
     return Inputs(q, k, v, grad_out, lengths, key_padding_mask, sdpa_mask)
 
 
@@ -246,8 +260,10 @@ def sdpa_maker(backend: SDPBackend) -> ProviderMaker:
 def flex_block_mask(case: KernelCase, inputs: Inputs):
     """The block mask a model would build: from the lengths when padded, the window, causal, or none (full)."""
     if case.window:
+        query_offset = case.seqlen - case.seqlen_q
+
         def window_mod(b, h, q_idx, kv_idx):
-            return (kv_idx <= q_idx) & (q_idx - kv_idx < case.window)
+            return (kv_idx <= q_idx + query_offset) & (q_idx + query_offset - kv_idx < case.window)
         return create_block_mask(window_mod, B=None, H=None, Q_LEN=case.seqlen_q, KV_LEN=case.seqlen,
                                  device=DEVICE)
     if inputs.lengths is not None:
@@ -372,7 +388,7 @@ def bench_provider(case: KernelCase, inputs: Inputs, make: ProviderMaker, work: 
                     grad_to_none = [inputs.q, inputs.k, inputs.v]
                 else:
                     step, grad_to_none = forward, None
-                if case.group == "decode graph":
+                if case.graph:
                     ms = triton.testing.do_bench_cudagraph(step, rep=REP_MS, return_mode="median")
                 else:
                     ms = triton.testing.do_bench(step, warmup=WARMUP_MS, rep=REP_MS, grad_to_none=grad_to_none,
@@ -503,7 +519,8 @@ def save_plot(records: list[dict], path: str) -> None:
     plotted = [r for r in records if r["ours_over_best_peer"] is not None]
     if not plotted:
         return
-    colors = dict(zip(GROUP_UNITS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    palette = plt.get_cmap("tab10")
+    colors = {group: palette(i % palette.N) for i, group in enumerate(GROUP_UNITS)}
     figure, axes = plt.subplots(figsize=(10, 0.32 * len(plotted) + 1.5))
     positions = range(len(plotted))
     bars = axes.barh(positions, [r["ours_over_best_peer"] for r in plotted],
