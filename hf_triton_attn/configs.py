@@ -122,8 +122,9 @@ def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool 
         return BackwardConfig(LaunchConfig(32, 128, 4, 3), LaunchConfig(128, 64, 8, 3, max_registers=128))
     if block_d <= 128:
         return BackwardConfig(LaunchConfig(64, 128, 8, 3), LaunchConfig(128, 64, 8, 3))
-    # Against 32x64 (dK/dV) and 64x32 with 8 warps, 2 stages (dQ), whole forward+backward B2 H8 S4096 causal
-    # 2970 -> ~2170 µs, full 5234 -> 3572 (benchmarks/NOTES.md, session 13).
+    # Against 32x64 (dK/dV) and 64x32 with 8 warps, 2 stages (dQ), whole forward+backward B2 H8 S4096 full
+    # 5234 -> 3572 µs; causal 2970 -> ~2170 with this dK/dV tile, where the two best dQ tiles time alike
+    # (benchmarks/NOTES.md, session 13).
     return BackwardConfig(LaunchConfig(64, 64, 8, 2), LaunchConfig(64, 32, 4, 3))
 
 
