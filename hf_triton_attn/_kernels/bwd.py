@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .common import (_apply_masks, _block_loop, _block_start, _dropout_keep, _kept_key_range, _key_block_ranges,
-                     _keys_in_use, _scores, _visible_span)
+                     _keys_in_use, _scores, _visible_span, _within_clear_run)
 
 
 @triton.jit
@@ -226,11 +226,7 @@ def _attn_bwd_dkdv(
         span_lo, masked_hi, clear_lo, clear_end = _visible_span(MaskSpans, stride_msb, stride_msh, stride_msr,
                                                                 pid_b, pid_hk, offs_n, Skv, Sq)
         lo = tl.maximum(lo, span_lo // BLOCK_M * BLOCK_M)
-        clean_lo = tl.maximum(masked_end, (clear_lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M)
-        clean_end = clear_end // BLOCK_M * BLOCK_M
-        no_clean_block = clean_end <= clean_lo
-        clean_lo = tl.where(no_clean_block, lo, clean_lo)
-        clean_end = tl.where(no_clean_block, lo, clean_end)
+        clean_lo, clean_end = _within_clear_run(clean_lo, clean_end, clear_lo, clear_end, lo, BLOCK_M)
         skip_lo = clean_lo
         skip_hi = clean_end
     dk, dv = _attn_bwd_dkdv_inner(

@@ -86,12 +86,19 @@ def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, pid_h, Sq,
                                                               kv_end)
         lo = tl.maximum(lo, span_lo // BLOCK_N * BLOCK_N)
         hi = tl.minimum(hi, span_hi)
-        clean_lo = tl.maximum(clean_lo, (clear_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
-        clean_end = tl.minimum(clean_end, clear_end // BLOCK_N * BLOCK_N)
-        no_clean_block = clean_end <= clean_lo
-        clean_lo = tl.where(no_clean_block, lo, clean_lo)
-        clean_end = tl.where(no_clean_block, lo, clean_end)
+        clean_lo, clean_end = _within_clear_run(clean_lo, clean_end, clear_lo, clear_end, lo, BLOCK_N)
     return lo, clean_lo, clean_end, hi
+
+
+@triton.jit
+def _within_clear_run(clean_lo, clean_end, clear_lo, clear_end, lo, BLOCK: tl.constexpr):
+    """The whole blocks of [clean_lo, clean_end) inside the clear run [clear_lo, clear_end) of a dense mask (see
+    :func:`_visible_span`), or the empty range (lo, lo) when no block is left, so that the masked loop, which
+    starts at ``lo``, leaves no gap."""
+    clean_lo = tl.maximum(clean_lo, (clear_lo + BLOCK - 1) // BLOCK * BLOCK)
+    clean_end = tl.minimum(clean_end, clear_end // BLOCK * BLOCK)
+    no_clean_block = clean_end <= clean_lo
+    return tl.where(no_clean_block, lo, clean_lo), tl.where(no_clean_block, lo, clean_end)
 
 
 @triton.jit
