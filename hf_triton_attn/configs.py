@@ -56,6 +56,7 @@ def dq_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
     return interpret or head_dim == 128
 
 
+@functools.lru_cache(maxsize=1024)  # called on every forward; building a LaunchConfig costs ~1 µs
 def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, tma: bool = False,
                    dropout: bool = False, key_mask: bool = False, seqlen_k: Optional[int] = None) -> LaunchConfig:
     """Measured on an H100 with benchmarks/tune.py (bf16, S=4096) and alternating probes (benchmarks/NOTES.md).
@@ -97,6 +98,7 @@ class BackwardConfig:
     dq: LaunchConfig
 
 
+@functools.lru_cache(maxsize=None)  # called on every backward; building its three dataclasses costs ~2 µs
 def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool = False) -> BackwardConfig:
     """Measured on an H100 with benchmarks/tune.py (bf16, S=4096, forward+backward time). float32 keeps the
     narrower tiles its doubled size fits in.

@@ -346,6 +346,24 @@ def test_eager_backward_reuses_the_forward_mask_summaries(monkeypatch, mask_kind
         assert_close_to_reference(a, b, c, factor=3.0, what=name)
 
 
+def test_eager_backward_without_an_output_gradient():
+    """A node downstream may give the output no gradient at all (here a Function returning None): the inputs then
+    get none either, as with PyTorch's own ops, instead of a backward over a zero-filled gradient."""
+    class NoGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return None
+
+    q, k, v = random_qkv(1, 2, 2, 16, 24, 16, torch.float32, DEVICE, requires_grad=True)
+    (NoGradient.apply(attention(q, k, v, causal=True)).sum() + q.sum()).backward()
+    assert k.grad is None and v.grad is None
+    assert torch.equal(q.grad, torch.ones_like(q))
+
+
 def test_grad_and_dispatch_modes_go_through_the_op():
     q, k, v = random_qkv(1, 2, 2, 5, 40, 16, torch.float32, DEVICE, requires_grad=True)
     with _RecordOps() as recorder:
