@@ -133,6 +133,11 @@ def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool 
 # Split-KV (decoding) path: taken when every query head of a kv head fits one tile of packed rows.
 SPLIT_KV_MAX_ROWS = 64
 SPLIT_KV_MAX_QUERIES = 16
+# A call that is not captured into a CUDA graph pays for each launch in host time: splitting the keys costs a merge
+# launch and its workspace, 17-38 µs per call on the H100 host, while one program per (batch, kv head) streams
+# this much K and V in ~6-17 µs (about 40 GB/s per program). So such calls take one split up to this size
+# (benchmarks/NOTES.md, session 14).
+SPLIT_KV_EAGER_SINGLE_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -152,11 +157,14 @@ class SplitKVPlan:
 
 @functools.lru_cache(maxsize=1024)  # called on every decoding step, where host time is what limits speed
 def split_kv_plan(rows: int, programs_per_split: int, seqlen_k: int, block_d: int, itemsize: int, sm_count: int,
-                  interpret: bool, *, programs_per_sm: int = 1, block_n: Optional[int] = None, num_warps: int = 4,
-                  num_stages: int = 3) -> SplitKVPlan:
+                  interpret: bool, *, host_bound: bool = False, programs_per_sm: int = 1,
+                  block_n: Optional[int] = None, num_warps: int = 4, num_stages: int = 3) -> SplitKVPlan:
     """One wave of programs: as many splits as fill ``programs_per_sm`` programs per multiprocessor (rounded
     down), each streaming its keys through 3 pipeline stages of wide key blocks (``3 * 2 * block_n`` rows of K and
     V: 192 KiB of shared memory at 128 16-bit columns). A split shorter than two such blocks takes half-width ones.
+    ``host_bound`` (a call launched eagerly, not captured into a CUDA graph): one split, hence no merge launch, while
+    a program's K and V take at most ``SPLIT_KV_EAGER_SINGLE_BYTES``; B8 H32/8 L1024 D128 then takes ~48 µs of
+    host time per call against ~66 with two splits, and 13.1 µs of GPU time against 10.4 (session 14).
 
     On an H100 (B8 H32/8 D128 bf16, CUDA-graph replay, µs; benchmarks/NOTES.md) this plan against the previous one
     (about 2 programs per multiprocessor, 64-key blocks, at least 4 per split) and cuDNN: L1024 10.1 / 11.5 / 11.0,
@@ -171,6 +179,8 @@ def split_kv_plan(rows: int, programs_per_split: int, seqlen_k: int, block_d: in
         # 32 KiB per key block of K (and as much of V), whatever the head dim and dtype, within 32..128 keys.
         block_n = block_n or min(128, max(32, 32768 // (block_d * itemsize)))
         splits = max(1, min(programs_per_sm * sm_count // programs_per_split, cdiv(seqlen_k, block_n)))
+        if host_bound and 2 * seqlen_k * block_d * itemsize <= SPLIT_KV_EAGER_SINGLE_BYTES:
+            splits = 1
         if cdiv(seqlen_k, splits) < 2 * block_n and block_n > 32:
             block_n //= 2
         split_size = cdiv(cdiv(seqlen_k, splits), block_n) * block_n

@@ -224,6 +224,11 @@ def _takes_split_kv(sq: int, group: int, skv: int, dropout_p: float) -> bool:
             and skv > sq)
 
 
+def _capturing(device: torch.device) -> bool:
+    """Whether this call's launches are being captured into a CUDA graph (their host time then is not repeated)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
@@ -238,7 +243,7 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scal
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
     plan = configs.split_kv_plan(group * sq, batch * hkv, skv, block_d, q.element_size(), _sm_count(q.device),
-                                 INTERPRET)
+                                 INTERPRET, host_bound=not _capturing(q.device))
     # One split writes the output itself: no workspace, no merge launch (host time is what limits short steps).
     single = plan.num_splits == 1
     # Per (batch * kv head, split, packed row): a partial output row, its max and its sum.

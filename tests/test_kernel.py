@@ -439,7 +439,10 @@ def lse_reference(q, k, key_mask, scale):
 def test_split_kv_single_split_writes_the_output_itself(monkeypatch, dtype, seqlen_k, merged):
     """One split (every key in one program's range: at most 64 keys in the interpreter, one 128-key block on the
     GPU) normalises and writes the output and its log-sum-exp in the split kernel, with no merge launch; several
-    splits go through the merge. Both must match the oracle, a row whose key mask keeps nothing included."""
+    splits go through the merge. Both must match the oracle, a row whose key mask keeps nothing included. The call
+    counts as captured into a CUDA graph: an eager one on the GPU takes one split at these sizes (see
+    test_split_kv_eager_and_captured_plans_gpu)."""
+    monkeypatch.setattr(ops, "_capturing", lambda device: True)
     merges = []
     merge = ops._launch_combine_splits
     monkeypatch.setattr(ops, "_launch_combine_splits", lambda *a, **kw: merges.append(1) or merge(*a, **kw))
@@ -453,6 +456,49 @@ def test_split_kv_single_split_writes_the_output_itself(monkeypatch, dtype, seql
     assert_close_to_reference(out.transpose(1, 2), ref64, same)
     assert out[2].abs().max() == 0
     assert max_err(lse, lse_reference(q, k, key_mask, scale)) < 1e-3
+
+
+@pytest.mark.parametrize("interpret", [False, True])
+def test_split_kv_plan_takes_one_split_for_short_eager_calls(interpret):
+    """A host-bound (eager) call whose programs each hold at most SPLIT_KV_EAGER_SINGLE_BYTES of K and V takes one
+    split, and so no merge launch; a longer one, or one captured into a CUDA graph, takes the GPU plan. The
+    interpreter keeps its several splits either way, so the CPU tests exercise the merge."""
+    def plan(seqlen_k, host_bound):
+        return configs.split_kv_plan(4, 8, seqlen_k, 128, 2, 132, interpret, host_bound=host_bound)
+
+    limit = configs.SPLIT_KV_EAGER_SINGLE_BYTES // (2 * 128 * 2)  # keys of K and V at head_dim 128, 16-bit
+    for seqlen_k in (300, limit):
+        captured, eager = plan(seqlen_k, False), plan(seqlen_k, True)
+        assert captured.num_splits > 1
+        assert eager.num_splits == (captured.num_splits if interpret else 1)
+        assert eager.split_size >= seqlen_k or interpret
+    assert plan(limit + 1, True) == plan(limit + 1, False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_split_kv_eager_and_captured_plans_gpu(monkeypatch, dtype):
+    """The same decoding call eagerly (one split, no merge launch) and captured into a CUDA graph (several splits
+    and the merge): both match the oracle."""
+    q, k, v = random_qkv(1, 32, 8, 1, 1000, 128, dtype, DEVICE)
+    merges = []
+    merge = ops._launch_combine_splits
+    monkeypatch.setattr(ops, "_launch_combine_splits", lambda *a, **kw: merges.append(1) or merge(*a, **kw))
+    check_forward(q, k, v, causal=True)
+    assert merges == []
+    capturing = ops._capturing
+    monkeypatch.setattr(ops, "_capturing", lambda device: True)
+    attention(q, k, v, causal=True)  # compiles the several-split kernels outside the capture
+    monkeypatch.setattr(ops, "_capturing", capturing)
+    merges.clear()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = attention(q, k, v, causal=True)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert merges == [1]
+    ref64, same = reference_pair(q, k, v, causal=True)
+    assert_close_to_reference(out, ref64, same)
 
 
 @pytest.mark.parametrize("sm_count", [132, 16])
