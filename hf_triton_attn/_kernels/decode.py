@@ -3,7 +3,8 @@
 One program per (key split, batch, kv head) stacks the ``GROUP * Sq`` query rows that share the kv head into one
 tile, so each K/V element is read once per kv head, and the key range is split so that enough programs stream
 the cache in parallel. A second kernel merges the splits' partial results with their log-sum-exps; when one split
-holds every key (enough batch rows and kv heads to fill the GPU), the split kernel writes the output itself.
+holds every key (enough batch rows and kv heads to fill the GPU, or a call launched outside a CUDA graph with
+little K/V per program: see ``configs.split_kv_plan``), the split kernel writes the output itself.
 """
 import triton
 import triton.language as tl
