@@ -352,9 +352,13 @@ def _setup_context(ctx, inputs, output):
 
 
 def _gradients(ctx, grad_out, backward) -> tuple:
-    """Gradients for the forward's 11 inputs from ``backward`` (the custom op or its body): dq, dk, dv, then None."""
-    q, k, v, out, lse, key_mask, seqused_k, mask, seed = ctx.saved_tensors
-    dq, dk, dv = backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, *ctx.params)
+    """Gradients for the forward's 11 inputs from ``backward`` (the custom op or its body): dq, dk, dv, then None.
+    No ``grad_out`` (nothing downstream gave the output a gradient; eager autograd does not materialise one): None
+    for all."""
+    dq = dk = dv = None
+    if grad_out is not None:
+        q, k, v, out, lse, key_mask, seqused_k, mask, seed = ctx.saved_tensors
+        dq, dk, dv = backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, *ctx.params)
     return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
@@ -389,6 +393,4 @@ class EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_lse):
-        if grad_out is None:  # nothing downstream gave the output a gradient
-            return (None,) * 11
         return _gradients(ctx, grad_out, functools.partial(_backward, summaries=ctx.mask_summaries))
