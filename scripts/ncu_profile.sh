@@ -8,6 +8,7 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -n 1)
 reports=$(mktemp -d)
+status=0
 cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(fwd_d64_full fwd_d128_full bwd_d64_gqa_causal)
 for name in "${cases[@]}"; do
@@ -15,7 +16,9 @@ for name in "${cases[@]}"; do
   if [[ $name == bwd_* ]]; then kernels=_attn_bwd; skip=4; count=2; else kernels=_attn_fwd; skip=2; count=1; fi
   "$NCU" --clock-control none -k "regex:$kernels" --launch-skip $skip --launch-count $count --set full \
       --import-source no -o "$reports/$name" python benchmarks/ncu_cases.py "$name" > "$reports/$name.log" 2>&1
-  echo "$name: rc=$?"
+  rc=$?
+  echo "$name: rc=$rc"
+  if [ $rc -ne 0 ]; then tail -n 5 "$reports/$name.log"; status=$rc; continue; fi
   "$NCU" -i "$reports/$name.ncu-rep" --page details --print-details all >> "$OUT/ncu_details.txt" 2>&1
   "$NCU" -i "$reports/$name.ncu-rep" --page raw >> "$OUT/ncu_raw.txt" 2>&1
   "$NCU" -i "$reports/$name.ncu-rep" --page source --print-source sass --csv > "$OUT/ncu_sass_$name.csv" 2>&1
@@ -23,3 +26,4 @@ done
 grep -E "^  _attn|Duration|Issue Slots Busy|Registers Per Thread  |Achieved Occupancy" "$OUT/ncu_details.txt"
 grep -E "^  _attn|sm__inst_executed_pipe_(xu|fma|alu)\.avg\.pct_of_peak_sustained_active|sm__pipe_tensor_cycles_active\.avg\.pct_of_peak_sustained_active" \
   "$OUT/ncu_raw.txt" | awk '{print $1, $NF}'
+exit $status
