@@ -71,14 +71,19 @@ def keys_in_use_cached(key_valid: torch.Tensor) -> torch.Tensor:
     Transformers hands one mask object to every layer of a forward. While decoding, each layer's attention
     takes microseconds of GPU time, and the reduction's kernel launches would cost more host time than that;
     so the result for the latest mask object (unchanged since: same version counter) is reused.
+
+    Tensors made under ``torch.inference_mode()`` (generation in pipelines) have no version counter; for them the
+    object alone decides. That is safe for the masks this module's mask function returns: it makes a new tensor
+    on every forward, and nothing writes to it between the layers.
     """
     global _last_keys_in_use
     if _is_tracing():
         return keys_in_use(key_valid)
-    if _last_keys_in_use and _last_keys_in_use[0] is key_valid and _last_keys_in_use[1] == key_valid._version:
+    version = None if key_valid.is_inference() else key_valid._version
+    if _last_keys_in_use and _last_keys_in_use[0] is key_valid and _last_keys_in_use[1] == version:
         return _last_keys_in_use[2]
     result = keys_in_use(key_valid)
-    _last_keys_in_use = (key_valid, key_valid._version, result)
+    _last_keys_in_use = (key_valid, version, result)
     return result
 
 

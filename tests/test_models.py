@@ -115,6 +115,19 @@ def test_greedy_generation_matches_eager(decoder, cache, padded):
     assert torch.equal(tokens["eager"], tokens["triton"]), name
 
 
+def test_generation_under_inference_mode_matches_eager(tmp_path_factory):
+    """Pipelines generate under torch.inference_mode(), whose tensors have no version counter (the layers share
+    one cached keys_in_use per mask)."""
+    path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, DECODER_CONFIGS["llama"]())
+    ids, mask = left_padded_batch(DEVICE)
+    tokens = {}
+    for impl in ("eager", "triton"):
+        model = load(AutoModelForCausalLM, path, impl, DEVICE)
+        with torch.inference_mode():
+            tokens[impl] = model.generate(input_ids=ids, attention_mask=mask, **GENERATE_KWARGS)
+    assert torch.equal(tokens["eager"], tokens["triton"])
+
+
 def test_compiled_static_cache_generation_matches_eager(decoder):
     """generate() with a static cache through a compiled forward (fullgraph: no graph break around our op)."""
     name, path = decoder
