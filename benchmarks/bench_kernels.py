@@ -231,15 +231,20 @@ def make_ours(case: KernelCase, inputs: Inputs):
     # Imported here, not at the top, so that --help works and a broken package fails as a provider (n/a).
     import hf_triton_attn
 
+    ranges = None
     if case.window:
         # As the integration layer passes a dense mask: causality is in the mask.
         causal, mask = False, inputs.sdpa_mask
     else:
         causal, mask = case.causal, inputs.key_padding_mask
+        if mask is not None:
+            # Summarised once, outside the timed calls, as the integration layer does once per model forward for
+            # all its layers (and as FlexAttention's block mask is built).
+            ranges = hf_triton_attn.kept_key_ranges(mask)
 
     def forward():
         return hf_triton_attn.attention(inputs.q, inputs.k, inputs.v, causal=causal, attention_mask=mask,
-                                        dropout_p=case.dropout_p)
+                                        dropout_p=case.dropout_p, kept_key_ranges=ranges)
     return contextlib.nullcontext(), forward
 
 

@@ -73,11 +73,22 @@ def main() -> None:
     x = torch.empty(16, device="cuda")
     ints = list(range(1, 33))
 
+    # A short padded prefill call (BERT-like: B16 H12 S<=512 D64), whose GPU work takes ~34 µs: with the key mask
+    # alone (one key-range launch per call) and with its kept_key_ranges given, as every layer after a model's first.
+    lengths = torch.randint(1, 513, (16,), device="cuda")
+    key_mask = torch.arange(512, device="cuda")[None, :] < lengths[:, None]
+    pq, pk, pv = (torch.randn(16, 512, 12, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
+    ranges = hf_triton_attn.kept_key_ranges(key_mask)
+
     rows = {
         "hf_triton_attn.attention": lambda: hf_triton_attn.attention(q, k, v, causal=True),
-        "ops.forward_impl": lambda: ops.forward_impl(q, k, v, None, None, None, None, True, scale, 0.0, 0.0),
+        "attention, padded prefill, key mask":
+            lambda: hf_triton_attn.attention(pq, pk, pv, attention_mask=key_mask),
+        "attention, padded prefill, key mask + ranges":
+            lambda: hf_triton_attn.attention(pq, pk, pv, attention_mask=key_mask, kept_key_ranges=ranges),
+        "ops.forward_impl": lambda: ops.forward_impl(q, k, v, None, None, None, None, None, True, scale, 0.0, 0.0),
         "ops.attention_forward (custom op)":
-            lambda: ops.attention_forward(q, k, v, None, None, None, None, True, scale, 0.0, 0.0),
+            lambda: ops.attention_forward(q, k, v, None, None, None, None, None, True, scale, 0.0, 0.0),
         "empty Triton kernel, 1 argument": lambda: _empty_1[(1,)](x),
         "empty Triton kernel, 40 arguments":
             lambda: _empty_40[(1,)](x, *ints, C1=1, C2=2, C3=3, C4=4, C5=5, C6=6, C7=7),

@@ -1,12 +1,14 @@
 """Triton flash-attention for Hugging Face Transformers.
 
-``import hf_triton_attn`` registers ``attn_implementation="triton"``; :func:`attention` is the functional API.
+``import hf_triton_attn`` registers ``attn_implementation="triton"``; :func:`attention` is the functional API, and
+:func:`kept_key_ranges` summarises a key-padding mask once for every call that shares it.
 """
-from .functional import attention
+from .functional import attention, kept_key_ranges
 from .hf import register, triton_attention_forward
 from .masks import triton_attention_mask
 
 __version__ = "0.1.0"
-__all__ = ["attention", "register", "triton_attention_forward", "triton_attention_mask", "__version__"]
+__all__ = ["attention", "kept_key_ranges", "register", "triton_attention_forward", "triton_attention_mask",
+           "__version__"]
 
 register()

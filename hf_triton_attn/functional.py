@@ -22,6 +22,7 @@ def attention(
     seqused_k: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
     softcap: Optional[float] = None,
+    kept_key_ranges: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention computed by a fused Triton kernel (flash-attention style).
 
@@ -59,6 +60,12 @@ def attention(
             makes runs reproducible, and the backward regenerates the same mask. Each weight is dropped with
             probability ``dropout_p`` rounded to a multiple of 2**-16 (16-bit uniforms, 8 per Philox call).
         softcap: if set, scores become ``softcap * tanh(scores / softcap)`` before masking (Gemma 2).
+        kept_key_ranges: optional, with a (batch, seqlen_k) key-padding ``attention_mask`` only: what
+            :func:`kept_key_ranges` returns for that mask and ``seqused_k``. Without it each call summarises the
+            mask in one small extra kernel launch; the layers of a model share one mask, so computing it once per
+            forward saves that launch's host time in every other layer. The caller vouches that it belongs to this
+            call's mask and ``seqused_k`` (one of another mask gives wrong results, as a FlexAttention block
+            mask of another mask would).
 
     Returns:
         (batch, heads, seqlen_q, head_dim), same dtype as ``q``. It is a transposed view of a contiguous
@@ -83,20 +90,44 @@ def attention(
     key_mask, dense_mask = _split_mask(attention_mask, q, seqlen_k)
     if seqused_k is not None:
         _check_seqused(seqused_k, q)
+    if kept_key_ranges is not None:
+        _check_kept_key_ranges(kept_key_ranges, key_mask, q)
     seed = None
     if dropout_p > 0.0:
         seed = torch.randint(0, 2**31 - 1, (1,), device=q.device, dtype=torch.int64)
-    tensors = [t for t in (q, k, v, key_mask, seqused_k, dense_mask) if t is not None]
+    tensors = [t for t in (q, k, v, key_mask, seqused_k, kept_key_ranges, dense_mask) if t is not None]
     if not _runs_eagerly(tensors):
         forward = ops.attention_forward
     elif torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         forward = ops.EagerAttention.apply
     else:
         forward = ops.forward_impl
-    out, _ = forward(
-        q, k, v, key_mask, seqused_k, dense_mask, seed, causal, float(scale), float(softcap or 0.0), float(dropout_p)
-    )
+    out, _ = forward(q, k, v, key_mask, seqused_k, kept_key_ranges, dense_mask, seed, causal, float(scale),
+                     float(softcap or 0.0), float(dropout_p))
     return out.transpose(1, 2)
+
+
+def kept_key_ranges(attention_mask: torch.Tensor, seqused_k: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Where each row of a key-padding mask keeps keys, for :func:`attention`'s ``kept_key_ranges``.
+
+    Args:
+        attention_mask: (batch, seqlen_k) boolean, True = attend, on a CUDA device (or the CPU under the
+            Triton interpreter).
+        seqused_k: optional (batch,) integer tensor, as given to :func:`attention`: only the first
+            ``seqused_k[b]`` keys of row ``b`` count.
+
+    Returns:
+        (batch, 3) int32 on the mask's device, per row: the first kept key, one past the last, and 1 when every
+        key in between is kept (left or right padding without holes), else 0. Written by one small kernel launch.
+    """
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2 or attention_mask.dtype != torch.bool:
+        raise ValueError(f"kept_key_ranges takes a (batch, seqlen_k) boolean key-padding mask, got "
+                         f"{getattr(attention_mask, 'dtype', type(attention_mask).__name__)} "
+                         f"{tuple(getattr(attention_mask, 'shape', ()))}.")
+    _check_device(attention_mask.device)
+    if seqused_k is not None:
+        _check_seqused(seqused_k, attention_mask)
+    return ops.kept_key_ranges(attention_mask, seqused_k)
 
 
 def _runs_eagerly(tensors: list[torch.Tensor]) -> bool:
@@ -178,6 +209,19 @@ def _split_mask(mask: Optional[torch.Tensor], q: torch.Tensor, seqlen_k: int):
         return None, mask
     raise ValueError(f"attention_mask must be 2D (batch, seqlen_k) or 4D (batch, heads, seqlen_q, seqlen_k), "
                      f"got {mask.dim()}D {tuple(mask.shape)}.")
+
+
+def _check_kept_key_ranges(ranges: torch.Tensor, key_mask: Optional[torch.Tensor], q: torch.Tensor) -> None:
+    if key_mask is None:
+        raise ValueError("kept_key_ranges goes with a (batch, seqlen_k) key-padding attention_mask, and this call has "
+                         "none; pass the mask it was computed from, or drop kept_key_ranges.")
+    if (not isinstance(ranges, torch.Tensor) or tuple(ranges.shape) != (q.shape[0], 3)
+            or ranges.dtype != torch.int32):
+        raise ValueError(f"kept_key_ranges must be an int32 tensor of shape (batch, 3) = ({q.shape[0]}, 3), as "
+                         f"hf_triton_attn.kept_key_ranges(attention_mask) returns, got "
+                         f"{getattr(ranges, 'dtype', type(ranges).__name__)} {tuple(getattr(ranges, 'shape', ()))}.")
+    if ranges.device != q.device:
+        raise ValueError(f"kept_key_ranges is on {ranges.device} but q is on {q.device}.")
 
 
 def _check_seqused(seqused_k: torch.Tensor, q: torch.Tensor) -> None:

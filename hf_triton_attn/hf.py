@@ -15,7 +15,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from .functional import attention
-from .masks import keys_in_use_cached, triton_attention_mask
+from .masks import kept_key_ranges_cached, keys_in_use_cached, triton_attention_mask
 
 ATTN_IMPLEMENTATION = "triton"
 
@@ -39,18 +39,21 @@ def triton_attention_forward(
     _refuse_unsupported(output_attentions, s_aux, attention_mask, kwargs)
     # An explicit is_causal wins over the module's flag (encoders, cross-attention and BERT-as-decoder differ).
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    seqused_k = None
+    seqused_k = key_ranges = None
     if attention_mask is not None and attention_mask.dim() == 4:
         # A dense mask from the mask function already holds causality, windows and overlays, as eager's does.
         causal = False
-    elif attention_mask is not None and causal and query.shape[2] != key.shape[2]:
-        seqused_k = keys_in_use_cached(attention_mask)
+    elif attention_mask is not None:
+        if causal and query.shape[2] != key.shape[2]:
+            seqused_k = keys_in_use_cached(attention_mask)
+        if position_bias is None:
+            key_ranges = kept_key_ranges_cached(attention_mask, seqused_k)
     if position_bias is not None:
         attention_mask = _with_position_bias(position_bias, attention_mask)
     out = attention(
         query, key, value,
         causal=causal, scale=scaling, attention_mask=attention_mask, seqused_k=seqused_k,
-        dropout_p=dropout, softcap=softcap,
+        dropout_p=dropout, softcap=softcap, kept_key_ranges=key_ranges,
     )
     return out.transpose(1, 2), None
 

@@ -15,6 +15,8 @@ from typing import Optional, Union
 import torch
 from transformers.masking_utils import bidirectional_mask_function, causal_mask_function, prepare_padding_mask, sdpa_mask
 
+from .functional import kept_key_ranges
+
 _COMPACT_MASK_FUNCTIONS = (causal_mask_function, bidirectional_mask_function)
 
 
@@ -62,29 +64,44 @@ def keys_in_use(key_valid: torch.Tensor) -> torch.Tensor:
     return (key_valid.to(torch.int32) * positions).amax(dim=-1)
 
 
-_last_keys_in_use: tuple = ()  # (mask, its version counter, keys_in_use of it) from the latest call
+# Per kind of summary, (mask, its version counter, the other input, the summary) from the latest call.
+_latest_summaries: dict = {}
+
+
+def _once_per_mask(kind: str, key_valid: torch.Tensor, other: Optional[torch.Tensor], summarise):
+    """``summarise()`` of the mask ``key_valid`` (and ``other``), computed once per mask rather than once per layer.
+
+    Transformers hands one mask object to every layer of a forward. While decoding, each layer's attention takes
+    microseconds of GPU time, and a summary's kernel launches would cost more host time than that; so the result
+    for the latest mask object (unchanged since: same version counter; the same ``other`` object) is reused.
+
+    Tensors made under ``torch.inference_mode()`` (generation in pipelines) have no version counter; for them the
+    object alone decides. That is safe for the masks this module's mask function returns: it makes a new tensor on
+    every forward, and nothing writes to it between the layers.
+    """
+    version = None if key_valid.is_inference() else key_valid._version
+    latest = _latest_summaries.get(kind)
+    if latest is not None and latest[0] is key_valid and latest[1] == version and latest[2] is other:
+        return latest[3]
+    result = summarise()
+    _latest_summaries[kind] = (key_valid, version, other, result)
+    return result
 
 
 def keys_in_use_cached(key_valid: torch.Tensor) -> torch.Tensor:
-    """:func:`keys_in_use`, computed once per mask rather than once per layer.
-
-    Transformers hands one mask object to every layer of a forward. While decoding, each layer's attention
-    takes microseconds of GPU time, and the reduction's kernel launches would cost more host time than that;
-    so the result for the latest mask object (unchanged since: same version counter) is reused.
-
-    Tensors made under ``torch.inference_mode()`` (generation in pipelines) have no version counter; for them the
-    object alone decides. That is safe for the masks this module's mask function returns: it makes a new tensor
-    on every forward, and nothing writes to it between the layers.
-    """
-    global _last_keys_in_use
+    """:func:`keys_in_use`, once per mask (see :func:`_once_per_mask`); on every call while tracing."""
     if _is_tracing():
         return keys_in_use(key_valid)
-    version = None if key_valid.is_inference() else key_valid._version
-    if _last_keys_in_use and _last_keys_in_use[0] is key_valid and _last_keys_in_use[1] == version:
-        return _last_keys_in_use[2]
-    result = keys_in_use(key_valid)
-    _last_keys_in_use = (key_valid, version, result)
-    return result
+    return _once_per_mask("keys_in_use", key_valid, None, lambda: keys_in_use(key_valid))
+
+
+def kept_key_ranges_cached(key_valid: torch.Tensor, seqused_k: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """:func:`hf_triton_attn.kept_key_ranges`, once per mask and ``seqused_k`` (see :func:`_once_per_mask`); None
+    while tracing or capturing a CUDA graph, where the attention op computes it itself (its launch is then part
+    of the graph, or costs no host time on replay)."""
+    if _is_tracing() or (key_valid.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return None
+    return _once_per_mask("kept_key_ranges", key_valid, seqused_k, lambda: kept_key_ranges(key_valid, seqused_k))
 
 
 def _is_tracing() -> bool:

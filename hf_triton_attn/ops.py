@@ -18,8 +18,9 @@ log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B
 ``mask`` a dense (B|1, H|1, Sq, Skv) boolean or additive float mask, ``seed`` a one-element int64 tensor.
 A dense mask gets its spans of visible keys per row (and of queries per key) and its clear runs from one extra
 launch, so that the kernels skip the blocks it hides and compute without it the blocks it shows in full
-(:func:`_visible_spans_of`); a key mask gets its kept range from another (:func:`_key_range`). Eager autograd
-hands the forward's summaries to the backward (:class:`EagerAttention`).
+(:func:`_visible_spans_of`); a key mask gets its kept range from another (:func:`kept_key_ranges`), unless the caller
+passes it as ``key_range`` (computed once for all the layers that share the mask). Eager autograd hands the
+forward's summaries to the backward (:class:`EagerAttention`).
 """
 import functools
 from typing import NamedTuple, Optional
@@ -78,13 +79,14 @@ def _mask_args(key_mask, mask, q, sq, skv):
     return key_mask, mask, km_strides, m_strides, mask_kind
 
 
-def _key_range(key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], skv: int):
+def kept_key_ranges(key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """Where each row's key mask keeps keys, (B, 3) int32 (see _kernels/key_range.py), or None without a key mask.
-    ``key_mask`` is the kernels' (B, Skv) uint8 view from :func:`_mask_args`."""
+    ``key_mask`` is the (B, Skv) boolean mask or the kernels' uint8 view of it from :func:`_mask_args`."""
+    key_mask = _as_kernel_mask(key_mask)
     if key_mask is None:
         return None
     ranges = torch.empty((key_mask.shape[0], 3), device=key_mask.device, dtype=torch.int32)
-    _launch_key_ranges((key_mask.shape[0],), key_mask, seqused_k, ranges, *key_mask.stride(), skv,
+    _launch_key_ranges((key_mask.shape[0],), key_mask, seqused_k, ranges, *key_mask.stride(), key_mask.shape[1],
                        HAS_SEQUSED=seqused_k is not None, BLOCK=1024, num_warps=4)
     return ranges
 
@@ -137,37 +139,40 @@ def _flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, dtype):
 
 
 class MaskSummaries(NamedTuple):
-    """What one call's launches summarised of its masks: ``key_range`` from :func:`_key_range`, ``query_spans``
-    from :func:`_visible_spans_of`; None where not computed. The backward takes them from its forward (eager
-    autograd) rather than reading the masks again."""
+    """What one call's launches summarised of its masks: ``key_range`` from :func:`kept_key_ranges` (or the
+    caller), ``query_spans`` from :func:`_visible_spans_of`; None where not computed. The backward takes them from
+    its forward (eager autograd) rather than reading the masks again."""
     key_range: Optional[torch.Tensor] = None
     query_spans: Optional[tuple] = None
 
 
 def forward_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], mask: Optional[torch.Tensor],
-    seed: Optional[torch.Tensor],
+    key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], key_range: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor], seed: Optional[torch.Tensor],
     causal: bool, scale: float, softcap: float, dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    out, lse, _ = _forward(q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p)
+    """``key_range``: the key mask's :func:`kept_key_ranges`, computed beforehand (a model's layers share it), or
+    None."""
+    out, lse, _ = _forward(q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p)
     return out, lse
 
 
-def _forward(q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p):
-    """:func:`forward_impl`'s body; also returns the :class:`MaskSummaries` it computed."""
+def _forward(q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p):
+    """:func:`forward_impl`'s body; also returns the :class:`MaskSummaries` it computed or was given."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     out = torch.empty((batch, sq, heads, head_dim), device=q.device, dtype=q.dtype)
     lse = torch.empty((batch, heads, sq), device=q.device, dtype=torch.float32)
     if out.numel() == 0:
-        return out, lse, MaskSummaries()
+        return out, lse, MaskSummaries(key_range)
     if _takes_split_kv(sq, heads // hkv, skv, dropout_p):
         spans = _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scale, softcap)
-        return out, lse, MaskSummaries(query_spans=spans)
+        return out, lse, MaskSummaries(key_range, spans)
     spans = _visible_spans_of(mask)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
-    key_range = _key_range(key_mask, seqused_k, skv)
+    if key_range is None:
+        key_range = kept_key_ranges(key_mask, seqused_k)
     block_d = configs.padded_head_dim(head_dim)
     tma = configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET) and _tma_compatible(q, k, v)
     cfg = configs.forward_config(block_d, causal, q.element_size(), INTERPRET, tma, dropout_p > 0.0,
@@ -272,7 +277,7 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scal
 
 
 @attention_forward.register_fake
-def _(q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p):
+def _(q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p):
     batch, heads, sq, head_dim = q.shape
     out = q.new_empty((batch, sq, heads, head_dim))
     lse = q.new_empty((batch, heads, sq), dtype=torch.float32)
@@ -282,18 +287,18 @@ def _(q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_
 def backward_impl(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor,
-    key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], mask: Optional[torch.Tensor],
-    seed: Optional[torch.Tensor],
+    key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], key_range: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor], seed: Optional[torch.Tensor],
     causal: bool, scale: float, softcap: float, dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """grad_out and out are (B, Sq, H, D) like the forward's output; returns dq, dk, dv shaped like q, k, v."""
-    return _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p,
-                     MaskSummaries())
+    return _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap,
+                     dropout_p)
 
 
-def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p,
-              summaries: MaskSummaries):
-    """:func:`backward_impl`'s body, reusing the forward's mask summaries where given."""
+def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap,
+              dropout_p, query_spans=None):
+    """:func:`backward_impl`'s body, reusing the forward's key range and the mask's row spans where given."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     dq = torch.empty_like(q)
@@ -301,7 +306,8 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, caus
     dv = torch.empty_like(v)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    query_spans = summaries.query_spans if summaries.query_spans is not None else _visible_spans_of(mask)
+    if query_spans is None:
+        query_spans = _visible_spans_of(mask)
     key_spans = _visible_spans_of(mask, by_key=True, group=heads // hkv)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
@@ -310,7 +316,8 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, caus
     kv_descriptors = (_descriptor(k, cfg.dq.block_n), _descriptor(v, cfg.dq.block_n)) if tma else (None, None)
 
     delta = torch.empty_like(lse)  # rowsum(O * dO), written by the dQ kernel for the dK/dV kernel
-    key_range = summaries.key_range if summaries.key_range is not None else _key_range(key_mask, seqused_k, skv)
+    if key_range is None:
+        key_range = kept_key_ranges(key_mask, seqused_k)
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                  **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype))
     _launch_bwd_dq(
@@ -340,26 +347,26 @@ attention_backward = torch.library.custom_op("hf_triton_attn::attention_backward
 
 
 @attention_backward.register_fake
-def _(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p):
+def _(grad_out, q, k, v, out, lse, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p = inputs
+    q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_mask, seqused_k, mask, seed)
+    ctx.save_for_backward(q, k, v, out, lse, key_mask, seqused_k, key_range, mask, seed)
     ctx.params = (causal, scale, softcap, dropout_p)
 
 
 def _gradients(ctx, grad_out, backward) -> tuple:
-    """Gradients for the forward's 11 inputs from ``backward`` (the custom op or its body): dq, dk, dv, then None.
+    """Gradients for the forward's 12 inputs from ``backward`` (the custom op or its body): dq, dk, dv, then None.
     No ``grad_out`` (nothing downstream gave the output a gradient; eager autograd does not materialise one): None
     for all."""
     dq = dk = dv = None
     if grad_out is not None:
-        q, k, v, out, lse, key_mask, seqused_k, mask, seed = ctx.saved_tensors
-        dq, dk, dv = backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, mask, seed, *ctx.params)
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+        q, k, v, out, lse, key_mask, seqused_k, key_range, mask, seed = ctx.saved_tensors
+        dq, dk, dv = backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, key_range, mask, seed, *ctx.params)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 def _op_backward(ctx, grad_out, _grad_lse):
@@ -381,10 +388,12 @@ class EagerAttention(torch.autograd.Function):
     the arguments through ``inspect.signature`` on every call, tens of microseconds of host time."""
 
     @staticmethod
-    def forward(ctx, q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p):
-        inputs = (q, k, v, key_mask, seqused_k, mask, seed, causal, scale, softcap, dropout_p)
-        out, lse, ctx.mask_summaries = _forward(*inputs)
-        _setup_context(ctx, inputs, (out, lse))
+    def forward(ctx, q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p):
+        inputs = (q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p)
+        out, lse, summaries = _forward(*inputs)
+        # The backward takes the key range the forward used (given or computed) and the mask's row spans.
+        ctx.query_spans = summaries.query_spans
+        _setup_context(ctx, (*inputs[:5], summaries.key_range, *inputs[6:]), (out, lse))
         ctx.mark_non_differentiable(lse)
         # lse never gets a gradient: materialized, it would cost a zero-filled tensor (an allocation and a launch)
         # on every backward.
@@ -393,4 +402,4 @@ class EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_lse):
-        return _gradients(ctx, grad_out, functools.partial(_backward, summaries=ctx.mask_summaries))
+        return _gradients(ctx, grad_out, functools.partial(_backward, query_spans=ctx.query_spans))

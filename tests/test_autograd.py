@@ -57,6 +57,26 @@ def test_backward_key_padding(kind, causal):
                    attention_mask=padding_mask(kind, 3, 45))
 
 
+@pytest.mark.parametrize("kind", ["left", "right", "holes"])
+def test_backward_with_kept_key_ranges_given(monkeypatch, kind):
+    """Ranges given by the caller serve the forward and both backward kernels: no key-range launch, the same
+    gradients as a call that computes them."""
+    q, k, v = random_qkv(3, 4, 2, 45, 45, 32, torch.float32, DEVICE)
+    key_mask = padding_mask(kind, 3, 45)
+    ranges = functional.kept_key_ranges(key_mask)
+    grad_out = torch.randn_like(q)
+    launches = []
+    launch = ops._launch_key_ranges
+    monkeypatch.setattr(ops, "_launch_key_ranges", lambda *a, **kw: launches.append(1) or launch(*a, **kw))
+    given = grads_of(lambda a, b, c: attention(a, b, c, causal=True, attention_mask=key_mask,
+                                               kept_key_ranges=ranges), q, k, v, grad_out)
+    assert not launches
+    computed = grads_of(lambda a, b, c: attention(a, b, c, causal=True, attention_mask=key_mask), q, k, v, grad_out)
+    assert len(launches) == 1
+    for name, a, b in zip(("out", "dq", "dk", "dv"), given, computed):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("seqlens, ranges", PADDING_CASES)
 def test_backward_padding_blocks_skipped_exactly(causal, seqlens, ranges):
@@ -245,17 +265,21 @@ def test_opcheck():
     q, k, v = random_qkv(2, 4, 2, 17, 33, 16, torch.float32, DEVICE, requires_grad=True)
     key_mask = padding_mask("left", 2, 33)
     seed = torch.tensor([5], device=DEVICE)
-    torch.library.opcheck(ops.attention_forward, (q, k, v, key_mask, None, None, seed, True, 0.25, 0.0, 0.1))
-    torch.library.opcheck(ops.attention_forward, (q, k, v, None, None, None, None, False, 0.25, 2.0, 0.0))
+    ranges = functional.kept_key_ranges(key_mask)
+    torch.library.opcheck(ops.attention_forward, (q, k, v, key_mask, None, None, None, seed, True, 0.25, 0.0, 0.1))
+    torch.library.opcheck(ops.attention_forward, (q, k, v, key_mask, None, ranges, None, None, True, 0.25, 0.0, 0.0))
+    torch.library.opcheck(ops.attention_forward, (q, k, v, None, None, None, None, None, False, 0.25, 2.0, 0.0))
 
 
-def test_compile_fullgraph_forward_backward():
+@pytest.mark.parametrize("with_ranges", [False, True])
+def test_compile_fullgraph_forward_backward(with_ranges):
     torch._dynamo.reset()
     q, k, v = random_qkv(2, 4, 2, 33, 33, 32, torch.float32, DEVICE, requires_grad=True)
     mask = padding_mask("right", 2, 33)
+    ranges = functional.kept_key_ranges(mask) if with_ranges else None
 
     def step(q, k, v):
-        out = attention(q, k, v, causal=True, attention_mask=mask)
+        out = attention(q, k, v, causal=True, attention_mask=mask, kept_key_ranges=ranges)
         return (out * out).sum()
 
     compiled = torch.compile(step, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
@@ -282,7 +306,7 @@ class _RecordOps(TorchDispatchMode):
 def test_inference_skips_the_dispatcher_with_the_same_result(monkeypatch):
     q, k, v = random_qkv(2, 4, 2, 3, 70, 32, torch.float32, DEVICE)
     key_mask = padding_mask("left", 2, 70)
-    through_op = ops.attention_forward(q, k, v, key_mask, None, None, None, True, 32 ** -0.5, 0.0, 0.0)[0]
+    through_op = ops.attention_forward(q, k, v, key_mask, None, None, None, None, True, 32 ** -0.5, 0.0, 0.0)[0]
 
     def refuse(*args):
         raise AssertionError("the custom op was called for a plain inference call")

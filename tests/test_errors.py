@@ -4,7 +4,7 @@ import torch
 from conftest import DEVICE
 from helpers import random_qkv
 
-from hf_triton_attn import attention
+from hf_triton_attn import attention, kept_key_ranges
 from hf_triton_attn.hf import triton_attention_forward
 
 
@@ -64,6 +64,25 @@ def test_bad_keyword_values(kwargs, match):
     kwargs = {name: value.to(DEVICE) if isinstance(value, torch.Tensor) else value for name, value in kwargs.items()}
     with pytest.raises(ValueError, match=match):
         attention(args["q"], args["k"], args["v"], **kwargs)
+
+
+@pytest.mark.parametrize("mask, ranges, match", [
+    (None, torch.zeros(2, 3, dtype=torch.int32), "goes with a .* key-padding attention_mask"),
+    (torch.ones(2, 1, 8, 8, dtype=torch.bool), torch.zeros(2, 3, dtype=torch.int32), "goes with a"),
+    (torch.ones(2, 8, dtype=torch.bool), torch.zeros(3, 3, dtype=torch.int32), r"shape \(batch, 3\) = \(2, 3\)"),
+    (torch.ones(2, 8, dtype=torch.bool), torch.zeros(2, 3), "must be an int32 tensor"),
+])
+def test_bad_kept_key_ranges(mask, ranges, match):
+    args = qkv()
+    with pytest.raises(ValueError, match=match):
+        attention(args["q"], args["k"], args["v"], attention_mask=None if mask is None else mask.to(DEVICE),
+                  kept_key_ranges=ranges.to(DEVICE))
+
+
+@pytest.mark.parametrize("mask", [torch.ones(2, 1, 8, 8, dtype=torch.bool), torch.ones(2, 8)])
+def test_kept_key_ranges_takes_a_boolean_key_padding_mask(mask):
+    with pytest.raises(ValueError, match=r"\(batch, seqlen_k\) boolean key-padding mask"):
+        kept_key_ranges(mask.to(DEVICE))
 
 
 def test_dropout_beyond_32_bit_offsets_is_refused():

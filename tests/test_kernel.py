@@ -8,7 +8,7 @@ from conftest import DEVICE, DTYPES
 from helpers import (assert_close_to_reference, count_descriptors, inputs_with_unused_nan_keys, max_err, random_qkv,
                      reference_pair)
 
-from hf_triton_attn import attention, configs, ops
+from hf_triton_attn import attention, configs, kept_key_ranges, ops
 
 HEAD_GROUPS = [(4, 4), (4, 2), (4, 1)]
 SEQLENS = [(1, 67), (3, 130), (37, 37), (64, 100), (100, 64)]
@@ -86,9 +86,9 @@ def test_padding_blocks_skipped_exactly(causal, seqlens, ranges):
 
 @pytest.mark.parametrize("with_seqused", [False, True])
 def test_key_ranges(with_seqused):
-    """The per-row summary the attention kernels read instead of scanning the key mask: first kept key, last + 1,
-    and whether every key in between is kept, among the keys in use. Rows span several of the kernel's 1024-key
-    chunks; they keep nothing, everything, one run, or keys with holes."""
+    """kept_key_ranges, the per-row summary the attention kernels read instead of scanning the key mask: first kept
+    key, last + 1, and whether every key in between is kept, among the keys in use. Rows span several of the
+    kernel's 1024-key chunks; they keep nothing, everything, one run, or keys with holes."""
     seqlen = 2500
     positions = torch.arange(seqlen)
     mask = torch.zeros(6, seqlen, dtype=torch.bool)
@@ -99,8 +99,7 @@ def test_key_ranges(with_seqused):
     mask[4, 2400] = True
     mask[5, 3] = True
     seqused = torch.tensor([2500, 1500, 2500, 2000, 1041, 0]) if with_seqused else torch.full((6,), seqlen)
-    got = ops._key_range(mask.to(DEVICE).view(torch.uint8),
-                         seqused.to(DEVICE, torch.int32) if with_seqused else None, seqlen).cpu()
+    got = kept_key_ranges(mask.to(DEVICE), seqused.to(DEVICE, torch.int32) if with_seqused else None).cpu()
     for row in range(6):
         kept = positions[mask[row] & (positions < seqused[row])]
         if len(kept) == 0:
@@ -108,6 +107,29 @@ def test_key_ranges(with_seqused):
             continue
         first, end = int(kept[0]), int(kept[-1]) + 1
         assert got[row].tolist() == [first, end, int(len(kept) == end - first)], row
+
+
+@pytest.mark.parametrize("kind", ["left", "right", "holes"])
+@pytest.mark.parametrize("with_seqused", [False, True])
+def test_kept_key_ranges_given_once_for_several_calls(monkeypatch, kind, with_seqused):
+    """Ranges computed once and passed to every call that shares the mask (as a model's layers do): no launch of
+    their own, and the same output as a call that computes them."""
+    q, k, v = random_qkv(3, 4, 2, 40, 90, 32, torch.float16, DEVICE)
+    key_mask = padding_mask(kind, 3, 90)
+    seqused = torch.tensor([90, 61, 40], device=DEVICE, dtype=torch.int32) if with_seqused else None
+    ranges = kept_key_ranges(key_mask, seqused)
+    launches = []
+    launch = ops._launch_key_ranges
+    monkeypatch.setattr(ops, "_launch_key_ranges", lambda *a, **kw: launches.append(1) or launch(*a, **kw))
+    for causal in (False, True):
+        kwargs = dict(causal=causal, attention_mask=key_mask, seqused_k=seqused)
+        given = attention(q, k, v, kept_key_ranges=ranges, **kwargs)
+        assert not launches
+        assert_close_to_reference(given, *reference_pair(q, k, v, **kwargs))
+        computed = attention(q, k, v, **kwargs)
+        assert len(launches) == 1
+        launches.clear()
+        assert torch.equal(given, computed)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -247,6 +269,24 @@ def test_very_negative_scores_after_a_fully_masked_block():
     mask = torch.full((2, 1, 16, 96), -500.0, device=DEVICE)
     mask[..., :40] = float("-inf")
     check_forward(q, k, v, attention_mask=mask)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ramp", ["growing", "shrinking", "steps"])
+def test_row_maxima_moving_along_the_keys(dtype, ramp):
+    """Scores whose row maxima grow from key block to key block, by small steps or by large jumps, or
+    shrink: the online softmax's rescaling of the running sums must not show in the result."""
+    q, k, v = random_qkv(2, 2, 1, 40, 640, 64, dtype, DEVICE)
+    positions = torch.arange(640, device=DEVICE, dtype=torch.float32)
+    if ramp == "growing":
+        gain = 0.5 + positions / 100
+    elif ramp == "shrinking":
+        gain = 6.9 - positions / 100
+    else:  # flat runs of several blocks, then a jump
+        gain = 1.0 + 2.0 * (positions // 200)
+    k = (k.float() * gain[:, None]).to(dtype)
+    q = (q.float() * 2.0).to(dtype)
+    check_forward(q, k, v)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -450,7 +490,7 @@ def test_split_kv_single_split_writes_the_output_itself(monkeypatch, dtype, seql
     key_mask = torch.rand(3, seqlen_k, device=DEVICE) > 0.3
     key_mask[2] = False
     scale = 32 ** -0.5
-    out, lse = ops.forward_impl(q, k, v, key_mask, None, None, None, True, scale, 0.0, 0.0)
+    out, lse = ops.forward_impl(q, k, v, key_mask, None, None, None, None, True, scale, 0.0, 0.0)
     assert len(merges) == merged
     ref64, same = reference_pair(q, k, v, causal=True, attention_mask=key_mask)
     assert_close_to_reference(out.transpose(1, 2), ref64, same)

@@ -11,7 +11,7 @@ from tiny_models import DECODER_CONFIGS, bert_config, left_padded_batch, load, r
 from transformers import AutoModelForCausalLM, BertModel
 
 import hf_triton_attn
-from hf_triton_attn import triton_attention_forward, triton_attention_mask
+from hf_triton_attn import ops, triton_attention_forward, triton_attention_mask
 
 TOL = 1e-4
 
@@ -73,6 +73,20 @@ def test_padding_is_not_lost(bert_path):
             length = int(mask[row].sum())
             alone = model(input_ids=ids[row:row + 1, :length]).last_hidden_state[0]
             assert (batched[row, :length] - alone).abs().max() <= TOL
+
+
+def test_layers_share_one_key_range_launch_per_forward(bert_path, monkeypatch):
+    """The padding mask's kept-key ranges are computed once per forward and handed to every layer."""
+    launches = []
+    launch = ops._launch_key_ranges
+    monkeypatch.setattr(ops, "_launch_key_ranges", lambda *a, **kw: launches.append(1) or launch(*a, **kw))
+    ids, mask = right_padded_batch(DEVICE)
+    model = load(BertModel, bert_path, "triton", DEVICE)
+    assert model.config.num_hidden_layers > 1
+    with torch.no_grad():
+        for forward in (1, 2):
+            model(input_ids=ids, attention_mask=mask)
+            assert len(launches) == forward
 
 
 def test_without_mask_registration_padding_would_be_lost(bert_path, monkeypatch):
