@@ -118,7 +118,9 @@ def kept_key_ranges(attention_mask: torch.Tensor, seqused_k: Optional[torch.Tens
 
     Returns:
         (batch, 3) int32 on the mask's device, per row: the first kept key, one past the last, and 1 when every
-        key in between is kept (left or right padding without holes), else 0. Written by one small kernel launch.
+        key in between is kept (left or right padding without holes), else 0. Written by one small kernel launch,
+        made directly: call it outside ``torch.compile``d code. Compiled calls leave ``kept_key_ranges`` out, and
+        the attention op computes the ranges inside the graph.
     """
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2 or attention_mask.dtype != torch.bool:
         raise ValueError(f"kept_key_ranges takes a (batch, seqlen_k) boolean key-padding mask, got "

@@ -14,13 +14,14 @@ through pointer arithmetic otherwise; the split-KV (decoding) kernel always thro
 
 Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the output is allocated as
 (B, Sq, H, D), the layout Transformers reshapes to (B, Sq, H*D) without a copy; LSE is (B, H, Sq) float32 in
-log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B,) keys in use,
-``mask`` a dense (B|1, H|1, Sq, Skv) boolean or additive float mask, ``seed`` a one-element int64 tensor.
+log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B,) keys in use, ``key_range``
+the key mask's (B, 3) :func:`kept_key_ranges`, ``mask`` a dense (B|1, H|1, Sq, Skv) boolean or additive float
+mask, ``seed`` a one-element int64 tensor.
 A dense mask gets its spans of visible keys per row (and of queries per key) and its clear runs from one extra
 launch, so that the kernels skip the blocks it hides and compute without it the blocks it shows in full
-(:func:`_visible_spans_of`); a key mask gets its kept range from another (:func:`kept_key_ranges`), unless the caller
-passes it as ``key_range`` (computed once for all the layers that share the mask). Eager autograd hands the
-forward's summaries to the backward (:class:`EagerAttention`).
+(:func:`_visible_spans_of`); a key mask gets its kept range from another (:func:`kept_key_ranges`), unless the
+caller passes it as ``key_range`` (computed once for all the layers that share the mask). Eager autograd hands
+the forward's summaries to the backward (:class:`EagerAttention`).
 """
 import functools
 from typing import NamedTuple, Optional
