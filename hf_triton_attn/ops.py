@@ -64,12 +64,12 @@ def _as_kernel_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 def _mask_args(key_mask, mask, q, sq, skv):
-    """Kernel pointers, strides and flags for the optional masks (broadcast dims get stride 0)."""
+    """Kernel pointers, strides and flags for the optional masks (broadcast dims get stride 0). A key mask is
+    (B, Skv) already (validated in functional.py): no expand, ~1.4 µs of host time per call."""
     key_mask = _as_kernel_mask(key_mask)
     mask = _as_kernel_mask(mask)
     km_strides = _NO_TENSOR_STRIDES
     if key_mask is not None:
-        key_mask = key_mask.expand(q.shape[0], skv)
         km_strides = key_mask.stride()
     m_strides = (0, 0, 0, 0)
     mask_kind = 0
