@@ -64,8 +64,10 @@ def keys_in_use(key_valid: torch.Tensor) -> torch.Tensor:
     return (key_valid.to(torch.int32) * positions).amax(dim=-1)
 
 
-# Per kind of summary, (mask, its version counter, the other input, the summary) from the latest call.
-_latest_summaries: dict = {}
+# Per kind of summary, the latest calls' (mask, its version counter, the other input, the summary), newest first.
+_latest_summaries: dict[str, list[tuple]] = {}
+# Masks remembered per kind: a decoder layer alternates between its self-attention mask and its cross-attention one.
+_MASKS_KEPT = 2
 
 
 def _once_per_mask(kind: str, key_valid: torch.Tensor, other: Optional[torch.Tensor], summarise):
@@ -73,18 +75,21 @@ def _once_per_mask(kind: str, key_valid: torch.Tensor, other: Optional[torch.Ten
 
     Transformers hands one mask object to every layer of a forward. While decoding, each layer's attention takes
     microseconds of GPU time, and a summary's kernel launches would cost more host time than that; so the result
-    for the latest mask object (unchanged since: same version counter; the same ``other`` object) is reused.
+    for one of the latest masks (the same object, unchanged since: same version counter; the same ``other``
+    object) is reused.
 
     Tensors made under ``torch.inference_mode()`` (generation in pipelines) have no version counter; for them the
     object alone decides. That is safe for the masks this module's mask function returns: it makes a new tensor on
     every forward, and nothing writes to it between the layers.
     """
     version = None if key_valid.is_inference() else key_valid._version
-    latest = _latest_summaries.get(kind)
-    if latest is not None and latest[0] is key_valid and latest[1] == version and latest[2] is other:
-        return latest[3]
+    latest = _latest_summaries.setdefault(kind, [])
+    for mask, mask_version, mask_other, result in latest:
+        if mask is key_valid and mask_version == version and mask_other is other:
+            return result
     result = summarise()
-    _latest_summaries[kind] = (key_valid, version, other, result)
+    latest.insert(0, (key_valid, version, other, result))
+    del latest[_MASKS_KEPT:]
     return result
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 from conftest import DEVICE, ON_GPU
-from tiny_models import DECODER_CONFIGS, bert_config, left_padded_batch, load, right_padded_batch, saved_model
+from tiny_models import COMMON, DECODER_CONFIGS, bert_config, left_padded_batch, load, right_padded_batch, saved_model
 from transformers import AutoModelForCausalLM, BertModel
 
 import hf_triton_attn
@@ -87,6 +87,28 @@ def test_layers_share_one_key_range_launch_per_forward(bert_path, monkeypatch):
         for forward in (1, 2):
             model(input_ids=ids, attention_mask=mask)
             assert len(launches) == forward
+
+
+def test_encoder_decoder_padding_matches_eager_with_one_key_range_launch_per_mask(tmp_path_factory, monkeypatch):
+    """BART with padded encoder and decoder inputs: its decoder layers alternate between the self-attention and
+    the cross-attention mask, and each mask's kept-key ranges are still computed once per forward."""
+    config = transformers.BartConfig(d_model=64, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+                                     decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                                     max_position_embeddings=64, **COMMON)
+    path = saved_model(tmp_path_factory, transformers.BartModel, config)
+    ids, mask = right_padded_batch(DEVICE)
+    decoder_ids, decoder_mask = right_padded_batch(DEVICE, seqlen=10)
+    launches = []
+    launch = ops._launch_key_ranges
+    monkeypatch.setattr(ops, "_launch_key_ranges", lambda *a, **kw: launches.append(1) or launch(*a, **kw))
+    hidden = {}
+    for impl in ("eager", "triton"):
+        with torch.no_grad():
+            hidden[impl] = load(transformers.BartModel, path, impl, DEVICE)(
+                input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids,
+                decoder_attention_mask=decoder_mask).last_hidden_state
+    assert max_diff_on(decoder_mask, hidden["eager"], hidden["triton"]) <= TOL
+    assert len(launches) == 3  # the encoder's mask, the decoder's and the cross-attention's
 
 
 def test_without_mask_registration_padding_would_be_lost(bert_path, monkeypatch):
