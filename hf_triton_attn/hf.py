@@ -46,7 +46,8 @@ def triton_attention_forward(
     elif attention_mask is not None:
         if causal and query.shape[2] != key.shape[2]:
             seqused_k = keys_in_use_cached(attention_mask)
-        if position_bias is None:
+        if position_bias is None and query.shape[2] > 1:
+            # A decoding step's single query takes the split-KV kernel, which reads the key mask itself.
             key_ranges = kept_key_ranges_cached(attention_mask, seqused_k)
     if position_bias is not None:
         attention_mask = _with_position_bias(position_bias, attention_mask)

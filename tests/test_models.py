@@ -164,6 +164,18 @@ def test_generation_under_inference_mode_matches_eager(tmp_path_factory):
     assert torch.equal(tokens["eager"], tokens["triton"])
 
 
+def test_generation_launches_key_ranges_for_the_prompt_only(tmp_path_factory, monkeypatch):
+    """Decoding steps (one query) read the key mask in the split-KV kernel: no key-range launch after the prompt."""
+    path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, DECODER_CONFIGS["llama"]())
+    ids, mask = left_padded_batch(DEVICE)
+    model = load(AutoModelForCausalLM, path, "triton", DEVICE)
+    launches = []
+    launch = ops._launch_key_ranges
+    monkeypatch.setattr(ops, "_launch_key_ranges", lambda *a, **kw: launches.append(1) or launch(*a, **kw))
+    model.generate(input_ids=ids, attention_mask=mask, **dict(GENERATE_KWARGS, max_new_tokens=4, min_new_tokens=4))
+    assert len(launches) == 1
+
+
 def test_compiled_static_cache_generation_matches_eager(decoder):
     """generate() with a static cache through a compiled forward (fullgraph: no graph break around our op)."""
     name, path = decoder
