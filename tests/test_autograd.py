@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import DEVICE, DTYPES, ON_GPU
-from helpers import assert_close_to_reference, count_descriptors, inputs_with_unused_nan_keys, random_qkv
+from helpers import (assert_close_to_reference, count_calls, count_descriptors, inputs_with_unused_nan_keys,
+                     random_qkv)
 from test_kernel import (PADDING_CASES, STRUCTURED_KINDS, additive_mask, kept_ranges_mask, padding_mask,
                          structured_mask)
 
@@ -65,9 +66,7 @@ def test_backward_with_kept_key_ranges_given(monkeypatch, kind):
     key_mask = padding_mask(kind, 3, 45)
     ranges = functional.kept_key_ranges(key_mask)
     grad_out = torch.randn_like(q)
-    launches = []
-    launch = ops._launch_key_ranges
-    monkeypatch.setattr(ops, "_launch_key_ranges", lambda *a, **kw: launches.append(1) or launch(*a, **kw))
+    launches = count_calls(monkeypatch, ops, "_launch_key_ranges")
     given = grads_of(lambda a, b, c: attention(a, b, c, causal=True, attention_mask=key_mask,
                                                kept_key_ranges=ranges), q, k, v, grad_out)
     assert not launches
@@ -349,9 +348,7 @@ def test_eager_backward_reuses_the_forward_mask_summaries(monkeypatch, mask_kind
     mask = padding_mask("left", 2, 70) if mask_kind == "key" else structured_mask("sliding", 2, 1, 40, 70)
     grad_out = torch.randn_like(q)
     launcher = "_launch_key_ranges" if mask_kind == "key" else "_launch_visible_spans"
-    launches = []
-    monkeypatch.setattr(ops, launcher, lambda *args, launch=getattr(ops, launcher), **kwargs:
-                        launches.append(1) or launch(*args, **kwargs))
+    launches = count_calls(monkeypatch, ops, launcher)
 
     def run():
         launches.clear()

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 from conftest import DEVICE, DTYPES
-from helpers import (assert_close_to_reference, count_descriptors, inputs_with_unused_nan_keys, max_err, random_qkv,
-                     reference_pair)
+from helpers import (assert_close_to_reference, count_calls, count_descriptors, inputs_with_unused_nan_keys, max_err,
+                     random_qkv, reference_pair)
 
 from hf_triton_attn import attention, configs, kept_key_ranges, ops
 
@@ -118,9 +118,7 @@ def test_kept_key_ranges_given_once_for_several_calls(monkeypatch, kind, with_se
     key_mask = padding_mask(kind, 3, 90)
     seqused = torch.tensor([90, 61, 40], device=DEVICE, dtype=torch.int32) if with_seqused else None
     ranges = kept_key_ranges(key_mask, seqused)
-    launches = []
-    launch = ops._launch_key_ranges
-    monkeypatch.setattr(ops, "_launch_key_ranges", lambda *a, **kw: launches.append(1) or launch(*a, **kw))
+    launches = count_calls(monkeypatch, ops, "_launch_key_ranges")
     for causal in (False, True):
         kwargs = dict(causal=causal, attention_mask=key_mask, seqused_k=seqused)
         given = attention(q, k, v, kept_key_ranges=ranges, **kwargs)
@@ -483,9 +481,7 @@ def test_split_kv_single_split_writes_the_output_itself(monkeypatch, dtype, seql
     counts as captured into a CUDA graph: an eager one on the GPU takes one split at these sizes (see
     test_split_kv_eager_and_captured_plans_gpu)."""
     monkeypatch.setattr(ops, "_capturing", lambda device: True)
-    merges = []
-    merge = ops._launch_combine_splits
-    monkeypatch.setattr(ops, "_launch_combine_splits", lambda *a, **kw: merges.append(1) or merge(*a, **kw))
+    merges = count_calls(monkeypatch, ops, "_launch_combine_splits")
     q, k, v = random_qkv(3, 8, 2, 1, seqlen_k, 32, dtype, DEVICE)
     key_mask = torch.rand(3, seqlen_k, device=DEVICE) > 0.3
     key_mask[2] = False
@@ -521,9 +517,7 @@ def test_split_kv_eager_and_captured_plans_gpu(monkeypatch, dtype):
     """The same decoding call eagerly (one split, no merge launch) and captured into a CUDA graph (several splits
     and the merge): both match the oracle."""
     q, k, v = random_qkv(1, 32, 8, 1, 1000, 128, dtype, DEVICE)
-    merges = []
-    merge = ops._launch_combine_splits
-    monkeypatch.setattr(ops, "_launch_combine_splits", lambda *a, **kw: merges.append(1) or merge(*a, **kw))
+    merges = count_calls(monkeypatch, ops, "_launch_combine_splits")
     check_forward(q, k, v, causal=True)
     assert merges == []
     capturing = ops._capturing

@@ -7,6 +7,7 @@ import pytest
 import torch
 import transformers
 from conftest import DEVICE, ON_GPU
+from helpers import count_calls
 from tiny_models import COMMON, DECODER_CONFIGS, bert_config, left_padded_batch, load, right_padded_batch, saved_model
 from transformers import AutoModelForCausalLM, BertModel
 
@@ -77,9 +78,7 @@ def test_padding_is_not_lost(bert_path):
 
 def test_layers_share_one_key_range_launch_per_forward(bert_path, monkeypatch):
     """The padding mask's kept-key ranges are computed once per forward and handed to every layer."""
-    launches = []
-    launch = ops._launch_key_ranges
-    monkeypatch.setattr(ops, "_launch_key_ranges", lambda *a, **kw: launches.append(1) or launch(*a, **kw))
+    launches = count_calls(monkeypatch, ops, "_launch_key_ranges")
     ids, mask = right_padded_batch(DEVICE)
     model = load(BertModel, bert_path, "triton", DEVICE)
     assert model.config.num_hidden_layers > 1
@@ -98,9 +97,7 @@ def test_encoder_decoder_padding_matches_eager_with_one_key_range_launch_per_mas
     path = saved_model(tmp_path_factory, transformers.BartModel, config)
     ids, mask = right_padded_batch(DEVICE)
     decoder_ids, decoder_mask = right_padded_batch(DEVICE, seqlen=10)
-    launches = []
-    launch = ops._launch_key_ranges
-    monkeypatch.setattr(ops, "_launch_key_ranges", lambda *a, **kw: launches.append(1) or launch(*a, **kw))
+    launches = count_calls(monkeypatch, ops, "_launch_key_ranges")
     hidden = {}
     for impl in ("eager", "triton"):
         with torch.no_grad():
@@ -169,9 +166,7 @@ def test_generation_launches_key_ranges_for_the_prompt_only(tmp_path_factory, mo
     path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, DECODER_CONFIGS["llama"]())
     ids, mask = left_padded_batch(DEVICE)
     model = load(AutoModelForCausalLM, path, "triton", DEVICE)
-    launches = []
-    launch = ops._launch_key_ranges
-    monkeypatch.setattr(ops, "_launch_key_ranges", lambda *a, **kw: launches.append(1) or launch(*a, **kw))
+    launches = count_calls(monkeypatch, ops, "_launch_key_ranges")
     model.generate(input_ids=ids, attention_mask=mask, **dict(GENERATE_KWARGS, max_new_tokens=4, min_new_tokens=4))
     assert len(launches) == 1
 
