@@ -390,11 +390,12 @@ class EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p):
-        inputs = (q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p)
-        out, lse, summaries = _forward(*inputs)
+        out, lse, summaries = _forward(q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap,
+                                       dropout_p)
         # The backward takes the key range the forward used (given or computed) and the mask's row spans.
         ctx.query_spans = summaries.query_spans
-        _setup_context(ctx, (*inputs[:5], summaries.key_range, *inputs[6:]), (out, lse))
+        _setup_context(ctx, (q, k, v, key_mask, seqused_k, summaries.key_range, mask, seed, causal, scale, softcap,
+                             dropout_p), (out, lse))
         ctx.mark_non_differentiable(lse)
         # lse never gets a gradient: materialized, it would cost a zero-filled tensor (an allocation and a launch)
         # on every backward.
