@@ -1,14 +1,15 @@
 """Triton flash-attention for Hugging Face Transformers.
 
-``import hf_triton_attn`` registers ``attn_implementation="triton"``; :func:`attention` is the functional API, and
+``import hf_triton_attn`` registers ``attn_implementation="triton"``; :func:`attention` is the functional API
+(:func:`attention_bshd` returns its output in the (batch, seqlen_q, heads, head_dim) layout itself), and
 :func:`kept_key_ranges` summarises a key-padding mask once for every call that shares it.
 """
-from .functional import attention, kept_key_ranges
+from .functional import attention, attention_bshd, kept_key_ranges
 from .hf import register, triton_attention_forward
 from .masks import triton_attention_mask
 
 __version__ = "0.1.0"
-__all__ = ["attention", "kept_key_ranges", "register", "triton_attention_forward", "triton_attention_mask",
-           "__version__"]
+__all__ = ["attention", "attention_bshd", "kept_key_ranges", "register", "triton_attention_forward",
+           "triton_attention_mask", "__version__"]
 
 register()

@@ -14,7 +14,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from .functional import attention
+from .functional import attention_bshd
 from .masks import kept_key_ranges_cached, keys_in_use_cached, triton_attention_mask
 
 ATTN_IMPLEMENTATION = "triton"
@@ -51,12 +51,12 @@ def triton_attention_forward(
             key_ranges = kept_key_ranges_cached(attention_mask, seqused_k)
     if position_bias is not None:
         attention_mask = _with_position_bias(position_bias, attention_mask)
-    out = attention(
+    out = attention_bshd(
         query, key, value,
         causal=causal, scale=scaling, attention_mask=attention_mask, seqused_k=seqused_k,
         dropout_p=dropout, softcap=softcap, kept_key_ranges=key_ranges,
     )
-    return out.transpose(1, 2), None
+    return out, None
 
 
 def _refuse_unsupported(output_attentions, s_aux, attention_mask, kwargs) -> None:

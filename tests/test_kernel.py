@@ -8,7 +8,7 @@ from conftest import DEVICE, DTYPES
 from helpers import (assert_close_to_reference, count_calls, count_descriptors, inputs_with_unused_nan_keys, max_err,
                      random_qkv, reference_pair)
 
-from hf_triton_attn import attention, configs, kept_key_ranges, ops
+from hf_triton_attn import attention, attention_bshd, configs, kept_key_ranges, ops
 
 HEAD_GROUPS = [(4, 4), (4, 2), (4, 1)]
 SEQLENS = [(1, 67), (3, 130), (37, 37), (64, 100), (100, 64)]
@@ -322,6 +322,14 @@ def test_non_contiguous_inputs(layout, dtype):
         q, k, v = fused[..., :head_dim], fused[:, :kv_heads, :, head_dim:2 * head_dim], fused[:, :kv_heads, :, 2 * head_dim:]
     assert not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous())
     check_forward(q, k, v, causal=True)
+
+
+@pytest.mark.parametrize("seqlen_q", [1, 37])  # the split-KV (decoding) kernel and the forward kernel
+def test_attention_bshd_is_attention_in_the_bshd_layout(seqlen_q):
+    q, k, v = random_qkv(2, 4, 2, seqlen_q, 45, 32, torch.float32, DEVICE)
+    out = attention_bshd(q, k, v, causal=True)
+    assert out.shape == (2, seqlen_q, 4, 32) and out.is_contiguous()
+    assert torch.equal(out, attention(q, k, v, causal=True).transpose(1, 2))
 
 
 @pytest.mark.parametrize("causal", [False, True])
