@@ -2,9 +2,10 @@
 
 A decoding step at a short cache is host-bound: each eager call costs its Python, validation and kernel
 launches, and the GPU waits. This script issues many calls back to back and reports microseconds per call
-for the public function, the op layer below it, bare Triton launches with few and many arguments (plain
-``kernel[grid](...)`` and through ``hf_triton_attn.launch.KernelLauncher``), and SDPA for scale; then the
-GPU time alone (CUDA graph replay) and a cProfile of the public call.
+for the public function, the integration layer's attention function (a decoding step as Transformers makes
+it), the op layer below them, bare Triton launches with few and many arguments (plain ``kernel[grid](...)`` and
+through ``hf_triton_attn.launch.KernelLauncher``), and SDPA for scale; then the GPU time alone (CUDA graph
+replay) and a cProfile of the public call.
 
     PYTHONPATH=. python benchmarks/host_time.py [--out DIR]
 """
@@ -79,6 +80,12 @@ def main() -> None:
     key_mask = torch.arange(512, device="cuda")[None, :] < lengths[:, None]
     pq, pk, pv = (torch.randn(16, 512, 12, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
     ranges = hf_triton_attn.kept_key_ranges(key_mask)
+    # A decoding step as Transformers makes it (the integration layer's attention function, a left-padded batch's
+    # key mask; the layer's keys in use are found once and reused, as for every layer after a model's first).
+    decode_mask = torch.ones(batch, args.cache_len, device="cuda", dtype=torch.bool)
+    decode_mask[: batch // 2, : args.cache_len // 10] = False
+    layer = torch.nn.Module()
+    layer.is_causal = True
 
     rows = {
         "hf_triton_attn.attention": lambda: hf_triton_attn.attention(q, k, v, causal=True),
@@ -86,6 +93,8 @@ def main() -> None:
             lambda: hf_triton_attn.attention(pq, pk, pv, attention_mask=key_mask),
         "attention, padded prefill, key mask + ranges":
             lambda: hf_triton_attn.attention(pq, pk, pv, attention_mask=key_mask, kept_key_ranges=ranges),
+        "integration layer (hf), decoding step, key mask": lambda: hf_triton_attn.triton_attention_forward(
+            layer, q, k, v, decode_mask, scaling=scale),
         "ops.forward_impl": lambda: ops.forward_impl(q, k, v, None, None, None, None, None, True, scale, 0.0, 0.0),
         "ops.attention_forward (custom op)":
             lambda: ops.attention_forward(q, k, v, None, None, None, None, None, True, scale, 0.0, 0.0),
