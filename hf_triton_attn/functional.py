@@ -1,4 +1,4 @@
-"""The public attention function: input validation and mask normalisation over :mod:`hf_triton_attn.ops`."""
+"""The public attention functions: input validation and mask normalisation over :mod:`hf_triton_attn.ops`."""
 import math
 from typing import Optional
 
