@@ -8,7 +8,11 @@ before timing, except with dropout, where each provider draws its own mask. Time
 ``triton.testing.do_bench`` (which clears the L2 cache before each call). Throughput counts:
 
 - dense: 4*B*H*Sq*Skv*D FLOP, halved when causal, times 3.5 for forward+backward;
-- padded: useful FLOP only, the sum over sequences of 4*H*len^2*D, halved when causal;
+- padded: useful FLOP only, the sum over sequences of 4*H*len^2*D, halved when causal. Right padding, as a
+  training batch has: every provider computes the padding query rows as eager attention does, except in the
+  "padding rows skipped" cases, where ours takes ``seqused_q`` and FlexAttention a block mask that hides the
+  padding rows too (SDPA has no way to skip them and keeps Transformers' mask); only the valid rows are
+  compared there;
 - decode (Sq=1): bytes of K and V read once, 2*B*Hkv*L*D*itemsize. "decode" times each eager call, host
   (Python, dispatch, kernel launches) included; "decode graph" replays the call from a CUDA graph
   (``triton.testing.do_bench_cudagraph``), as generation with a static cache under torch.compile does, so
@@ -66,6 +70,7 @@ class KernelCase:
     dtype: torch.dtype = torch.bfloat16
     dropout_p: float = 0.0  # forward+backward only; outputs then differ by provider and are not compared
     window: int = 0  # window groups: causal sliding window, as a dense mask (what Transformers builds)
+    skip_padding_rows: bool = False  # padded group: providers that can leave out the padding query rows do
 
     @property
     def graph(self) -> bool:
@@ -104,7 +109,9 @@ class KernelCase:
         if self.window:
             mask = f"window {self.window}"
         dropout = f" dropout {self.dropout_p}" if self.dropout_p else ""
-        return f"{self.group} B{self.batch} {heads} S{self.seqlen} D{self.head_dim} {mask}{dropout} {dtype}"
+        skipped = ", padding rows skipped" if self.skip_padding_rows else ""
+        return (f"{self.group} B{self.batch} {heads} S{self.seqlen} D{self.head_dim} {mask}{dropout} {dtype}"
+                f"{skipped}")
 
     @property
     def seed(self) -> int:
@@ -133,6 +140,8 @@ def all_cases() -> list[KernelCase]:
         KernelCase("dense fwdbwd", 32, 12, 12, 512, 64, False, dropout_p=0.1),
         KernelCase("padded fwd", 16, 16, 16, 2048, 128, True),
         KernelCase("padded fwd", 16, 12, 12, 512, 64, False),
+        KernelCase("padded fwd", 16, 16, 16, 2048, 128, True, skip_padding_rows=True),
+        KernelCase("padded fwd", 16, 12, 12, 512, 64, False, skip_padding_rows=True),
         # A Mistral-style sliding-window layer: Transformers hands every backend a dense (B, 1, S, S) mask.
         KernelCase("window fwd", 1, 32, 8, 8192, 128, True, window=4096),
         KernelCase("window fwdbwd", 1, 32, 8, 8192, 128, True, window=4096),
@@ -189,6 +198,7 @@ class Inputs:
     grad_out: Optional[torch.Tensor]        # forward+backward only
     lengths: Optional[list[int]]            # padded only
     key_padding_mask: Optional[torch.Tensor]  # (B, S) bool, True = attend: what ours takes
+    seqused_q: Optional[torch.Tensor]       # (B,) int32, the lengths, where the case skips padding query rows
     sdpa_mask: Optional[torch.Tensor]       # (B, 1, Sq, S) bool: what Transformers builds for SDPA (and for ours
                                             # in window cases)
 
@@ -207,7 +217,9 @@ def make_inputs(case: KernelCase, lengths: Optional[list[int]]) -> Inputs:
         for t in (q, k, v):
             t.requires_grad_(True)
         grad_out = randn(case.batch, case.heads, case.seqlen_q, case.head_dim)
-    key_padding_mask = sdpa_mask = None
+    key_padding_mask = sdpa_mask = seqused_q = None
+    if case.skip_padding_rows:
+        seqused_q = torch.tensor(lengths, device=DEVICE, dtype=torch.int32)
     if lengths is not None:
         positions = torch.arange(case.seqlen, device=DEVICE)
         key_padding_mask = positions[None, :] < torch.tensor(lengths, device=DEVICE)[:, None]
@@ -220,7 +232,7 @@ def make_inputs(case: KernelCase, lengths: Optional[list[int]]) -> Inputs:
         query_positions = torch.arange(case.seqlen_q, device=DEVICE) + (case.seqlen - case.seqlen_q)
         offset = query_positions[:, None] - torch.arange(case.seqlen, device=DEVICE)[None, :]
         sdpa_mask = ((offset >= 0) & (offset < case.window)).expand(case.batch, 1, case.seqlen_q, case.seqlen)
-    return Inputs(q, k, v, grad_out, lengths, key_padding_mask, sdpa_mask)
+    return Inputs(q, k, v, grad_out, lengths, key_padding_mask, seqused_q, sdpa_mask)
 
 
 # A provider maker returns (context to enter around the calls, forward function returning (B, H, Sq, D)).
@@ -244,7 +256,8 @@ def make_ours(case: KernelCase, inputs: Inputs):
 
     def forward():
         return hf_triton_attn.attention(inputs.q, inputs.k, inputs.v, causal=causal, attention_mask=mask,
-                                        dropout_p=case.dropout_p, kept_key_ranges=ranges)
+                                        seqused_q=inputs.seqused_q, dropout_p=case.dropout_p,
+                                        kept_key_ranges=ranges)
     return contextlib.nullcontext(), forward
 
 
@@ -274,11 +287,16 @@ def flex_block_mask(case: KernelCase, inputs: Inputs):
     if inputs.lengths is not None:
         lengths = torch.tensor(inputs.lengths, device=DEVICE)
         if case.causal:
-            def mask_mod(b, h, q_idx, kv_idx):
+            def key_mod(b, h, q_idx, kv_idx):
                 return (kv_idx < lengths[b]) & (kv_idx <= q_idx)
         else:
-            def mask_mod(b, h, q_idx, kv_idx):
+            def key_mod(b, h, q_idx, kv_idx):
                 return kv_idx < lengths[b]
+        if case.skip_padding_rows:
+            def mask_mod(b, h, q_idx, kv_idx):
+                return key_mod(b, h, q_idx, kv_idx) & (q_idx < lengths[b])
+        else:
+            mask_mod = key_mod
         return create_block_mask(mask_mod, B=case.batch, H=None, Q_LEN=case.seqlen_q, KV_LEN=case.seqlen,
                                  device=DEVICE)
     if case.causal:
@@ -335,9 +353,14 @@ class Reference:
 
 
 def run_once(case: KernelCase, inputs: Inputs, forward) -> Reference:
-    """One call, outside timing: compiles/JITs the provider and gives the values to verify."""
+    """One call, outside timing: compiles/JITs the provider and gives the values to verify (the valid rows only,
+    where the case skips padding rows)."""
     if not case.backward:
-        return Reference(forward().detach(), None)
+        out = forward().detach()
+        if inputs.seqused_q is not None:
+            valid_rows = torch.arange(case.seqlen_q, device=DEVICE)[None, :] < inputs.seqused_q[:, None]
+            out = torch.where(valid_rows[:, None, :, None], out, 0.0)
+        return Reference(out, None)
     for t in (inputs.q, inputs.k, inputs.v):
         t.grad = None
     out = forward()

@@ -20,6 +20,7 @@ def attention(
     scale: Optional[float] = None,
     attention_mask: Optional[torch.Tensor] = None,
     seqused_k: Optional[torch.Tensor] = None,
+    seqused_q: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
     softcap: Optional[float] = None,
     kept_key_ranges: Optional[torch.Tensor] = None,
@@ -55,6 +56,11 @@ def attention(
             Query rows with no visible key return zeros (never NaN).
         seqused_k: optional (batch,) integer tensor: only the first ``seqused_k[b]`` keys of row ``b`` are
             used (e.g. the written part of a static KV cache); the causal diagonal is aligned to it.
+        seqused_q: optional (batch,) integer tensor: query rows ``seqused_q[b]`` and later of row ``b`` are
+            padding (a right-padded batch): their output is zero, they get zero gradients and no key is read
+            for them; the other rows are unchanged (the causal diagonal does not move). Without it every row is
+            computed, padding rows too, as eager attention does. Calls with it never take the split-KV
+            (decoding) kernel.
         dropout_p: probability of dropping an attention weight (training). The mask comes from a
             counter-based generator seeded from PyTorch's default generator, so ``torch.manual_seed``
             makes runs reproducible, and the backward regenerates the same mask. Each weight is dropped with
@@ -76,7 +82,8 @@ def attention(
             Triton interpreter). NotImplementedError: valid but unsupported requests.
     """
     return attention_bshd(q, k, v, causal=causal, scale=scale, attention_mask=attention_mask, seqused_k=seqused_k,
-                          dropout_p=dropout_p, softcap=softcap, kept_key_ranges=kept_key_ranges).transpose(1, 2)
+                          seqused_q=seqused_q, dropout_p=dropout_p, softcap=softcap,
+                          kept_key_ranges=kept_key_ranges).transpose(1, 2)
 
 
 def attention_bshd(
@@ -88,6 +95,7 @@ def attention_bshd(
     scale: Optional[float] = None,
     attention_mask: Optional[torch.Tensor] = None,
     seqused_k: Optional[torch.Tensor] = None,
+    seqused_q: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
     softcap: Optional[float] = None,
     kept_key_ranges: Optional[torch.Tensor] = None,
@@ -109,21 +117,23 @@ def attention_bshd(
         raise ValueError(f"softcap must be positive or None, got {softcap}.")
     key_mask, dense_mask = _split_mask(attention_mask, q, seqlen_k)
     if seqused_k is not None:
-        _check_seqused(seqused_k, q)
+        seqused_k = _seqused_arg(seqused_k, q)
+    if seqused_q is not None:
+        seqused_q = _seqused_arg(seqused_q, q, "seqused_q")
     if kept_key_ranges is not None:
         _check_kept_key_ranges(kept_key_ranges, key_mask, q)
     seed = None
     if dropout_p > 0.0:
         seed = torch.randint(0, 2**31 - 1, (1,), device=q.device, dtype=torch.int64)
-    if not _runs_eagerly((q, k, v, key_mask, seqused_k, kept_key_ranges, dense_mask)):
+    if not _runs_eagerly((q, k, v, key_mask, seqused_k, seqused_q, kept_key_ranges, dense_mask)):
         forward = ops.attention_forward
     elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         # No other input can need a gradient: a mask that does was refused above, the rest are integers.
         forward = ops.EagerAttention.apply
     else:
         forward = ops.forward_impl
-    out, _ = forward(q, k, v, key_mask, seqused_k, kept_key_ranges, dense_mask, seed, causal, float(scale),
-                     float(softcap or 0.0), float(dropout_p))
+    out, _ = forward(q, k, v, key_mask, seqused_k, seqused_q, kept_key_ranges, dense_mask, seed, causal,
+                     float(scale), float(softcap or 0.0), float(dropout_p))
     return out
 
 
@@ -148,7 +158,7 @@ def kept_key_ranges(attention_mask: torch.Tensor, seqused_k: Optional[torch.Tens
                          f"{tuple(getattr(attention_mask, 'shape', ()))}.")
     _check_device(attention_mask.device)
     if seqused_k is not None:
-        _check_seqused(seqused_k, attention_mask)
+        seqused_k = _seqused_arg(seqused_k, attention_mask)
     return ops.kept_key_ranges(attention_mask, seqused_k)
 
 
@@ -266,9 +276,13 @@ def _check_kept_key_ranges(ranges: torch.Tensor, key_mask: Optional[torch.Tensor
         raise ValueError(f"kept_key_ranges is on {ranges.device} but q is on {q.device}.")
 
 
-def _check_seqused(seqused_k: torch.Tensor, q: torch.Tensor) -> None:
-    if (not isinstance(seqused_k, torch.Tensor) or seqused_k.dim() != 1 or seqused_k.shape[0] != q.shape[0]
-            or seqused_k.dtype not in (torch.int32, torch.int64)):
-        raise ValueError(f"seqused_k must be an int32/int64 tensor of shape (batch,) = ({q.shape[0]},).")
-    if seqused_k.device != q.device:
-        raise ValueError(f"seqused_k is on {seqused_k.device} but q is on {q.device}.")
+def _seqused_arg(seqused: torch.Tensor, q: torch.Tensor, name: str = "seqused_k") -> torch.Tensor:
+    """The validated ``seqused_k``/``seqused_q``, contiguous: the kernels read element b at offset b (a strided view,
+    such as one column of a (B, 2) tensor, would be read wrongly)."""
+    if (not isinstance(seqused, torch.Tensor) or seqused.dim() != 1 or seqused.shape[0] != q.shape[0]
+            or seqused.dtype not in (torch.int32, torch.int64)):
+        raise ValueError(f"{name} must be an int32/int64 tensor of shape (batch,) = ({q.shape[0]},), got "
+                         f"{getattr(seqused, 'dtype', type(seqused).__name__)} {tuple(getattr(seqused, 'shape', ()))}.")
+    if seqused.device != q.device:
+        raise ValueError(f"{name} is on {seqused.device} but q is on {q.device}.")
+    return seqused.contiguous()

@@ -14,7 +14,8 @@ through pointer arithmetic otherwise; the split-KV (decoding) kernel always thro
 
 Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the output is allocated as
 (B, Sq, H, D), the layout Transformers reshapes to (B, Sq, H*D) without a copy; LSE is (B, H, Sq) float32 in
-log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B,) keys in use, ``key_range``
+log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B,) keys in use, ``seqused_q`` (B,)
+query rows in use (the rest are padding: zero output and gradients, no work), ``key_range``
 the key mask's (B, 3) :func:`kept_key_ranges`, ``mask`` a dense (B|1, H|1, Sq, Skv) boolean or additive float
 mask, ``seed`` a one-element int64 tensor.
 A dense mask gets its spans of visible keys per row (and of queries per key) and its clear runs from one extra
@@ -127,11 +128,12 @@ def _visible_spans_of(mask: Optional[torch.Tensor], by_key: bool = False, group:
     return spans, *(stride if size > 1 else 0 for stride, size in zip(spans.stride()[:2], spans.shape[:2])), 4
 
 
-def _flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, dtype):
+def _flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, dtype):
     return dict(
         IS_CAUSAL=causal,
         HAS_KEY_MASK=key_mask is not None,
         HAS_SEQUSED=seqused_k is not None,
+        HAS_SEQUSED_Q=seqused_q is not None,
         MASK_KIND=mask_kind,
         HAS_SOFTCAP=softcap > 0.0,
         HAS_DROPOUT=dropout_p > 0.0,
@@ -149,17 +151,18 @@ class MaskSummaries(NamedTuple):
 
 def forward_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], key_range: Optional[torch.Tensor],
-    mask: Optional[torch.Tensor], seed: Optional[torch.Tensor],
+    key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], seqused_q: Optional[torch.Tensor],
+    key_range: Optional[torch.Tensor], mask: Optional[torch.Tensor], seed: Optional[torch.Tensor],
     causal: bool, scale: float, softcap: float, dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``key_range``: the key mask's :func:`kept_key_ranges`, computed beforehand (a model's layers share it), or
     None."""
-    out, lse, _ = _forward(q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p)
+    out, lse, _ = _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale, softcap,
+                           dropout_p)
     return out, lse
 
 
-def _forward(q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p):
+def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale, softcap, dropout_p):
     """:func:`forward_impl`'s body; also returns the :class:`MaskSummaries` it computed or was given."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
@@ -167,7 +170,8 @@ def _forward(q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale,
     lse = torch.empty((batch, heads, sq), device=q.device, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse, MaskSummaries(key_range)
-    if _takes_split_kv(sq, heads // hkv, skv, dropout_p):
+    # The split-KV kernel has no padding query rows to leave out: calls with seqused_q take the forward kernel.
+    if seqused_q is None and _takes_split_kv(sq, heads // hkv, skv, dropout_p):
         spans = _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scale, softcap)
         return out, lse, MaskSummaries(key_range, spans)
     spans = _visible_spans_of(mask)
@@ -183,13 +187,13 @@ def _forward(q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale,
     grid = (configs.cdiv(sq, cfg.block_m), batch * heads)
     _launch_fwd(
         grid,
-        q, k, v, *descriptors, out, lse, key_mask, key_range, seqused_k, mask, spans[0],
+        q, k, v, *descriptors, out, lse, key_mask, key_range, seqused_k, seqused_q, mask, spans[0],
         seed, scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out),
         *km_strides, *m_strides, *spans[1:],
         heads, sq, skv, heads // hkv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype),
+        **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype),
         USE_TMA=tma, SCALE_IN_EXP=scale > 0.0 and softcap == 0.0 and mask_kind != 2,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.max_registers,
     )
@@ -278,7 +282,7 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scal
 
 
 @attention_forward.register_fake
-def _(q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p):
+def _(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale, softcap, dropout_p):
     batch, heads, sq, head_dim = q.shape
     out = q.new_empty((batch, sq, heads, head_dim))
     lse = q.new_empty((batch, heads, sq), dtype=torch.float32)
@@ -288,17 +292,17 @@ def _(q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softca
 def backward_impl(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor,
-    key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], key_range: Optional[torch.Tensor],
-    mask: Optional[torch.Tensor], seed: Optional[torch.Tensor],
+    key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], seqused_q: Optional[torch.Tensor],
+    key_range: Optional[torch.Tensor], mask: Optional[torch.Tensor], seed: Optional[torch.Tensor],
     causal: bool, scale: float, softcap: float, dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """grad_out and out are (B, Sq, H, D) like the forward's output; returns dq, dk, dv shaped like q, k, v."""
-    return _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap,
-                     dropout_p)
+    return _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal,
+                     scale, softcap, dropout_p)
 
 
-def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap,
-              dropout_p, query_spans=None):
+def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale,
+              softcap, dropout_p, query_spans=None):
     """:func:`backward_impl`'s body, reusing the forward's key range and the mask's row spans where given."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
@@ -320,10 +324,10 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, key_range, mask,
     if key_range is None:
         key_range = kept_key_ranges(key_mask, seqused_k)
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
-                 **_flags(key_mask, seqused_k, mask_kind, causal, softcap, dropout_p, q.dtype))
+                 **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype))
     _launch_bwd_dq(
         (configs.cdiv(sq, cfg.dq.block_m), batch * heads),
-        q, k, v, *kv_descriptors, out, grad_out, dq, lse, delta, key_mask, key_range, seqused_k, mask,
+        q, k, v, *kv_descriptors, out, grad_out, dq, lse, delta, key_mask, key_range, seqused_k, seqused_q, mask,
         query_spans[0], seed, scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out), *_bhsd_strides(grad_out), *dq.stride(),
         *km_strides, *m_strides, *query_spans[1:],
@@ -333,7 +337,7 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, key_range, mask,
     )
     _launch_bwd_dkdv(
         (configs.cdiv(skv, cfg.dkdv.block_n), batch * hkv),
-        q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_range, seqused_k, mask, key_spans[0], seed,
+        q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_range, seqused_k, seqused_q, mask, key_spans[0], seed,
         scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(grad_out), *dk.stride(), *dv.stride(),
         *km_strides, *m_strides, *key_spans[1:],
@@ -348,26 +352,28 @@ attention_backward = torch.library.custom_op("hf_triton_attn::attention_backward
 
 
 @attention_backward.register_fake
-def _(grad_out, q, k, v, out, lse, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p):
+def _(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale, softcap,
+      dropout_p):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p = inputs
+    q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale, softcap, dropout_p = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_mask, seqused_k, key_range, mask, seed)
+    ctx.save_for_backward(q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, mask, seed)
     ctx.params = (causal, scale, softcap, dropout_p)
 
 
 def _gradients(ctx, grad_out, backward) -> tuple:
-    """Gradients for the forward's 12 inputs from ``backward`` (the custom op or its body): dq, dk, dv, then None.
+    """Gradients for the forward's 13 inputs from ``backward`` (the custom op or its body): dq, dk, dv, then None.
     No ``grad_out`` (nothing downstream gave the output a gradient; eager autograd does not materialise one): None
     for all."""
     dq = dk = dv = None
     if grad_out is not None:
-        q, k, v, out, lse, key_mask, seqused_k, key_range, mask, seed = ctx.saved_tensors
-        dq, dk, dv = backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, key_range, mask, seed, *ctx.params)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+        q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, mask, seed = ctx.saved_tensors
+        dq, dk, dv = backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, mask, seed,
+                              *ctx.params)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
 
 
 def _op_backward(ctx, grad_out, _grad_lse):
@@ -389,13 +395,14 @@ class EagerAttention(torch.autograd.Function):
     the arguments through ``inspect.signature`` on every call, tens of microseconds of host time."""
 
     @staticmethod
-    def forward(ctx, q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap, dropout_p):
-        out, lse, summaries = _forward(q, k, v, key_mask, seqused_k, key_range, mask, seed, causal, scale, softcap,
-                                       dropout_p)
+    def forward(ctx, q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale, softcap,
+                dropout_p):
+        out, lse, summaries = _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale,
+                                       softcap, dropout_p)
         # The backward takes the key range the forward used (given or computed) and the mask's row spans.
         ctx.query_spans = summaries.query_spans
-        _setup_context(ctx, (q, k, v, key_mask, seqused_k, summaries.key_range, mask, seed, causal, scale, softcap,
-                             dropout_p), (out, lse))
+        _setup_context(ctx, (q, k, v, key_mask, seqused_k, seqused_q, summaries.key_range, mask, seed, causal, scale,
+                             softcap, dropout_p), (out, lse))
         ctx.mark_non_differentiable(lse)
         # lse never gets a gradient: materialized, it would cost a zero-filled tensor (an allocation and a launch)
         # on every backward.

@@ -11,7 +11,8 @@ import torch
 def attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     causal: bool = False, scale: Optional[float] = None, attention_mask: Optional[torch.Tensor] = None,
-    seqused_k: Optional[torch.Tensor] = None, softcap: Optional[float] = None,
+    seqused_k: Optional[torch.Tensor] = None, seqused_q: Optional[torch.Tensor] = None,
+    softcap: Optional[float] = None,
     dropout_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Same arguments as :func:`hf_triton_attn.attention`; ``dropout_mask`` (B, H, Sq, Skv) keep-flags, if given,
@@ -45,4 +46,7 @@ def attention_reference(
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     if dropout_mask is not None:
         probs = probs * dropout_mask / (1.0 - dropout_p)
+    if seqused_q is not None:
+        padding_rows = torch.arange(seqlen_q, device=q.device)[None, :] >= seqused_q[:, None]
+        probs = probs.masked_fill(padding_rows[:, None, :, None], 0.0)
     return torch.matmul(probs, v)

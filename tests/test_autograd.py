@@ -112,6 +112,32 @@ def test_backward_seqused_softcap_scale():
     check_backward(q, k, v, causal=True, seqused_k=seqused, softcap=3.0, scale=0.2)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2)])
+@pytest.mark.parametrize("key_mask", [False, True])
+def test_backward_seqused_q(dtype, causal, heads, key_mask):
+    """Padding query rows get zero dQ and add nothing to dK/dV, whatever gradient reaches their (zero) output."""
+    q, k, v = random_qkv(4, *heads, 70, 70, 32, dtype, DEVICE)
+    seqused_q = torch.tensor([70, 33, 0, 64], device=DEVICE, dtype=torch.int32)
+    mask = (torch.arange(70, device=DEVICE)[None, :] < torch.tensor([70, 40, 5, 64], device=DEVICE)[:, None]
+            if key_mask else None)
+    check_backward(q, k, v, causal=causal, seqused_q=seqused_q, attention_mask=mask)
+
+
+def test_backward_seqused_q_with_dense_mask_dropout_and_seqused_k():
+    q, k, v = random_qkv(2, 2, 1, 37, 77, 32, torch.float32, DEVICE)
+    seqused_q = torch.tensor([20, 37], device=DEVICE, dtype=torch.int32)
+    seqused_k = torch.tensor([77, 50], device=DEVICE, dtype=torch.int32)
+    check_backward(q, k, v, causal=True, seqused_q=seqused_q, seqused_k=seqused_k,
+                   attention_mask=structured_mask("sliding", 2, 1, 37, 77))
+    torch.manual_seed(0)
+    ours = grads_of(lambda a, b, c: attention(a, b, c, seqused_q=seqused_q, dropout_p=0.3), q, k, v,
+                    torch.randn_like(q))
+    for tensor, name in zip(ours[:2], ("out", "dq")):
+        assert not tensor[0, :, 20:].any() and tensor[0, :, :20].abs().sum() > 0, name
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("use_tma", [False, True])
 def test_dq_tensor_descriptor_and_pointer_loads(monkeypatch, use_tma, causal):
@@ -265,9 +291,12 @@ def test_opcheck():
     key_mask = padding_mask("left", 2, 33)
     seed = torch.tensor([5], device=DEVICE)
     ranges = functional.kept_key_ranges(key_mask)
-    torch.library.opcheck(ops.attention_forward, (q, k, v, key_mask, None, None, None, seed, True, 0.25, 0.0, 0.1))
-    torch.library.opcheck(ops.attention_forward, (q, k, v, key_mask, None, ranges, None, None, True, 0.25, 0.0, 0.0))
-    torch.library.opcheck(ops.attention_forward, (q, k, v, None, None, None, None, None, False, 0.25, 2.0, 0.0))
+    seqused_q = torch.tensor([9, 17], device=DEVICE, dtype=torch.int32)
+    for args in ((key_mask, None, None, None, None, seed, True, 0.25, 0.0, 0.1),
+                 (key_mask, None, None, ranges, None, None, True, 0.25, 0.0, 0.0),
+                 (None, None, None, None, None, None, False, 0.25, 2.0, 0.0),
+                 (key_mask, None, seqused_q, None, None, None, True, 0.25, 0.0, 0.0)):
+        torch.library.opcheck(ops.attention_forward, (q, k, v, *args))
 
 
 @pytest.mark.parametrize("with_ranges", [False, True])
@@ -305,7 +334,7 @@ class _RecordOps(TorchDispatchMode):
 def test_inference_skips_the_dispatcher_with_the_same_result(monkeypatch):
     q, k, v = random_qkv(2, 4, 2, 3, 70, 32, torch.float32, DEVICE)
     key_mask = padding_mask("left", 2, 70)
-    through_op = ops.attention_forward(q, k, v, key_mask, None, None, None, None, True, 32 ** -0.5, 0.0, 0.0)[0]
+    through_op = ops.attention_forward(q, k, v, key_mask, None, None, None, None, None, True, 32 ** -0.5, 0.0, 0.0)[0]
 
     def refuse(*args):
         raise AssertionError("the custom op was called for a plain inference call")
@@ -401,6 +430,18 @@ def test_grad_and_dispatch_modes_go_through_the_op():
                                            ((2, 4, 4, 512, 512, 256), True), ((4, 12, 12, 300, 300, 96), False)])
 def test_backward_large_shapes_gpu(dtype, shape, causal):
     check_backward(*random_qkv(*shape, dtype, DEVICE), causal=causal)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape, causal", [((4, 16, 4, 1000, 1000, 128), True), ((4, 12, 12, 512, 512, 64), False),
+                                           ((2, 4, 4, 700, 700, 256), True)])
+def test_seqused_q_right_padding_gpu(dtype, shape, causal):
+    """A right-padded batch at the GPU's tile sizes: padding rows left out, with the key mask a model passes."""
+    batch, seqlen = shape[0], shape[3]
+    lengths = torch.tensor([seqlen, seqlen // 2 + 1, 0, 130][:batch], device=DEVICE, dtype=torch.int32)
+    mask = torch.arange(seqlen, device=DEVICE)[None, :] < lengths[:, None]
+    check_backward(*random_qkv(*shape, dtype, DEVICE), causal=causal, attention_mask=mask, seqused_q=lengths)
 
 
 @pytest.mark.gpu

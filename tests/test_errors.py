@@ -58,6 +58,8 @@ def test_mask_gradient_is_refused():
     (dict(softcap=-1.0), "softcap must be positive"),
     (dict(seqused_k=torch.tensor([8.0, 8.0])), "seqused_k must be an int32/int64 tensor"),
     (dict(seqused_k=torch.tensor([8])), r"shape \(batch,\)"),
+    (dict(seqused_q=torch.tensor([8.0, 8.0])), "seqused_q must be an int32/int64 tensor"),
+    (dict(seqused_q=torch.tensor([[8, 8]])), r"seqused_q must .* shape \(batch,\) = \(2,\), got torch.int64 \(1, 2\)"),
 ])
 def test_bad_keyword_values(kwargs, match):
     args = qkv()

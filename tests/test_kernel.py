@@ -297,6 +297,43 @@ def test_seqused_k(causal):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlens", [(45, 45), (7, 90), (130, 70)])
+@pytest.mark.parametrize("mask", ["none", "right", "holes", "dense"])
+def test_seqused_q(dtype, causal, seqlens, mask):
+    """Query rows from seqused_q[b] on are padding: exactly zero; the other rows as the oracle gives them."""
+    seqlen_q, seqlen_k = seqlens
+    q, k, v = random_qkv(4, 4, 2, seqlen_q, seqlen_k, 32, dtype, DEVICE)
+    seqused_q = torch.tensor([seqlen_q, 0, seqlen_q // 2 + 1, seqlen_q + 5], device=DEVICE, dtype=torch.int32)
+    kwargs = dict(causal=causal, seqused_q=seqused_q)
+    if mask == "dense":
+        kwargs["attention_mask"] = structured_mask("sliding", 4, 1, seqlen_q, seqlen_k)
+    elif mask != "none":
+        kwargs["attention_mask"] = padding_mask(mask, 4, seqlen_k)
+    out = check_forward(q, k, v, **kwargs)
+    assert not out[1].any() and not out[2, :, seqlen_q // 2 + 1:].any()
+
+
+@pytest.mark.parametrize("seqlen_q", [5, 40])  # the split-KV kernel and the forward kernel
+def test_strided_seqused_tensors(seqlen_q):
+    """Columns of a (B, 2) tensor (stride 2) as seqused_k and seqused_q: the kernels read them as given."""
+    q, k, v = random_qkv(3, 2, 2, seqlen_q, 40, 16, torch.float32, DEVICE)
+    columns = torch.tensor([[40, seqlen_q], [17, 0], [9, seqlen_q // 2]], device=DEVICE, dtype=torch.int32)
+    check_forward(q, k, v, causal=True, seqused_k=columns[:, 0])
+    check_forward(q, k, v, causal=True, seqused_k=columns[:, 0], attention_mask=padding_mask("right", 3, 40))
+    check_forward(q, k, v, seqused_q=columns[:, 1])
+    mask = padding_mask("left", 3, 40)
+    assert kept_key_ranges(mask, columns[:, 0]).equal(kept_key_ranges(mask, columns[:, 0].contiguous()))
+
+
+def test_seqused_q_takes_the_forward_kernel_for_short_queries(monkeypatch):
+    """The split-KV kernel would compute padding rows: a call with seqused_q takes the forward kernel."""
+    q, k, v = random_qkv(2, 4, 2, 1, 90, 32, torch.float32, DEVICE)
+    monkeypatch.setattr(ops, "_launch_fwd_split", lambda *args, **kwargs: pytest.fail("took the split-KV kernel"))
+    check_forward(q, k, v, causal=True, seqused_q=torch.tensor([1, 0], device=DEVICE, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_softcap_and_scale(dtype):
     q, k, v = random_qkv(2, 4, 2, 33, 33, 32, dtype, DEVICE)
     check_forward(q, k, v, causal=True, softcap=2.5, scale=0.3)
@@ -494,7 +531,7 @@ def test_split_kv_single_split_writes_the_output_itself(monkeypatch, dtype, seql
     key_mask = torch.rand(3, seqlen_k, device=DEVICE) > 0.3
     key_mask[2] = False
     scale = 32 ** -0.5
-    out, lse = ops.forward_impl(q, k, v, key_mask, None, None, None, None, True, scale, 0.0, 0.0)
+    out, lse = ops.forward_impl(q, k, v, key_mask, None, None, None, None, None, True, scale, 0.0, 0.0)
     assert len(merges) == merged
     ref64, same = reference_pair(q, k, v, causal=True, attention_mask=key_mask)
     assert_close_to_reference(out.transpose(1, 2), ref64, same)

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .common import (_apply_masks, _block_loop, _block_start, _dropout_keep, _kept_key_range, _key_block_ranges,
-                     _keys_in_use, _scores, _visible_span, _within_clear_run)
+                     _scores, _used_length, _visible_span, _within_clear_run)
 
 
 @triton.jit
@@ -57,7 +57,7 @@ def _probs_and_dscores(
 @triton.jit
 def _attn_bwd_dkdv_step(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m,
-    offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+    offs_m0, start_n, offs_n, offs_d, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_qm, stride_qd, stride_dom, stride_dod,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
@@ -65,10 +65,11 @@ def _attn_bwd_dkdv_step(
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Add the query block at ``start_m`` of one query head to dK/dV. Query rows past Sq load as zeros with
-    lse = delta = 0, so they add exactly nothing (dO = 0)."""
+    """Add the query block at ``start_m`` of one query head to dK/dV. Query rows from q_end on (past Sq, or
+    padding rows ``seqused_q`` leaves out) load as zeros with lse = delta = 0, so they add exactly nothing
+    (dO = 0)."""
     offs_m = start_m + offs_m0
-    m_ok = offs_m < Sq
+    m_ok = offs_m < q_end
     d_ok = offs_d < HEAD_DIM
     q_t = tl.load(q_base + offs_m[None, :].to(tl.int64) * stride_qm + offs_d[:, None] * stride_qd,
                   mask=m_ok[None, :] & d_ok[:, None], other=0.0)
@@ -91,7 +92,7 @@ def _attn_bwd_dkdv_step(
 @triton.jit
 def _attn_bwd_dkdv_inner(
     dk, dv, k, v, Q, DO, LSE, Delta, lo, hi, skip_lo, skip_hi,
-    offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_hk, seed,
+    offs_m0, start_n, offs_n, offs_d, kv_end, q_start, q_end, pid_b, pid_hk, seed,
     sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
     stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
@@ -120,7 +121,7 @@ def _attn_bwd_dkdv_inner(
         for _ in range(0, GROUP * ((end - first + BLOCK_M - 1) // BLOCK_M)):
             dk, dv = _attn_bwd_dkdv_step(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, _block_start(start, skip_lo, skip_hi, HAS_GAP),
-                offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+                offs_m0, start_n, offs_n, offs_d, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
                 sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
                 KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
                 HEAD_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
@@ -140,7 +141,7 @@ def _attn_bwd_dkdv_inner(
         for start in range(first, end, BLOCK_M):
             dk, dv = _attn_bwd_dkdv_step(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, _block_start(start, skip_lo, skip_hi, HAS_GAP),
-                offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_h, pid_bh, seed,
+                offs_m0, start_n, offs_n, offs_d, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
                 sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
                 KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
                 HEAD_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
@@ -150,7 +151,7 @@ def _attn_bwd_dkdv_inner(
 
 @triton.jit
 def _attn_bwd_dkdv(
-    Q, K, V, DO, DK, DV, LSE, Delta, KeyMask, KeyRange, SeqUsedK, Mask, MaskSpans, Seed,
+    Q, K, V, DO, DK, DV, LSE, Delta, KeyMask, KeyRange, SeqUsedK, SeqUsedQ, Mask, MaskSpans, Seed,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -164,17 +165,19 @@ def _attn_bwd_dkdv(
     H, Hkv, Sq, Skv, GROUP,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     GROUPED: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
+    MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """GROUPED: GROUP > 1 query heads share each kv head."""
+    """GROUPED: GROUP > 1 query heads share each kv head. HAS_SEQUSED_Q: query rows from SeqUsedQ[b] on are padding
+    (zero output in the forward), which the query loops stop before."""
     pid_n = tl.program_id(0)
     pid_bhk = tl.program_id(1)
     pid_b = pid_bhk // Hkv
     pid_hk = pid_bhk % Hkv
 
-    kv_end = _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
+    kv_end = _used_length(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
     q_start = kv_end - Sq
+    q_end = _used_length(SeqUsedQ, pid_b, Sq, HAS_SEQUSED_Q)
 
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -197,7 +200,7 @@ def _attn_bwd_dkdv(
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
-    # Query blocks [lo, masked_end) need the bounds/causal masks, [masked_end, Sq) do not. A ragged key block
+    # Query blocks [lo, masked_end) need the bounds/causal masks, [masked_end, q_end) do not. A ragged key block
     # (past kv_end) is masked throughout.
     lo = 0
     masked_end = 0
@@ -206,32 +209,33 @@ def _attn_bwd_dkdv(
         # every key of the block is visible.
         lo = tl.maximum(start_n - q_start, 0) // BLOCK_M * BLOCK_M
         masked_end = lo + (tl.maximum(start_n + BLOCK_N - 1 - q_start - lo, 0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    masked_end = tl.where(start_n + BLOCK_N <= kv_end, tl.minimum(masked_end, Sq), Sq)
+    masked_end = tl.where(start_n + BLOCK_N <= kv_end, tl.minimum(masked_end, q_end), q_end)
     if HAS_KEY_MASK:
         # A key block of padding only (the mask drops all its keys) has zero gradients: skip its query loops.
         key_lo, key_hi, _ = _kept_key_range(KeyRange, pid_b)
         padding_only = (start_n >= key_hi) | (start_n + BLOCK_N <= key_lo)
-        lo = tl.where(padding_only, Sq, lo)
-        masked_end = tl.where(padding_only, Sq, masked_end)
+        lo = tl.where(padding_only, q_end, lo)
+        masked_end = tl.where(padding_only, q_end, masked_end)
     # The masked loop walks [lo, masked_hi) outside [skip_lo, skip_hi), the clean loop [clean_lo, clean_end).
     masked_hi = masked_end
     skip_lo = lo
     skip_hi = lo
     clean_lo = masked_end
-    clean_end = Sq
+    clean_end = q_end
     if MASK_KIND != 0:
         # Query blocks outside the span of queries that see this block's keys through the dense mask add nothing;
         # those inside every key's clear run need no mask at all (``MaskSpans`` holds, per key, the span and the
         # clear run over the query heads of this kv head). The rest take every mask, in one loop with a gap.
         span_lo, masked_hi, clear_lo, clear_end = _visible_span(MaskSpans, stride_msb, stride_msh, stride_msr,
                                                                 pid_b, pid_hk, offs_n, Skv, Sq)
+        masked_hi = tl.minimum(masked_hi, q_end)
         lo = tl.maximum(lo, span_lo // BLOCK_M * BLOCK_M)
         clean_lo, clean_end = _within_clear_run(clean_lo, clean_end, clear_lo, clear_end, lo, BLOCK_M)
         skip_lo = clean_lo
         skip_hi = clean_end
     dk, dv = _attn_bwd_dkdv_inner(
         dk, dv, k, v, Q, DO, LSE, Delta, lo, masked_hi, skip_lo, skip_hi,
-        offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_hk, seed,
+        offs_m0, start_n, offs_n, offs_d, kv_end, q_start, q_end, pid_b, pid_hk, seed,
         sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
@@ -239,7 +243,7 @@ def _attn_bwd_dkdv(
         DOT_PRECISION, MASK_KIND != 0)
     dk, dv = _attn_bwd_dkdv_inner(
         dk, dv, k, v, Q, DO, LSE, Delta, clean_lo, clean_end, clean_lo, clean_lo,
-        offs_m0, start_n, offs_n, offs_d, kv_end, q_start, pid_b, pid_hk, seed,
+        offs_m0, start_n, offs_n, offs_d, kv_end, q_start, q_end, pid_b, pid_hk, seed,
         sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
@@ -314,7 +318,7 @@ def _attn_bwd_dq_inner(
 
 @triton.jit
 def _attn_bwd_dq(
-    Q, K, V, DescK, DescV, Out, DO, DQ, LSE, Delta, KeyMask, KeyRange, SeqUsedK, Mask, MaskSpans, Seed,
+    Q, K, V, DescK, DescV, Out, DO, DQ, LSE, Delta, KeyMask, KeyRange, SeqUsedK, SeqUsedQ, Mask, MaskSpans, Seed,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -327,38 +331,43 @@ def _attn_bwd_dq(
     stride_msb, stride_msh, stride_msr,
     H, Sq, Skv, GROUP,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
+    MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """USE_TMA: the K and V tiles of the key loop come through the tensor descriptors DescK/DescV (over
-    (B, Hkv, S, D)), as in the forward."""
+    (B, Hkv, S, D)), as in the forward. HAS_SEQUSED_Q: query rows from SeqUsedQ[b] on are padding: their dQ and
+    Delta are zero, and a block of them only skips the key loop."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_b = pid_bh // H
     pid_h = pid_bh % H
     pid_hk = pid_h // GROUP
 
-    kv_end = _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
+    kv_end = _used_length(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
     q_start = kv_end - Sq
+    q_end = _used_length(SeqUsedQ, pid_b, Sq, HAS_SEQUSED_Q)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < Sq
+    # Padding rows (from q_end on) load as zeros, so their dQ and Delta come out zero (dO = 0).
+    row_used = offs_m < q_end
 
     q = tl.load(Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
                 + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd,
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+                mask=row_used[:, None] & d_ok[None, :], other=0.0)
     do = tl.load(DO + pid_b.to(tl.int64) * stride_dob + pid_h.to(tl.int64) * stride_doh
                  + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :] * stride_dod,
-                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+                 mask=row_used[:, None] & d_ok[None, :], other=0.0)
     o = tl.load(Out + pid_b.to(tl.int64) * stride_ob + pid_h.to(tl.int64) * stride_oh
                 + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od,
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+                mask=row_used[:, None] & d_ok[None, :], other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + pid_bh.to(tl.int64) * Sq + offs_m, delta, mask=m_ok)
-    lse = tl.load(LSE + pid_bh.to(tl.int64) * Sq + offs_m, mask=m_ok, other=0.0)
+    lse = tl.load(LSE + pid_bh.to(tl.int64) * Sq + offs_m, mask=row_used, other=0.0)
     k_base = K + pid_b.to(tl.int64) * stride_kb + pid_hk.to(tl.int64) * stride_kh
     v_base = V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
 
@@ -368,9 +377,10 @@ def _attn_bwd_dq(
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     # The forward's split of the key blocks (see _key_block_ranges).
-    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, KeyRange, pid_b, pid_h, Sq,
-                                                    MaskSpans, stride_msb, stride_msh, stride_msr,
-                                                    BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, MASK_KIND)
+    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, q_end, KeyRange, pid_b,
+                                                    pid_h, Sq, MaskSpans, stride_msb, stride_msh, stride_msr,
+                                                    BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, MASK_KIND,
+                                                    HAS_SEQUSED_Q)
     dq = _attn_bwd_dq_inner(
         dq, q, do, lse, delta, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,

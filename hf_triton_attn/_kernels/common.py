@@ -11,12 +11,13 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
-def _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED: tl.constexpr):
-    """kv_end: keys [0, kv_end) of batch row ``pid_b`` are in use."""
-    kv_end = Skv
+def _used_length(SeqUsed, pid_b, S, HAS_SEQUSED: tl.constexpr):
+    """end: positions [0, end) of batch row ``pid_b`` are in use, keys (``seqused_k``) or queries
+    (``seqused_q``); all S without the tensor."""
+    end = S
     if HAS_SEQUSED:
-        kv_end = tl.minimum(tl.load(SeqUsedK + pid_b), Skv)
-    return kv_end
+        end = tl.minimum(tl.load(SeqUsed + pid_b), S)
+    return end
 
 
 @triton.jit
@@ -44,10 +45,11 @@ def _visible_span(Spans, stride_sb, stride_sh, stride_sr, pid_b, pid_h, offs, R,
 
 
 @triton.jit
-def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, pid_h, Sq,
+def _key_block_ranges(start_m, q_start, kv_end, q_end, KeyRange, pid_b, pid_h, Sq,
                       MaskSpans, stride_msb, stride_msh, stride_msr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr):
+                      IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+                      HAS_SEQUSED_Q: tl.constexpr):
     """(lo, clean_lo, clean_end, hi): the key blocks the query block at ``start_m`` walks (forward and dQ).
 
     [clean_lo, clean_end) need no mask at all (wholly inside the keys in use, left of every query's causal
@@ -58,7 +60,8 @@ def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, pid_h, Sq,
     invisible to every query of the block: the blocks of padding before the first and after the last kept key,
     those past the diagonal, and those outside the span a dense mask lets the block's rows see (``MaskSpans``,
     see _kernels/mask_range.py). When the kept keys have holes, or the dense mask leaves no clear run common to
-    the block's rows, [clean_lo, clean_end) is empty and the masked loop takes every block."""
+    the block's rows, [clean_lo, clean_end) is empty and the masked loop takes every block. A query block wholly
+    past ``q_end`` (the rows ``seqused_q`` leaves out) walks no key block at all."""
     full_end = kv_end // BLOCK_N * BLOCK_N
     hi = kv_end
     if IS_CAUSAL:
@@ -87,6 +90,12 @@ def _key_block_ranges(start_m, q_start, kv_end, KeyRange, pid_b, pid_h, Sq,
         lo = tl.maximum(lo, span_lo // BLOCK_N * BLOCK_N)
         hi = tl.minimum(hi, span_hi)
         clean_lo, clean_end = _within_clear_run(clean_lo, clean_end, clear_lo, clear_end, lo, BLOCK_N)
+    if HAS_SEQUSED_Q:
+        unused_block = start_m >= q_end
+        lo = tl.where(unused_block, 0, lo)
+        clean_lo = tl.where(unused_block, 0, clean_lo)
+        clean_end = tl.where(unused_block, 0, clean_end)
+        hi = tl.where(unused_block, 0, hi)
     return lo, clean_lo, clean_end, hi
 
 

@@ -9,7 +9,7 @@ little K/V per program: see ``configs.split_kv_plan``), the split kernel writes 
 import triton
 import triton.language as tl
 
-from .common import _keys_in_use, _normalized_rows, _visible_span
+from .common import _normalized_rows, _used_length, _visible_span
 from .fwd import _attn_fwd_inner
 
 
@@ -46,7 +46,7 @@ def _attn_fwd_split(
     pid_b = pid_bhk // Hkv
     pid_hk = pid_bhk % Hkv
 
-    kv_end = _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
+    kv_end = _used_length(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
     q_start = kv_end - Sq
 
     rows = tl.arange(0, BLOCK_R)

@@ -3,7 +3,7 @@ import triton
 import triton.language as tl
 
 from .common import (LOG2E, _apply_masks, _block_loop, _block_start, _dropout_keep, _key_block_ranges,
-                     _keys_in_use, _normalized_rows, _scores)
+                     _normalized_rows, _scores, _used_length)
 
 
 @triton.jit
@@ -79,7 +79,7 @@ def _attn_fwd_inner(
 
 @triton.jit
 def _attn_fwd(
-    Q, K, V, DescQ, DescK, DescV, Out, LSE, KeyMask, KeyRange, SeqUsedK, Mask, MaskSpans, Seed,
+    Q, K, V, DescQ, DescK, DescV, Out, LSE, KeyMask, KeyRange, SeqUsedK, SeqUsedQ, Mask, MaskSpans, Seed,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -90,21 +90,23 @@ def _attn_fwd(
     stride_msb, stride_msh, stride_msr,
     H, Sq, Skv, GROUP,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
+    MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr,
 ):
     """USE_TMA: Q, K and V tiles come through the tensor descriptors DescQ/DescK/DescV (over (B, H, S, D)) rather
     than pointer arithmetic on Q/K/V. SCALE_IN_EXP: the caller guarantees a positive scale, no softcap and no
-    additive mask, so the scale can be folded into the exponent (see _attn_fwd_inner)."""
+    additive mask, so the scale can be folded into the exponent (see _attn_fwd_inner). HAS_SEQUSED_Q: query rows
+    from SeqUsedQ[b] on are padding; their output and LSE are zero, and a block of them only skips the key loop."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_b = pid_bh // H
     pid_h = pid_bh % H
     pid_hk = pid_h // GROUP
 
-    kv_end = _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
+    kv_end = _used_length(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
     q_start = kv_end - Sq
+    q_end = _used_length(SeqUsedQ, pid_b, Sq, HAS_SEQUSED_Q)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
@@ -129,9 +131,10 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, KeyRange, pid_b, pid_h, Sq,
-                                                    MaskSpans, stride_msb, stride_msh, stride_msr,
-                                                    BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, MASK_KIND)
+    lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, q_end, KeyRange, pid_b,
+                                                    pid_h, Sq, MaskSpans, stride_msb, stride_msh, stride_msr,
+                                                    BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, MASK_KIND,
+                                                    HAS_SEQUSED_Q)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
         pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
@@ -150,6 +153,11 @@ def _attn_fwd(
         DOT_PRECISION, USE_TMA, SCALE_IN_EXP, HAS_KEY_MASK or MASK_KIND != 0)
 
     out, lse = _normalized_rows(acc, l_i, m_i)
+    if HAS_SEQUSED_Q:
+        # The block holding q_end computed its padding rows like the others; whatever they gave is dropped.
+        row_used = offs_m < q_end
+        out = tl.where(row_used[:, None], out, 0.0)
+        lse = tl.where(row_used, lse, 0.0)
     tl.store(LSE + pid_bh.to(tl.int64) * Sq + offs_m, lse, mask=m_ok)
     o_ptrs = (Out + pid_b.to(tl.int64) * stride_ob + pid_h.to(tl.int64) * stride_oh
               + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od)

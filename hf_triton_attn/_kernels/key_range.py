@@ -8,7 +8,7 @@ bf16: forward 568 -> 557 µs, backward 1690 -> 1641 (benchmarks/NOTES.md, sessio
 import triton
 import triton.language as tl
 
-from .common import _keys_in_use
+from .common import _used_length
 
 
 @triton.jit
@@ -21,7 +21,7 @@ def _key_ranges(
     three int32 at KeyRange + 3 * row: first >= last + 1 when it keeps none; one_run = 1 when it keeps every key
     in between (left or right padding, no holes)."""
     pid_b = tl.program_id(0)
-    kv_end = _keys_in_use(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
+    kv_end = _used_length(SeqUsedK, pid_b, Skv, HAS_SEQUSED)
     offs = tl.arange(0, BLOCK)
     base = KeyMask + pid_b.to(tl.int64) * stride_kmb
     first = tl.zeros([], tl.int32) + kv_end
