@@ -1,5 +1,6 @@
 """End to end with Transformers: the same random weights loaded with attn_implementation = eager, sdpa,
-flex_attention and triton (ours), on the cases of /work/shared/PEERS.md "End to end".
+flex_attention and triton (ours), on the cases of /work/shared/PEERS.md "End to end", plus a right-padded
+training step; ``--impls`` may add triton_skip_padding (ours, leaving out the right padding's query rows).
 
     PYTHONPATH=. python benchmarks/bench_models.py --out results/
 
@@ -25,8 +26,12 @@ from common import (add_common_arguments, environment_info, format_table, free_c
                     print_environment, random_lengths, require_cuda, selected, short_error, time_cuda_ms,
                     write_json)
 
-IMPLEMENTATIONS = ("sdpa", "triton", "flex_attention", "eager")  # sdpa first: the reference for ratios/outputs
-TABLE_COLUMNS = ("eager", "sdpa", "flex_attention", "triton")      # the order of PEERS.md
+# sdpa first: the reference for ratios and outputs. triton_skip_padding runs only when asked for (--impls): it
+# differs from triton only on right-padded decoder cases.
+IMPLEMENTATIONS = ("sdpa", "triton", "flex_attention", "eager", "triton_skip_padding")
+DEFAULT_IMPLEMENTATIONS = IMPLEMENTATIONS[:4]
+TABLE_COLUMNS = ("eager", "sdpa", "flex_attention", "triton", "triton_skip_padding")  # PEERS.md's order, then ours'
+OURS = ("triton", "triton_skip_padding")
 PAD_ID, FIRST_ORDINARY_ID = 0, 3  # ids 0-2 are pad/bos/eos in both configs; inputs draw from the rest
 GIB = 2**30
 DEVICE = "cuda"  # one constant, so that the logic can be exercised on a CPU by patching it
@@ -108,6 +113,8 @@ def all_cases(quick: bool) -> list[ModelCase]:
         ]
     return [
         ModelCase("llama-0.7b train step B4 S4096 bf16", "llama", "train", 4, 4096, None, 2, 5),
+        # Fine-tuning on a right-padded batch (labels -100 on the padding): not a PEERS.md row.
+        ModelCase("llama-0.7b train step right-padded B8 S<=2048 bf16", "llama", "train", 8, 2048, "right", 2, 5),
         ModelCase("bert-base train step dropout 0.1 B32 S<=512 bf16", "bert-mlm", "train", 32, 512, "right", 2, 10),
         ModelCase("llama-0.7b prefill B16 S<=2048 bf16", "llama", "forward", 16, 2048, "left", 2, 5),
         ModelCase("bert-base forward B128 S<=512 fp16", "bert", "forward", 128, 512, "right", 3, 10),
@@ -187,9 +194,13 @@ def measure_generate(model, case: ModelCase, batch: Batch) -> Measurement:
 def measure_train(model, case: ModelCase, batch: Batch) -> Measurement:
     model.train()
 
+    labels = batch.input_ids
+    if batch.attention_mask is not None:
+        labels = labels.masked_fill(batch.attention_mask == 0, -100)  # as a trainer's collator does
+
     def step():
         model.zero_grad(set_to_none=True)
-        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.input_ids,
+        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels,
                      use_cache=False).loss
         loss.backward()
         return loss.detach()
@@ -309,9 +320,10 @@ def summary_table(records: list[dict]) -> str:
                     cells.append(result["status"])
                 else:
                     cells.append(format(result[key], number_format))
-            ratio = ratio_vs_sdpa(record, "triton", key)
-            rows.append([f"{record['name']}, {label}", *cells, "n/a" if ratio is None else f"{ratio:.2f}"])
-    return format_table(["case", *TABLE_COLUMNS, "triton vs sdpa"], rows)
+            ratios = [ratio_vs_sdpa(record, impl, key) for impl in OURS]
+            rows.append([f"{record['name']}, {label}", *cells,
+                         *("n/a" if ratio is None else f"{ratio:.2f}" for ratio in ratios)])
+    return format_table(["case", *TABLE_COLUMNS, *(f"{impl} vs sdpa" for impl in OURS)], rows)
 
 
 def train_memory_verdicts(records: list[dict]) -> list[str]:
@@ -334,8 +346,9 @@ def train_memory_verdicts(records: list[dict]) -> list[str]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
-    parser.add_argument("--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS,
-                        help="implementations to run (sdpa is the reference for ratios and outputs)")
+    parser.add_argument("--impls", nargs="+", default=list(DEFAULT_IMPLEMENTATIONS), choices=IMPLEMENTATIONS,
+                        help="implementations to run (sdpa is the reference for ratios and outputs; "
+                             "default: all but triton_skip_padding)")
     parser.add_argument("--train-memory", action="store_true",
                         help="only the training-step cases, only sdpa and triton: is triton's peak memory no "
                              "higher than sdpa's?")
@@ -354,7 +367,7 @@ def main(argv=None) -> None:
     require_cuda()
     transformers.utils.logging.disable_progress_bar()  # per-file loading bars would bury the progress lines
     try:
-        import hf_triton_attn  # noqa: F401 (the import registers attn_implementation="triton")
+        import hf_triton_attn  # noqa: F401 (the import registers attn_implementation="triton" and its variant)
     except Exception as exc:  # the other implementations can still be measured
         print(f"import hf_triton_attn failed, 'triton' will fail to load: {short_error(exc)}", flush=True)
     env = environment_info()

@@ -5,9 +5,14 @@
 under one name. Both are needed: for a name with no mask function, Transformers passes ``attention_mask=None``
 to every layer and padding is silently lost.
 
+Two names are registered on import: ``"triton"``, which computes what eager attention computes, padding query rows
+included, and ``"triton_skip_padding"``, which leaves out the padding query rows it can recognise (see
+:func:`triton_attention_forward`'s ``skip_padding_rows``).
+
 A registered name skips Transformers' capability checks, so every keyword that changes the math is either
 implemented here or refused with an error; none is ignored.
 """
+import functools
 from typing import Optional
 
 import torch
@@ -18,6 +23,7 @@ from .functional import attention_bshd
 from .masks import kept_key_ranges_cached, keys_in_use_cached, triton_attention_mask
 
 ATTN_IMPLEMENTATION = "triton"
+SKIP_PADDING_ATTN_IMPLEMENTATION = "triton_skip_padding"
 
 
 def triton_attention_forward(
@@ -33,19 +39,30 @@ def triton_attention_forward(
     position_bias: Optional[torch.Tensor] = None,
     s_aux: Optional[torch.Tensor] = None,
     output_attentions: bool = False,
+    skip_padding_rows: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Transformers' attention-function contract: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) -> ((B, Sq, H, D), None)."""
+    """Transformers' attention-function contract: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) -> ((B, Sq, H, D), None).
+
+    ``skip_padding_rows`` (what ``"triton_skip_padding"`` sets): in causal self-attention over a key-padding mask
+    without a cache offset (a decoder's training step or prompt), query ``i`` is key ``i``'s token, so the rows
+    after each sequence's last token are its right padding; they are left out (:func:`attention`'s ``seqused_q``):
+    zero output and gradients, no work, as with FlashAttention-2. Valid rows are unchanged. Other calls compute
+    every row: without causality a call whose query and key lengths match may be cross-attention, where key
+    padding says nothing about the queries."""
     _refuse_unsupported(output_attentions, s_aux, attention_mask, kwargs)
     # An explicit is_causal wins over the module's flag (encoders, cross-attention and BERT-as-decoder differ).
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    seqused_k = key_ranges = None
+    seqused_k = seqused_q = key_ranges = None
     if attention_mask is not None and attention_mask.dim() == 4:
         # A dense mask from the mask function already holds causality, windows and overlays, as eager's does.
         causal = False
     elif attention_mask is not None:
         if causal and query.shape[2] != key.shape[2]:
             seqused_k = keys_in_use_cached(attention_mask)
+        elif causal and skip_padding_rows:
+            # One past each row's last token: where its right padding starts (the end, when it has none).
+            seqused_q = keys_in_use_cached(attention_mask)
         if position_bias is None and query.shape[2] > 1:
             # A decoding step's single query takes the split-KV kernel, which reads the key mask itself.
             key_ranges = kept_key_ranges_cached(attention_mask, seqused_k)
@@ -53,7 +70,7 @@ def triton_attention_forward(
         attention_mask = _with_position_bias(position_bias, attention_mask)
     out = attention_bshd(
         query, key, value,
-        causal=causal, scale=scaling, attention_mask=attention_mask, seqused_k=seqused_k,
+        causal=causal, scale=scaling, attention_mask=attention_mask, seqused_k=seqused_k, seqused_q=seqused_q,
         dropout_p=dropout, softcap=softcap, kept_key_ranges=key_ranges,
     )
     return out, None
@@ -96,7 +113,11 @@ def _with_position_bias(position_bias: torch.Tensor, attention_mask: Optional[to
     return position_bias + attention_mask
 
 
-def register(name: str = ATTN_IMPLEMENTATION) -> None:
-    """Register the attention and mask functions under ``name`` (idempotent). Done on ``import hf_triton_attn``."""
-    AttentionInterface.register(name, triton_attention_forward)
+def register(name: str = ATTN_IMPLEMENTATION, *, skip_padding_rows: bool = False) -> None:
+    """Register the attention and mask functions under ``name`` (idempotent), the attention function with
+    ``skip_padding_rows`` (see :func:`triton_attention_forward`). Done on ``import hf_triton_attn`` for
+    ``"triton"`` and, with ``skip_padding_rows=True``, ``"triton_skip_padding"``."""
+    forward = (functools.partial(triton_attention_forward, skip_padding_rows=True) if skip_padding_rows
+               else triton_attention_forward)
+    AttentionInterface.register(name, forward)
     AttentionMaskInterface.register(name, triton_attention_mask)

@@ -45,6 +45,9 @@ def test_registered_in_both_interfaces():
     assert transformers.masking_utils.AttentionMaskInterface._global_mapping["triton"] is triton_attention_mask
     hf_triton_attn.register()  # idempotent
     assert transformers.AttentionInterface._global_mapping["triton"] is triton_attention_forward
+    skipping = transformers.AttentionInterface._global_mapping["triton_skip_padding"]
+    assert skipping.func is triton_attention_forward and skipping.keywords == {"skip_padding_rows": True}
+    assert transformers.masking_utils.AttentionMaskInterface._global_mapping["triton_skip_padding"] is triton_attention_mask
 
 
 @pytest.mark.parametrize("padding", ["left", "right"])
@@ -53,6 +56,35 @@ def test_decoder_padded_logits_match_eager(decoder, padding):
     ids, mask = (left_padded_batch if padding == "left" else right_padded_batch)(DEVICE)
     out = logits_by_impl(path, ids, mask)
     assert max_diff_on(mask, out["eager"], out["triton"]) <= TOL, name
+
+
+def test_skip_padding_decoder_logits_match_eager_on_valid_positions(decoder, monkeypatch):
+    """The rows are left out wherever the layers get the key-padding mask; sliding-window models get dense masks,
+    where every row is computed."""
+    name, path = decoder
+    left_out = []
+    attention_bshd = hf_triton_attn.hf.attention_bshd
+    monkeypatch.setattr(hf_triton_attn.hf, "attention_bshd", lambda *args, **kwargs: left_out.append(
+        kwargs["seqused_q"] is not None) or attention_bshd(*args, **kwargs))
+    ids, mask = right_padded_batch(DEVICE)
+    out = logits_by_impl(path, ids, mask, impls=("eager", "triton_skip_padding"))
+    assert max_diff_on(mask, out["eager"], out["triton_skip_padding"]) <= TOL, name
+    assert all(left_out) != ("sliding" in name or "gemma2" in name) and len(left_out) > 0
+
+
+@pytest.mark.parametrize("causal, seqlen_k", [(True, 12), (False, 12), (True, 15)])
+def test_skip_padding_rows_only_where_queries_are_the_keys(causal, seqlen_k):
+    """Right padding is left out (zero rows) in causal self-attention without a cache offset; an encoder's or a
+    cross-attention's call, or one continuing from a cache, computes every row as eager does."""
+    q = torch.randn(2, 4, 12, 16, device=DEVICE)
+    k = torch.randn(2, 2, seqlen_k, 16, device=DEVICE)
+    mask = torch.arange(seqlen_k, device=DEVICE)[None, :] < torch.tensor([[seqlen_k], [5]], device=DEVICE)
+    skipping = transformers.AttentionInterface._global_mapping["triton_skip_padding"]
+    out, _ = skipping(torch.nn.Module(), q, k, k, mask, is_causal=causal)
+    plain, _ = triton_attention_forward(torch.nn.Module(), q, k, k, mask, is_causal=causal)
+    skipped = causal and seqlen_k == 12
+    assert (out[1, 5:] == 0).all() == skipped and plain[1, 5:].abs().sum() > 0
+    assert torch.equal(out[:, :5], plain[:, :5]) and (skipped or torch.equal(out, plain))
 
 
 def test_bert_right_padded_matches_eager(bert_path):
