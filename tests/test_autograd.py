@@ -299,15 +299,16 @@ def test_opcheck():
         torch.library.opcheck(ops.attention_forward, (q, k, v, *args))
 
 
-@pytest.mark.parametrize("with_ranges", [False, True])
-def test_compile_fullgraph_forward_backward(with_ranges):
+@pytest.mark.parametrize("with_ranges, with_seqused_q", [(False, False), (True, False), (False, True)])
+def test_compile_fullgraph_forward_backward(with_ranges, with_seqused_q):
     torch._dynamo.reset()
     q, k, v = random_qkv(2, 4, 2, 33, 33, 32, torch.float32, DEVICE, requires_grad=True)
     mask = padding_mask("right", 2, 33)
     ranges = functional.kept_key_ranges(mask) if with_ranges else None
+    seqused_q = mask.sum(1, dtype=torch.int32) if with_seqused_q else None
 
     def step(q, k, v):
-        out = attention(q, k, v, causal=True, attention_mask=mask, kept_key_ranges=ranges)
+        out = attention(q, k, v, causal=True, attention_mask=mask, kept_key_ranges=ranges, seqused_q=seqused_q)
         return (out * out).sum()
 
     compiled = torch.compile(step, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")

@@ -91,11 +91,14 @@ def test_bert_attention_dropout_is_applied_and_seeded(tmp_path_factory):
     assert eval_loss != train_loss
 
 
-def test_compiled_model_fullgraph_forward_backward(tmp_path_factory):
+@pytest.mark.parametrize("impl, padded", [("triton", False), ("triton_skip_padding", True)])
+def test_compiled_model_fullgraph_forward_backward(tmp_path_factory, impl, padded):
     torch._dynamo.reset()
     path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, DECODER_CONFIGS["llama"]())
     batch = causal_lm_batches()[0]
-    batch = dict(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False)
+    if not padded:
+        batch = dict(input_ids=batch["input_ids"], labels=batch["input_ids"])
+    batch["use_cache"] = False
 
     def loss_and_grads(model):
         model.zero_grad()
@@ -103,7 +106,7 @@ def test_compiled_model_fullgraph_forward_backward(tmp_path_factory):
         loss.backward()
         return loss.item(), [p.grad.clone() for p in model.parameters()]
 
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="triton").to(DEVICE).train()
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=impl).to(DEVICE).train()
     reference = loss_and_grads(model)
     compiled = torch.compile(model, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
     loss, grads = loss_and_grads(compiled)
