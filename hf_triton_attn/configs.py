@@ -4,6 +4,7 @@ The Triton interpreter (``TRITON_INTERPRET=1``) runs one program at a time on th
 blocks; on a GPU the blocks are sized for Hopper's shared memory and registers.
 """
 import functools
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -88,6 +89,41 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
         # its 128x128 tiles need 384 KiB of shared memory, beyond Hopper's 227.
         return LaunchConfig(128, 64, 8, 3) if causal or itemsize > 2 else LaunchConfig(128, 128, 8, 3)
     return LaunchConfig(64, 64, 8, 2)
+
+
+# The Gluon forward (_kernels/fwd_gluon.py) is taken where hopper_forward_config allows it, unless the environment
+# variable is set to 0 (for A/B measurements, or should a Triton release break Gluon's experimental API).
+GLUON_FORWARD = os.environ.get("HF_TRITON_ATTN_GLUON", "1") != "0"
+GLUON_MIN_QUERIES = 128
+
+
+@dataclass(frozen=True)
+class HopperForwardConfig:
+    """The warp-specialised Gluon forward's launch: its two consumer warpgroups of ``block_mw`` query rows each share
+    a ring of ``stages`` K/V tiles of ``block_n`` keys that one loader warp fills; ``consumer_regs`` registers per
+    thread for the second consumer (the first gets what ``max_registers`` leaves after the others)."""
+    block_mw: int
+    block_n: int
+    stages: int
+    consumer_regs: int
+    max_registers: int
+
+
+@functools.lru_cache(maxsize=64)
+def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple,
+                          seqlen_q: int) -> Optional[HopperForwardConfig]:
+    """The Gluon forward's configuration, or None where the Triton kernel (fwd.py) stays faster or the Gluon one
+    does not apply. Only on Hopper (sm_90), 16-bit, head_dim 128, and calls of at least GLUON_MIN_QUERIES queries
+    (its launch goes through Triton's own launcher, not :class:`launch.KernelLauncher`: more host time per call).
+
+    Measured on an H200 (benchmarks/RESULTS.md, session 19), bf16, TFLOP/s: the kernel against the Triton one in
+    two alternating rounds, B4 H16 S4096 full 513/505 -> 582/526, causal 436/426 -> 507/482; through
+    ``attention()`` in bench_kernels.py, S1024 full 486, S4096 full 600, causal 529, S16384 full 631 (FlexAttention
+    404-489, cuDNN 576-620). At head_dim 64 the same structure ran between 6% slower (causal) and 4% faster (full,
+    4096 keys or more) than the Triton kernel, so head_dim 64 keeps it."""
+    if capability != (9, 0) or itemsize != 2 or head_dim != 128 or seqlen_q < GLUON_MIN_QUERIES:
+        return None
+    return HopperForwardConfig(block_mw=64, block_n=128, stages=2, consumer_regs=240, max_registers=168)
 
 
 @dataclass(frozen=True)

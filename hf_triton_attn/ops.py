@@ -7,7 +7,10 @@ body, for callers that need neither autograd nor tracing (the dispatcher's Pytho
 decoding step); :class:`EagerAttention` gives eager calls that need gradients the same autograd without the
 dispatcher. Inputs are validated in :mod:`hf_triton_attn.functional`; this layer trusts them.
 
-Kernels launch through :class:`hf_triton_attn.launch.KernelLauncher`. The forward reads Q/K/V tiles, and the
+On Hopper, unmasked 16-bit forwards at head_dim 128 (no dropout or softcap) take the warp-specialised Gluon kernel
+of _kernels/fwd_gluon.py (:func:`_hopper_forward_config` says when; ``HF_TRITON_ATTN_GLUON=0`` turns it off); it
+writes the output and log-sum-exp in the Triton forward's layout and units, so the backward is the same. Every
+other launch goes through :class:`hf_triton_attn.launch.KernelLauncher`. The forward reads Q/K/V tiles, and the
 backward's dQ kernel K/V tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma`
 and :func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte aligned, unit stride last),
 through pointer arithmetic otherwise; the split-KV (decoding) kernel always through pointers.
@@ -39,7 +42,18 @@ from ._kernels.key_range import _key_ranges
 from ._kernels.mask_range import _visible_spans
 from .launch import KernelLauncher
 
+try:
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
+
+    from ._kernels.fwd_gluon import CONSUMERS, _attn_fwd_ws
+
+    GLUON_CONSUMERS = CONSUMERS.value
+except ImportError:  # a Triton without Gluon's Hopper API: the Triton forward serves every call
+    _attn_fwd_ws = None
+
 INTERPRET = isinstance(_attn_fwd, InterpretedFunction)
+LOG2E = 1.4426950408889634
 
 # Every launch goes through a KernelLauncher, which skips most of Triton's per-launch host work (see launch.py).
 _launch_fwd = KernelLauncher(_attn_fwd)
@@ -51,6 +65,7 @@ _launch_key_ranges = KernelLauncher(_key_ranges)
 _launch_visible_spans = KernelLauncher(_visible_spans)
 
 _NO_TENSOR_STRIDES = (0, 0)
+_GLUON_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16} if _attn_fwd_ws is not None else {}
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -174,6 +189,12 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, cau
     if seqused_q is None and _takes_split_kv(sq, heads // hkv, skv, dropout_p):
         spans = _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scale, softcap)
         return out, lse, MaskSummaries(key_range, spans)
+    if (key_mask is None and seqused_k is None and seqused_q is None and mask is None and softcap == 0.0
+            and dropout_p == 0.0):
+        hopper = _hopper_forward_config(q, k, v, causal, scale)
+        if hopper is not None:
+            _forward_hopper(q, k, v, out, lse, causal, scale, hopper)
+            return out, lse, MaskSummaries(key_range)
     spans = _visible_spans_of(mask)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     if key_range is None:
@@ -198,6 +219,47 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, cau
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.max_registers,
     )
     return out, lse, MaskSummaries(key_range, spans)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device: torch.device) -> tuple:
+    return torch.cuda.get_device_capability(device)
+
+
+def _hopper_forward_config(q, k, v, causal, scale) -> Optional[configs.HopperForwardConfig]:
+    """The Gluon forward's configuration where it takes this call (unmasked, see :func:`_forward`), else None:
+    Gluon's Hopper API present and not switched off (``configs.GLUON_FORWARD``), a CUDA device and shape that
+    :func:`configs.hopper_forward_config` accepts, a positive scale (the kernel takes row maxima before scaling),
+    keys, causal rows that all see key 0 (Skv >= Sq), and tensors a TMA descriptor can describe."""
+    if (_attn_fwd_ws is None or not configs.GLUON_FORWARD or INTERPRET or q.device.type != "cuda" or scale <= 0.0
+            or k.shape[2] == 0):
+        return None
+    cfg = configs.hopper_forward_config(q.shape[3], q.element_size(), _capability(q.device), q.shape[2])
+    if cfg is None or (causal and k.shape[2] < q.shape[2]) or not _tma_compatible(q, k, v):
+        return None
+    return cfg
+
+
+@functools.lru_cache(maxsize=64)
+def _gluon_layout(rows: int, head_dim: int, dtype: torch.dtype):
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, head_dim], _GLUON_DTYPES[dtype])
+
+
+def _gluon_descriptor(t: torch.Tensor, rows: int):
+    return GluonTensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[3]],
+                                 _gluon_layout(rows, t.shape[3], t.dtype))
+
+
+def _forward_hopper(q, k, v, out, lse, causal, scale, cfg: configs.HopperForwardConfig) -> None:
+    """Writes out and lse with the warp-specialised Gluon forward (see _kernels/fwd_gluon.py)."""
+    batch, heads, sq, head_dim = q.shape
+    hkv, skv = k.shape[1], k.shape[2]
+    _attn_fwd_ws[(configs.cdiv(sq, GLUON_CONSUMERS * cfg.block_mw), batch * heads)](
+        _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
+        out, lse, scale * LOG2E, out.stride(0), out.stride(1), out.stride(2), heads, sq, skv, heads // hkv,
+        HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
+        CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
+    )
 
 
 def _bhsd_strides(t: torch.Tensor) -> tuple[int, int, int, int]:

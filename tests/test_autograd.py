@@ -458,3 +458,15 @@ def test_backward_head_dim_256_masks_gpu(mask_kind):
 def test_backward_padded_large_gpu():
     q, k, v = random_qkv(4, 16, 4, 1000, 1000, 128, torch.bfloat16, DEVICE)
     check_backward(q, k, v, causal=True, attention_mask=padding_mask("right", 4, 1000))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(2, 4, 2, 300, 300), (1, 4, 4, 200, 456)])
+def test_backward_after_hopper_forward_gpu(monkeypatch, causal, shape):
+    """The backward kernels take the Gluon forward's output and log-sum-exp (Hopper, head_dim 128, no mask)."""
+    if not (ops._attn_fwd_ws is not None and configs.GLUON_FORWARD and torch.cuda.get_device_capability() == (9, 0)):
+        pytest.skip("the Gluon forward runs on Hopper GPUs with Gluon's Hopper API")
+    calls = count_calls(monkeypatch, ops, "_forward_hopper")
+    check_backward(*random_qkv(*shape, 128, torch.bfloat16, DEVICE), causal=causal)
+    assert len(calls) == 1

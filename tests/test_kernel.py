@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import DEVICE, DTYPES
+from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (assert_close_to_reference, count_calls, count_descriptors, inputs_with_unused_nan_keys, max_err,
                      random_qkv, reference_pair)
 
@@ -602,3 +602,63 @@ def test_padded_large_gpu():
     mask = padding_mask("right", 8, 1000)
     out = check_forward(q, k, v, causal=True, attention_mask=mask)
     assert max_err(out, attention(q, k, v, causal=True, attention_mask=mask)) == 0
+
+
+def _hopper_with_gluon() -> bool:
+    return (ops._attn_fwd_ws is not None and configs.GLUON_FORWARD and torch.cuda.is_available()
+            and torch.cuda.get_device_capability() == (9, 0))
+
+
+def test_hopper_forward_config_applies_only_where_measured():
+    """The Gluon forward is Hopper-only, 16-bit, head_dim 128 and calls of at least GLUON_MIN_QUERIES queries;
+    anything else keeps the Triton kernel, and so does every call in the interpreter or on the CPU."""
+    hopper = (9, 0)
+    assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES) is not None
+    for head_dim, itemsize, capability, seqlen_q in [(64, 2, hopper, 4096), (256, 2, hopper, 4096),
+                                                     (128, 4, hopper, 4096), (128, 2, (8, 0), 4096),
+                                                     (128, 2, (10, 0), 4096),
+                                                     (128, 2, hopper, configs.GLUON_MIN_QUERIES - 1)]:
+        assert configs.hopper_forward_config(head_dim, itemsize, capability, seqlen_q) is None
+    if not ON_GPU:
+        q, k, v = random_qkv(1, 2, 2, 200, 200, 128, torch.float16, DEVICE)
+        assert ops._hopper_forward_config(q, k, v, True, 128 ** -0.5) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+@pytest.mark.parametrize("shape", [(2, 4, 4, 333, 333), (1, 8, 2, 500, 500), (1, 4, 4, 200, 456), (1, 4, 1, 1000, 1000),
+                                   (1, 2, 2, 129, 257), (2, 2, 2, 128, 128)])
+def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape):
+    """The Gluon forward (Hopper, head_dim 128, no mask) against the oracle: lengths off its tiles, GQA and MQA,
+    Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal); and it is the kernel that
+    ran."""
+    if not _hopper_with_gluon():
+        pytest.skip("the Gluon forward runs on Hopper GPUs with Gluon's Hopper API")
+    calls = count_calls(monkeypatch, ops, "_forward_hopper")
+    batch, heads, kv_heads, seqlen_q, seqlen_k = shape
+    if layout == "bhsd":
+        q, k, v = random_qkv(batch, heads, kv_heads, seqlen_q, seqlen_k, 128, dtype, DEVICE)
+    else:
+        q, k, v = (torch.randn(batch, s, h, 128, device=DEVICE, dtype=dtype).transpose(1, 2)
+                   for h, s in ((heads, seqlen_q), (kv_heads, seqlen_k), (kv_heads, seqlen_k)))
+    check_forward(q, k, v, causal=causal)
+    assert len(calls) == 1
+
+
+@pytest.mark.gpu
+def test_hopper_forward_not_taken_where_it_does_not_apply(monkeypatch):
+    """Masks, a causal call with more queries than keys, too few queries, head_dim 64 and the switch
+    (HF_TRITON_ATTN_GLUON=0) all keep the Triton kernel, and give the oracle's answer."""
+    if not _hopper_with_gluon():
+        pytest.skip("the Gluon forward runs on Hopper GPUs with Gluon's Hopper API")
+    calls = count_calls(monkeypatch, ops, "_forward_hopper")
+    q, k, v = random_qkv(2, 4, 2, 300, 300, 128, torch.bfloat16, DEVICE)
+    check_forward(q, k, v, causal=True, attention_mask=padding_mask("right", 2, 300))
+    check_forward(q, k[:, :, :200], v[:, :, :200], causal=True)
+    check_forward(q[:, :, :configs.GLUON_MIN_QUERIES - 1], k, v, causal=True)
+    check_forward(*random_qkv(1, 2, 2, 300, 300, 64, torch.bfloat16, DEVICE), causal=True)
+    monkeypatch.setattr(configs, "GLUON_FORWARD", False)
+    check_forward(q, k, v, causal=True)
+    assert calls == []
