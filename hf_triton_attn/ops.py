@@ -31,6 +31,8 @@ import functools
 from typing import NamedTuple, Optional
 
 import torch
+import triton
+from triton.compiler.errors import CompilationError
 from triton.runtime.interpreter import InterpretedFunction
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -254,12 +256,19 @@ def _forward_hopper(q, k, v, out, lse, causal, scale, cfg: configs.HopperForward
     """Writes out and lse with the warp-specialised Gluon forward (see _kernels/fwd_gluon.py)."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
-    _attn_fwd_ws[(configs.cdiv(sq, GLUON_CONSUMERS * cfg.block_mw), batch * heads)](
-        _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
-        out, lse, scale * LOG2E, out.stride(0), out.stride(1), out.stride(2), heads, sq, skv, heads // hkv,
-        HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
-        CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
-    )
+    try:
+        _attn_fwd_ws[(configs.cdiv(sq, GLUON_CONSUMERS * cfg.block_mw), batch * heads)](
+            _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
+            out, lse, scale * LOG2E, out.stride(0), out.stride(1), out.stride(2), heads, sq, skv, heads // hkv,
+            HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
+            CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
+        )
+    except CompilationError as error:
+        # Gluon is Triton's experimental API and changes between releases (tested: 3.6 on the GPU, 3.9 compiling).
+        raise RuntimeError(
+            f"hf_triton_attn's Gluon forward (Hopper, head_dim 128) does not compile with triton "
+            f"{triton.__version__}. Set HF_TRITON_ATTN_GLUON=0 before importing hf_triton_attn to use its Triton "
+            f"forward for every call, or use triton 3.6.") from error
 
 
 def _bhsd_strides(t: torch.Tensor) -> tuple[int, int, int, int]:

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from triton.compiler.errors import CompilationError
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (assert_close_to_reference, count_calls, count_descriptors, inputs_with_unused_nan_keys, max_err,
                      random_qkv, reference_pair)
@@ -622,6 +623,24 @@ def test_hopper_forward_config_applies_only_where_measured():
     if not ON_GPU:
         q, k, v = random_qkv(1, 2, 2, 200, 200, 128, torch.float16, DEVICE)
         assert ops._hopper_forward_config(q, k, v, True, 128 ** -0.5) is None
+
+
+def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
+    """Gluon is an experimental API: should a Triton release no longer compile the kernel, the error says so and
+    names HF_TRITON_ATTN_GLUON=0, which keeps every call on the Triton forward."""
+    if ops._attn_fwd_ws is None:
+        pytest.skip("this Triton has no Gluon Hopper API: the Gluon forward is never taken")
+
+    def launch(*args, **kwargs):
+        raise CompilationError(None, None, "a Gluon builtin this Triton does not have")
+    monkeypatch.setattr(ops, "_attn_fwd_ws", {(2, 8): launch})
+    monkeypatch.setattr(ops, "_gluon_descriptor", lambda t, rows: None)
+    q, k, v = random_qkv(2, 4, 2, 200, 200, 128, torch.float16, DEVICE)
+    out, lse = torch.empty(2, 200, 4, 128, dtype=torch.float16), torch.empty(2, 4, 200)
+    cfg = configs.hopper_forward_config(128, 2, (9, 0), 200)
+    with pytest.raises(RuntimeError, match="HF_TRITON_ATTN_GLUON=0") as failure:
+        ops._forward_hopper(q, k, v, out, lse, True, 128 ** -0.5, cfg)
+    assert isinstance(failure.value.__cause__, CompilationError)
 
 
 @pytest.mark.gpu
