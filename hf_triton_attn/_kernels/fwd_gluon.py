@@ -7,8 +7,8 @@ cores' P_{j-1} @ V_{j-1} (FA3's intra-warpgroup overlap; P stays in registers as
 
 Scope: no masks but causal (bottom-right aligned, Skv >= Sq), no dropout, no softcap, 16-bit inputs, tensors
 (B, H, S, D) with a unit last stride and 16-byte aligned other strides (TMA), any lengths. The op layer decides
-when to take it (ops.py). Tested on triton 3.6 (H200); it also compiles for sm_90 with triton 3.9, whose Gluon
-renamed the TMA load (see ``_tma_load``).
+when to take it (ops.py). Tested on triton 3.6 (H200); it also compiles for sm_90 with triton 3.7 and 3.9 (3.9's
+Gluon renamed the TMA load, see ``_tma_load``).
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
