@@ -264,7 +264,7 @@ def _forward_hopper(q, k, v, out, lse, causal, scale, cfg: configs.HopperForward
             CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
         )
     except CompilationError as error:
-        # Gluon is Triton's experimental API and changes between releases (tested: 3.6 on the GPU, 3.9 compiling).
+        # Gluon is Triton's experimental API and changes between releases (run on 3.6; compiled with 3.7 and 3.9).
         raise RuntimeError(
             f"hf_triton_attn's Gluon forward (Hopper, head_dim 128) does not compile with triton "
             f"{triton.__version__}. Set HF_TRITON_ATTN_GLUON=0 before importing hf_triton_attn to use its Triton "

@@ -22,7 +22,7 @@ CONSUMERS = gl.constexpr(2)
 
 
 @gluon.jit
-def _tma_view(buffers, index, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, desc):
+def _tma_view(buffers, index, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr):
     """Slot ``index`` of a ring of (BLOCK, HEAD_DIM) tiles as the (1, 1, BLOCK, HEAD_DIM) box a 4D descriptor writes."""
     return buffers.index(index).reshape([1, 1, BLOCK, HEAD_DIM])
 
@@ -42,25 +42,25 @@ def _masked(s, row_first, col_first, q_start, Skv, BLOCK_MW: gl.constexpr, BLOCK
 def _loader(desc_q, desc_k, desc_v, Out, LSE, buffers, coords, sizes, strides, qk_scale,
             HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
             IS_CAUSAL: gl.constexpr, WG: gl.constexpr):
-    """One warp: the consumers' query tiles, then every key block's K and V tiles, each into the ring slot its
-    consumers have released."""
+    """One warp (the partitions share one signature, hence the arguments it does not use): the consumers' query
+    tiles, then every key block's K and V tiles, each into the ring slot its consumers have released."""
     q_smem, k_smem, v_smem, q_ready, k_ready, k_empty, v_ready, v_empty = buffers
     pid_b, pid_h, pid_hk, pid_bh, start_m, n_blocks = coords
     for w in gl.static_range(CONSUMERS):
         mbarrier.expect(q_ready.index(w), desc_q.block_type.nbytes)
         _tma_load(desc_q, [pid_b, pid_h, start_m + w * BLOCK_MW, 0], q_ready.index(w),
-                                        _tma_view(q_smem, w, BLOCK_MW, HEAD_DIM, desc_q))
+                  _tma_view(q_smem, w, BLOCK_MW, HEAD_DIM))
     for j in range(n_blocks):
         slot = j % STAGES
         free_phase = ((j // STAGES) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
         mbarrier.wait(k_empty.index(slot), free_phase)
         mbarrier.expect(k_ready.index(slot), desc_k.block_type.nbytes)
         _tma_load(desc_k, [pid_b, pid_hk, j * BLOCK_N, 0], k_ready.index(slot),
-                                        _tma_view(k_smem, slot, BLOCK_N, HEAD_DIM, desc_k))
+                  _tma_view(k_smem, slot, BLOCK_N, HEAD_DIM))
         mbarrier.wait(v_empty.index(slot), free_phase)
         mbarrier.expect(v_ready.index(slot), desc_v.block_type.nbytes)
         _tma_load(desc_v, [pid_b, pid_hk, j * BLOCK_N, 0], v_ready.index(slot),
-                                        _tma_view(v_smem, slot, BLOCK_N, HEAD_DIM, desc_v))
+                  _tma_view(v_smem, slot, BLOCK_N, HEAD_DIM))
 
 
 @gluon.jit
