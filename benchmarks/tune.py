@@ -4,7 +4,10 @@ The winners are meant to be copied into hf_triton_attn/configs.py (the defaults 
 that no user pays for an autotuning sweep. Each candidate is checked against the default configuration's output
 before it is timed. Run on the GPU the numbers are for:
 
-    PYTHONPATH=. python benchmarks/tune.py --out $OUT [--kinds fwd bwd decode] [--max-seconds 300]
+    PYTHONPATH=. python benchmarks/tune.py --out $OUT [--kinds fwd gluon bwd decode] [--max-seconds 300]
+
+``fwd`` sweeps the Triton forward's tiles (with the Gluon forward switched off), ``gluon`` the Hopper Gluon
+forward's (configs.hopper_forward_config) at head_dims 64 and 128, the Triton forward ("None") among them.
 """
 import argparse
 import dataclasses
@@ -99,6 +102,8 @@ def case_name(kind, batch, heads, kv_heads, seqlen, head_dim, causal):
 def tune_forward(deadline: float) -> list[dict]:
     records = []
     default = configs.forward_config
+    gluon = configs.GLUON_FORWARD
+    configs.GLUON_FORWARD = False  # else the head_dim-128 cases would time the Gluon kernel under every candidate
     for batch, heads, kv_heads, seqlen, head_dim, causal in DENSE_CASES:
         q, k, v = dense_inputs(batch, heads, kv_heads, seqlen, head_dim, False)
 
@@ -112,6 +117,36 @@ def tune_forward(deadline: float) -> list[dict]:
         records.append(sweep(case_name("fwd", batch, heads, kv_heads, seqlen, head_dim, causal),
                              forward_candidates(head_dim), install, run, reference, deadline)[0])
         configs.forward_config = default
+    configs.GLUON_FORWARD = gluon
+    return records
+
+
+def gluon_candidates() -> list:
+    """None (the Triton forward), then the Gluon forward's tiles; one that does not fit in shared memory fails and
+    is listed as such."""
+    return [None] + [configs.HopperForwardConfig(64, block_n, stages, regs, 168)
+                     for block_n, stages, regs in itertools.product((64, 128), (2, 3), (232, 240))]
+
+
+def tune_gluon(deadline: float) -> list[dict]:
+    records = []
+    default = configs.hopper_forward_config
+    for batch, heads, kv_heads, seqlen, head_dim, causal in DENSE_CASES:
+        if head_dim not in (64, 128):
+            continue
+        q, k, v = dense_inputs(batch, heads, kv_heads, seqlen, head_dim, False)
+
+        def run():
+            return attention(q, k, v, causal=causal)
+
+        def install(cfg):
+            configs.hopper_forward_config = lambda *args: cfg
+
+        install(None)
+        reference = run()
+        records.append(sweep(case_name("gluon fwd", batch, heads, kv_heads, seqlen, head_dim, causal),
+                             gluon_candidates(), install, run, reference, deadline)[0])
+        configs.hopper_forward_config = default
     return records
 
 
@@ -171,7 +206,8 @@ def tune_decode(deadline: float) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, metavar="DIR")
-    parser.add_argument("--kinds", nargs="+", default=["fwd", "bwd", "decode"], choices=["fwd", "bwd", "decode"])
+    parser.add_argument("--kinds", nargs="+", default=["fwd", "gluon", "bwd", "decode"],
+                        choices=["fwd", "gluon", "bwd", "decode"])
     parser.add_argument("--max-seconds", type=float, default=float("inf"),
                         help="stop starting new candidates after this long (the ones not run are listed as such)")
     args = parser.parse_args()
@@ -181,7 +217,7 @@ def main() -> None:
     started = time.perf_counter()
     records = []
     deadline = started + args.max_seconds
-    tuners = {"fwd": tune_forward, "bwd": tune_backward, "decode": tune_decode}
+    tuners = {"fwd": tune_forward, "gluon": tune_gluon, "bwd": tune_backward, "decode": tune_decode}
     for kind in args.kinds:
         records += tuners[kind](deadline)
         if args.out:
