@@ -292,3 +292,26 @@ def test_cpu_tensors_without_interpreter_get_a_clear_error():
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert "CUDA" in result.stdout and "TRITON_INTERPRET=1" in result.stdout, result.stderr
+
+
+@pytest.mark.gpu
+def test_bf16_head_dim_128_decoder_through_the_hopper_forward_matches_eager(tmp_path_factory, monkeypatch):
+    """A bf16 Llama with head_dim 128 and unpadded prompts of 200 tokens, where the Gluon forward serves every
+    layer on Hopper: its logits are as close to float32 eager's as bf16 eager's are (within 2x)."""
+    if not (ops._attn_fwd_ws is not None and torch.cuda.get_device_capability() == (9, 0)):
+        pytest.skip("the Gluon forward runs on Hopper GPUs with Gluon's Hopper API")
+    config = transformers.LlamaConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=128, **COMMON)
+    path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, config)
+    ids = torch.randint(3, 90, (2, 200), device=DEVICE)
+    calls = count_calls(monkeypatch, ops, "_forward_hopper")
+    logits = {}
+    for impl, dtype in (("eager", torch.float32), ("eager", torch.bfloat16), ("triton", torch.bfloat16)):
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=impl, dtype=dtype).to(DEVICE).eval()
+        with torch.no_grad():
+            logits[impl, dtype] = model(input_ids=ids).logits.float()
+    reference = logits["eager", torch.float32]
+    ours = (logits["triton", torch.bfloat16] - reference).abs().max().item()
+    eager = (logits["eager", torch.bfloat16] - reference).abs().max().item()
+    assert ours <= 2 * eager + 1e-3, f"bf16 triton {ours:.3e} against bf16 eager {eager:.3e}"
+    assert len(calls) == config.num_hidden_layers
