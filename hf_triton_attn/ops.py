@@ -38,6 +38,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import configs
 from ._kernels.bwd import _attn_bwd_dkdv, _attn_bwd_dq
+from ._kernels.common import LOG2E
 from ._kernels.decode import _attn_combine_splits, _attn_fwd_split
 from ._kernels.fwd import _attn_fwd
 from ._kernels.key_range import _key_ranges
@@ -55,7 +56,6 @@ except ImportError:  # a Triton without Gluon's Hopper API: the Triton forward s
     _attn_fwd_ws = None
 
 INTERPRET = isinstance(_attn_fwd, InterpretedFunction)
-LOG2E = 1.4426950408889634
 
 # Every launch goes through a KernelLauncher, which skips most of Triton's per-launch host work (see launch.py).
 _launch_fwd = KernelLauncher(_attn_fwd)
@@ -259,7 +259,7 @@ def _forward_hopper(q, k, v, out, lse, causal, scale, cfg: configs.HopperForward
     try:
         _attn_fwd_ws[(configs.cdiv(sq, GLUON_CONSUMERS * cfg.block_mw), batch * heads)](
             _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
-            out, lse, scale * LOG2E, out.stride(0), out.stride(1), out.stride(2), heads, sq, skv, heads // hkv,
+            out, lse, scale * LOG2E.value, out.stride(0), out.stride(1), out.stride(2), heads, sq, skv, heads // hkv,
             HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
             CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
         )

@@ -1,7 +1,17 @@
 """Comparison helpers shared by the tests."""
 import torch
 
+from hf_triton_attn import configs, ops
 from hf_triton_attn.reference import attention_reference
+
+SKIP_WITHOUT_GLUON = "the Gluon forward runs on Hopper GPUs with Gluon's Hopper API"
+
+
+def hopper_with_gluon() -> bool:
+    """Whether attention() takes the Gluon forward where it applies: a Hopper GPU, Gluon's Hopper API, not
+    switched off."""
+    return (ops._attn_fwd_ws is not None and configs.GLUON_FORWARD and torch.cuda.is_available()
+            and torch.cuda.get_device_capability() == (9, 0))
 
 
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:

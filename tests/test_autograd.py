@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import DEVICE, DTYPES, ON_GPU
-from helpers import (assert_close_to_reference, count_calls, count_descriptors, inputs_with_unused_nan_keys,
-                     random_qkv)
+from helpers import (SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors, hopper_with_gluon,
+                     inputs_with_unused_nan_keys, random_qkv)
 from test_kernel import (PADDING_CASES, STRUCTURED_KINDS, additive_mask, kept_ranges_mask, padding_mask,
                          structured_mask)
 
@@ -465,8 +465,8 @@ def test_backward_padded_large_gpu():
 @pytest.mark.parametrize("shape", [(2, 4, 2, 300, 300), (1, 4, 4, 200, 456)])
 def test_backward_after_hopper_forward_gpu(monkeypatch, causal, shape):
     """The backward kernels take the Gluon forward's output and log-sum-exp (Hopper, head_dim 128, no mask)."""
-    if not (ops._attn_fwd_ws is not None and configs.GLUON_FORWARD and torch.cuda.get_device_capability() == (9, 0)):
-        pytest.skip("the Gluon forward runs on Hopper GPUs with Gluon's Hopper API")
+    if not hopper_with_gluon():
+        pytest.skip(SKIP_WITHOUT_GLUON)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
     check_backward(*random_qkv(*shape, 128, torch.bfloat16, DEVICE), causal=causal)
     assert len(calls) == 1

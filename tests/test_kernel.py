@@ -6,8 +6,8 @@ import pytest
 import torch
 from triton.compiler.errors import CompilationError
 from conftest import DEVICE, DTYPES, ON_GPU
-from helpers import (assert_close_to_reference, count_calls, count_descriptors, inputs_with_unused_nan_keys, max_err,
-                     random_qkv, reference_pair)
+from helpers import (SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors, hopper_with_gluon,
+                     inputs_with_unused_nan_keys, max_err, random_qkv, reference_pair)
 
 from hf_triton_attn import attention, attention_bshd, configs, kept_key_ranges, ops
 
@@ -605,11 +605,6 @@ def test_padded_large_gpu():
     assert max_err(out, attention(q, k, v, causal=True, attention_mask=mask)) == 0
 
 
-def _hopper_with_gluon() -> bool:
-    return (ops._attn_fwd_ws is not None and configs.GLUON_FORWARD and torch.cuda.is_available()
-            and torch.cuda.get_device_capability() == (9, 0))
-
-
 def test_hopper_forward_config_applies_only_where_measured():
     """The Gluon forward is Hopper-only, 16-bit, head_dim 128 and calls of at least GLUON_MIN_QUERIES queries;
     anything else keeps the Triton kernel, and so does every call in the interpreter or on the CPU."""
@@ -653,8 +648,8 @@ def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape):
     """The Gluon forward (Hopper, head_dim 128, no mask) against the oracle: lengths off its tiles, GQA and MQA,
     Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal); and it is the kernel that
     ran."""
-    if not _hopper_with_gluon():
-        pytest.skip("the Gluon forward runs on Hopper GPUs with Gluon's Hopper API")
+    if not hopper_with_gluon():
+        pytest.skip(SKIP_WITHOUT_GLUON)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
     batch, heads, kv_heads, seqlen_q, seqlen_k = shape
     if layout == "bhsd":
@@ -670,8 +665,8 @@ def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape):
 def test_hopper_forward_not_taken_where_it_does_not_apply(monkeypatch):
     """Masks, a causal call with more queries than keys, too few queries, head_dim 64 and the switch
     (HF_TRITON_ATTN_GLUON=0) all keep the Triton kernel, and give the oracle's answer."""
-    if not _hopper_with_gluon():
-        pytest.skip("the Gluon forward runs on Hopper GPUs with Gluon's Hopper API")
+    if not hopper_with_gluon():
+        pytest.skip(SKIP_WITHOUT_GLUON)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
     q, k, v = random_qkv(2, 4, 2, 300, 300, 128, torch.bfloat16, DEVICE)
     check_forward(q, k, v, causal=True, attention_mask=padding_mask("right", 2, 300))

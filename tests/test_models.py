@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 from conftest import DEVICE, ON_GPU
-from helpers import count_calls
+from helpers import SKIP_WITHOUT_GLUON, count_calls, hopper_with_gluon
 from tiny_models import COMMON, DECODER_CONFIGS, bert_config, left_padded_batch, load, right_padded_batch, saved_model
 from transformers import AutoModelForCausalLM, BertModel
 
@@ -298,8 +298,8 @@ def test_cpu_tensors_without_interpreter_get_a_clear_error():
 def test_bf16_head_dim_128_decoder_through_the_hopper_forward_matches_eager(tmp_path_factory, monkeypatch):
     """A bf16 Llama with head_dim 128 and unpadded prompts of 200 tokens, where the Gluon forward serves every
     layer on Hopper: its logits are as close to float32 eager's as bf16 eager's are (within 2x)."""
-    if not (ops._attn_fwd_ws is not None and torch.cuda.get_device_capability() == (9, 0)):
-        pytest.skip("the Gluon forward runs on Hopper GPUs with Gluon's Hopper API")
+    if not hopper_with_gluon():
+        pytest.skip(SKIP_WITHOUT_GLUON)
     config = transformers.LlamaConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=2,
                                       num_attention_heads=2, num_key_value_heads=1, head_dim=128, **COMMON)
     path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, config)
