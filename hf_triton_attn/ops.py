@@ -191,11 +191,13 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, cau
     if seqused_q is None and _takes_split_kv(sq, heads // hkv, skv, dropout_p):
         spans = _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scale, softcap)
         return out, lse, MaskSummaries(key_range, spans)
-    if (key_mask is None and seqused_k is None and seqused_q is None and mask is None and softcap == 0.0
-            and dropout_p == 0.0):
-        hopper = _hopper_forward_config(q, k, v, causal, scale)
+    if seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
+        hopper = _hopper_forward_config(q, k, v, key_mask, causal, scale)
         if hopper is not None:
-            _forward_hopper(q, k, v, out, lse, causal, scale, hopper)
+            key_mask = _as_kernel_mask(key_mask)
+            if key_mask is not None and key_range is None:
+                key_range = kept_key_ranges(key_mask, None)
+            _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, hopper)
             return out, lse, MaskSummaries(key_range)
     spans = _visible_spans_of(mask)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
@@ -228,13 +230,14 @@ def _capability(device: torch.device) -> tuple:
     return torch.cuda.get_device_capability(device)
 
 
-def _hopper_forward_config(q, k, v, causal, scale) -> Optional[configs.HopperForwardConfig]:
-    """The Gluon forward's configuration where it takes this call (unmasked, see :func:`_forward`), else None:
-    Gluon's Hopper API present and not switched off (``configs.GLUON_FORWARD``), a CUDA device and shape that
-    :func:`configs.hopper_forward_config` accepts, a positive scale (the kernel takes row maxima before scaling),
-    keys, causal rows that all see key 0 (Skv >= Sq), and tensors a TMA descriptor can describe."""
+def _hopper_forward_config(q, k, v, key_mask, causal, scale) -> Optional[configs.HopperForwardConfig]:
+    """The Gluon forward's configuration where it takes this call (no mask but causal and a key-padding one, see
+    :func:`_forward`), else None: Gluon's Hopper API present and not switched off (``configs.GLUON_FORWARD``), a
+    CUDA device and shape that :func:`configs.hopper_forward_config` accepts, a positive scale (the kernel takes
+    row maxima before scaling), keys, no more queries than keys when causal (Skv >= Sq), a key mask with unit
+    stride along the keys, and tensors a TMA descriptor can describe."""
     if (_attn_fwd_ws is None or not configs.GLUON_FORWARD or INTERPRET or q.device.type != "cuda" or scale <= 0.0
-            or k.shape[2] == 0):
+            or k.shape[2] == 0 or (key_mask is not None and key_mask.stride(1) != 1)):
         return None
     cfg = configs.hopper_forward_config(q.shape[3], q.element_size(), _capability(q.device), q.shape[2])
     if cfg is None or (causal and k.shape[2] < q.shape[2]) or not _tma_compatible(q, k, v):
@@ -252,16 +255,19 @@ def _gluon_descriptor(t: torch.Tensor, rows: int):
                                  _gluon_layout(rows, t.shape[3], t.dtype))
 
 
-def _forward_hopper(q, k, v, out, lse, causal, scale, cfg: configs.HopperForwardConfig) -> None:
-    """Writes out and lse with the warp-specialised Gluon forward (see _kernels/fwd_gluon.py)."""
+def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: configs.HopperForwardConfig) -> None:
+    """Writes out and lse with the warp-specialised Gluon forward (see _kernels/fwd_gluon.py); ``key_mask`` is the
+    kernels' uint8 view with its :func:`kept_key_ranges` ``key_range``, or both None."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     try:
         _attn_fwd_ws[(configs.cdiv(sq, GLUON_CONSUMERS * cfg.block_mw), batch * heads)](
             _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
-            out, lse, scale * LOG2E.value, out.stride(0), out.stride(1), out.stride(2), heads, sq, skv, heads // hkv,
+            out, lse, key_mask, key_range, scale * LOG2E.value, out.stride(0), out.stride(1), out.stride(2),
+            0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv,
             HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
-            CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
+            HAS_KEY_MASK=key_mask is not None, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
+            maxnreg=cfg.max_registers,
         )
     except CompilationError as error:
         # Gluon is Triton's experimental API and changes between releases (run on 3.6; compiled with 3.7 and 3.9).

@@ -463,10 +463,13 @@ def test_backward_padded_large_gpu():
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", [(2, 4, 2, 300, 300), (1, 4, 4, 200, 456)])
-def test_backward_after_hopper_forward_gpu(monkeypatch, causal, shape):
-    """The backward kernels take the Gluon forward's output and log-sum-exp (Hopper, head_dim 128, no mask)."""
+@pytest.mark.parametrize("padding", [None, "left", "holes"])
+def test_backward_after_hopper_forward_gpu(monkeypatch, causal, shape, padding):
+    """The backward kernels take the Gluon forward's output and log-sum-exp (Hopper, head_dim 128), and the key
+    range it computed for a key-padding mask."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
-    check_backward(*random_qkv(*shape, 128, torch.bfloat16, DEVICE), causal=causal)
+    mask = None if padding is None else padding_mask(padding, shape[0], shape[4])
+    check_backward(*random_qkv(*shape, 128, torch.bfloat16, DEVICE), causal=causal, attention_mask=mask)
     assert len(calls) == 1

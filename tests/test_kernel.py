@@ -617,7 +617,7 @@ def test_hopper_forward_config_applies_only_where_measured():
         assert configs.hopper_forward_config(head_dim, itemsize, capability, seqlen_q) is None
     if not ON_GPU:
         q, k, v = random_qkv(1, 2, 2, 200, 200, 128, torch.float16, DEVICE)
-        assert ops._hopper_forward_config(q, k, v, True, 128 ** -0.5) is None
+        assert ops._hopper_forward_config(q, k, v, None, True, 128 ** -0.5) is None
 
 
 def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
@@ -634,7 +634,7 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
     out, lse = torch.empty(2, 200, 4, 128, dtype=torch.float16), torch.empty(2, 4, 200)
     cfg = configs.hopper_forward_config(128, 2, (9, 0), 200)
     with pytest.raises(RuntimeError, match="HF_TRITON_ATTN_GLUON=0") as failure:
-        ops._forward_hopper(q, k, v, out, lse, True, 128 ** -0.5, cfg)
+        ops._forward_hopper(q, k, v, out, lse, None, None, True, 128 ** -0.5, cfg)
     assert isinstance(failure.value.__cause__, CompilationError)
 
 
@@ -644,10 +644,11 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
 @pytest.mark.parametrize("layout", ["bhsd", "bshd"])
 @pytest.mark.parametrize("shape", [(2, 4, 4, 333, 333), (1, 8, 2, 500, 500), (1, 4, 4, 200, 456), (1, 4, 1, 1000, 1000),
                                    (1, 2, 2, 129, 257), (2, 2, 2, 128, 128)])
-def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape):
-    """The Gluon forward (Hopper, head_dim 128, no mask) against the oracle: lengths off its tiles, GQA and MQA,
-    Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal); and it is the kernel that
-    ran."""
+@pytest.mark.parametrize("padding", [None, "right", "left", "one_hole", "holes"])
+def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding):
+    """The Gluon forward (Hopper, head_dim 128, no mask or a key-padding one) against the oracle: lengths off its
+    tiles, GQA and MQA, Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal), left
+    padding (rows that see no key under a causal mask), holes; and it is the kernel that ran."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
@@ -657,19 +658,21 @@ def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape):
     else:
         q, k, v = (torch.randn(batch, s, h, 128, device=DEVICE, dtype=dtype).transpose(1, 2)
                    for h, s in ((heads, seqlen_q), (kv_heads, seqlen_k), (kv_heads, seqlen_k)))
-    check_forward(q, k, v, causal=causal)
+    mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
+    check_forward(q, k, v, causal=causal, attention_mask=mask)
     assert len(calls) == 1
 
 
 @pytest.mark.gpu
 def test_hopper_forward_not_taken_where_it_does_not_apply(monkeypatch):
-    """Masks, a causal call with more queries than keys, too few queries, head_dim 64 and the switch
-    (HF_TRITON_ATTN_GLUON=0) all keep the Triton kernel, and give the oracle's answer."""
+    """Dense masks, seqused_k, a causal call with more queries than keys, too few queries, head_dim 64 and the
+    switch (HF_TRITON_ATTN_GLUON=0) all keep the Triton kernel, and give the oracle's answer."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
     q, k, v = random_qkv(2, 4, 2, 300, 300, 128, torch.bfloat16, DEVICE)
-    check_forward(q, k, v, causal=True, attention_mask=padding_mask("right", 2, 300))
+    check_forward(q, k, v, causal=True, attention_mask=structured_mask("sliding", 2, 1, 300, 300))
+    check_forward(q, k, v, causal=True, seqused_k=torch.tensor([250, 300], device=DEVICE, dtype=torch.int32))
     check_forward(q, k[:, :, :200], v[:, :, :200], causal=True)
     check_forward(q[:, :, :configs.GLUON_MIN_QUERIES - 1], k, v, causal=True)
     check_forward(*random_qkv(1, 2, 2, 300, 300, 64, torch.bfloat16, DEVICE), causal=True)
