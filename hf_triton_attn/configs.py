@@ -95,6 +95,8 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
 # variable is set to 0 (for A/B measurements, or should a Triton release break Gluon's experimental API).
 GLUON_FORWARD = os.environ.get("HF_TRITON_ATTN_GLUON", "1") != "0"
 GLUON_MIN_QUERIES = 128
+# Causal Gluon forwards take their tiles in sections of heads whose K/V fit this much of the L2 cache (Hopper: 50 MiB).
+GLUON_L2_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)

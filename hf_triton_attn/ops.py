@@ -257,14 +257,21 @@ def _gluon_descriptor(t: torch.Tensor, rows: int):
 
 def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: configs.HopperForwardConfig) -> None:
     """Writes out and lse with the warp-specialised Gluon forward (see _kernels/fwd_gluon.py); ``key_mask`` is the
-    kernels' uint8 view with its :func:`kept_key_ranges` ``key_range``, or both None."""
+    kernels' uint8 view with its :func:`kept_key_ranges` ``key_range``, or both None. One persistent program per SM
+    (at most one tile each when there are fewer tiles); under a causal mask the tiles go in sections of heads whose
+    K/V fit ``configs.GLUON_L2_BYTES`` together."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
+    tiles = configs.cdiv(sq, GLUON_CONSUMERS * cfg.block_mw) * batch * heads
+    heads_per_section = 1
+    if causal:
+        kv_bytes_per_head = 2 * skv * head_dim * k.element_size() * hkv // heads
+        heads_per_section = max(1, min(batch * heads, configs.GLUON_L2_BYTES // kv_bytes_per_head))
     try:
-        _attn_fwd_ws[(configs.cdiv(sq, GLUON_CONSUMERS * cfg.block_mw), batch * heads)](
+        _attn_fwd_ws[(min(tiles, _sm_count(q.device)),)](
             _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
             out, lse, key_mask, key_range, scale * LOG2E.value, out.stride(0), out.stride(1), out.stride(2),
-            0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv,
+            0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv, tiles, heads_per_section,
             HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
             HAS_KEY_MASK=key_mask is not None, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
             maxnreg=cfg.max_registers,

@@ -1,4 +1,5 @@
 """Forward kernel against the float64 oracle over the feature grid."""
+import collections
 import functools
 import math
 
@@ -628,7 +629,7 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
 
     def launch(*args, **kwargs):
         raise CompilationError(None, None, "a Gluon builtin this Triton does not have")
-    monkeypatch.setattr(ops, "_attn_fwd_ws", {(2, 8): launch})
+    monkeypatch.setattr(ops, "_attn_fwd_ws", collections.defaultdict(lambda: launch))  # any grid
     monkeypatch.setattr(ops, "_gluon_descriptor", lambda t, rows: None)
     q, k, v = random_qkv(2, 4, 2, 200, 200, 128, torch.float16, DEVICE)
     out, lse = torch.empty(2, 200, 4, 128, dtype=torch.float16), torch.empty(2, 4, 200)
@@ -659,6 +660,30 @@ def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding):
         q, k, v = (torch.randn(batch, s, h, 128, device=DEVICE, dtype=dtype).transpose(1, 2)
                    for h, s in ((heads, seqlen_q), (kv_heads, seqlen_k), (kv_heads, seqlen_k)))
     mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
+    check_forward(q, k, v, causal=causal, attention_mask=mask)
+    assert len(calls) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "left", "holes", "empty_row"])
+def test_hopper_forward_persistent_schedule_gpu(monkeypatch, causal, padding):
+    """More tiles than SMs, so each persistent program runs several (its K/V ring and query slots carried from one
+    tile to the next), in causal sections of 4 heads that do not divide the 15 (batch, head) pairs, and one batch
+    row with no kept key at all (tiles without key blocks between others) among the masks."""
+    if not hopper_with_gluon():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    calls = count_calls(monkeypatch, ops, "_forward_hopper")
+    batch, heads, seqlen = 3, 5, 2500
+    q, k, v = random_qkv(batch, heads, 1, seqlen, seqlen, 128, torch.bfloat16, DEVICE)
+    # The K/V bytes of 4 heads; the 5 heads of a batch row share one kv head (MQA), a fifth of it each.
+    monkeypatch.setattr(configs, "GLUON_L2_BYTES", 4 * (2 * seqlen * 128 * 2 // heads))
+    assert configs.cdiv(seqlen, 128) * batch * heads > 2 * torch.cuda.get_device_properties(DEVICE).multi_processor_count
+    if padding == "empty_row":
+        mask = padding_mask("right", batch, seqlen)
+        mask[1] = False
+    else:
+        mask = None if padding is None else padding_mask(padding, batch, seqlen)
     check_forward(q, k, v, causal=causal, attention_mask=mask)
     assert len(calls) == 1
 

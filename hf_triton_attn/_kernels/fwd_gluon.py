@@ -45,30 +45,75 @@ def _masked(s, row_first, col_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
 
 
 @gluon.jit
-def _loader(desc_q, desc_k, desc_v, Out, LSE, buffers, coords, sizes, strides, masks, qk_scale,
+def _tile(t, n_m, BH, H, GROUP, HEADS_PER_SECTION, Skv, Sq, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr,
+          IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr):
+    """Work tile ``t`` of the persistent schedule: its (batch, head, kv head, batch*head, first query row) and its
+    key blocks (first_block, n_blocks, kept range lo, hi, one run). Tiles go section by section, a section being
+    HEADS_PER_SECTION consecutive (batch, head) pairs, and inside one by query block from the last (under a causal
+    mask the most work) to the first, the section's heads side by side: the programs running at once share the
+    K/V of a few heads in L2 and the long tiles start first."""
+    section_tiles = HEADS_PER_SECTION * n_m
+    section = t // section_tiles
+    rest = t - section * section_tiles
+    section_heads = gl.minimum(HEADS_PER_SECTION, BH - section * HEADS_PER_SECTION)
+    m_block = n_m - 1 - rest // section_heads
+    pid_bh = section * HEADS_PER_SECTION + rest % section_heads
+    pid_b = pid_bh // H
+    pid_h = pid_bh % H
+    start_m = m_block * (CONSUMERS * BLOCK_MW)
+    kv_end = Skv
+    if IS_CAUSAL:
+        kv_end = gl.minimum(Skv, Skv - Sq + start_m + CONSUMERS * BLOCK_MW)
+    key_lo = 0
+    key_hi = Skv
+    one_run = True
+    if HAS_KEY_MASK:
+        key_lo = gl.load(KeyRange + pid_b * 3)
+        key_hi = gl.load(KeyRange + pid_b * 3 + 1)
+        one_run = gl.load(KeyRange + pid_b * 3 + 2) != 0
+        kv_end = gl.minimum(kv_end, key_hi)
+    first_block = key_lo // BLOCK_N
+    n_blocks = gl.maximum(gl.cdiv(kv_end, BLOCK_N) - first_block, 0)
+    return pid_b, pid_h, pid_h // GROUP, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run
+
+
+@gluon.jit
+def _loader(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
             HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
             IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, WG: gl.constexpr):
-    """One warp (the partitions share one signature, hence the arguments it does not use): the consumers' query
-    tiles, then the K and V tiles of key blocks first_block.. (n_blocks of them), each into the ring slot its
-    consumers have released; nothing at all when n_blocks is 0."""
-    q_smem, k_smem, v_smem, q_ready, k_ready, k_empty, v_ready, v_empty = buffers
-    pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks = coords
-    for w in gl.static_range(CONSUMERS):
-        mbarrier.expect(q_ready.index(w), desc_q.block_type.nbytes, pred=n_blocks > 0)
-        _tma_load(desc_q, [pid_b, pid_h, start_m + w * BLOCK_MW, 0], q_ready.index(w),
-                  _tma_view(q_smem, w, BLOCK_MW, HEAD_DIM), pred=n_blocks > 0)
-    for i in range(n_blocks):
-        slot = i % STAGES
-        free_phase = ((i // STAGES) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
-        start_n = (first_block + i) * BLOCK_N
-        mbarrier.wait(k_empty.index(slot), free_phase)
-        mbarrier.expect(k_ready.index(slot), desc_k.block_type.nbytes)
-        _tma_load(desc_k, [pid_b, pid_hk, start_n, 0], k_ready.index(slot),
-                  _tma_view(k_smem, slot, BLOCK_N, HEAD_DIM))
-        mbarrier.wait(v_empty.index(slot), free_phase)
-        mbarrier.expect(v_ready.index(slot), desc_v.block_type.nbytes)
-        _tma_load(desc_v, [pid_b, pid_hk, start_n, 0], v_ready.index(slot),
-                  _tma_view(v_smem, slot, BLOCK_N, HEAD_DIM))
+    """One warp (the partitions share one signature, hence the arguments it does not use): for each of the
+    program's tiles, the consumers' query tiles into the Q slot they released, then the K and V tiles of its key
+    blocks into the ring slots the consumers released; ring positions count on across tiles, so the next tile's
+    loads start while the consumers finish this one."""
+    q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
+    Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
+    loaded = 0
+    tiles_done = 0
+    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+        pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
+            t, n_m, n_tiles // n_m, H, GROUP, HEADS_PER_SECTION, Skv, Sq, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL,
+            HAS_KEY_MASK)
+        q_slot = tiles_done % 2
+        q_free = ((tiles_done // 2) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
+        for w in gl.static_range(CONSUMERS):
+            mbarrier.wait(q_empty.index(q_slot * CONSUMERS + w), q_free)
+            mbarrier.expect(q_ready.index(q_slot * CONSUMERS + w), desc_q.block_type.nbytes)
+            _tma_load(desc_q, [pid_b, pid_h, start_m + w * BLOCK_MW, 0], q_ready.index(q_slot * CONSUMERS + w),
+                      _tma_view(q_smem, q_slot * CONSUMERS + w, BLOCK_MW, HEAD_DIM))
+        for i in range(n_blocks):
+            slot = loaded % STAGES
+            free_phase = ((loaded // STAGES) & 1) ^ 1
+            start_n = (first_block + i) * BLOCK_N
+            mbarrier.wait(k_empty.index(slot), free_phase)
+            mbarrier.expect(k_ready.index(slot), desc_k.block_type.nbytes)
+            _tma_load(desc_k, [pid_b, pid_hk, start_n, 0], k_ready.index(slot),
+                      _tma_view(k_smem, slot, BLOCK_N, HEAD_DIM))
+            mbarrier.wait(v_empty.index(slot), free_phase)
+            mbarrier.expect(v_ready.index(slot), desc_v.block_type.nbytes)
+            _tma_load(desc_v, [pid_b, pid_hk, start_n, 0], v_ready.index(slot),
+                      _tma_view(v_smem, slot, BLOCK_N, HEAD_DIM))
+            loaded += 1
+        tiles_done += 1
 
 
 @gluon.jit
@@ -86,19 +131,20 @@ def _online_softmax(s, m_i, l_i, qk_scale, MASKED: gl.constexpr):
 
 
 @gluon.jit
-def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, first_block, acc, p_op, m_i, l_i,
-             zeros_s, qk_scale, row_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
+def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, ring_base, first_block, acc, p_op,
+             m_i, l_i, zeros_s, qk_scale, row_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
              BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
              p_layout: gl.constexpr, row_o: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
              MASKED: gl.constexpr):
-    """The loader's blocks [i_lo, i_hi) (key block first_block + i): issue S_i = Q K_i^T and P_{i-1} V_{i-1}
-    together, take the softmax of S_i while the second runs, then rescale the output by the new maxima."""
+    """The tile's key blocks [i_lo, i_hi) (key block first_block + i, ring position ring_base + i): issue
+    S_i = Q K_i^T and P_{i-1} V_{i-1} together, take the softmax of S_i while the second runs, then rescale the
+    output by the new maxima."""
     for i in range(i_lo, i_hi):
-        slot = i % STAGES
-        prev = (i - 1) % STAGES
-        mbarrier.wait(k_ready.index(slot), (i // STAGES) & 1)
+        slot = (ring_base + i) % STAGES
+        prev = (ring_base + i - 1) % STAGES
+        mbarrier.wait(k_ready.index(slot), ((ring_base + i) // STAGES) & 1)
         s_token = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
-        mbarrier.wait(v_ready.index(prev), ((i - 1) // STAGES) & 1)
+        mbarrier.wait(v_ready.index(prev), ((ring_base + i - 1) // STAGES) & 1)
         acc_token = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
         s = warpgroup_mma_wait(1, deps=(s_token,))
         mbarrier.arrive(k_empty.index(slot), count=1)
@@ -114,18 +160,16 @@ def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, 
 
 
 @gluon.jit
-def _consumer(desc_q, desc_k, desc_v, Out, LSE, buffers, coords, sizes, strides, masks, qk_scale,
+def _consumer(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
               HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
               IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, WG: gl.constexpr):
-    """One warpgroup: query rows [start_m + WG * BLOCK_MW, + BLOCK_MW) against the key blocks the loader
-    streams. The first may be partly masked (the start of the kept keys); then come the blocks that need no mask
-    (wholly inside one run of kept keys and left of the row block's causal diagonal), then the masked rest (the
-    diagonal, the ragged end, the end of the kept keys, holes)."""
-    q_smem, k_smem, v_smem, q_ready, k_ready, k_empty, v_ready, v_empty = buffers
-    pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks = coords
-    Sq, Skv = sizes
-    stride_ob, stride_om, stride_oh = strides
-    KeyMask, stride_kmb, key_lo, key_hi, one_run = masks
+    """One warpgroup: for each of the program's tiles, query rows [start_m + WG * BLOCK_MW, + BLOCK_MW) against
+    the key blocks the loader streams. The first may be partly masked (the start of the kept keys); then come the
+    blocks that need no mask (wholly inside one run of kept keys and left of the row block's causal diagonal), then
+    the masked rest (the diagonal, the ragged end, the end of the kept keys, holes)."""
+    q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
+    Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
+    stride_ob, stride_om, stride_oh, stride_kmb = strides
     dtype: gl.constexpr = desc_q.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -134,120 +178,114 @@ def _consumer(desc_q, desc_k, desc_v, Out, LSE, buffers, coords, sizes, strides,
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-
-    row_first = start_m + WG * BLOCK_MW
+    zeros_s = gl.zeros([BLOCK_MW, BLOCK_N], gl.float32, layout=s_layout)
     q_start = Skv - Sq
-    # Loader blocks [clean_lo, clean_hi) are visible in full to every row of this warpgroup.
-    clean_end = gl.minimum(Skv, key_hi)
-    if IS_CAUSAL:
-        clean_end = gl.minimum(clean_end, q_start + row_first + 1)
-    clean_lo = (key_lo + BLOCK_N - 1) // BLOCK_N - first_block
-    if HAS_KEY_MASK:
-        clean_hi = gl.where(one_run, clean_end // BLOCK_N - first_block, clean_lo)
-    else:
-        clean_hi = clean_end // BLOCK_N
-    acc = gl.zeros([BLOCK_MW, HEAD_DIM], gl.float32, layout=o_layout)
-    m_i = gl.full([BLOCK_MW], float("-inf"), gl.float32, layout=row_s)
-    l_i = gl.zeros([BLOCK_MW], gl.float32, layout=row_s)
-    if n_blocks > 0:
-        q = q_smem.index(WG)
-        zeros_s = gl.zeros([BLOCK_MW, BLOCK_N], gl.float32, layout=s_layout)
-        mbarrier.wait(q_ready.index(WG), 0)
-        mbarrier.wait(k_ready.index(0), 0)
-        s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zeros_s, use_acc=False)
-        mbarrier.arrive(k_empty.index(0), count=1)
-        if (clean_lo > 0) | (clean_hi < 1):
-            s = _masked(s, row_first, first_block * BLOCK_N, q_start, Skv, KeyMask, stride_kmb, pid_b, BLOCK_MW,
-                        BLOCK_N, s_layout, IS_CAUSAL, HAS_KEY_MASK)
-        p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, True)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
 
-        clean_stop = gl.maximum(gl.minimum(clean_hi, n_blocks), 1)
-        acc, p_op, m_i, l_i = _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, 1, clean_stop,
-                                       first_block, acc, p_op, m_i, l_i, zeros_s, qk_scale, row_first, q_start, Skv,
-                                       KeyMask, stride_kmb, pid_b, BLOCK_MW, BLOCK_N, STAGES, s_layout, p_layout,
-                                       row_o, IS_CAUSAL, HAS_KEY_MASK, False)
-        acc, p_op, m_i, l_i = _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, clean_stop, n_blocks,
-                                       first_block, acc, p_op, m_i, l_i, zeros_s, qk_scale, row_first, q_start, Skv,
-                                       KeyMask, stride_kmb, pid_b, BLOCK_MW, BLOCK_N, STAGES, s_layout, p_layout,
-                                       row_o, IS_CAUSAL, HAS_KEY_MASK, True)
-        last = (n_blocks - 1) % STAGES
-        mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // STAGES) & 1)
-        acc = warpgroup_mma(p_op, v_smem.index(last), acc)
-        mbarrier.arrive(v_empty.index(last), count=1)
+    consumed = 0
+    tiles_done = 0
+    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+        pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
+            t, n_m, n_tiles // n_m, H, GROUP, HEADS_PER_SECTION, Skv, Sq, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL,
+            HAS_KEY_MASK)
+        row_first = start_m + WG * BLOCK_MW
+        # Loader blocks [clean_lo, clean_hi) are visible in full to every row of this warpgroup.
+        clean_end = gl.minimum(Skv, key_hi)
+        if IS_CAUSAL:
+            clean_end = gl.minimum(clean_end, q_start + row_first + 1)
+        clean_lo = (key_lo + BLOCK_N - 1) // BLOCK_N - first_block
+        if HAS_KEY_MASK:
+            clean_hi = gl.where(one_run, clean_end // BLOCK_N - first_block, clean_lo)
+        else:
+            clean_hi = clean_end // BLOCK_N
+        acc = gl.zeros([BLOCK_MW, HEAD_DIM], gl.float32, layout=o_layout)
+        m_i = gl.full([BLOCK_MW], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.zeros([BLOCK_MW], gl.float32, layout=row_s)
+        q_index = (tiles_done % 2) * CONSUMERS + WG
+        mbarrier.wait(q_ready.index(q_index), (tiles_done // 2) & 1)
+        if n_blocks > 0:
+            q = q_smem.index(q_index)
+            slot = consumed % STAGES
+            mbarrier.wait(k_ready.index(slot), (consumed // STAGES) & 1)
+            s = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False)
+            mbarrier.arrive(k_empty.index(slot), count=1)
+            if (clean_lo > 0) | (clean_hi < 1):
+                s = _masked(s, row_first, first_block * BLOCK_N, q_start, Skv, KeyMask, stride_kmb, pid_b, BLOCK_MW,
+                            BLOCK_N, s_layout, IS_CAUSAL, HAS_KEY_MASK)
+            p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, True)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
 
-    # Rows that saw no key (left padding under a causal mask, a row whose mask keeps nothing) give 0 and LSE 0.
-    has_keys = l_i > 0.0
-    out = acc / gl.convert_layout(gl.where(has_keys, l_i, 1.0), row_o)[:, None]
-    rows = row_first + gl.arange(0, BLOCK_MW, layout=row_o)
-    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-    o_ptrs = (Out + pid_b.to(gl.int64) * stride_ob + pid_h.to(gl.int64) * stride_oh
-              + rows[:, None].to(gl.int64) * stride_om + cols[None, :])
-    gl.store(o_ptrs, out.to(dtype), mask=(rows < Sq)[:, None])
-    lse_rows = row_first + gl.arange(0, BLOCK_MW, layout=row_s)
-    lse = gl.where(has_keys, m_i + gl.log2(gl.where(has_keys, l_i, 1.0)), 0.0)
-    gl.store(LSE + pid_bh.to(gl.int64) * Sq + lse_rows, lse, mask=lse_rows < Sq)
+            clean_stop = gl.maximum(gl.minimum(clean_hi, n_blocks), 1)
+            acc, p_op, m_i, l_i = _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, 1, clean_stop,
+                                           consumed, first_block, acc, p_op, m_i, l_i, zeros_s, qk_scale, row_first,
+                                           q_start, Skv, KeyMask, stride_kmb, pid_b, BLOCK_MW, BLOCK_N, STAGES,
+                                           s_layout, p_layout, row_o, IS_CAUSAL, HAS_KEY_MASK, False)
+            acc, p_op, m_i, l_i = _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, clean_stop,
+                                           n_blocks, consumed, first_block, acc, p_op, m_i, l_i, zeros_s, qk_scale,
+                                           row_first, q_start, Skv, KeyMask, stride_kmb, pid_b, BLOCK_MW, BLOCK_N,
+                                           STAGES, s_layout, p_layout, row_o, IS_CAUSAL, HAS_KEY_MASK, True)
+            consumed += n_blocks
+            last = (consumed - 1) % STAGES
+            mbarrier.wait(v_ready.index(last), ((consumed - 1) // STAGES) & 1)
+            acc = warpgroup_mma(p_op, v_smem.index(last), acc)
+            mbarrier.arrive(v_empty.index(last), count=1)
+        mbarrier.arrive(q_empty.index(q_index), count=1)
+
+        # Rows that saw no key (left padding under a causal mask, a row whose mask keeps nothing) give 0 and LSE 0.
+        has_keys = l_i > 0.0
+        out = acc / gl.convert_layout(gl.where(has_keys, l_i, 1.0), row_o)[:, None]
+        rows = row_first + gl.arange(0, BLOCK_MW, layout=row_o)
+        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        o_ptrs = (Out + pid_b.to(gl.int64) * stride_ob + pid_h.to(gl.int64) * stride_oh
+                  + rows[:, None].to(gl.int64) * stride_om + cols[None, :])
+        gl.store(o_ptrs, out.to(dtype), mask=(rows < Sq)[:, None])
+        lse_rows = row_first + gl.arange(0, BLOCK_MW, layout=row_s)
+        lse = gl.where(has_keys, m_i + gl.log2(gl.where(has_keys, l_i, 1.0)), 0.0)
+        gl.store(LSE + pid_bh.to(gl.int64) * Sq + lse_rows, lse, mask=lse_rows < Sq)
+        tiles_done += 1
 
 
 @gluon.jit
 def _attn_fwd_ws(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, qk_scale, stride_ob, stride_om, stride_oh,
-                 stride_kmb, H, Sq, Skv, GROUP,
+                 stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
                  HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                  IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                  num_warps: gl.constexpr):
-    """Grid (cdiv(Sq, CONSUMERS * BLOCK_MW), B * H). q/k/v through 4D descriptors over (B, H|Hkv, S, D) with
-    boxes (1, 1, rows, HEAD_DIM); Out is (B, Sq, H, D) with unit last stride; LSE (B, H, Sq) float32, log2 units;
-    qk_scale is the softmax scale times log2(e). HAS_KEY_MASK: KeyMask (B, Skv) uint8 keep-flags (unit stride
-    along the keys) and KeyRange its (B, 3) kept ranges (see _kernels/key_range.py)."""
-    pid_m = gl.program_id(0)
-    pid_bh = gl.program_id(1)
-    pid_b = pid_bh // H
-    pid_h = pid_bh % H
-    pid_hk = pid_h // GROUP
-    start_m = pid_m * (CONSUMERS * BLOCK_MW)
+    """Persistent: grid (programs,), each taking tiles pid, pid + programs, ... of the n_tiles =
+    cdiv(Sq, CONSUMERS * BLOCK_MW) * B * H (see _tile for their order). q/k/v through 4D descriptors over
+    (B, H|Hkv, S, D) with boxes (1, 1, rows, HEAD_DIM); Out is (B, Sq, H, D) with unit last stride; LSE (B, H, Sq)
+    float32, log2 units; qk_scale is the softmax scale times log2(e). HAS_KEY_MASK: KeyMask (B, Skv) uint8
+    keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept ranges (see _kernels/key_range.py)."""
     dtype: gl.constexpr = desc_q.dtype
     tile_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_MW, HEAD_DIM], dtype)
 
-    q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
+    # Two Q slots per consumer: the loader fetches the next tile's queries while the consumers finish this one.
+    q_smem = gl.allocate_shared_memory(dtype, [2 * CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
-    q_ready = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [2 * CONSUMERS, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [2 * CONSUMERS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(CONSUMERS):
+    for i in gl.static_range(2 * CONSUMERS):
         mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(k_empty.index(i), count=CONSUMERS)
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
-    kv_end = Skv
-    if IS_CAUSAL:
-        kv_end = gl.minimum(Skv, Skv - Sq + start_m + CONSUMERS * BLOCK_MW)
-    key_lo = 0
-    key_hi = Skv
-    one_run = True
-    if HAS_KEY_MASK:
-        key_lo = gl.load(KeyRange + pid_b * 3)
-        key_hi = gl.load(KeyRange + pid_b * 3 + 1)
-        one_run = gl.load(KeyRange + pid_b * 3 + 2) != 0
-        kv_end = gl.minimum(kv_end, key_hi)
-    first_block = key_lo // BLOCK_N
-    n_blocks = gl.maximum(gl.cdiv(kv_end, BLOCK_N) - first_block, 0)
-    buffers = (q_smem, k_smem, v_smem, q_ready, k_ready, k_empty, v_ready, v_empty)
-    coords = (pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks)
-    sizes = (Sq, Skv)
-    strides = (stride_ob, stride_om, stride_oh)
-    masks = (KeyMask, stride_kmb, key_lo, key_hi, one_run)
+    buffers = (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
+    sizes = (Sq, Skv, H, GROUP, gl.cdiv(Sq, CONSUMERS * BLOCK_MW), n_tiles, HEADS_PER_SECTION)
+    strides = (stride_ob, stride_om, stride_oh, stride_kmb)
     gl.warp_specialize([
-        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, buffers, coords, sizes, strides, masks, qk_scale,
+        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
                      HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 0)),
-        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, buffers, coords, sizes, strides, masks, qk_scale,
+        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
                      HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 1)),
-        (_loader, (desc_q, desc_k, desc_v, Out, LSE, buffers, coords, sizes, strides, masks, qk_scale,
+        (_loader, (desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
                    HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 0))],
         [4, 1], [CONSUMER_REGS, 24])
