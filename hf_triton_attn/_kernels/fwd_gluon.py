@@ -45,13 +45,15 @@ def _masked(s, row_first, col_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
 
 
 @gluon.jit
-def _tile(t, n_m, BH, H, GROUP, HEADS_PER_SECTION, Skv, Sq, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr,
-          IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr):
+def _tile(t, sizes, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr,
+          HAS_KEY_MASK: gl.constexpr):
     """Work tile ``t`` of the persistent schedule: its (batch, head, kv head, batch*head, first query row) and its
     key blocks (first_block, n_blocks, kept range lo, hi, one run). Tiles go section by section, a section being
     HEADS_PER_SECTION consecutive (batch, head) pairs, and inside one by query block from the last (under a causal
     mask the most work) to the first, the section's heads side by side: the programs running at once share the
     K/V of a few heads in L2 and the long tiles start first."""
+    Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
+    BH = n_tiles // n_m
     section_tiles = HEADS_PER_SECTION * n_m
     section = t // section_tiles
     rest = t - section * section_tiles
@@ -91,8 +93,7 @@ def _loader(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes,
     tiles_done = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
         pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
-            t, n_m, n_tiles // n_m, H, GROUP, HEADS_PER_SECTION, Skv, Sq, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL,
-            HAS_KEY_MASK)
+            t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
         q_slot = tiles_done % 2
         q_free = ((tiles_done // 2) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
         for w in gl.static_range(CONSUMERS):
@@ -185,8 +186,7 @@ def _consumer(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, size
     tiles_done = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
         pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
-            t, n_m, n_tiles // n_m, H, GROUP, HEADS_PER_SECTION, Skv, Sq, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL,
-            HAS_KEY_MASK)
+            t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
         row_first = start_m + WG * BLOCK_MW
         # Loader blocks [clean_lo, clean_hi) are visible in full to every row of this warpgroup.
         clean_end = gl.minimum(Skv, key_hi)
