@@ -122,7 +122,8 @@ def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple,
     two alternating rounds, B4 H16 S4096 full 513/505 -> 582/526, causal 436/426 -> 507/482; through
     ``attention()`` in bench_kernels.py, S1024 full 486, S4096 full 600, causal 529, S16384 full 631 (FlexAttention
     404-489, cuDNN 576-620). At head_dim 64 the same structure ran between 6% slower (causal) and 4% faster (full,
-    4096 keys or more) than the Triton kernel, so head_dim 64 keeps it."""
+    4096 keys or more) than the Triton kernel, so head_dim 64 keeps it. Session 20 made it persistent and let it
+    take key-padding masks: S1024 full 519, the padded Llama-like row 242 useful TFLOP/s (the Triton kernel 230)."""
     if capability != (9, 0) or itemsize != 2 or head_dim != 128 or seqlen_q < GLUON_MIN_QUERIES:
         return None
     return HopperForwardConfig(block_mw=64, block_n=128, stages=2, consumer_regs=240, max_registers=168)
