@@ -5,6 +5,10 @@ lets a kernel say what Triton's compiler does not: one loader warp streams K/V t
 stages with TMA and mbarriers, and each consumer warpgroup overlaps its softmax of key block j with the tensor
 cores' P_{j-1} @ V_{j-1} (FA3's intra-warpgroup overlap; P stays in registers as the wgmma A operand).
 
+Programs are persistent, one per SM: each walks (query block, head) tiles (``_tile`` gives their order), its K/V
+ring and its consumers' two query slots carried from one tile to the next, so a tile's last blocks overlap the
+next tile's first loads.
+
 Scope: causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask with its kept key ranges (the
 blocks before the first and after the last kept key skipped; holes masked element by element), no other mask, no
 dropout, no softcap, 16-bit inputs, tensors (B, H, S, D) with a unit last stride and 16-byte aligned other strides
