@@ -7,13 +7,14 @@ body, for callers that need neither autograd nor tracing (the dispatcher's Pytho
 decoding step); :class:`EagerAttention` gives eager calls that need gradients the same autograd without the
 dispatcher. Inputs are validated in :mod:`hf_triton_attn.functional`; this layer trusts them.
 
-On Hopper, 16-bit forwards at head_dim 128 with no mask but causal and a key-padding one (no dropout or softcap)
-take the persistent warp-specialised Gluon kernel of _kernels/fwd_gluon.py (:func:`_hopper_forward_config` says
-when; ``HF_TRITON_ATTN_GLUON=0`` turns it off); it writes the output and log-sum-exp in the Triton forward's layout and units, so the backward is the same. Every
-other launch goes through :class:`hf_triton_attn.launch.KernelLauncher`. The forward reads Q/K/V tiles, and the
-backward's dQ kernel K/V tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma`
-and :func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte aligned, unit stride last),
-through pointer arithmetic otherwise; the split-KV (decoding) kernel always through pointers.
+On Hopper, 16-bit forwards at head_dim 128 with no mask but causal and a key-padding one (no dropout or softcap) take
+the persistent warp-specialised Gluon kernel of _kernels/fwd_gluon.py (:func:`_hopper_forward_config` says when;
+``HF_TRITON_ATTN_GLUON=0`` turns it off); it writes the output and log-sum-exp in the Triton forward's layout and
+units, so the backward is the same. Every other launch goes through :class:`hf_triton_attn.launch.KernelLauncher`. The
+forward reads Q/K/V tiles, and the backward's dQ kernel K/V tiles, through tensor descriptors (TMA on Hopper) where
+:func:`configs.forward_uses_tma` and :func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte
+aligned, unit stride last), through pointer arithmetic otherwise; the split-KV (decoding) kernel always through
+pointers.
 
 Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the output is allocated as
 (B, Sq, H, D), the layout Transformers reshapes to (B, Sq, H*D) without a copy; LSE is (B, H, Sq) float32 in
