@@ -463,13 +463,17 @@ def test_backward_padded_large_gpu():
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", [(2, 4, 2, 300, 300), (1, 4, 4, 200, 456)])
-@pytest.mark.parametrize("padding", [None, "left", "holes"])
+@pytest.mark.parametrize("padding", [None, "left", "holes", "seqused_q"])
 def test_backward_after_hopper_forward_gpu(monkeypatch, causal, shape, padding):
     """The backward kernels take the Gluon forward's output and log-sum-exp (Hopper, head_dim 128), and the key
-    range it computed for a key-padding mask."""
+    range it computed for a key-padding mask; with seqused_q, the padding rows' zeros."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
-    mask = None if padding is None else padding_mask(padding, shape[0], shape[4])
-    check_backward(*random_qkv(*shape, 128, torch.bfloat16, DEVICE), causal=causal, attention_mask=mask)
+    kwargs = {}
+    if padding == "seqused_q":
+        kwargs["seqused_q"] = torch.tensor([shape[3] // 2 + 1, 0][:shape[0]], device=DEVICE, dtype=torch.int32)
+    elif padding is not None:
+        kwargs["attention_mask"] = padding_mask(padding, shape[0], shape[4])
+    check_backward(*random_qkv(*shape, 128, torch.bfloat16, DEVICE), causal=causal, **kwargs)
     assert len(calls) == 1

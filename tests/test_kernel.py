@@ -635,7 +635,7 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
     out, lse = torch.empty(2, 200, 4, 128, dtype=torch.float16), torch.empty(2, 4, 200)
     cfg = configs.hopper_forward_config(128, 2, (9, 0), 200)
     with pytest.raises(RuntimeError, match="HF_TRITON_ATTN_GLUON=0") as failure:
-        ops._forward_hopper(q, k, v, out, lse, None, None, True, 128 ** -0.5, cfg)
+        ops._forward_hopper(q, k, v, out, lse, None, None, None, True, 128 ** -0.5, cfg)
     assert isinstance(failure.value.__cause__, CompilationError)
 
 
@@ -661,6 +661,26 @@ def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding):
                    for h, s in ((heads, seqlen_q), (kv_heads, seqlen_k), (kv_heads, seqlen_k)))
     mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
     check_forward(q, k, v, causal=causal, attention_mask=mask)
+    assert len(calls) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "right", "holes"])
+@pytest.mark.parametrize("shape", [(4, 4, 2, 333, 333), (4, 2, 2, 200, 456), (4, 16, 4, 1100, 1100)])
+def test_hopper_forward_seqused_q_gpu(monkeypatch, causal, padding, shape):
+    """seqused_q through the Gluon forward: rows from seqused_q[b] on exactly zero (a whole batch row, the middle of
+    a tile, past the end), the others as the oracle gives them, with or without a key-padding mask; the last shape
+    has more tiles than SMs."""
+    if not hopper_with_gluon():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    calls = count_calls(monkeypatch, ops, "_forward_hopper")
+    batch, heads, kv_heads, seqlen_q, seqlen_k = shape
+    q, k, v = random_qkv(batch, heads, kv_heads, seqlen_q, seqlen_k, 128, torch.bfloat16, DEVICE)
+    seqused_q = torch.tensor([seqlen_q, 0, seqlen_q // 2 + 1, seqlen_q + 5], device=DEVICE, dtype=torch.int32)
+    mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
+    out = check_forward(q, k, v, causal=causal, attention_mask=mask, seqused_q=seqused_q)
+    assert not out[1].any() and not out[2, :, seqlen_q // 2 + 1:].any()
     assert len(calls) == 1
 
 

@@ -295,11 +295,13 @@ def test_cpu_tensors_without_interpreter_get_a_clear_error():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("padding", [None, "left", "right"])
-def test_bf16_head_dim_128_decoder_through_the_hopper_forward_matches_eager(tmp_path_factory, monkeypatch, padding):
+@pytest.mark.parametrize("padding, impl", [(None, "triton"), ("left", "triton"), ("right", "triton"),
+                                           ("right", "triton_skip_padding")])
+def test_bf16_head_dim_128_decoder_through_the_hopper_forward_matches_eager(tmp_path_factory, monkeypatch, padding,
+                                                                            impl):
     """A bf16 Llama with head_dim 128 and prompts of 200 tokens, unpadded or padded (the layers get the key-padding
-    mask), where the Gluon forward serves every layer on Hopper: its logits at the valid positions are as close to
-    float32 eager's as bf16 eager's are (within 2x)."""
+    mask, and with "triton_skip_padding" seqused_q too), where the Gluon forward serves every layer on Hopper: its
+    logits at the valid positions are as close to float32 eager's as bf16 eager's are (within 2x)."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
     config = transformers.LlamaConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=2,
@@ -311,12 +313,12 @@ def test_bf16_head_dim_128_decoder_through_the_hopper_forward_matches_eager(tmp_
         ids, mask = (left_padded_batch if padding == "left" else right_padded_batch)(DEVICE, seqlen=200)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
     logits = {}
-    for impl, dtype in (("eager", torch.float32), ("eager", torch.bfloat16), ("triton", torch.bfloat16)):
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=impl, dtype=dtype).to(DEVICE).eval()
+    for name, dtype in (("eager", torch.float32), ("eager", torch.bfloat16), (impl, torch.bfloat16)):
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=name, dtype=dtype).to(DEVICE).eval()
         with torch.no_grad():
-            logits[impl, dtype] = model(input_ids=ids, attention_mask=mask).logits.float()
+            logits[name, dtype] = model(input_ids=ids, attention_mask=mask).logits.float()
     reference = logits["eager", torch.float32]
-    ours = max_diff_on(mask, logits["triton", torch.bfloat16], reference)
+    ours = max_diff_on(mask, logits[impl, torch.bfloat16], reference)
     eager = max_diff_on(mask, logits["eager", torch.bfloat16], reference)
-    assert ours <= 2 * eager + 1e-3, f"bf16 triton {ours:.3e} against bf16 eager {eager:.3e}"
+    assert ours <= 2 * eager + 1e-3, f"bf16 {impl} {ours:.3e} against bf16 eager {eager:.3e}"
     assert len(calls) == config.num_hidden_layers

@@ -9,12 +9,12 @@ Programs are persistent, one per SM: each walks (query block, head) tiles (``_ti
 ring and its consumers' two query slots carried from one tile to the next, so a tile's last blocks overlap the
 next tile's first loads.
 
-Scope: causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask with its kept key ranges (the
-blocks before the first and after the last kept key skipped; holes masked element by element), no other mask, no
-dropout, no softcap, 16-bit inputs, tensors (B, H, S, D) with a unit last stride and 16-byte aligned other strides
-(TMA), any lengths. Rows that see no key give zeros and a log-sum-exp of 0, as the Triton forward. The op layer decides
-when to take it (ops.py). Tested on triton 3.6 (H200); it also compiles for sm_90 with triton 3.7 and 3.9 (3.9's
-Gluon renamed the TMA load, see ``_tma_load``).
+Scope: causal (bottom-right aligned, Skv >= Sq), a (B, Skv) key-padding mask with its kept key ranges (the blocks
+before the first and after the last kept key skipped; holes masked element by element) and ``seqused_q`` (padding
+query rows: zeros, no work); no other mask, no dropout, no softcap; 16-bit inputs, tensors (B, H, S, D) with a unit
+last stride and 16-byte aligned other strides (TMA), any lengths. Rows that see no key give zeros and a log-sum-exp
+of 0, as the Triton forward. The op layer decides when to take it (ops.py). Tested on triton 3.6 (H200); it also
+compiles for sm_90 with triton 3.7 and 3.9 (3.9's Gluon renamed the TMA load, see ``_tma_load``).
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -49,27 +49,62 @@ def _masked(s, row_first, col_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
 
 
 @gluon.jit
-def _tile(t, sizes, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr,
-          HAS_KEY_MASK: gl.constexpr):
-    """Work tile ``t`` of the persistent schedule: its (batch, head, kv head, batch*head, first query row) and its
-    key blocks (first_block, n_blocks, kept range lo, hi, one run). Tiles go section by section, a section being
-    HEADS_PER_SECTION consecutive (batch, head) pairs, and inside one by query block from the last (under a causal
-    mask the most work) to the first, the section's heads side by side: the programs running at once share the
-    K/V of a few heads in L2 and the long tiles start first."""
+def _paired_tile(t, n_m, BH, HEADS_PER_SECTION):
+    """(query block, batch*head) of causal tile ``t``: query blocks m and n_m - 1 - m of one head form a pair with
+    n_m + 1 key blocks between them, whatever m, and a program takes both halves of its pairs, the long one in
+    one round of the programs and the short one in the next, so every program gets about as many key blocks as
+    any other (a static order of tiles by length left one program up to 30% more than the mean at S16384). Pairs go
+    section by section (HEADS_PER_SECTION heads, their K/V sharing L2), heads side by side; the left-over pairs
+    after the last full double round take one half each on as many programs; with odd n_m the middle blocks, one
+    per head, come last. Guards keep the divisors positive where a branch is not taken."""
+    programs = gl.num_programs(0)
+    half_m = n_m // 2
+    n_pairs = BH * half_m
+    full = n_pairs // programs
+    rem = gl.maximum(n_pairs - full * programs, 1)
+    in_rounds = t < 2 * full * programs
+    round_ = t // programs
+    tail = t - 2 * full * programs
+    unit = gl.where(in_rounds, (round_ // 2) * programs + t % programs, full * programs + tail % rem)
+    short = gl.where(in_rounds, round_ % 2, tail // rem)
+    section_units = gl.maximum(HEADS_PER_SECTION * half_m, 1)
+    section = unit // section_units
+    rest = unit - section * section_units
+    section_heads = gl.maximum(gl.minimum(HEADS_PER_SECTION, BH - section * HEADS_PER_SECTION), 1)
+    pair = rest // section_heads
+    middle = t >= 2 * n_pairs
+    m_block = gl.where(middle, half_m, gl.where(short == 1, pair, n_m - 1 - pair))
+    pid_bh = gl.where(middle, t - 2 * n_pairs, section * HEADS_PER_SECTION + rest % section_heads)
+    return m_block, pid_bh
+
+
+@gluon.jit
+def _tile(t, sizes, masks, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr,
+          HAS_KEY_MASK: gl.constexpr, HAS_SEQUSED_Q: gl.constexpr):
+    """Work tile ``t`` of the persistent schedule: its (batch, head, kv head, batch*head, first query row), its key
+    blocks (first_block, n_blocks, kept range lo, hi, one run) and the end of its batch row's queries in use (none
+    of its key blocks when the tile starts past it). Causal tiles go in pairs of equal work (_paired_tile); the
+    others head by head, each head's query blocks (last first) side by side, so the programs running at once share
+    its K/V in L2."""
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
-    BH = n_tiles // n_m
-    section_tiles = HEADS_PER_SECTION * n_m
-    section = t // section_tiles
-    rest = t - section * section_tiles
-    section_heads = gl.minimum(HEADS_PER_SECTION, BH - section * HEADS_PER_SECTION)
-    m_block = n_m - 1 - rest // section_heads
-    pid_bh = section * HEADS_PER_SECTION + rest % section_heads
+    if IS_CAUSAL:
+        m_block, pid_bh = _paired_tile(t, n_m, n_tiles // n_m, HEADS_PER_SECTION)
+    else:
+        pid_bh = t // n_m
+        m_block = n_m - 1 - (t - pid_bh * n_m)
     pid_b = pid_bh // H
     pid_h = pid_bh % H
     start_m = m_block * (CONSUMERS * BLOCK_MW)
+    KeyMask, KeyRange, SeqUsedQ = masks
+    q_end = Sq
+    if HAS_SEQUSED_Q:
+        q_end = gl.minimum(gl.load(SeqUsedQ + pid_b), Sq)
     kv_end = Skv
     if IS_CAUSAL:
-        kv_end = gl.minimum(Skv, Skv - Sq + start_m + CONSUMERS * BLOCK_MW)
+        rows_end = start_m + CONSUMERS * BLOCK_MW
+        if HAS_SEQUSED_Q:
+            rows_end = gl.minimum(rows_end, q_end)
+        kv_end = gl.minimum(Skv, Skv - Sq + rows_end)
     key_lo = 0
     key_hi = Skv
     one_run = True
@@ -80,13 +115,15 @@ def _tile(t, sizes, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_
         kv_end = gl.minimum(kv_end, key_hi)
     first_block = key_lo // BLOCK_N
     n_blocks = gl.maximum(gl.cdiv(kv_end, BLOCK_N) - first_block, 0)
-    return pid_b, pid_h, pid_h // GROUP, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run
+    if HAS_SEQUSED_Q:
+        n_blocks = gl.where(start_m < q_end, n_blocks, 0)
+    return pid_b, pid_h, pid_h // GROUP, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run, q_end
 
 
 @gluon.jit
-def _loader(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
+def _loader(desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, qk_scale,
             HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-            IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, WG: gl.constexpr):
+            IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, HAS_SEQUSED_Q: gl.constexpr, WG: gl.constexpr):
     """One warp (the partitions share one signature, hence the arguments it does not use): for each of the
     program's tiles, the consumers' query tiles into the Q slot they released, then the K and V tiles of its key
     blocks into the ring slots the consumers released; ring positions count on across tiles, so the next tile's
@@ -96,8 +133,8 @@ def _loader(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes,
     loaded = 0
     tiles_done = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
-            t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
+        pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run, q_end = _tile(
+            t, sizes, masks, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, HAS_SEQUSED_Q)
         q_slot = tiles_done % 2
         q_free = ((tiles_done // 2) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
         for w in gl.static_range(CONSUMERS):
@@ -165,9 +202,9 @@ def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, 
 
 
 @gluon.jit
-def _consumer(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
+def _consumer(desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, qk_scale,
               HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, WG: gl.constexpr):
+              IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, HAS_SEQUSED_Q: gl.constexpr, WG: gl.constexpr):
     """One warpgroup: for each of the program's tiles, query rows [start_m + WG * BLOCK_MW, + BLOCK_MW) against
     the key blocks the loader streams. The first may be partly masked (the start of the kept keys); then come the
     blocks that need no mask (wholly inside one run of kept keys and left of the row block's causal diagonal), then
@@ -175,6 +212,7 @@ def _consumer(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, size
     q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     stride_ob, stride_om, stride_oh, stride_kmb = strides
+    KeyMask, KeyRange, SeqUsedQ = masks
     dtype: gl.constexpr = desc_q.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -189,8 +227,8 @@ def _consumer(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, size
     consumed = 0
     tiles_done = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
-            t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
+        pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run, q_end = _tile(
+            t, sizes, masks, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, HAS_SEQUSED_Q)
         row_first = start_m + WG * BLOCK_MW
         # Loader blocks [clean_lo, clean_hi) are visible in full to every row of this warpgroup.
         clean_end = gl.minimum(Skv, key_hi)
@@ -236,7 +274,11 @@ def _consumer(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, size
 
         # Rows that saw no key (left padding under a causal mask, a row whose mask keeps nothing) give 0 and LSE 0.
         has_keys = l_i > 0.0
+        if HAS_SEQUSED_Q:  # so do padding rows (the tile holding q_end computed them like the others)
+            has_keys = has_keys & (row_first + gl.arange(0, BLOCK_MW, layout=row_s) < q_end)
         out = acc / gl.convert_layout(gl.where(has_keys, l_i, 1.0), row_o)[:, None]
+        if HAS_SEQUSED_Q:
+            out = gl.where(gl.convert_layout(has_keys, row_o)[:, None], out, 0.0)
         rows = row_first + gl.arange(0, BLOCK_MW, layout=row_o)
         cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
         o_ptrs = (Out + pid_b.to(gl.int64) * stride_ob + pid_h.to(gl.int64) * stride_oh
@@ -249,16 +291,18 @@ def _consumer(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, size
 
 
 @gluon.jit
-def _attn_fwd_ws(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, qk_scale, stride_ob, stride_om, stride_oh,
-                 stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
+def _attn_fwd_ws(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, SeqUsedQ, qk_scale, stride_ob, stride_om,
+                 stride_oh, stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
                  HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                 IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                 num_warps: gl.constexpr):
+                 IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, HAS_SEQUSED_Q: gl.constexpr,
+                 CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
     """Persistent: grid (programs,), each taking tiles pid, pid + programs, ... of the n_tiles =
     cdiv(Sq, CONSUMERS * BLOCK_MW) * B * H (see _tile for their order). q/k/v through 4D descriptors over
     (B, H|Hkv, S, D) with boxes (1, 1, rows, HEAD_DIM); Out is (B, Sq, H, D) with unit last stride; LSE (B, H, Sq)
     float32, log2 units; qk_scale is the softmax scale times log2(e). HAS_KEY_MASK: KeyMask (B, Skv) uint8
-    keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept ranges (see _kernels/key_range.py)."""
+    keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept ranges (see _kernels/key_range.py).
+    HAS_SEQUSED_Q: query rows from SeqUsedQ[b] (int32, (B,)) on are padding: zero output and LSE, and tiles wholly
+    in them load no key block."""
     dtype: gl.constexpr = desc_q.dtype
     tile_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_MW, HEAD_DIM], dtype)
@@ -285,11 +329,12 @@ def _attn_fwd_ws(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, qk_scale, 
     buffers = (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
     sizes = (Sq, Skv, H, GROUP, gl.cdiv(Sq, CONSUMERS * BLOCK_MW), n_tiles, HEADS_PER_SECTION)
     strides = (stride_ob, stride_om, stride_oh, stride_kmb)
+    masks = (KeyMask, KeyRange, SeqUsedQ)
     gl.warp_specialize([
-        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 0)),
-        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 1)),
-        (_loader, (desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-                   HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 0))],
+        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, qk_scale,
+                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, HAS_SEQUSED_Q, 0)),
+        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, qk_scale,
+                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, HAS_SEQUSED_Q, 1)),
+        (_loader, (desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, qk_scale,
+                   HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, HAS_SEQUSED_Q, 0))],
         [4, 1], [CONSUMER_REGS, 24])
