@@ -95,6 +95,10 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
 # variable is set to 0 (for A/B measurements, or should a Triton release break Gluon's experimental API).
 GLUON_FORWARD = os.environ.get("HF_TRITON_ATTN_GLUON", "1") != "0"
 GLUON_MIN_QUERIES = 128
+# At head_dim 64 the Gluon forward gains from about a thousand queries without a mask but causal, and under one only
+# on long rows (at 4096 queries it tied the Triton kernel, at 1024 it lost 8%).
+GLUON_D64_MIN_QUERIES = 1024
+GLUON_D64_MIN_CAUSAL_QUERIES = 8192
 # Causal Gluon forwards take their tiles in sections of heads whose K/V fit this much of the L2 cache (Hopper: 50 MiB).
 GLUON_L2_BYTES = 32 * 1024 * 1024
 
@@ -112,21 +116,26 @@ class HopperForwardConfig:
 
 
 @functools.lru_cache(maxsize=64)
-def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple,
-                          seqlen_q: int) -> Optional[HopperForwardConfig]:
+def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: int,
+                          causal: bool) -> Optional[HopperForwardConfig]:
     """The Gluon forward's configuration, or None where the Triton kernel (fwd.py) stays faster or the Gluon one
-    does not apply. Only on Hopper (sm_90), 16-bit, head_dim 128, and calls of at least GLUON_MIN_QUERIES queries
-    (its launch goes through Triton's own launcher, not :class:`launch.KernelLauncher`: more host time per call).
+    does not apply. Only on Hopper (sm_90), 16-bit; head_dim 128 from GLUON_MIN_QUERIES queries (its launch goes
+    through Triton's own launcher, not :class:`launch.KernelLauncher`: more host time per call), head_dim 64 from
+    GLUON_D64_MIN_QUERIES, and under a causal mask from GLUON_D64_MIN_CAUSAL_QUERIES.
 
-    Measured on an H200 (benchmarks/RESULTS.md, session 19), bf16, TFLOP/s: the kernel against the Triton one in
-    two alternating rounds, B4 H16 S4096 full 513/505 -> 582/526, causal 436/426 -> 507/482; through
-    ``attention()`` in bench_kernels.py, S1024 full 486, S4096 full 600, causal 529, S16384 full 631 (FlexAttention
-    404-489, cuDNN 576-620). At head_dim 64 the same structure ran between 6% slower (causal) and 4% faster (full,
-    4096 keys or more) than the Triton kernel, so head_dim 64 keeps it. Session 20 made it persistent and let it
-    take key-padding masks: S1024 full 519, the padded Llama-like row 242 useful TFLOP/s (the Triton kernel 230)."""
-    if capability != (9, 0) or itemsize != 2 or head_dim != 128 or seqlen_q < GLUON_MIN_QUERIES:
+    Measured on an H200 (benchmarks/RESULTS.md), bf16, TFLOP/s. Head_dim 128, session 19: the kernel against the
+    Triton one in two alternating rounds, B4 H16 S4096 full 513/505 -> 582/526, causal 436/426 -> 507/482; session
+    20 made it persistent and let it take key-padding masks: S1024 full 519, the padded Llama-like row 242 useful
+    TFLOP/s (the Triton kernel 230). Head_dim 64, session 21, persistent, Triton kernel -> 3 stages (2 stages):
+    B16 H32 S1024 full 375/362 -> 390/396 (395/385), causal 276/277 -> 255/256; B4 S4096 full 406/402 -> 437/435,
+    causal 369/378 -> 377/369; B1 S16384 full 386/419 -> 464/452, causal 401/401 -> 430/422 (431/428)."""
+    if capability != (9, 0) or itemsize != 2:
         return None
-    return HopperForwardConfig(block_mw=64, block_n=128, stages=2, consumer_regs=240, max_registers=168)
+    if head_dim == 128 and seqlen_q >= GLUON_MIN_QUERIES:
+        return HopperForwardConfig(block_mw=64, block_n=128, stages=2, consumer_regs=240, max_registers=168)
+    if head_dim == 64 and seqlen_q >= (GLUON_D64_MIN_CAUSAL_QUERIES if causal else GLUON_D64_MIN_QUERIES):
+        return HopperForwardConfig(block_mw=64, block_n=128, stages=3, consumer_regs=240, max_registers=168)
+    return None
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ body, for callers that need neither autograd nor tracing (the dispatcher's Pytho
 decoding step); :class:`EagerAttention` gives eager calls that need gradients the same autograd without the
 dispatcher. Inputs are validated in :mod:`hf_triton_attn.functional`; this layer trusts them.
 
-On Hopper, 16-bit forwards at head_dim 128 with no mask but causal and a key-padding one (no seqused_k, dropout or
-softcap) take the persistent warp-specialised Gluon kernel of _kernels/fwd_gluon.py (:func:`_hopper_forward_config`
-says when; ``HF_TRITON_ATTN_GLUON=0`` turns it off); it writes the output and log-sum-exp in the Triton forward's
-layout and units, so the backward is the same. Every other launch goes through
+On Hopper, 16-bit forwards at head_dim 128 (and 64 on long rows) with no mask but causal and a key-padding one (no
+seqused_q or seqused_k, dropout or softcap) take the persistent warp-specialised Gluon kernel of _kernels/fwd_gluon.py
+(:func:`_hopper_forward_config` says when; ``HF_TRITON_ATTN_GLUON=0`` turns it off); it writes the output and
+log-sum-exp in the Triton forward's layout and units, so the backward is the same. Every other launch goes through
 :class:`hf_triton_attn.launch.KernelLauncher`. The forward reads Q/K/V tiles, and the backward's dQ kernel K/V tiles,
 through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` and :func:`configs.dq_uses_tma` pick
 them and the tensors' strides allow (16-byte aligned, unit stride last), through pointer arithmetic otherwise; the
@@ -192,13 +192,13 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, cau
     if seqused_q is None and _takes_split_kv(sq, heads // hkv, skv, dropout_p):
         spans = _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scale, softcap)
         return out, lse, MaskSummaries(key_range, spans)
-    if seqused_k is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
+    if seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
         hopper = _hopper_forward_config(q, k, v, key_mask, causal, scale)
         if hopper is not None:
             key_mask = _as_kernel_mask(key_mask)
             if key_mask is not None and key_range is None:
                 key_range = kept_key_ranges(key_mask, None)
-            _forward_hopper(q, k, v, out, lse, key_mask, key_range, seqused_q, causal, scale, hopper)
+            _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, hopper)
             return out, lse, MaskSummaries(key_range)
     spans = _visible_spans_of(mask)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
@@ -232,15 +232,15 @@ def _capability(device: torch.device) -> tuple:
 
 
 def _hopper_forward_config(q, k, v, key_mask, causal, scale) -> Optional[configs.HopperForwardConfig]:
-    """The Gluon forward's configuration where it takes this call (no mask but causal and a key-padding one, no
-    seqused_k, see :func:`_forward`), else None: Gluon's Hopper API present and not switched off
-    (``configs.GLUON_FORWARD``), a CUDA device and shape that :func:`configs.hopper_forward_config` accepts, a
-    positive scale (the kernel takes row maxima before scaling), keys, no more queries than keys when causal (Skv
-    >= Sq), a key mask with unit stride along the keys, and tensors a TMA descriptor can describe."""
+    """The Gluon forward's configuration where it takes this call (no mask but causal and a key-padding one, see
+    :func:`_forward`), else None: Gluon's Hopper API present and not switched off (``configs.GLUON_FORWARD``), a
+    CUDA device and shape that :func:`configs.hopper_forward_config` accepts, a positive scale (the kernel takes
+    row maxima before scaling), keys, no more queries than keys when causal (Skv >= Sq), a key mask with unit
+    stride along the keys, and tensors a TMA descriptor can describe."""
     if (_attn_fwd_ws is None or not configs.GLUON_FORWARD or INTERPRET or q.device.type != "cuda" or scale <= 0.0
             or k.shape[2] == 0 or (key_mask is not None and key_mask.stride(1) != 1)):
         return None
-    cfg = configs.hopper_forward_config(q.shape[3], q.element_size(), _capability(q.device), q.shape[2])
+    cfg = configs.hopper_forward_config(q.shape[3], q.element_size(), _capability(q.device), q.shape[2], causal)
     if cfg is None or (causal and k.shape[2] < q.shape[2]) or not _tma_compatible(q, k, v):
         return None
     return cfg
@@ -256,11 +256,9 @@ def _gluon_descriptor(t: torch.Tensor, rows: int):
                                  _gluon_layout(rows, t.shape[3], t.dtype))
 
 
-def _forward_hopper(q, k, v, out, lse, key_mask, key_range, seqused_q, causal, scale,
-                    cfg: configs.HopperForwardConfig) -> None:
+def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: configs.HopperForwardConfig) -> None:
     """Writes out and lse with the warp-specialised Gluon forward (see _kernels/fwd_gluon.py); ``key_mask`` is the
-    kernels' uint8 view with its :func:`kept_key_ranges` ``key_range``, or both None; ``seqused_q`` int32 (B,) or
-    None. One persistent program per SM
+    kernels' uint8 view with its :func:`kept_key_ranges` ``key_range``, or both None. One persistent program per SM
     (at most one tile each when there are fewer tiles); under a causal mask the tiles go in sections of heads whose
     K/V fit ``configs.GLUON_L2_BYTES`` together."""
     batch, heads, sq, head_dim = q.shape
@@ -273,16 +271,16 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, seqused_q, causal, s
     try:
         _attn_fwd_ws[(min(tiles, _sm_count(q.device)),)](
             _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
-            out, lse, key_mask, key_range, seqused_q, scale * LOG2E.value, out.stride(0), out.stride(1),
-            out.stride(2), 0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv, tiles,
-            heads_per_section, HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages,
-            IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, HAS_SEQUSED_Q=seqused_q is not None,
-            CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
+            out, lse, key_mask, key_range, scale * LOG2E.value, out.stride(0), out.stride(1), out.stride(2),
+            0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv, tiles, heads_per_section,
+            HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
+            HAS_KEY_MASK=key_mask is not None, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
+            maxnreg=cfg.max_registers,
         )
     except CompilationError as error:
         # Gluon is Triton's experimental API and changes between releases (run on 3.6; compiled with 3.7 and 3.9).
         raise RuntimeError(
-            f"hf_triton_attn's Gluon forward (Hopper, head_dim 128) does not compile with triton "
+            f"hf_triton_attn's Gluon forward (Hopper, head_dim {head_dim}) does not compile with triton "
             f"{triton.__version__}. Set HF_TRITON_ATTN_GLUON=0 before importing hf_triton_attn to use its Triton "
             f"forward for every call, or use triton 3.6.") from error
 

@@ -14,6 +14,15 @@ def hopper_with_gluon() -> bool:
             and torch.cuda.get_device_capability() == (9, 0))
 
 
+def take_gluon_at_head_dim_64(monkeypatch) -> None:
+    """Lets the Gluon forward take head_dim-64 calls of any length with the configuration it uses on long causal
+    rows, so that test shapes far below GLUON_D64_MIN_QUERIES reach the kernel."""
+    cfg = configs.hopper_forward_config(64, 2, (9, 0), configs.GLUON_D64_MIN_CAUSAL_QUERIES, True)
+    default = configs.hopper_forward_config
+    monkeypatch.setattr(configs, "hopper_forward_config",
+                        lambda head_dim, *args: cfg if head_dim == 64 else default(head_dim, *args))
+
+
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 

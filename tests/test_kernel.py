@@ -8,7 +8,7 @@ import torch
 from triton.compiler.errors import CompilationError
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors, hopper_with_gluon,
-                     inputs_with_unused_nan_keys, max_err, random_qkv, reference_pair)
+                     inputs_with_unused_nan_keys, max_err, random_qkv, reference_pair, take_gluon_at_head_dim_64)
 
 from hf_triton_attn import attention, attention_bshd, configs, kept_key_ranges, ops
 
@@ -607,15 +607,21 @@ def test_padded_large_gpu():
 
 
 def test_hopper_forward_config_applies_only_where_measured():
-    """The Gluon forward is Hopper-only, 16-bit, head_dim 128 and calls of at least GLUON_MIN_QUERIES queries;
-    anything else keeps the Triton kernel, and so does every call in the interpreter or on the CPU."""
+    """The Gluon forward is Hopper-only and 16-bit: head_dim 128 from GLUON_MIN_QUERIES queries, head_dim 64 from
+    GLUON_D64_MIN_QUERIES (GLUON_D64_MIN_CAUSAL_QUERIES under a causal mask); anything else keeps the Triton kernel,
+    and so does every call in the interpreter or on the CPU."""
     hopper = (9, 0)
-    assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES) is not None
-    for head_dim, itemsize, capability, seqlen_q in [(64, 2, hopper, 4096), (256, 2, hopper, 4096),
-                                                     (128, 4, hopper, 4096), (128, 2, (8, 0), 4096),
-                                                     (128, 2, (10, 0), 4096),
-                                                     (128, 2, hopper, configs.GLUON_MIN_QUERIES - 1)]:
-        assert configs.hopper_forward_config(head_dim, itemsize, capability, seqlen_q) is None
+    for causal in (False, True):
+        assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, causal) is not None
+    assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_QUERIES, False) is not None
+    assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_CAUSAL_QUERIES, True) is not None
+    for head_dim, itemsize, capability, seqlen_q, causal in [
+            (256, 2, hopper, 4096, False), (32, 2, hopper, 4096, False), (128, 4, hopper, 4096, False),
+            (64, 4, hopper, 16384, False), (128, 2, (8, 0), 4096, False), (128, 2, (10, 0), 4096, True),
+            (64, 2, (10, 0), 16384, False), (128, 2, hopper, configs.GLUON_MIN_QUERIES - 1, False),
+            (64, 2, hopper, configs.GLUON_D64_MIN_QUERIES - 1, False),
+            (64, 2, hopper, configs.GLUON_D64_MIN_CAUSAL_QUERIES - 1, True)]:
+        assert configs.hopper_forward_config(head_dim, itemsize, capability, seqlen_q, causal) is None
     if not ON_GPU:
         q, k, v = random_qkv(1, 2, 2, 200, 200, 128, torch.float16, DEVICE)
         assert ops._hopper_forward_config(q, k, v, None, True, 128 ** -0.5) is None
@@ -633,9 +639,9 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
     monkeypatch.setattr(ops, "_gluon_descriptor", lambda t, rows: None)
     q, k, v = random_qkv(2, 4, 2, 200, 200, 128, torch.float16, DEVICE)
     out, lse = torch.empty(2, 200, 4, 128, dtype=torch.float16), torch.empty(2, 4, 200)
-    cfg = configs.hopper_forward_config(128, 2, (9, 0), 200)
+    cfg = configs.hopper_forward_config(128, 2, (9, 0), 200, True)
     with pytest.raises(RuntimeError, match="HF_TRITON_ATTN_GLUON=0") as failure:
-        ops._forward_hopper(q, k, v, out, lse, None, None, None, True, 128 ** -0.5, cfg)
+        ops._forward_hopper(q, k, v, out, lse, None, None, True, 128 ** -0.5, cfg)
     assert isinstance(failure.value.__cause__, CompilationError)
 
 
@@ -646,18 +652,20 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
 @pytest.mark.parametrize("shape", [(2, 4, 4, 333, 333), (1, 8, 2, 500, 500), (1, 4, 4, 200, 456), (1, 4, 1, 1000, 1000),
                                    (1, 2, 2, 129, 257), (2, 2, 2, 128, 128)])
 @pytest.mark.parametrize("padding", [None, "right", "left", "one_hole", "holes"])
-def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding):
-    """The Gluon forward (Hopper, head_dim 128, no mask or a key-padding one) against the oracle: lengths off its
-    tiles, GQA and MQA, Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal), left
-    padding (rows that see no key under a causal mask), holes; and it is the kernel that ran."""
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding, head_dim):
+    """The Gluon forward (Hopper, head_dims 64 and 128, no mask or a key-padding one) against the oracle: lengths
+    off its tiles, GQA and MQA, Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal),
+    left padding (rows that see no key under a causal mask), holes; and it is the kernel that ran."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
+    take_gluon_at_head_dim_64(monkeypatch)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
     batch, heads, kv_heads, seqlen_q, seqlen_k = shape
     if layout == "bhsd":
-        q, k, v = random_qkv(batch, heads, kv_heads, seqlen_q, seqlen_k, 128, dtype, DEVICE)
+        q, k, v = random_qkv(batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, DEVICE)
     else:
-        q, k, v = (torch.randn(batch, s, h, 128, device=DEVICE, dtype=dtype).transpose(1, 2)
+        q, k, v = (torch.randn(batch, s, h, head_dim, device=DEVICE, dtype=dtype).transpose(1, 2)
                    for h, s in ((heads, seqlen_q), (kv_heads, seqlen_k), (kv_heads, seqlen_k)))
     mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
     check_forward(q, k, v, causal=causal, attention_mask=mask)
@@ -666,38 +674,20 @@ def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("padding", [None, "right", "holes"])
-@pytest.mark.parametrize("shape", [(4, 4, 2, 333, 333), (4, 2, 2, 200, 456), (4, 16, 4, 1100, 1100)])
-def test_hopper_forward_seqused_q_gpu(monkeypatch, causal, padding, shape):
-    """seqused_q through the Gluon forward: rows from seqused_q[b] on exactly zero (a whole batch row, the middle of
-    a tile, past the end), the others as the oracle gives them, with or without a key-padding mask; the last shape
-    has more tiles than SMs."""
-    if not hopper_with_gluon():
-        pytest.skip(SKIP_WITHOUT_GLUON)
-    calls = count_calls(monkeypatch, ops, "_forward_hopper")
-    batch, heads, kv_heads, seqlen_q, seqlen_k = shape
-    q, k, v = random_qkv(batch, heads, kv_heads, seqlen_q, seqlen_k, 128, torch.bfloat16, DEVICE)
-    seqused_q = torch.tensor([seqlen_q, 0, seqlen_q // 2 + 1, seqlen_q + 5], device=DEVICE, dtype=torch.int32)
-    mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
-    out = check_forward(q, k, v, causal=causal, attention_mask=mask, seqused_q=seqused_q)
-    assert not out[1].any() and not out[2, :, seqlen_q // 2 + 1:].any()
-    assert len(calls) == 1
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("padding", [None, "left", "holes", "empty_row"])
-def test_hopper_forward_persistent_schedule_gpu(monkeypatch, causal, padding):
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_hopper_forward_persistent_schedule_gpu(monkeypatch, causal, padding, head_dim):
     """More tiles than SMs, so each persistent program runs several (its K/V ring and query slots carried from one
     tile to the next), in causal sections of 4 heads that do not divide the 15 (batch, head) pairs, and one batch
     row with no kept key at all (tiles without key blocks between others) among the masks."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
+    take_gluon_at_head_dim_64(monkeypatch)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
     batch, heads, seqlen = 3, 5, 2500
-    q, k, v = random_qkv(batch, heads, 1, seqlen, seqlen, 128, torch.bfloat16, DEVICE)
+    q, k, v = random_qkv(batch, heads, 1, seqlen, seqlen, head_dim, torch.bfloat16, DEVICE)
     # The K/V bytes of 4 heads; the 5 heads of a batch row share one kv head (MQA), a fifth of it each.
-    monkeypatch.setattr(configs, "GLUON_L2_BYTES", 4 * (2 * seqlen * 128 * 2 // heads))
+    monkeypatch.setattr(configs, "GLUON_L2_BYTES", 4 * (2 * seqlen * head_dim * 2 // heads))
     assert configs.cdiv(seqlen, 128) * batch * heads > 2 * ops._sm_count(q.device)
     if padding == "empty_row":
         mask = padding_mask("right", batch, seqlen)
@@ -710,17 +700,34 @@ def test_hopper_forward_persistent_schedule_gpu(monkeypatch, causal, padding):
 
 @pytest.mark.gpu
 def test_hopper_forward_not_taken_where_it_does_not_apply(monkeypatch):
-    """Dense masks, seqused_k, a causal call with more queries than keys, too few queries, head_dim 64 and the
-    switch (HF_TRITON_ATTN_GLUON=0) all keep the Triton kernel, and give the oracle's answer."""
+    """Dense masks, seqused_q, seqused_k, a causal call with more queries than keys, too few queries (for head_dim
+    128, and for head_dim 64 with and without a causal mask) and the switch (HF_TRITON_ATTN_GLUON=0) all keep the
+    Triton kernel, and give the oracle's answer."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
     q, k, v = random_qkv(2, 4, 2, 300, 300, 128, torch.bfloat16, DEVICE)
     check_forward(q, k, v, causal=True, attention_mask=structured_mask("sliding", 2, 1, 300, 300))
+    check_forward(q, k, v, causal=True, seqused_q=torch.tensor([250, 300], device=DEVICE, dtype=torch.int32))
     check_forward(q, k, v, causal=True, seqused_k=torch.tensor([250, 300], device=DEVICE, dtype=torch.int32))
     check_forward(q, k[:, :, :200], v[:, :, :200], causal=True)
     check_forward(q[:, :, :configs.GLUON_MIN_QUERIES - 1], k, v, causal=True)
-    check_forward(*random_qkv(1, 2, 2, 300, 300, 64, torch.bfloat16, DEVICE), causal=True)
+    check_forward(*random_qkv(1, 2, 2, configs.GLUON_D64_MIN_QUERIES - 1, 300, 64, torch.bfloat16, DEVICE))
+    check_forward(*random_qkv(1, 2, 2, configs.GLUON_D64_MIN_QUERIES, configs.GLUON_D64_MIN_QUERIES, 64,
+                              torch.bfloat16, DEVICE), causal=True)
     monkeypatch.setattr(configs, "GLUON_FORWARD", False)
     check_forward(q, k, v, causal=True)
     assert calls == []
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+def test_hopper_forward_taken_at_head_dim_64_on_long_rows(monkeypatch, causal):
+    """Without any test patch, head_dim 64 takes the Gluon forward from GLUON_D64_MIN_QUERIES queries (from
+    GLUON_D64_MIN_CAUSAL_QUERIES under a causal mask), with the oracle's answer."""
+    if not hopper_with_gluon():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    calls = count_calls(monkeypatch, ops, "_forward_hopper")
+    seqlen = configs.GLUON_D64_MIN_CAUSAL_QUERIES if causal else configs.GLUON_D64_MIN_QUERIES
+    check_forward(*random_qkv(1, 2, 1, seqlen, seqlen, 64, torch.bfloat16, DEVICE), causal=causal)
+    assert len(calls) == 1

@@ -9,12 +9,12 @@ Programs are persistent, one per SM: each walks (query block, head) tiles (``_ti
 ring and its consumers' two query slots carried from one tile to the next, so a tile's last blocks overlap the
 next tile's first loads.
 
-Scope: causal (bottom-right aligned, Skv >= Sq), a (B, Skv) key-padding mask with its kept key ranges (the blocks
-before the first and after the last kept key skipped; holes masked element by element) and ``seqused_q`` (padding
-query rows: zeros, no work); no other mask, no dropout, no softcap; 16-bit inputs, tensors (B, H, S, D) with a unit
-last stride and 16-byte aligned other strides (TMA), any lengths. Rows that see no key give zeros and a log-sum-exp
-of 0, as the Triton forward. The op layer decides when to take it (ops.py). Tested on triton 3.6 (H200); it also
-compiles for sm_90 with triton 3.7 and 3.9 (3.9's Gluon renamed the TMA load, see ``_tma_load``).
+Scope: causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask with its kept key ranges (the
+blocks before the first and after the last kept key skipped; holes masked element by element), no other mask, no
+dropout, no softcap, 16-bit inputs, head_dim 64 or 128, tensors (B, H, S, D) with a unit last stride and 16-byte
+aligned other strides (TMA), any lengths. Rows that see no key give zeros and a log-sum-exp of 0, as the Triton
+forward. The op layer decides when to take it (ops.py). Tested on triton 3.6 (H200); it also compiles for sm_90
+with triton 3.7 and 3.9 (3.9's Gluon renamed the TMA load, see ``_tma_load``).
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -79,13 +79,12 @@ def _paired_tile(t, n_m, BH, HEADS_PER_SECTION):
 
 
 @gluon.jit
-def _tile(t, sizes, masks, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr,
-          HAS_KEY_MASK: gl.constexpr, HAS_SEQUSED_Q: gl.constexpr):
-    """Work tile ``t`` of the persistent schedule: its (batch, head, kv head, batch*head, first query row), its key
-    blocks (first_block, n_blocks, kept range lo, hi, one run) and the end of its batch row's queries in use (none
-    of its key blocks when the tile starts past it). Causal tiles go in pairs of equal work (_paired_tile); the
-    others head by head, each head's query blocks (last first) side by side, so the programs running at once share
-    its K/V in L2."""
+def _tile(t, sizes, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr,
+          HAS_KEY_MASK: gl.constexpr):
+    """Work tile ``t`` of the persistent schedule: its (batch, head, kv head, batch*head, first query row) and its
+    key blocks (first_block, n_blocks, kept range lo, hi, one run). Causal tiles go in pairs of equal work
+    (_paired_tile); the others head by head, each head's query blocks (last first) side by side, so the programs
+    running at once share its K/V in L2."""
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     if IS_CAUSAL:
         m_block, pid_bh = _paired_tile(t, n_m, n_tiles // n_m, HEADS_PER_SECTION)
@@ -95,16 +94,9 @@ def _tile(t, sizes, masks, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAU
     pid_b = pid_bh // H
     pid_h = pid_bh % H
     start_m = m_block * (CONSUMERS * BLOCK_MW)
-    KeyMask, KeyRange, SeqUsedQ = masks
-    q_end = Sq
-    if HAS_SEQUSED_Q:
-        q_end = gl.minimum(gl.load(SeqUsedQ + pid_b), Sq)
     kv_end = Skv
     if IS_CAUSAL:
-        rows_end = start_m + CONSUMERS * BLOCK_MW
-        if HAS_SEQUSED_Q:
-            rows_end = gl.minimum(rows_end, q_end)
-        kv_end = gl.minimum(Skv, Skv - Sq + rows_end)
+        kv_end = gl.minimum(Skv, Skv - Sq + start_m + CONSUMERS * BLOCK_MW)
     key_lo = 0
     key_hi = Skv
     one_run = True
@@ -115,15 +107,13 @@ def _tile(t, sizes, masks, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAU
         kv_end = gl.minimum(kv_end, key_hi)
     first_block = key_lo // BLOCK_N
     n_blocks = gl.maximum(gl.cdiv(kv_end, BLOCK_N) - first_block, 0)
-    if HAS_SEQUSED_Q:
-        n_blocks = gl.where(start_m < q_end, n_blocks, 0)
-    return pid_b, pid_h, pid_h // GROUP, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run, q_end
+    return pid_b, pid_h, pid_h // GROUP, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run
 
 
 @gluon.jit
-def _loader(desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, qk_scale,
+def _loader(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
             HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-            IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, HAS_SEQUSED_Q: gl.constexpr, WG: gl.constexpr):
+            IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, WG: gl.constexpr):
     """One warp (the partitions share one signature, hence the arguments it does not use): for each of the
     program's tiles, the consumers' query tiles into the Q slot they released, then the K and V tiles of its key
     blocks into the ring slots the consumers released; ring positions count on across tiles, so the next tile's
@@ -133,8 +123,8 @@ def _loader(desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, qk
     loaded = 0
     tiles_done = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run, q_end = _tile(
-            t, sizes, masks, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, HAS_SEQUSED_Q)
+        pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
+            t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
         q_slot = tiles_done % 2
         q_free = ((tiles_done // 2) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
         for w in gl.static_range(CONSUMERS):
@@ -202,9 +192,9 @@ def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, 
 
 
 @gluon.jit
-def _consumer(desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, qk_scale,
+def _consumer(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
               HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, HAS_SEQUSED_Q: gl.constexpr, WG: gl.constexpr):
+              IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, WG: gl.constexpr):
     """One warpgroup: for each of the program's tiles, query rows [start_m + WG * BLOCK_MW, + BLOCK_MW) against
     the key blocks the loader streams. The first may be partly masked (the start of the kept keys); then come the
     blocks that need no mask (wholly inside one run of kept keys and left of the row block's causal diagonal), then
@@ -212,7 +202,6 @@ def _consumer(desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, 
     q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     stride_ob, stride_om, stride_oh, stride_kmb = strides
-    KeyMask, KeyRange, SeqUsedQ = masks
     dtype: gl.constexpr = desc_q.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -227,8 +216,8 @@ def _consumer(desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, 
     consumed = 0
     tiles_done = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run, q_end = _tile(
-            t, sizes, masks, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, HAS_SEQUSED_Q)
+        pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
+            t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
         row_first = start_m + WG * BLOCK_MW
         # Loader blocks [clean_lo, clean_hi) are visible in full to every row of this warpgroup.
         clean_end = gl.minimum(Skv, key_hi)
@@ -274,11 +263,7 @@ def _consumer(desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, 
 
         # Rows that saw no key (left padding under a causal mask, a row whose mask keeps nothing) give 0 and LSE 0.
         has_keys = l_i > 0.0
-        if HAS_SEQUSED_Q:  # so do padding rows (the tile holding q_end computed them like the others)
-            has_keys = has_keys & (row_first + gl.arange(0, BLOCK_MW, layout=row_s) < q_end)
         out = acc / gl.convert_layout(gl.where(has_keys, l_i, 1.0), row_o)[:, None]
-        if HAS_SEQUSED_Q:
-            out = gl.where(gl.convert_layout(has_keys, row_o)[:, None], out, 0.0)
         rows = row_first + gl.arange(0, BLOCK_MW, layout=row_o)
         cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
         o_ptrs = (Out + pid_b.to(gl.int64) * stride_ob + pid_h.to(gl.int64) * stride_oh
@@ -291,18 +276,16 @@ def _consumer(desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, 
 
 
 @gluon.jit
-def _attn_fwd_ws(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, SeqUsedQ, qk_scale, stride_ob, stride_om,
-                 stride_oh, stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
+def _attn_fwd_ws(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, qk_scale, stride_ob, stride_om, stride_oh,
+                 stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
                  HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                 IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, HAS_SEQUSED_Q: gl.constexpr,
-                 CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+                 IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                 num_warps: gl.constexpr):
     """Persistent: grid (programs,), each taking tiles pid, pid + programs, ... of the n_tiles =
     cdiv(Sq, CONSUMERS * BLOCK_MW) * B * H (see _tile for their order). q/k/v through 4D descriptors over
     (B, H|Hkv, S, D) with boxes (1, 1, rows, HEAD_DIM); Out is (B, Sq, H, D) with unit last stride; LSE (B, H, Sq)
     float32, log2 units; qk_scale is the softmax scale times log2(e). HAS_KEY_MASK: KeyMask (B, Skv) uint8
-    keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept ranges (see _kernels/key_range.py).
-    HAS_SEQUSED_Q: query rows from SeqUsedQ[b] (int32, (B,)) on are padding: zero output and LSE, and tiles wholly
-    in them load no key block."""
+    keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept ranges (see _kernels/key_range.py)."""
     dtype: gl.constexpr = desc_q.dtype
     tile_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_MW, HEAD_DIM], dtype)
@@ -329,12 +312,11 @@ def _attn_fwd_ws(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, SeqUsedQ, 
     buffers = (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
     sizes = (Sq, Skv, H, GROUP, gl.cdiv(Sq, CONSUMERS * BLOCK_MW), n_tiles, HEADS_PER_SECTION)
     strides = (stride_ob, stride_om, stride_oh, stride_kmb)
-    masks = (KeyMask, KeyRange, SeqUsedQ)
     gl.warp_specialize([
-        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, qk_scale,
-                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, HAS_SEQUSED_Q, 0)),
-        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, qk_scale,
-                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, HAS_SEQUSED_Q, 1)),
-        (_loader, (desc_q, desc_k, desc_v, Out, LSE, masks, buffers, sizes, strides, qk_scale,
-                   HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, HAS_SEQUSED_Q, 0))],
+        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
+                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 0)),
+        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
+                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 1)),
+        (_loader, (desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
+                   HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 0))],
         [4, 1], [CONSUMER_REGS, 24])
