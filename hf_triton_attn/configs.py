@@ -119,8 +119,7 @@ class HopperForwardConfig:
 def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: int,
                           causal: bool) -> Optional[HopperForwardConfig]:
     """The Gluon forward's configuration, or None where the Triton kernel (fwd.py) stays faster or the Gluon one
-    does not apply. Only on Hopper (sm_90), 16-bit; head_dim 128 from GLUON_MIN_QUERIES queries (its launch goes
-    through Triton's own launcher, not :class:`launch.KernelLauncher`: more host time per call), head_dim 64 from
+    does not apply. Only on Hopper (sm_90), 16-bit; head_dim 128 from GLUON_MIN_QUERIES queries, head_dim 64 from
     GLUON_D64_MIN_QUERIES, and under a causal mask from GLUON_D64_MIN_CAUSAL_QUERIES.
 
     Measured on an H200 (benchmarks/RESULTS.md), bf16, TFLOP/s. Head_dim 128, session 19: the kernel against the

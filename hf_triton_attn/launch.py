@@ -33,7 +33,9 @@ When every call takes the normal path:
 Tensor descriptors: the compiled kernel's launcher turns each ``TensorDescriptor`` argument into the TMA descriptor
 itself, on every launch (the NVIDIA driver's ``make_tensordesc_arg``, from the descriptor's base, shape, strides and
 padding), so a cached launch passes them as they are. Only their specialization needs a key (see
-:func:`specialization_key`).
+:func:`specialization_key`). The same holds for Gluon kernels (``gluon.jit`` gives a ``JITFunction`` subclass whose
+kernels compile and launch alike) and their descriptors (``triton.experimental.gluon.nvidia.hopper
+.TensorDescriptor``, which also carries its shared-memory layout).
 """
 import torch
 import triton
@@ -47,6 +49,10 @@ try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # a Triton laid out unlike the versions this mirrors: FAST_PATH_AVAILABLE below is False
     knobs = TensorDescriptor = None
+try:
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
+except ImportError:  # no Gluon: no Gluon kernel to launch either
+    GluonTensorDescriptor = None
 
 _CHECKED_TRITON_VERSIONS = ((3, 6), (3, 9))  # first and last minor version whose launch path this mirrors
 
@@ -66,7 +72,8 @@ FAST_PATH_AVAILABLE = (
     and hasattr(knobs.compilation, "instrumentation_mode")
 )
 
-_CACHED_TYPES = (int, float, bool, type(None), TensorDescriptor)  # besides tensors
+_DESCRIPTOR_TYPES = (TensorDescriptor,) + ((GluonTensorDescriptor,) if GluonTensorDescriptor is not None else ())
+_CACHED_TYPES = (int, float, bool, type(None), *_DESCRIPTOR_TYPES)  # besides tensors
 
 
 def specialization_key(args: tuple) -> tuple:
@@ -76,7 +83,7 @@ def specialization_key(args: tuple) -> tuple:
     on whether ``data_ptr()`` is a multiple of 16; an int on being 1 (compiled in as a constant), on being a multiple
     of 16, and on its range (i32, i64 or u64); a float is fp32 and a bool u1 whatever their values; None is a
     constant; a host tensor descriptor on its base's dtype and its block shape (not on the base's alignment, its
-    shape, strides or padding, which reach the kernel at launch). Parameters marked ``do_not_specialize`` have fewer
+    shape, strides or padding, which reach the kernel at launch), a Gluon one on these and its layout. Parameters marked ``do_not_specialize`` have fewer
     variants in Triton, never more, so there this key is at worst finer than Triton's: one more cache entry, never
     the wrong kernel. Other argument types yield their type only; :meth:`KernelLauncher.__call__` never caches a
     launch that had one.
@@ -90,6 +97,7 @@ def specialization_key(args: tuple) -> tuple:
         else (a.dtype, not a.data_ptr() & 15) if isinstance(a, torch.Tensor)
         else ("i64" if a <= 0x7FFF_FFFF_FFFF_FFFF else "u64", not a & 15) if type(a) is int
         else (TensorDescriptor, a.base.dtype, *a.block_shape) if type(a) is TensorDescriptor
+        else (GluonTensorDescriptor, a.base.dtype, *a.block_shape, a.layout) if type(a) is GluonTensorDescriptor
         else type(a)  # a bool (u1 whatever its value), or a type never cached
         for a in args])
 

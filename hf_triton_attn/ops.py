@@ -66,6 +66,7 @@ _launch_bwd_dkdv = KernelLauncher(_attn_bwd_dkdv)
 _launch_bwd_dq = KernelLauncher(_attn_bwd_dq)
 _launch_key_ranges = KernelLauncher(_key_ranges)
 _launch_visible_spans = KernelLauncher(_visible_spans)
+_launch_fwd_gluon = KernelLauncher(_attn_fwd_ws) if _attn_fwd_ws is not None else None
 
 _NO_TENSOR_STRIDES = (0, 0)
 _GLUON_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16} if _attn_fwd_ws is not None else {}
@@ -260,7 +261,7 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: 
     """Writes out and lse with the warp-specialised Gluon forward (see _kernels/fwd_gluon.py); ``key_mask`` is the
     kernels' uint8 view with its :func:`kept_key_ranges` ``key_range``, or both None. One persistent program per SM
     (at most one tile each when there are fewer tiles); under a causal mask the tiles go in sections of heads whose
-    K/V fit ``configs.GLUON_L2_BYTES`` together."""
+    K/V fit ``configs.GLUON_L2_BYTES`` together. Launched through a :class:`KernelLauncher` like the other kernels."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     tiles = configs.cdiv(sq, GLUON_CONSUMERS * cfg.block_mw) * batch * heads
@@ -269,7 +270,8 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: 
         kv_bytes_per_head = 2 * skv * head_dim * k.element_size() * hkv // heads
         heads_per_section = max(1, min(batch * heads, configs.GLUON_L2_BYTES // kv_bytes_per_head))
     try:
-        _attn_fwd_ws[(min(tiles, _sm_count(q.device)),)](
+        _launch_fwd_gluon(
+            (min(tiles, _sm_count(q.device)),),
             _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
             out, lse, key_mask, key_range, scale * LOG2E.value, out.stride(0), out.stride(1), out.stride(2),
             0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv, tiles, heads_per_section,

@@ -1,5 +1,4 @@
 """Forward kernel against the float64 oracle over the feature grid."""
-import collections
 import functools
 import math
 
@@ -633,9 +632,9 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
     if ops._attn_fwd_ws is None:
         pytest.skip("this Triton has no Gluon Hopper API: the Gluon forward is never taken")
 
-    def launch(*args, **kwargs):
+    def launch(grid, *args, **kwargs):
         raise CompilationError(None, None, "a Gluon builtin this Triton does not have")
-    monkeypatch.setattr(ops, "_attn_fwd_ws", collections.defaultdict(lambda: launch))  # any grid
+    monkeypatch.setattr(ops, "_launch_fwd_gluon", launch)
     monkeypatch.setattr(ops, "_gluon_descriptor", lambda t, rows: None)
     q, k, v = random_qkv(2, 4, 2, 200, 200, 128, torch.float16, DEVICE)
     out, lse = torch.empty(2, 200, 4, 128, dtype=torch.float16), torch.empty(2, 4, 200)

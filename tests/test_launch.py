@@ -11,9 +11,15 @@ from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+try:
+    from triton.experimental.gluon import language as gl
+except ImportError:  # no Gluon: _gluon_descriptors() is empty
+    gl = None
+
 import hf_triton_attn
 from hf_triton_attn import ops
-from hf_triton_attn.launch import FAST_PATH_AVAILABLE, KernelLauncher, cache_key, specialization_key
+from hf_triton_attn.launch import (FAST_PATH_AVAILABLE, GluonTensorDescriptor, KernelLauncher, cache_key,
+                                   specialization_key)
 
 from conftest import DEVICE
 
@@ -87,11 +93,32 @@ def test_key_is_equal_where_triton_specializes_alike():
         assert _key(*a, BLOCK=64, num_warps=4) == _key(*b, BLOCK=64, num_warps=4), (a, b)
 
 
+def _gluon_descriptors():
+    """Gluon's descriptors (which carry their shared-memory layout) over the bases _descriptors() uses, or none where
+    this Triton has no Gluon Hopper API."""
+    if GluonTensorDescriptor is None:
+        return {}
+    base = torch.zeros(2, 4, 64, 128, dtype=torch.bfloat16)
+
+    def over(t, block_rows=64, swizzle=None, **kwargs):
+        block = [1, 1, block_rows, t.shape[3]]
+        layout = gl.NVMMASharedLayout.get_default_for(block, gl.float16 if t.dtype == torch.float16 else gl.bfloat16)
+        if swizzle is not None:
+            layout = gl.NVMMASharedLayout(swizzle, 16, rank=4)
+        return GluonTensorDescriptor(t, list(t.shape), list(t.stride()), block, layout, **kwargs)
+    return {
+        "gluon desc": over(base), "gluon desc other base": over(torch.ones(1, 2, 16, 128, dtype=torch.bfloat16)),
+        "gluon desc offset rows": over(base[:, :, 16:]), "gluon desc 32-row blocks": over(base, 32),
+        "gluon desc fp16": over(base.half()), "gluon desc nan padding": over(base, padding="nan"),
+        "gluon desc 64-byte swizzle": over(base, swizzle=64),
+    }
+
+
 def test_key_partitions_arguments_exactly_like_the_installed_triton():
     """Pairwise over a corpus: equal keys if and only if native_specialize_impl gives equal specializations."""
     values = [0, 1, 2, 15, 16, 17, 32, 48, -1, -16, -17, 2**31 - 1, 2**31, 2**31 + 16, -2**31, -2**31 - 1,
               -2**31 - 16, 2**32, 2**63 - 1, 2**63 - 16, 2**63, 2**63 + 16, 2**64 - 1, True, False, 0.0, 1.0, -2.5,
-              1e300, None, *_tensors().values(), *_descriptors().values()]
+              1e300, None, *_tensors().values(), *_descriptors().values(), *_gluon_descriptors().values()]
     triton_spec = [native_specialize_impl(BaseBackend, v, False, True, True) for v in values]
     ours = [specialization_key((v,)) for v in values]
     for (v1, s1, k1), (v2, s2, k2) in itertools.combinations(zip(values, triton_spec, ours), 2):
@@ -237,10 +264,10 @@ def test_each_device_gets_its_own_kernel():
 @pytest.mark.gpu
 def test_attention_launches_are_cached(monkeypatch):
     """A decode call (split-KV pair) and training steps (forward + two backward kernels; at head_dim 128 in bf16
-    the forward and dQ kernels take tensor descriptors; at head_dim 64 a register cap, and a key mask with its
-    key-range launch) launch from the cache the second time."""
+    the forward and dQ kernels take tensor descriptors, and on Hopper the forward is the Gluon one; at head_dim 64 a
+    register cap, and a key mask with its key-range launch) launch from the cache the second time."""
     kernels = [ops._attn_fwd_split, ops._attn_combine_splits, ops._attn_fwd, ops._attn_bwd_dkdv, ops._attn_bwd_dq,
-               ops._key_ranges]
+               ops._key_ranges] + ([ops._attn_fwd_ws] if ops._attn_fwd_ws is not None else [])
     normal_launches = {kernel: _count_normal_launches(monkeypatch, kernel) for kernel in kernels}
     q = torch.randn(2, 8, 1, 64, device=DEVICE, dtype=torch.float16)
     k = torch.randn(2, 2, 300, 64, device=DEVICE, dtype=torch.float16)
