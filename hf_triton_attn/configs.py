@@ -95,8 +95,8 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
 # variable is set to 0 (for A/B measurements, or should a Triton release break Gluon's experimental API).
 GLUON_FORWARD = os.environ.get("HF_TRITON_ATTN_GLUON", "1") != "0"
 GLUON_MIN_QUERIES = 128
-# At head_dim 64 the Gluon forward gains from about a thousand queries without a mask but causal, and under one only
-# on long rows (at 4096 queries it tied the Triton kernel, at 1024 it lost 8%).
+# At head_dim 64 the Gluon forward gains from about a thousand queries without a causal mask, and with one only on
+# long rows (at 4096 causal queries it tied the Triton kernel, at 1024 it lost 8%).
 GLUON_D64_MIN_QUERIES = 1024
 GLUON_D64_MIN_CAUSAL_QUERIES = 8192
 # Causal Gluon forwards take their tiles in sections of heads whose K/V fit this much of the L2 cache (Hopper: 50 MiB).

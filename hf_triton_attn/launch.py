@@ -85,8 +85,8 @@ def specialization_key(args: tuple) -> tuple:
     constant; a host tensor descriptor on its base's dtype and its block shape (not on the base's alignment, its
     shape, strides or padding, which reach the kernel at launch), a Gluon one on these and its layout. Parameters
     marked ``do_not_specialize`` have fewer variants in Triton, never more, so there this key is at worst finer
-    than Triton's: one more cache entry, never the wrong kernel. Other argument types yield their type only; :meth:`KernelLauncher.__call__` never caches a
-    launch that had one.
+    than Triton's: one more cache entry, never the wrong kernel. Other argument types yield their type only;
+    :meth:`KernelLauncher.__call__` never caches a launch that had one.
 
     One comprehension without per-argument function calls: this runs on every launch.
     """
