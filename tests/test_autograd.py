@@ -140,12 +140,13 @@ def test_backward_seqused_q_with_dense_mask_dropout_and_seqused_k():
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("use_tma", [False, True])
-def test_dq_tensor_descriptor_and_pointer_loads(monkeypatch, use_tma, causal):
+@pytest.mark.parametrize("head_dim", [64, 128] if ON_GPU else [32])
+def test_dq_tensor_descriptor_and_pointer_loads(monkeypatch, use_tma, causal, head_dim):
     """The dQ kernel's K/V tiles, through descriptors or pointers, give the oracle's gradients where the keys in
-    use end inside a block whose unused rows hold NaN (a descriptor loads them; they must not reach dQ)."""
-    if use_tma and not ops.INTERPRET and not configs.dq_uses_tma(128, 2, False):
+    use end inside a block whose unused rows hold NaN (a descriptor loads them; they must not reach dQ); on the GPU
+    at both head dims that take descriptors."""
+    if use_tma and not ops.INTERPRET and not configs.dq_uses_tma(head_dim, 2, False):
         pytest.skip("no tensor-descriptor loads on this GPU configuration")
-    head_dim = 32 if ops.INTERPRET else 128
     monkeypatch.setattr(configs, "forward_uses_tma", lambda *args: False)
     monkeypatch.setattr(configs, "dq_uses_tma", lambda *args: use_tma)
     descriptors = count_descriptors(monkeypatch, ops)
