@@ -47,16 +47,22 @@ def forward_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
     return interpret or head_dim in (128, 256)
 
 
-def dq_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
+# Head dim 64 takes the dQ kernel's descriptors from this many keys (see dq_uses_tma).
+DQ_TMA_D64_MIN_KEYS = 4096
+
+
+def dq_uses_tma(head_dim: int, itemsize: int, interpret: bool, seqlen_k: int) -> bool:
     """Whether the dQ kernel streams K/V tiles through tensor descriptors, where the tensors allow. Head dim 128 on
     an H100, B4 H16 S4096 bf16: dQ 816 -> 765 µs causal, 1450 -> 1308 µs full; the same loads in the dK/dV kernel
     (Q/dO) were 4% slower causal and 2-4% faster full or GQA, so it keeps pointer loads (benchmarks/NOTES.md).
     Head dim 64 on an H200, whole backward, best of three alternating rounds: B4 H32/8 S4096 causal 2172 -> 2128
     µs, B4 H32 S4096 causal 2075 -> 2026, full 3688 -> 3626, B1 H32 S16384 causal 7569 -> 7345; B16 H32 S1024
-    causal and B32 H12 S512 full alike (session 22). Head dim 256 is not measured and keeps pointer loads."""
+    causal and B32 H12 S512 full alike (session 22). So head dim 64 takes them from DQ_TMA_D64_MIN_KEYS keys only:
+    building and encoding two descriptors costs host time per call, and the short rows' calls (BERT-style training)
+    are the host-bound ones. Head dim 256 is not measured and keeps pointer loads."""
     if itemsize != 2 or head_dim != padded_head_dim(head_dim):
         return False
-    return interpret or head_dim in (64, 128)
+    return interpret or head_dim == 128 or (head_dim == 64 and seqlen_k >= DQ_TMA_D64_MIN_KEYS)
 
 
 @functools.lru_cache(maxsize=1024)  # called on every forward; building a LaunchConfig costs ~1 µs

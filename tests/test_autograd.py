@@ -138,6 +138,19 @@ def test_backward_seqused_q_with_dense_mask_dropout_and_seqused_k():
         assert not tensor[0, :, 20:].any() and tensor[0, :, :20].abs().sum() > 0, name
 
 
+def test_dq_descriptors_only_where_measured():
+    """The dQ kernel takes descriptors for 16-bit K/V at head_dim 128, and at head_dim 64 from DQ_TMA_D64_MIN_KEYS
+    keys (shorter rows gained nothing and their calls are the host-bound ones); in the interpreter at every 16-bit
+    power-of-two head dim, so the CPU tests cover both kinds of load."""
+    long_rows = configs.DQ_TMA_D64_MIN_KEYS
+    assert configs.dq_uses_tma(128, 2, False, 512)
+    assert configs.dq_uses_tma(64, 2, False, long_rows)
+    for head_dim, itemsize, seqlen_k in [(64, 2, long_rows - 1), (64, 4, long_rows), (256, 2, long_rows),
+                                         (32, 2, long_rows), (96, 2, long_rows), (128, 4, long_rows)]:
+        assert not configs.dq_uses_tma(head_dim, itemsize, False, seqlen_k)
+    assert configs.dq_uses_tma(32, 2, True, 70) and not configs.dq_uses_tma(96, 2, True, 70)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("use_tma", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128] if ON_GPU else [32])
@@ -145,7 +158,7 @@ def test_dq_tensor_descriptor_and_pointer_loads(monkeypatch, use_tma, causal, he
     """The dQ kernel's K/V tiles, through descriptors or pointers, give the oracle's gradients where the keys in
     use end inside a block whose unused rows hold NaN (a descriptor loads them; they must not reach dQ); on the GPU
     at both head dims that take descriptors."""
-    if use_tma and not ops.INTERPRET and not configs.dq_uses_tma(head_dim, 2, False):
+    if use_tma and not ops.INTERPRET and not configs.dq_uses_tma(head_dim, 2, False, configs.DQ_TMA_D64_MIN_KEYS):
         pytest.skip("no tensor-descriptor loads on this GPU configuration")
     monkeypatch.setattr(configs, "forward_uses_tma", lambda *args: False)
     monkeypatch.setattr(configs, "dq_uses_tma", lambda *args: use_tma)
