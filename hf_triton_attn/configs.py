@@ -185,6 +185,22 @@ def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool 
     return BackwardConfig(LaunchConfig(64, 64, 8, 2), LaunchConfig(64, 32, 4, 3))
 
 
+# Under a causal mask the dK/dV grid takes key blocks on its outer axis up to this many programs per multiprocessor.
+DKDV_KEY_BLOCKS_OUTER_MAX_PROGRAMS_PER_SM = 8
+
+
+def dkdv_key_blocks_outer(causal: bool, programs: int, sm_count: int) -> bool:
+    """Whether the dK/dV grid walks key blocks on its slower axis. Under a causal mask a key block's work falls
+    with its index (fewer queries see later keys), and the GPU starts programs in grid order: key blocks outer
+    start the heaviest programs of every (batch, kv head) first and leave the light ones to fill the tail. That
+    pays where the grid is a few waves of programs; with many, the inner order's L2 reuse (neighbouring programs
+    read the same queries) wins. H200, backward alone, best of three alternating rounds (benchmarks/NOTES.md,
+    session 23), at 7.8 programs per multiprocessor: B4 H32/8 S4096 head_dim 64 causal 2151 -> 1968 µs, head_dim
+    128 3873 -> 3834, B2 H8 S4096 head_dim 256 1748 -> 1649; at 15.5 and more it lost 1-2% (B4 H16 S4096 head_dim
+    128, head_dim 64 MHA from S1024 to S16384), and without a causal mask 3-5%."""
+    return causal and programs <= DKDV_KEY_BLOCKS_OUTER_MAX_PROGRAMS_PER_SM * sm_count
+
+
 # Split-KV (decoding) path: taken when every query head of a kv head fits one tile of packed rows.
 SPLIT_KV_MAX_ROWS = 64
 SPLIT_KV_MAX_QUERIES = 16

@@ -422,14 +422,16 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
         BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n, USE_TMA=tma,
         num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages, maxnreg=cfg.dq.max_registers, **flags,
     )
+    key_blocks = configs.cdiv(skv, cfg.dkdv.block_n)
+    key_blocks_outer = configs.dkdv_key_blocks_outer(causal, key_blocks * batch * hkv, _sm_count(q.device))
     _launch_bwd_dkdv(
-        (configs.cdiv(skv, cfg.dkdv.block_n), batch * hkv),
+        (batch * hkv, key_blocks) if key_blocks_outer else (key_blocks, batch * hkv),
         q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_range, seqused_k, seqused_q, mask, key_spans[0], seed,
         scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(grad_out), *dk.stride(), *dv.stride(),
         *km_strides, *m_strides, *key_spans[1:],
         heads, hkv, sq, skv, heads // hkv,
-        BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n, GROUPED=heads > hkv,
+        BLOCK_M=cfg.dkdv.block_m, BLOCK_N=cfg.dkdv.block_n, GROUPED=heads > hkv, KEY_BLOCKS_OUTER=key_blocks_outer,
         num_warps=cfg.dkdv.num_warps, num_stages=cfg.dkdv.num_stages, maxnreg=cfg.dkdv.max_registers, **flags,
     )
     return dq, dk, dv

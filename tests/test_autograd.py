@@ -151,6 +151,25 @@ def test_dq_descriptors_only_where_measured():
     assert configs.dq_uses_tma(32, 2, True, 70) and not configs.dq_uses_tma(96, 2, True, 70)
 
 
+def test_dkdv_key_blocks_outer_only_where_measured():
+    """Key blocks on the dK/dV grid's outer axis: under a causal mask, up to 8 programs per multiprocessor."""
+    limit = configs.DKDV_KEY_BLOCKS_OUTER_MAX_PROGRAMS_PER_SM
+    assert configs.dkdv_key_blocks_outer(True, 1024, 132) and configs.dkdv_key_blocks_outer(True, limit * 132, 132)
+    assert not configs.dkdv_key_blocks_outer(True, limit * 132 + 1, 132)
+    assert not configs.dkdv_key_blocks_outer(False, 1024, 132)
+
+
+@pytest.mark.parametrize("key_blocks_outer", [False, True])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2)])
+def test_dkdv_grid_orders(monkeypatch, key_blocks_outer, heads):
+    """Either order of the dK/dV grid's axes gives the oracle's gradients, with several key blocks and batches
+    (so a swapped program id would land on another block's or batch's rows)."""
+    monkeypatch.setattr(configs, "dkdv_key_blocks_outer", lambda *args: key_blocks_outer)
+    seqlen = 300 if ON_GPU else 70
+    check_backward(*random_qkv(3, *heads, seqlen, seqlen, 64 if ON_GPU else 32, torch.float16, DEVICE),
+                   causal=True)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("use_tma", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128] if ON_GPU else [32])

@@ -167,11 +167,17 @@ def _attn_bwd_dkdv(
     GROUPED: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    KEY_BLOCKS_OUTER: tl.constexpr,
 ):
     """GROUPED: GROUP > 1 query heads share each kv head. HAS_SEQUSED_Q: query rows from SeqUsedQ[b] on are padding
-    (zero output in the forward), which the query loops stop before."""
-    pid_n = tl.program_id(0)
-    pid_bhk = tl.program_id(1)
+    (zero output in the forward), which the query loops stop before. KEY_BLOCKS_OUTER: the grid is (B * Hkv, key
+    blocks) rather than (key blocks, B * Hkv), so programs start in key-block order across every (batch, kv head)."""
+    if KEY_BLOCKS_OUTER:
+        pid_n = tl.program_id(1)
+        pid_bhk = tl.program_id(0)
+    else:
+        pid_n = tl.program_id(0)
+        pid_bhk = tl.program_id(1)
     pid_b = pid_bhk // Hkv
     pid_hk = pid_bhk % Hkv
 
