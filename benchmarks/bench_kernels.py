@@ -135,6 +135,7 @@ def all_cases() -> list[KernelCase]:
         KernelCase("dense fwdbwd", 1, 16, 16, 16384, 128, True),
         KernelCase("dense fwdbwd", 4, 32, 8, 4096, 128, True),
         KernelCase("dense fwdbwd", 2, 8, 8, 4096, 256, True),
+        KernelCase("dense fwdbwd", 4, 32, 8, 4096, 64, True),  # the Llama-0.7B train step's attention
         # BERT-base training, without and with its attention dropout (FlexAttention has no dropout: n/a).
         KernelCase("dense fwdbwd", 32, 12, 12, 512, 64, False),
         KernelCase("dense fwdbwd", 32, 12, 12, 512, 64, False, dropout_p=0.1),
