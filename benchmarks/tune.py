@@ -5,6 +5,7 @@ that no user pays for an autotuning sweep. Each candidate is checked against the
 before it is timed. Run on the GPU the numbers are for:
 
     PYTHONPATH=. python benchmarks/tune.py --out $OUT [--kinds fwd gluon bwd decode] [--max-seconds 300]
+        [--cases SUBSTRING ...]
 
 ``fwd`` sweeps the Triton forward's tiles (with the Gluon forward switched off), ``gluon`` the Hopper Gluon
 forward's (configs.hopper_forward_config) at head_dims 64 and 128, the Triton forward ("None") among them.
@@ -21,7 +22,8 @@ import torch
 from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment_info, format_table, print_environment, require_cuda, short_error, write_json  # noqa: E402
+from common import (environment_info, format_table, print_environment, require_cuda, selected, short_error,  # noqa: E402
+                    write_json)
 
 from hf_triton_attn import attention, configs  # noqa: E402
 
@@ -32,6 +34,7 @@ DENSE_CASES = [
     (4, 32, 32, 4096, 64, False), (4, 32, 32, 4096, 64, True),
     (4, 16, 16, 4096, 128, False), (4, 16, 16, 4096, 128, True), (16, 16, 16, 1024, 128, True),
     (2, 8, 8, 4096, 256, True),
+    (4, 32, 8, 4096, 64, True),  # the Llama-0.7B train step's attention
 ]
 # (batch, heads, kv_heads, cache length, head_dim)
 DECODE_CASES = [(8, 32, 8, 1024, 128), (8, 32, 8, 4096, 128), (8, 32, 8, 32768, 128), (1, 32, 8, 131072, 128),
@@ -99,12 +102,16 @@ def case_name(kind, batch, heads, kv_heads, seqlen, head_dim, causal):
     return f"{kind} B{batch} H{heads}/{kv_heads} S{seqlen} D{head_dim} {'causal' if causal else 'full'}"
 
 
-def tune_forward(deadline: float) -> list[dict]:
+def decode_case_name(batch, heads, kv_heads, cache_len, head_dim):
+    return f"decode B{batch} H{heads}/{kv_heads} L{cache_len} D{head_dim}"
+
+
+def tune_forward(cases: list, deadline: float) -> list[dict]:
     records = []
     default = configs.forward_config
     gluon = configs.GLUON_FORWARD
     configs.GLUON_FORWARD = False  # else the head_dim-128 cases would time the Gluon kernel under every candidate
-    for batch, heads, kv_heads, seqlen, head_dim, causal in DENSE_CASES:
+    for batch, heads, kv_heads, seqlen, head_dim, causal in cases:
         q, k, v = dense_inputs(batch, heads, kv_heads, seqlen, head_dim, False)
 
         def run():
@@ -128,10 +135,10 @@ def gluon_candidates() -> list:
                      for block_n, stages, regs in itertools.product((64, 128), (2, 3), (232, 240))]
 
 
-def tune_gluon(deadline: float) -> list[dict]:
+def tune_gluon(cases: list, deadline: float) -> list[dict]:
     records = []
     default = configs.hopper_forward_config
-    for batch, heads, kv_heads, seqlen, head_dim, causal in DENSE_CASES:
+    for batch, heads, kv_heads, seqlen, head_dim, causal in cases:
         if head_dim not in (64, 128):
             continue
         q, k, v = dense_inputs(batch, heads, kv_heads, seqlen, head_dim, False)
@@ -150,11 +157,11 @@ def tune_gluon(deadline: float) -> list[dict]:
     return records
 
 
-def tune_backward(deadline: float) -> list[dict]:
+def tune_backward(cases: list, deadline: float) -> list[dict]:
     """dK/dV first (dQ at its default), then dQ with the best dK/dV; each timed as a whole forward+backward."""
     records = []
     default = configs.backward_config
-    for batch, heads, kv_heads, seqlen, head_dim, causal in DENSE_CASES:
+    for batch, heads, kv_heads, seqlen, head_dim, causal in cases:
         q, k, v = dense_inputs(batch, heads, kv_heads, seqlen, head_dim, True)
         grad = torch.randn_like(q)
 
@@ -179,10 +186,10 @@ def tune_backward(deadline: float) -> list[dict]:
     return records
 
 
-def tune_decode(deadline: float) -> list[dict]:
+def tune_decode(cases: list, deadline: float) -> list[dict]:
     records = []
     default_plan = configs.split_kv_plan
-    for batch, heads, kv_heads, cache_len, head_dim in DECODE_CASES:
+    for batch, heads, kv_heads, cache_len, head_dim in cases:
         q = torch.randn(batch, heads, 1, head_dim, device=DEVICE, dtype=torch.bfloat16)
         k, v = (torch.randn(batch, kv_heads, cache_len, head_dim, device=DEVICE, dtype=torch.bfloat16)
                 for _ in range(2))
@@ -197,7 +204,7 @@ def tune_decode(deadline: float) -> list[dict]:
         def install(overrides):
             configs.split_kv_plan = functools.partial(default_plan, **overrides)
 
-        records.append(sweep(f"decode B{batch} H{heads}/{kv_heads} L{cache_len} D{head_dim}", candidates, install,
+        records.append(sweep(decode_case_name(batch, heads, kv_heads, cache_len, head_dim), candidates, install,
                              run, reference, deadline, timer=timed_graph)[0])
         configs.split_kv_plan = default_plan
     return records
@@ -210,6 +217,9 @@ def main() -> None:
                         choices=["fwd", "gluon", "bwd", "decode"])
     parser.add_argument("--max-seconds", type=float, default=float("inf"),
                         help="stop starting new candidates after this long (the ones not run are listed as such)")
+    parser.add_argument("--cases", nargs="+", default=None, metavar="SUBSTRING",
+                        help="only the shapes whose name contains one of these (case-insensitive), e.g. "
+                             "'H32/8 S4096 D64 causal' or 'L32768'")
     args = parser.parse_args()
     require_cuda()
     env = environment_info()
@@ -218,8 +228,10 @@ def main() -> None:
     records = []
     deadline = started + args.max_seconds
     tuners = {"fwd": tune_forward, "gluon": tune_gluon, "bwd": tune_backward, "decode": tune_decode}
+    dense = [c for c in DENSE_CASES if selected(case_name("", *c), args.cases)]
+    decode = [c for c in DECODE_CASES if selected(decode_case_name(*c), args.cases)]
     for kind in args.kinds:
-        records += tuners[kind](deadline)
+        records += tuners[kind](decode if kind == "decode" else dense, deadline)
         if args.out:
             os.makedirs(args.out, exist_ok=True)
             write_json(os.path.join(args.out, "tune.json"), {"environment": env, "cases": records})
