@@ -193,11 +193,12 @@ def dkdv_key_blocks_outer(causal: bool, programs: int, sm_count: int) -> bool:
     """Whether the dK/dV grid walks key blocks on its slower axis. Under a causal mask a key block's work falls
     with its index (fewer queries see later keys), and the GPU starts programs in grid order: key blocks outer
     start the heaviest programs of every (batch, kv head) first and leave the light ones to fill the tail. That
-    pays where the grid is a few waves of programs; with many, the inner order was faster (likely L2 reuse, as
-    neighbouring programs read the same queries; not profiled). H200, backward alone, best of three alternating rounds (benchmarks/NOTES.md,
-    session 23), at 7.8 programs per multiprocessor: B4 H32/8 S4096 head_dim 64 causal 2151 -> 1968 µs, head_dim
-    128 3873 -> 3834, B2 H8 S4096 head_dim 256 1748 -> 1649; at 15.5 and more it lost 1-2% (B4 H16 S4096 head_dim
-    128, head_dim 64 MHA from S1024 to S16384), and without a causal mask 3-5%."""
+    pays where the grid is a few waves of programs. H200, backward alone, best of three alternating rounds
+    (benchmarks/NOTES.md, session 23), at 7.8 programs per multiprocessor: B4 H32/8 S4096 head_dim 64 causal
+    2151 -> 1968 µs, head_dim 128 3873 -> 3834, B2 H8 S4096 head_dim 256 1748 -> 1649. At 15.5 and more it read
+    0.98-1.02 of the old order over two runs (B4 H16 S4096 head_dim 128, head_dim 64 MHA from S1024 to S16384),
+    and without a causal mask 0.95-0.97 (likely L2 reuse, neighbouring programs reading the same queries; not
+    profiled)."""
     return causal and programs <= DKDV_KEY_BLOCKS_OUTER_MAX_PROGRAMS_PER_SM * sm_count
 
 
