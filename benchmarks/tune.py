@@ -22,8 +22,8 @@ import torch
 from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (environment_info, format_table, print_environment, require_cuda, selected, short_error,  # noqa: E402
-                    write_json)
+from common import (  # noqa: E402
+    environment_info, format_table, print_environment, require_cuda, selected, short_error, write_json)
 
 from hf_triton_attn import attention, configs  # noqa: E402
 
