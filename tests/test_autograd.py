@@ -165,9 +165,11 @@ def test_dkdv_grid_orders(monkeypatch, key_blocks_outer, heads):
     """Either order of the dK/dV grid's axes gives the oracle's gradients, with several key blocks and batches
     (so a swapped program id would land on another block's or batch's rows)."""
     monkeypatch.setattr(configs, "dkdv_key_blocks_outer", lambda *args: key_blocks_outer)
+    choices = count_calls(monkeypatch, configs, "dkdv_key_blocks_outer")
     seqlen = 300 if ON_GPU else 70
     check_backward(*random_qkv(3, *heads, seqlen, seqlen, 64 if ON_GPU else 32, torch.float16, DEVICE),
                    causal=True)
+    assert len(choices) == 1  # the backward launched with the order chosen above
 
 
 @pytest.mark.parametrize("causal", [False, True])
