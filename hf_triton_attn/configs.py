@@ -103,10 +103,10 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
 # variable is set to 0 (for A/B measurements, or should a Triton release break Gluon's experimental API).
 GLUON_FORWARD = os.environ.get("HF_TRITON_ATTN_GLUON", "1") != "0"
 GLUON_MIN_QUERIES = 128
-# At head_dim 64 the Gluon forward gains from about a thousand queries without a causal mask, and with one from
-# about four thousand (at 2048 causal queries it ties the Triton kernel, at 1024 it loses 5-8%).
+# At head_dim 64 the Gluon forward gains from about a thousand queries without a causal mask, and with one only on
+# long rows (at 4096 causal queries it tied the Triton kernel, at 1024 it lost 8%).
 GLUON_D64_MIN_QUERIES = 1024
-GLUON_D64_MIN_CAUSAL_QUERIES = 4096
+GLUON_D64_MIN_CAUSAL_QUERIES = 8192
 # Causal Gluon forwards take their tiles in sections of heads whose K/V fit this much of the L2 cache (Hopper: 50 MiB).
 GLUON_L2_BYTES = 32 * 1024 * 1024
 
@@ -135,9 +135,7 @@ def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqle
     20 made it persistent and let it take key-padding masks: S1024 full 519, the padded Llama-like row 242 useful
     TFLOP/s (the Triton kernel 230). Head_dim 64, session 21, persistent, Triton kernel -> 3 stages (2 stages):
     B16 H32 S1024 full 375/362 -> 390/396 (395/385), causal 276/277 -> 255/256; B4 S4096 full 406/402 -> 437/435,
-    causal 369/378 -> 377/369; B1 S16384 full 386/419 -> 464/452, causal 401/401 -> 430/422 (431/428). Session
-    24, causal, best of three alternating rounds: B4 H32 S4096 365 -> 384, B4 H32/8 S4096 (the Llama train step's
-    shape) 369 -> 391, B2 H32/8 S8192 396 -> 414, B8 H32 S2048 336 -> 334, B16 H32 S1024 278 -> 263."""
+    causal 369/378 -> 377/369; B1 S16384 full 386/419 -> 464/452, causal 401/401 -> 430/422 (431/428)."""
     if capability != (9, 0) or itemsize != 2:
         return None
     if head_dim == 128 and seqlen_q >= GLUON_MIN_QUERIES:
