@@ -5,7 +5,7 @@ that no user pays for an autotuning sweep. Each candidate is checked against the
 before it is timed. Run on the GPU the numbers are for:
 
     PYTHONPATH=. python benchmarks/tune.py --out $OUT [--kinds fwd gluon bwd decode] [--max-seconds 300]
-        [--cases SUBSTRING ...]
+        [--cases SUBSTRING ...] [--layout bhsd|bshd]
 
 ``fwd`` sweeps the Triton forward's tiles (with the Gluon forward switched off), ``gluon`` the Hopper Gluon
 forward's (configs.hopper_forward_config) at head_dims 64 and 128, the Triton forward ("None") among them.
@@ -93,9 +93,19 @@ def sweep(name: str, candidates: list, install, run, reference, deadline: float,
     return record, (ok[0][0] if ok else None)
 
 
+# "bhsd": contiguous (B, H, S, D) inputs. "bshd": (B, S, H, D) memory seen as (B, H, S, D), the views Transformers'
+# models pass after their projections; the kernels' times differ between the two (benchmarks/NOTES.md, session 24).
+LAYOUT = "bhsd"
+
+
 def dense_inputs(batch, heads, kv_heads, seqlen, head_dim, requires_grad):
-    return [torch.randn(batch, h, seqlen, head_dim, device=DEVICE, dtype=torch.bfloat16, requires_grad=requires_grad)
-            for h in (heads, kv_heads, kv_heads)]
+    def make(h):
+        if LAYOUT == "bshd":
+            t = torch.randn(batch, seqlen, h, head_dim, device=DEVICE, dtype=torch.bfloat16).transpose(1, 2)
+        else:
+            t = torch.randn(batch, h, seqlen, head_dim, device=DEVICE, dtype=torch.bfloat16)
+        return t.requires_grad_(requires_grad)
+    return [make(h) for h in (heads, kv_heads, kv_heads)]
 
 
 def case_name(kind, batch, heads, kv_heads, seqlen, head_dim, causal):
@@ -220,10 +230,16 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=None, metavar="SUBSTRING",
                         help="only the shapes whose name contains one of these (case-insensitive), e.g. "
                              "'H32/8 S4096 D64 causal' or 'L32768'")
+    parser.add_argument("--layout", choices=["bhsd", "bshd"], default="bhsd",
+                        help="memory layout of the dense inputs: contiguous (B, H, S, D), or (B, S, H, D) seen as "
+                             "(B, H, S, D) as Transformers' models pass them")
     args = parser.parse_args()
+    global LAYOUT
+    LAYOUT = args.layout
     require_cuda()
     env = environment_info()
     print_environment(env)
+    print(f"dense inputs: {LAYOUT}", flush=True)
     started = time.perf_counter()
     records = []
     deadline = started + args.max_seconds
@@ -234,7 +250,7 @@ def main() -> None:
         records += tuners[kind](decode if kind == "decode" else dense, deadline)
         if args.out:
             os.makedirs(args.out, exist_ok=True)
-            write_json(os.path.join(args.out, "tune.json"), {"environment": env, "cases": records})
+            write_json(os.path.join(args.out, "tune.json"), {"environment": env, "layout": LAYOUT, "cases": records})
     print(f"\ndone in {time.perf_counter() - started:.0f} s\n")
     print(format_table(["case", "best config", "ms"],
                        [[r["case"], r["best"] or "none", f"{r['best_ms']:.3f}" if r["best_ms"] else "-"]
