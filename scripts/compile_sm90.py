@@ -1,0 +1,129 @@
+"""Compile one of our Triton kernels for Hopper (sm_90) on any machine, no GPU needed, as the JIT specialises it
+at run time, and print what decides its speed: registers, spills, shared memory, programs per multiprocessor and
+the operand kinds of its wgmma instructions. With --out DIR, also writes its TTGIR and PTX there.
+
+    python scripts/compile_sm90.py dkdv --head-dim 64 --block-m 32 --block-n 128 --warps 4 --stages 3 --grouped
+
+The JIT treats integer arguments equal to 1 as constants and marks pointers and multiples of 16 as 16-byte
+divisible; a compile without those specialisations cannot prove the loads contiguous, does not pipeline them,
+and reports other registers and shared memory (benchmarks/NOTES.md, session 24). Here every stride of the head
+dimension is 1 and the other strides and lengths are multiples of 16, as for contiguous inputs or the (B, S, H, D)
+views models pass; no mask, no dropout, no softcap, bf16.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hf_triton_attn._kernels.bwd import _attn_bwd_dkdv, _attn_bwd_dq  # noqa: E402
+from hf_triton_attn._kernels.fwd import _attn_fwd  # noqa: E402
+
+KERNELS = {"fwd": _attn_fwd, "dq": _attn_bwd_dq, "dkdv": _attn_bwd_dkdv}
+BF16_POINTERS = {"Q", "K", "V", "Out", "DO", "DQ", "DK", "DV"}
+FLOAT32_POINTERS = {"LSE", "Delta"}
+FLOAT_SCALARS = {"sm_scale", "softcap", "dropout_p"}
+OPTIONAL_TENSORS = {"DescQ", "DescK", "DescV", "KeyMask", "KeyRange", "SeqUsedK", "SeqUsedQ", "Mask", "MaskSpans",
+                    "Seed"}
+REGISTERS_PER_SM = 65536
+SHARED_BYTES_PER_SM = 228 * 1024
+THREADS_PER_SM = 2048
+
+
+def constants(args) -> dict:
+    """The constexpr flags of a plain bf16 call; any flag a kernel does not take is ignored."""
+    return dict(HEAD_DIM=args.head_dim, BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
+                IS_CAUSAL=not args.full, GROUPED=args.grouped, KEY_BLOCKS_OUTER=not args.full, HAS_KEY_MASK=False,
+                HAS_SEQUSED=False, HAS_SEQUSED_Q=False, MASK_KIND=0, HAS_SOFTCAP=False, HAS_DROPOUT=False,
+                DOT_PRECISION="tf32", USE_TMA=False, SCALE_IN_EXP=True)
+
+
+def signature(fn, flags: dict) -> tuple[dict, dict, dict]:
+    """(signature, constexpr values, attributes) for ASTSource, with the JIT's specialisations."""
+    names = [fn.arg_names[i] for i in fn.constexprs]
+    missing = [name for name in names if name not in flags]
+    if missing:
+        raise SystemExit(f"no value for the constexpr argument(s) {missing} of {fn.__name__}: add them to constants()")
+    consts = {name: flags[name] for name in names}
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in OPTIONAL_TENSORS:
+            sig[name], consts[name] = "constexpr", None
+        elif name.startswith("stride_") and name.endswith("d"):
+            sig[name], consts[name] = "constexpr", 1
+        elif name in FLOAT_SCALARS:
+            sig[name] = "fp32"
+        elif name in BF16_POINTERS or name in FLOAT32_POINTERS:
+            sig[name] = "*fp32" if name in FLOAT32_POINTERS else "*bf16"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            sig[name] = "i32"
+            if name.startswith("stride_") or name in ("Sq", "Skv"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, consts, attrs
+
+
+def ptxas_report(ptx: str) -> tuple[int, int]:
+    """(registers, spill-store bytes) from ptxas -v."""
+    ptxas = get_ptxas(90).path  # the one Triton assembles sm_90 code with
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        report = subprocess.run([ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull], capture_output=True,
+                                text=True, check=True).stderr
+    registers = int(re.search(r"Used (\d+) registers", report).group(1))
+    spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
+    return registers, spills
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kernel", choices=sorted(KERNELS))
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--block-m", type=int, default=32)
+    parser.add_argument("--block-n", type=int, default=128)
+    parser.add_argument("--warps", type=int, default=4)
+    parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--max-registers", type=int, default=None, help="as LaunchConfig.max_registers (maxnreg)")
+    parser.add_argument("--grouped", action="store_true", help="dK/dV: several query heads per kv head")
+    parser.add_argument("--full", action="store_true", help="no causal mask")
+    parser.add_argument("--out", metavar="DIR", help="write the TTGIR, PTX and SASS here")
+    args = parser.parse_args()
+    fn = KERNELS[args.kernel]
+    sig, consts, attrs = signature(fn, constants(args))
+    compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": args.warps, "num_stages": args.stages,
+                                       "maxnreg": args.max_registers})
+    ptx = compiled.asm["ptx"]
+    registers, spills = ptxas_report(ptx)
+    shared = compiled.metadata.shared
+    threads = 32 * args.warps
+    # Registers are allocated in steps of 8 per thread; each program reserves 1 KB of shared memory beyond its own.
+    per_sm = min(REGISTERS_PER_SM // (-(-registers // 8) * 8 * threads), SHARED_BYTES_PER_SM // (shared + 1024),
+                 THREADS_PER_SM // threads)
+    wgmma = re.findall(r"wgmma\.mma_async\.\S+\s+\{[^}]*\},\s*(\{|%rd)", ptx)
+    print(f"{args.kernel} head_dim {args.head_dim} {args.block_m}x{args.block_n} warps {args.warps} stages "
+          f"{args.stages} (triton {triton.__version__}): {registers} registers, {spills} bytes of spill stores, "
+          f"{shared} bytes of shared memory, {per_sm} programs per multiprocessor; wgmma A operands: "
+          f"{wgmma.count('{')} in registers, {wgmma.count('%rd')} in shared memory")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        stem = os.path.join(args.out, f"{args.kernel}_{args.head_dim}_{args.block_m}x{args.block_n}_w{args.warps}"
+                                      f"_s{args.stages}")
+        for ext in ("ttgir", "ptx"):
+            with open(f"{stem}.{ext}", "w") as f:
+                f.write(compiled.asm[ext])
+
+
+if __name__ == "__main__":
+    main()
