@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--max-registers", type=int, default=None, help="as LaunchConfig.max_registers (maxnreg)")
     parser.add_argument("--grouped", action="store_true", help="dK/dV: several query heads per kv head")
     parser.add_argument("--full", action="store_true", help="no causal mask")
-    parser.add_argument("--out", metavar="DIR", help="write the TTGIR, PTX and SASS here")
+    parser.add_argument("--out", metavar="DIR", help="write the TTGIR and PTX here")
     args = parser.parse_args()
     fn = KERNELS[args.kernel]
     sig, consts, attrs = signature(fn, constants(args))
