@@ -141,8 +141,9 @@ def tune_forward(cases: list, deadline: float) -> list[dict]:
 def gluon_candidates() -> list:
     """None (the Triton forward), then the Gluon forward's tiles; one that does not fit in shared memory fails and
     is listed as such."""
-    return [None] + [configs.HopperForwardConfig(64, block_n, stages, regs, 168)
-                     for block_n, stages, regs in itertools.product((64, 128), (2, 3), (232, 240))]
+    return [None] + [configs.HopperForwardConfig(64, block_n, stages, regs, 168, tma_store)
+                     for block_n, stages, regs, tma_store in itertools.product((64, 128), (2, 3), (232, 240),
+                                                                               (True, False))]
 
 
 def tune_gluon(cases: list, deadline: float) -> list[dict]:

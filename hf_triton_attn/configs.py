@@ -115,12 +115,14 @@ GLUON_L2_BYTES = 32 * 1024 * 1024
 class HopperForwardConfig:
     """The warp-specialised Gluon forward's launch: its two consumer warpgroups of ``block_mw`` query rows each share
     a ring of ``stages`` K/V tiles of ``block_n`` keys that one loader warp fills; ``consumer_regs`` registers per
-    thread for the second consumer (the first gets what ``max_registers`` leaves after the others)."""
+    thread for the second consumer (the first gets what ``max_registers`` leaves after the others). ``tma_store``:
+    the output leaves through shared memory by TMA, overlapping the next tile, instead of by pointer."""
     block_mw: int
     block_n: int
     stages: int
     consumer_regs: int
     max_registers: int
+    tma_store: bool = True
 
 
 @functools.lru_cache(maxsize=64)
@@ -135,13 +137,20 @@ def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqle
     20 made it persistent and let it take key-padding masks: S1024 full 519, the padded Llama-like row 242 useful
     TFLOP/s (the Triton kernel 230). Head_dim 64, session 21, persistent, Triton kernel -> 3 stages (2 stages):
     B16 H32 S1024 full 375/362 -> 390/396 (395/385), causal 276/277 -> 255/256; B4 S4096 full 406/402 -> 437/435,
-    causal 369/378 -> 377/369; B1 S16384 full 386/419 -> 464/452, causal 401/401 -> 430/422 (431/428)."""
+    causal 369/378 -> 377/369; B1 S16384 full 386/419 -> 464/452, causal 401/401 -> 430/422 (431/428).
+
+    The output through TMA (``tma_store``) against plain stores, session 26, best of three or five alternating
+    rounds: head_dim 128 B16 H16 S1024 causal 339 -> 395, full 534 -> 567, B8 S2048 causal 428 -> 458, B4 S4096
+    causal 499 -> 514, full 587 -> 605, B1 S16384 causal 584 -> 602, the padded Llama-like row 245 -> 274; head_dim 64
+    causal B2 H32 S8192 411 -> 433, B1 S16384 425 -> 435, but full B4 S4096 454 -> 423 and B1 S16384 449 -> 423, so
+    head_dim 64 without a causal mask keeps the plain stores."""
     if capability != (9, 0) or itemsize != 2:
         return None
     if head_dim == 128 and seqlen_q >= GLUON_MIN_QUERIES:
         return HopperForwardConfig(block_mw=64, block_n=128, stages=2, consumer_regs=240, max_registers=168)
     if head_dim == 64 and seqlen_q >= (GLUON_D64_MIN_CAUSAL_QUERIES if causal else GLUON_D64_MIN_QUERIES):
-        return HopperForwardConfig(block_mw=64, block_n=128, stages=3, consumer_regs=240, max_registers=168)
+        return HopperForwardConfig(block_mw=64, block_n=128, stages=3, consumer_regs=240, max_registers=168,
+                                   tma_store=causal)
     return None
 
 

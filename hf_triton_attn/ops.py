@@ -273,10 +273,11 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: 
         _launch_fwd_gluon(
             (min(tiles, _sm_count(q.device)),),
             _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
-            out, lse, key_mask, key_range, scale * LOG2E.value, out.stride(0), out.stride(1), out.stride(2),
+            _gluon_descriptor(out.transpose(1, 2), cfg.block_mw) if cfg.tma_store else None, out, lse, key_mask,
+            key_range, scale * LOG2E.value, out.stride(0), out.stride(1), out.stride(2),
             0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv, tiles, heads_per_section,
             HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
-            HAS_KEY_MASK=key_mask is not None, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
+            HAS_KEY_MASK=key_mask is not None, TMA_STORE=cfg.tma_store, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
             maxnreg=cfg.max_registers,
         )
     except CompilationError as error:

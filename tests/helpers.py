@@ -15,12 +15,18 @@ def hopper_with_gluon() -> bool:
 
 
 def take_gluon_at_head_dim_64(monkeypatch) -> None:
-    """Lets the Gluon forward take head_dim-64 calls of any length with the configuration it uses on long causal
-    rows, so that test shapes far below GLUON_D64_MIN_QUERIES reach the kernel."""
-    cfg = configs.hopper_forward_config(64, 2, (9, 0), configs.GLUON_D64_MIN_CAUSAL_QUERIES, True)
+    """Lets the Gluon forward take head_dim-64 calls of any length with the configuration it uses on long rows with
+    or without a causal mask (output by pointer, or through TMA), so that test shapes far below
+    GLUON_D64_MIN_QUERIES reach the kernel."""
+    long_rows = {causal: configs.hopper_forward_config(64, 2, (9, 0), configs.GLUON_D64_MIN_CAUSAL_QUERIES, causal)
+                 for causal in (False, True)}
     default = configs.hopper_forward_config
-    monkeypatch.setattr(configs, "hopper_forward_config",
-                        lambda head_dim, *args: cfg if head_dim == 64 else default(head_dim, *args))
+
+    def config(head_dim, itemsize, capability, seqlen_q, causal):
+        if head_dim == 64:
+            return long_rows[causal]
+        return default(head_dim, itemsize, capability, seqlen_q, causal)
+    monkeypatch.setattr(configs, "hopper_forward_config", config)
 
 
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:

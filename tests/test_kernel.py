@@ -621,6 +621,12 @@ def test_hopper_forward_config_applies_only_where_measured():
             (64, 2, hopper, configs.GLUON_D64_MIN_QUERIES - 1, False),
             (64, 2, hopper, configs.GLUON_D64_MIN_CAUSAL_QUERIES - 1, True)]:
         assert configs.hopper_forward_config(head_dim, itemsize, capability, seqlen_q, causal) is None
+    # The output goes through shared memory and TMA where that measured faster (benchmarks/NOTES.md, session 26):
+    # head_dim 128, and head_dim 64 under a causal mask; head_dim 64 without one stores by pointer.
+    assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, False).tma_store
+    assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, True).tma_store
+    assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_CAUSAL_QUERIES, True).tma_store
+    assert not configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_QUERIES, False).tma_store
     if not ON_GPU:
         q, k, v = random_qkv(1, 2, 2, 200, 200, 128, torch.float16, DEVICE)
         assert ops._hopper_forward_config(q, k, v, None, True, 128 ** -0.5) is None
@@ -653,8 +659,8 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
 @pytest.mark.parametrize("padding", [None, "right", "left", "one_hole", "holes"])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding, head_dim):
-    """The Gluon forward (Hopper, head_dims 64 and 128, no mask or a key-padding one) against the oracle: lengths
-    off its tiles, GQA and MQA, Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal),
+    """The Gluon forward (Hopper, head_dims 64 and 128, no mask or a key-padding one; the output by pointer at
+    head_dim 64 without a causal mask, else through TMA) against the oracle: lengths off its tiles, GQA and MQA, Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal),
     left padding (rows that see no key under a causal mask), holes; and it is the kernel that ran."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)

@@ -7,21 +7,25 @@ cores' P_{j-1} @ V_{j-1} (FA3's intra-warpgroup overlap; P stays in registers as
 
 Programs are persistent, one per SM: each walks (query block, head) tiles (``_tile`` gives their order), its K/V
 ring and its consumers' two query slots carried from one tile to the next, so a tile's last blocks overlap the
-next tile's first loads.
+next tile's first loads. Where ``TMA_STORE``, a tile's output leaves through shared memory by TMA and its store
+overlaps the next tile's work too.
 
 Scope: causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask with its kept key ranges (the
 blocks before the first and after the last kept key skipped; holes masked element by element), no other mask, no
 dropout, no softcap, 16-bit inputs, head_dim 64 or 128, tensors (B, H, S, D) with a unit last stride and 16-byte
 aligned other strides (TMA), any lengths. Rows that see no key give zeros and a log-sum-exp of 0, as the Triton
 forward. The op layer decides when to take it (ops.py). Tested on triton 3.6 (H200); it also compiles for sm_90
-with triton 3.7 and 3.9 (3.9's Gluon renamed the TMA load, see ``_tma_load``).
+with triton 3.7 and 3.9 (3.9's Gluon renamed the TMA copies, see ``_tma_load`` and ``_tma_store``).
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-# Triton 3.6 names the TMA load async_copy_global_to_shared; later releases renamed it async_load.
+# Triton 3.6 names the TMA copies async_copy_global_to_shared and async_copy_shared_to_global; later releases renamed
+# them async_load and async_store.
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 
 # Consumer warpgroups per program; each owns BLOCK_MW query rows of the program's tile and both read every K/V tile.
 CONSUMERS = gl.constexpr(2)
@@ -111,14 +115,14 @@ def _tile(t, sizes, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_
 
 
 @gluon.jit
-def _loader(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
+def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
             HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-            IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, WG: gl.constexpr):
+            IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, WG: gl.constexpr):
     """One warp (the partitions share one signature, hence the arguments it does not use): for each of the
     program's tiles, the consumers' query tiles into the Q slot they released, then the K and V tiles of its key
     blocks into the ring slots the consumers released; ring positions count on across tiles, so the next tile's
     loads start while the consumers finish this one."""
-    q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
+    q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     loaded = 0
     tiles_done = 0
@@ -192,14 +196,15 @@ def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, 
 
 
 @gluon.jit
-def _consumer(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
+def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
               HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, WG: gl.constexpr):
+              IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr,
+              WG: gl.constexpr):
     """One warpgroup: for each of the program's tiles, query rows [start_m + WG * BLOCK_MW, + BLOCK_MW) against
     the key blocks the loader streams. The first may be partly masked (the start of the kept keys); then come the
     blocks that need no mask (wholly inside one run of kept keys and left of the row block's causal diagonal), then
     the masked rest (the diagonal, the ragged end, the end of the kept keys, holes)."""
-    q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
+    q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     stride_ob, stride_om, stride_oh, stride_kmb = strides
     dtype: gl.constexpr = desc_q.dtype
@@ -264,36 +269,53 @@ def _consumer(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, size
         # Rows that saw no key (left padding under a causal mask, a row whose mask keeps nothing) give 0 and LSE 0.
         has_keys = l_i > 0.0
         out = acc / gl.convert_layout(gl.where(has_keys, l_i, 1.0), row_o)[:, None]
-        rows = row_first + gl.arange(0, BLOCK_MW, layout=row_o)
-        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-        o_ptrs = (Out + pid_b.to(gl.int64) * stride_ob + pid_h.to(gl.int64) * stride_oh
-                  + rows[:, None].to(gl.int64) * stride_om + cols[None, :])
-        gl.store(o_ptrs, out.to(dtype), mask=(rows < Sq)[:, None])
+        if TMA_STORE:
+            # Through shared memory by TMA, which clips the rows past Sq: the store runs on while the next tile
+            # starts, and only the next tile's epilogue waits for it to have read its buffer.
+            tma.store_wait(0)
+            o_smem.index(WG).store(out.to(dtype))
+            fence_async_shared()
+            _tma_store(desc_o, [pid_b, pid_h, row_first, 0], _tma_view(o_smem, WG, BLOCK_MW, HEAD_DIM))
+        else:
+            rows = row_first + gl.arange(0, BLOCK_MW, layout=row_o)
+            cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+            o_ptrs = (Out + pid_b.to(gl.int64) * stride_ob + pid_h.to(gl.int64) * stride_oh
+                      + rows[:, None].to(gl.int64) * stride_om + cols[None, :])
+            gl.store(o_ptrs, out.to(dtype), mask=(rows < Sq)[:, None])
         lse_rows = row_first + gl.arange(0, BLOCK_MW, layout=row_s)
         lse = gl.where(has_keys, m_i + gl.log2(gl.where(has_keys, l_i, 1.0)), 0.0)
         gl.store(LSE + pid_bh.to(gl.int64) * Sq + lse_rows, lse, mask=lse_rows < Sq)
         tiles_done += 1
+    if TMA_STORE:
+        tma.store_wait(0)
 
 
 @gluon.jit
-def _attn_fwd_ws(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, qk_scale, stride_ob, stride_om, stride_oh,
-                 stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
+def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, qk_scale, stride_ob, stride_om,
+                 stride_oh, stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
                  HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                 IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                 num_warps: gl.constexpr):
+                 IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr,
+                 CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
     """Persistent: grid (programs,), each taking tiles pid, pid + programs, ... of the n_tiles =
     cdiv(Sq, CONSUMERS * BLOCK_MW) * B * H (see _tile for their order). q/k/v through 4D descriptors over
-    (B, H|Hkv, S, D) with boxes (1, 1, rows, HEAD_DIM); Out is (B, Sq, H, D) with unit last stride; LSE (B, H, Sq)
+    (B, H|Hkv, S, D) with boxes (1, 1, rows, HEAD_DIM); Out is (B, Sq, H, D) with unit last stride, written through
+    desc_o (the same memory as (B, H, Sq, D), boxes of BLOCK_MW rows) where TMA_STORE, else by pointer; LSE (B, H, Sq)
     float32, log2 units; qk_scale is the softmax scale times log2(e). HAS_KEY_MASK: KeyMask (B, Skv) uint8
     keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept ranges (see _kernels/key_range.py)."""
     dtype: gl.constexpr = desc_q.dtype
     tile_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_MW, HEAD_DIM], dtype)
 
-    # Two Q slots per consumer: the loader fetches the next tile's queries while the consumers finish this one.
+    # Two Q slots per consumer: the loader fetches the next tile's queries while the consumers finish this one. One
+    # output slot per consumer (used where TMA_STORE); at head_dim 128 all of it is 224 KiB of the 227 a program
+    # may have.
     q_smem = gl.allocate_shared_memory(dtype, [2 * CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
+    if TMA_STORE:
+        o_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
+    else:
+        o_smem = q_smem  # never written: the consumers store by pointer
     q_ready = gl.allocate_shared_memory(gl.int64, [2 * CONSUMERS, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [2 * CONSUMERS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -309,14 +331,14 @@ def _attn_fwd_ws(desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, qk_scale, 
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
-    buffers = (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
+    buffers = (q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
     sizes = (Sq, Skv, H, GROUP, gl.cdiv(Sq, CONSUMERS * BLOCK_MW), n_tiles, HEADS_PER_SECTION)
     strides = (stride_ob, stride_om, stride_oh, stride_kmb)
     gl.warp_specialize([
-        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 0)),
-        (_consumer, (desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 1)),
-        (_loader, (desc_q, desc_k, desc_v, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-                   HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 0))],
+        (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
+                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, 0)),
+        (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
+                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, 1)),
+        (_loader, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
+                   HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, 0))],
         [4, 1], [CONSUMER_REGS, 24])
