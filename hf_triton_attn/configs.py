@@ -103,10 +103,11 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
 # variable is set to 0 (for A/B measurements, or should a Triton release break Gluon's experimental API).
 GLUON_FORWARD = os.environ.get("HF_TRITON_ATTN_GLUON", "1") != "0"
 GLUON_MIN_QUERIES = 128
-# At head_dim 64 the Gluon forward gains from about a thousand queries without a causal mask, and with one only on
-# long rows (at 4096 causal queries it tied the Triton kernel, at 1024 it lost 8%).
+# At head_dim 64 the Gluon forward gains from about a thousand queries without a causal mask, and with one from
+# about two thousand since its output goes through a TMA store (session 26, against the Triton kernel: 1024 causal
+# queries 1.00, 2048 1.02, 4096 1.05-1.09; before that store it tied at 4096 and lost 8% at 1024).
 GLUON_D64_MIN_QUERIES = 1024
-GLUON_D64_MIN_CAUSAL_QUERIES = 8192
+GLUON_D64_MIN_CAUSAL_QUERIES = 2048
 # Causal Gluon forwards take their tiles in sections of heads whose K/V fit this much of the L2 cache (Hopper: 50 MiB).
 GLUON_L2_BYTES = 32 * 1024 * 1024
 
