@@ -660,8 +660,9 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding, head_dim):
     """The Gluon forward (Hopper, head_dims 64 and 128, no mask or a key-padding one; the output by pointer at
-    head_dim 64 without a causal mask, else through TMA) against the oracle: lengths off its tiles, GQA and MQA, Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal),
-    left padding (rows that see no key under a causal mask), holes; and it is the kernel that ran."""
+    head_dim 64 without a causal mask, else through TMA) against the oracle: lengths off its tiles, GQA and MQA,
+    Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal), left padding (rows that see
+    no key under a causal mask), holes; and it is the kernel that ran."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
     take_gluon_at_head_dim_64(monkeypatch)
