@@ -8,7 +8,7 @@ before it is timed. Run on the GPU the numbers are for:
         [--cases SUBSTRING ...] [--layout bhsd|bshd]
 
 ``fwd`` sweeps the Triton forward's tiles (with the Gluon forward switched off), ``gluon`` the Hopper Gluon
-forward's (configs.hopper_forward_config) at head_dims 64 and 128, the Triton forward ("None") among them.
+forward's (configs.hopper_forward_config) at head_dims 64, 128 and 256, the Triton forward ("None") among them.
 """
 import argparse
 import dataclasses
@@ -138,9 +138,14 @@ def tune_forward(cases: list, deadline: float) -> list[dict]:
     return records
 
 
-def gluon_candidates() -> list:
+def gluon_candidates(head_dim: int) -> list:
     """None (the Triton forward), then the Gluon forward's tiles; one that does not fit in shared memory fails and
-    is listed as such."""
+    is listed as such. Head_dim 256 sweeps narrower key blocks and one query slot per consumer instead of the
+    register counts."""
+    if head_dim == 256:
+        return [None] + [configs.HopperForwardConfig(64, block_n, stages, 240, 168, tma_store, q_slots)
+                         for block_n, stages, tma_store, q_slots in itertools.product((32, 64), (2, 3), (True, False),
+                                                                                      (1, 2))]
     return [None] + [configs.HopperForwardConfig(64, block_n, stages, regs, 168, tma_store)
                      for block_n, stages, regs, tma_store in itertools.product((64, 128), (2, 3), (232, 240),
                                                                                (True, False))]
@@ -150,7 +155,7 @@ def tune_gluon(cases: list, deadline: float) -> list[dict]:
     records = []
     default = configs.hopper_forward_config
     for batch, heads, kv_heads, seqlen, head_dim, causal in cases:
-        if head_dim not in (64, 128):
+        if head_dim not in (64, 128, 256):
             continue
         q, k, v = dense_inputs(batch, heads, kv_heads, seqlen, head_dim, False)
 
@@ -163,7 +168,7 @@ def tune_gluon(cases: list, deadline: float) -> list[dict]:
         install(None)
         reference = run()
         records.append(sweep(case_name("gluon fwd", batch, heads, kv_heads, seqlen, head_dim, causal),
-                             gluon_candidates(), install, run, reference, deadline)[0])
+                             gluon_candidates(head_dim), install, run, reference, deadline)[0])
         configs.hopper_forward_config = default
     return records
 

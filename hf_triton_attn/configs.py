@@ -108,6 +108,9 @@ GLUON_MIN_QUERIES = 128
 # queries 1.00, 2048 1.02, 4096 1.05-1.09; before that store it tied at 4096 and lost 8% at 1024).
 GLUON_D64_MIN_QUERIES = 1024
 GLUON_D64_MIN_CAUSAL_QUERIES = 2048
+# At head_dim 256, 64-key blocks (output by pointer) gain from about a thousand queries over 32-key ones (output through
+# TMA), which are faster on shorter rows (session 28).
+GLUON_D256_WIDE_MIN_QUERIES = 1024
 # Causal Gluon forwards take their tiles in sections of heads whose K/V fit this much of the L2 cache (Hopper: 50 MiB).
 GLUON_L2_BYTES = 32 * 1024 * 1024
 
@@ -117,21 +120,24 @@ class HopperForwardConfig:
     """The warp-specialised Gluon forward's launch: its two consumer warpgroups of ``block_mw`` query rows each share
     a ring of ``stages`` K/V tiles of ``block_n`` keys that one loader warp fills; ``consumer_regs`` registers per
     thread for the second consumer (the first gets what ``max_registers`` leaves after the others). ``tma_store``:
-    the output leaves through shared memory by TMA, overlapping the next tile, instead of by pointer."""
+    the output leaves through shared memory by TMA, overlapping the next tile, instead of by pointer. ``q_slots``:
+    query tiles per consumer in shared memory; with two the loader fetches the next tile's queries while the
+    consumers finish this one."""
     block_mw: int
     block_n: int
     stages: int
     consumer_regs: int
     max_registers: int
     tma_store: bool = True
+    q_slots: int = 2
 
 
 @functools.lru_cache(maxsize=64)
 def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: int,
                           causal: bool) -> Optional[HopperForwardConfig]:
     """The Gluon forward's configuration, or None where the Triton kernel (fwd.py) stays faster or the Gluon one
-    does not apply. Only on Hopper (sm_90), 16-bit; head_dim 128 from GLUON_MIN_QUERIES queries, head_dim 64 from
-    GLUON_D64_MIN_QUERIES, and under a causal mask from GLUON_D64_MIN_CAUSAL_QUERIES.
+    does not apply. Only on Hopper (sm_90), 16-bit; head_dims 128 and 256 from GLUON_MIN_QUERIES queries, head_dim
+    64 from GLUON_D64_MIN_QUERIES, and under a causal mask from GLUON_D64_MIN_CAUSAL_QUERIES.
 
     Measured on an H200 (benchmarks/RESULTS.md), bf16, TFLOP/s. Head_dim 128, session 19: the kernel against the
     Triton one in two alternating rounds, B4 H16 S4096 full 513/505 -> 582/526, causal 436/426 -> 507/482; session
@@ -144,7 +150,12 @@ def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqle
     rounds: head_dim 128 B16 H16 S1024 causal 339 -> 395, full 534 -> 567, B8 S2048 causal 428 -> 458, B4 S4096
     causal 499 -> 514, full 587 -> 605, B1 S16384 causal 584 -> 602, the padded Llama-like row 245 -> 274; head_dim 64
     causal B2 H32 S8192 411 -> 433, B1 S16384 425 -> 435, but full B4 S4096 454 -> 423 and B1 S16384 449 -> 423, so
-    head_dim 64 without a causal mask keeps the plain stores."""
+    head_dim 64 without a causal mask keeps the plain stores.
+
+    Head_dim 256, session 28, Triton kernel -> 32-key blocks, 3 stages, TMA store -> 64-key blocks, 2 stages, plain
+    stores, best of three alternating rounds: causal B32 H8/1 S256 72 -> 125 -> 85, B16 H16 S512 221 -> 277 -> 252,
+    full 355 -> 421 -> 435, B8 S1024 causal 305 -> 359 -> 365, full 424 -> 462 -> 529, B4 S2048 causal 379 -> 423
+    -> 474, B2 H8 S4096 causal 394 -> 473 -> 573 (cuDNN 519), B1 S16384 causal 507 -> 511 -> 651."""
     if capability != (9, 0) or itemsize != 2:
         return None
     if head_dim == 128 and seqlen_q >= GLUON_MIN_QUERIES:
@@ -152,6 +163,14 @@ def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqle
     if head_dim == 64 and seqlen_q >= (GLUON_D64_MIN_CAUSAL_QUERIES if causal else GLUON_D64_MIN_QUERIES):
         return HopperForwardConfig(block_mw=64, block_n=128, stages=3, consumer_regs=240, max_registers=168,
                                    tma_store=causal)
+    if head_dim == 256 and seqlen_q >= GLUON_D256_WIDE_MIN_QUERIES:
+        # A (64, 256) tile is 32 KiB: one query slot per consumer and two stages of 64-key K/V tiles make 192 KiB
+        # of shared memory, with no room for the output slots.
+        return HopperForwardConfig(block_mw=64, block_n=64, stages=2, consumer_regs=240, max_registers=168,
+                                   tma_store=False, q_slots=1)
+    if head_dim == 256 and seqlen_q >= GLUON_MIN_QUERIES:
+        return HopperForwardConfig(block_mw=64, block_n=32, stages=3, consumer_regs=240, max_registers=168,
+                                   tma_store=True, q_slots=1)
     return None
 
 

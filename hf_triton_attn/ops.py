@@ -7,14 +7,14 @@ body, for callers that need neither autograd nor tracing (the dispatcher's Pytho
 decoding step); :class:`EagerAttention` gives eager calls that need gradients the same autograd without the
 dispatcher. Inputs are validated in :mod:`hf_triton_attn.functional`; this layer trusts them.
 
-On Hopper, 16-bit forwards at head_dim 128 (and 64 on long rows) with no mask but causal and a key-padding one (no
-seqused_q or seqused_k, dropout or softcap) take the persistent warp-specialised Gluon kernel of _kernels/fwd_gluon.py
-(:func:`_hopper_forward_config` says when; ``HF_TRITON_ATTN_GLUON=0`` turns it off); it writes the output and
-log-sum-exp in the Triton forward's layout and units, so the backward is the same. Every other launch goes through
-:class:`hf_triton_attn.launch.KernelLauncher`. The forward reads Q/K/V tiles, and the backward's dQ kernel K/V tiles,
-through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` and :func:`configs.dq_uses_tma` pick
-them and the tensors' strides allow (16-byte aligned, unit stride last), through pointer arithmetic otherwise; the
-split-KV (decoding) kernel always through pointers.
+On Hopper, 16-bit forwards at head_dims 128 and 256 (and 64 on long rows) with no mask but causal and a key-padding
+one (no seqused_q or seqused_k, dropout or softcap) take the persistent warp-specialised Gluon kernel of
+_kernels/fwd_gluon.py (:func:`_hopper_forward_config` says when; ``HF_TRITON_ATTN_GLUON=0`` turns it off); it writes
+the output and log-sum-exp in the Triton forward's layout and units, so the backward is the same. Every other launch
+goes through :class:`hf_triton_attn.launch.KernelLauncher`. The forward reads Q/K/V tiles, and the backward's dQ kernel
+K/V tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` and
+:func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte aligned, unit stride last), through
+pointer arithmetic otherwise; the split-KV (decoding) kernel always through pointers.
 
 Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the output is allocated as
 (B, Sq, H, D), the layout Transformers reshapes to (B, Sq, H*D) without a copy; LSE is (B, H, Sq) float32 in
@@ -277,8 +277,8 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: 
             key_range, scale * LOG2E.value, out.stride(0), out.stride(1), out.stride(2),
             0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv, tiles, heads_per_section,
             HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
-            HAS_KEY_MASK=key_mask is not None, TMA_STORE=cfg.tma_store, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
-            maxnreg=cfg.max_registers,
+            HAS_KEY_MASK=key_mask is not None, TMA_STORE=cfg.tma_store, Q_SLOTS=cfg.q_slots,
+            CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
         )
     except CompilationError as error:
         # Gluon is Triton's experimental API and changes between releases (run on 3.6; compiled with 3.7 and 3.9).

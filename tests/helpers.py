@@ -14,17 +14,18 @@ def hopper_with_gluon() -> bool:
             and torch.cuda.get_device_capability() == (9, 0))
 
 
-def take_gluon_at_head_dim_64(monkeypatch) -> None:
-    """Lets the Gluon forward take head_dim-64 calls of any length with the configuration it uses on long rows with
-    or without a causal mask (output by pointer, or through TMA), so that test shapes far below
-    GLUON_D64_MIN_QUERIES reach the kernel."""
-    long_rows = {causal: configs.hopper_forward_config(64, 2, (9, 0), configs.GLUON_D64_MIN_CAUSAL_QUERIES, causal)
-                 for causal in (False, True)}
+# A query length at which every head dim the Gluon forward serves takes it, with its long-row configuration.
+LONG_ROWS = 16384
+
+
+def take_gluon_as_at(monkeypatch, seqlen_q: int) -> None:
+    """Every call takes the Gluon forward's configuration for ``seqlen_q`` queries (same head dim, dtype, device and
+    mask), whatever its own length, so that test shapes far from ``seqlen_q`` reach the configuration taken there:
+    head_dim 64 takes the Gluon forward on long rows only, and head_dim 256 changes its key blocks at
+    GLUON_D256_WIDE_MIN_QUERIES."""
     default = configs.hopper_forward_config
 
-    def config(head_dim, itemsize, capability, seqlen_q, causal):
-        if head_dim == 64:
-            return long_rows[causal]
+    def config(head_dim, itemsize, capability, _, causal):
         return default(head_dim, itemsize, capability, seqlen_q, causal)
     monkeypatch.setattr(configs, "hopper_forward_config", config)
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import DEVICE, DTYPES, ON_GPU
-from helpers import (SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors, hopper_with_gluon,
-                     inputs_with_unused_nan_keys, random_qkv, take_gluon_at_head_dim_64)
+from helpers import (LONG_ROWS, SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors,
+                     hopper_with_gluon, inputs_with_unused_nan_keys, random_qkv, take_gluon_as_at)
 from test_kernel import (PADDING_CASES, STRUCTURED_KINDS, additive_mask, kept_ranges_mask, padding_mask,
                          structured_mask)
 
@@ -499,13 +499,13 @@ def test_backward_padded_large_gpu():
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", [(2, 4, 2, 300, 300), (1, 4, 4, 200, 456)])
 @pytest.mark.parametrize("padding", [None, "left", "holes"])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_backward_after_hopper_forward_gpu(monkeypatch, causal, shape, padding, head_dim):
-    """The backward kernels take the Gluon forward's output and log-sum-exp (Hopper, head_dims 64 and 128), and the
-    key range it computed for a key-padding mask."""
+    """The backward kernels take the Gluon forward's output and log-sum-exp (Hopper, head_dims 64, 128 and 256), and
+    the key range it computed for a key-padding mask."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
-    take_gluon_at_head_dim_64(monkeypatch)
+    take_gluon_as_at(monkeypatch, LONG_ROWS)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
     mask = None if padding is None else padding_mask(padding, shape[0], shape[4])
     check_backward(*random_qkv(*shape, head_dim, torch.bfloat16, DEVICE), causal=causal, attention_mask=mask)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from triton.compiler.errors import CompilationError
 from conftest import DEVICE, DTYPES, ON_GPU
-from helpers import (SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors, hopper_with_gluon,
-                     inputs_with_unused_nan_keys, max_err, random_qkv, reference_pair, take_gluon_at_head_dim_64)
+from helpers import (LONG_ROWS, SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors,
+                     hopper_with_gluon, inputs_with_unused_nan_keys, max_err, random_qkv, reference_pair,
+                     take_gluon_as_at)
 
 from hf_triton_attn import attention, attention_bshd, configs, kept_key_ranges, ops
 
@@ -606,18 +607,20 @@ def test_padded_large_gpu():
 
 
 def test_hopper_forward_config_applies_only_where_measured():
-    """The Gluon forward is Hopper-only and 16-bit: head_dim 128 from GLUON_MIN_QUERIES queries, head_dim 64 from
-    GLUON_D64_MIN_QUERIES (GLUON_D64_MIN_CAUSAL_QUERIES under a causal mask); anything else keeps the Triton kernel,
-    and so does every call in the interpreter or on the CPU."""
+    """The Gluon forward is Hopper-only and 16-bit: head_dims 128 and 256 from GLUON_MIN_QUERIES queries, head_dim 64
+    from GLUON_D64_MIN_QUERIES (GLUON_D64_MIN_CAUSAL_QUERIES under a causal mask); anything else keeps the Triton
+    kernel, and so does every call in the interpreter or on the CPU. Its tiles and output path where measured."""
     hopper = (9, 0)
     for causal in (False, True):
         assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, causal) is not None
+        assert configs.hopper_forward_config(256, 2, hopper, configs.GLUON_MIN_QUERIES, causal) is not None
     assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_QUERIES, False) is not None
     assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_CAUSAL_QUERIES, True) is not None
     for head_dim, itemsize, capability, seqlen_q, causal in [
-            (256, 2, hopper, 4096, False), (32, 2, hopper, 4096, False), (128, 4, hopper, 4096, False),
+            (32, 2, hopper, 4096, False), (128, 4, hopper, 4096, False), (256, 4, hopper, 4096, True),
             (64, 4, hopper, 16384, False), (128, 2, (8, 0), 4096, False), (128, 2, (10, 0), 4096, True),
             (64, 2, (10, 0), 16384, False), (128, 2, hopper, configs.GLUON_MIN_QUERIES - 1, False),
+            (256, 2, hopper, configs.GLUON_MIN_QUERIES - 1, True),
             (64, 2, hopper, configs.GLUON_D64_MIN_QUERIES - 1, False),
             (64, 2, hopper, configs.GLUON_D64_MIN_CAUSAL_QUERIES - 1, True)]:
         assert configs.hopper_forward_config(head_dim, itemsize, capability, seqlen_q, causal) is None
@@ -627,6 +630,12 @@ def test_hopper_forward_config_applies_only_where_measured():
     assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, True).tma_store
     assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_CAUSAL_QUERIES, True).tma_store
     assert not configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_QUERIES, False).tma_store
+    # Head_dim 256: 32-key blocks with the output through TMA on short rows, 64-key blocks (no room left for the
+    # output slots) from GLUON_D256_WIDE_MIN_QUERIES (session 28).
+    for causal in (False, True):
+        short = configs.hopper_forward_config(256, 2, hopper, configs.GLUON_D256_WIDE_MIN_QUERIES - 1, causal)
+        wide = configs.hopper_forward_config(256, 2, hopper, configs.GLUON_D256_WIDE_MIN_QUERIES, causal)
+        assert (short.block_n, short.tma_store, wide.block_n, wide.tma_store) == (32, True, 64, False)
     if not ON_GPU:
         q, k, v = random_qkv(1, 2, 2, 200, 200, 128, torch.float16, DEVICE)
         assert ops._hopper_forward_config(q, k, v, None, True, 128 ** -0.5) is None
@@ -657,15 +666,17 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
 @pytest.mark.parametrize("shape", [(2, 4, 4, 333, 333), (1, 8, 2, 500, 500), (1, 4, 4, 200, 456), (1, 4, 1, 1000, 1000),
                                    (1, 2, 2, 129, 257), (2, 2, 2, 128, 128)])
 @pytest.mark.parametrize("padding", [None, "right", "left", "one_hole", "holes"])
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding, head_dim):
-    """The Gluon forward (Hopper, head_dims 64 and 128, no mask or a key-padding one; the output by pointer at
-    head_dim 64 without a causal mask, else through TMA) against the oracle: lengths off its tiles, GQA and MQA,
-    Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal), left padding (rows that see
-    no key under a causal mask), holes; and it is the kernel that ran."""
+@pytest.mark.parametrize("head_dim, configured_for", [(64, LONG_ROWS), (128, LONG_ROWS), (256, LONG_ROWS),
+                                                      (256, configs.GLUON_MIN_QUERIES)])
+def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding, head_dim, configured_for):
+    """The Gluon forward (Hopper, head_dims 64, 128 and 256, in the configuration taken at ``configured_for``
+    queries: at head_dim 256 64-key blocks on long rows, 32-key blocks on short ones; no mask or a key-padding one;
+    the output by pointer or through TMA) against the oracle: lengths off its tiles, GQA and MQA, Transformers'
+    (B, S, H, D) layout, fewer queries than keys (bottom-right causal), left padding (rows that see no key under a
+    causal mask), holes; and it is the kernel that ran."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
-    take_gluon_at_head_dim_64(monkeypatch)
+    take_gluon_as_at(monkeypatch, configured_for)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
     batch, heads, kv_heads, seqlen_q, seqlen_k = shape
     if layout == "bhsd":
@@ -681,14 +692,16 @@ def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding, 
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("padding", [None, "left", "holes", "empty_row"])
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_hopper_forward_persistent_schedule_gpu(monkeypatch, causal, padding, head_dim):
+@pytest.mark.parametrize("head_dim, configured_for", [(64, LONG_ROWS), (128, LONG_ROWS), (256, LONG_ROWS),
+                                                      (256, configs.GLUON_MIN_QUERIES)])
+def test_hopper_forward_persistent_schedule_gpu(monkeypatch, causal, padding, head_dim, configured_for):
     """More tiles than SMs, so each persistent program runs several (its K/V ring and query slots carried from one
-    tile to the next), in causal sections of 4 heads that do not divide the 15 (batch, head) pairs, and one batch
-    row with no kept key at all (tiles without key blocks between others) among the masks."""
+    tile to the next, one query slot per consumer at head_dim 256), in causal sections of 4 heads that do not divide
+    the 15 (batch, head) pairs, and one batch row with no kept key at all (tiles without key blocks between others)
+    among the masks."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
-    take_gluon_at_head_dim_64(monkeypatch)
+    take_gluon_as_at(monkeypatch, configured_for)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
     batch, heads, seqlen = 3, 5, 2500
     q, k, v = random_qkv(batch, heads, 1, seqlen, seqlen, head_dim, torch.bfloat16, DEVICE)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 from conftest import DEVICE, ON_GPU
-from helpers import SKIP_WITHOUT_GLUON, count_calls, hopper_with_gluon, take_gluon_at_head_dim_64
+from helpers import LONG_ROWS, SKIP_WITHOUT_GLUON, count_calls, hopper_with_gluon, take_gluon_as_at
 from tiny_models import COMMON, DECODER_CONFIGS, bert_config, left_padded_batch, load, right_padded_batch, saved_model
 from transformers import AutoModelForCausalLM, BertModel
 
@@ -296,15 +296,15 @@ def test_cpu_tensors_without_interpreter_get_a_clear_error():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("padding", [None, "left", "right"])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_bf16_decoder_through_the_hopper_forward_matches_eager(tmp_path_factory, monkeypatch, padding, head_dim):
-    """A bf16 Llama with head_dim 128 or 64 and prompts of 200 tokens, unpadded or padded (the layers get the
-    key-padding mask), where the Gluon forward serves every layer on Hopper (at head_dim 64 patched to take rows
-    this short): its logits at the valid positions are as close to float32 eager's as bf16 eager's are (within
-    2x)."""
+    """A bf16 Llama with head_dim 64, 128 or 256 and prompts of 200 tokens, unpadded or padded (the layers get the
+    key-padding mask), where the Gluon forward serves every layer on Hopper (patched to take its long-row
+    configuration at rows this short): its logits at the valid positions are as close to float32 eager's as bf16
+    eager's are (within 2x)."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
-    take_gluon_at_head_dim_64(monkeypatch)
+    take_gluon_as_at(monkeypatch, LONG_ROWS)
     config = transformers.LlamaConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=2,
                                       num_attention_heads=256 // head_dim, num_key_value_heads=1, head_dim=head_dim,
                                       **COMMON)

@@ -12,7 +12,7 @@ overlaps the next tile's work too.
 
 Scope: causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask with its kept key ranges (the
 blocks before the first and after the last kept key skipped; holes masked element by element), no other mask, no
-dropout, no softcap, 16-bit inputs, head_dim 64 or 128, tensors (B, H, S, D) with a unit last stride and 16-byte
+dropout, no softcap, 16-bit inputs, head_dim 64, 128 or 256, tensors (B, H, S, D) with a unit last stride and 16-byte
 aligned other strides (TMA), any lengths. Rows that see no key give zeros and a log-sum-exp of 0, as the Triton
 forward. The op layer decides when to take it (ops.py). Tested on triton 3.6 (H200); it also compiles for sm_90
 with triton 3.7 and 3.9 (3.9's Gluon renamed the TMA copies, see ``_tma_load`` and ``_tma_store``).
@@ -117,7 +117,8 @@ def _tile(t, sizes, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_
 @gluon.jit
 def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
             HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-            IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, WG: gl.constexpr):
+            IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
+            WG: gl.constexpr):
     """One warp (the partitions share one signature, hence the arguments it does not use): for each of the
     program's tiles, the consumers' query tiles into the Q slot they released, then the K and V tiles of its key
     blocks into the ring slots the consumers released; ring positions count on across tiles, so the next tile's
@@ -129,8 +130,8 @@ def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
         pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
             t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
-        q_slot = tiles_done % 2
-        q_free = ((tiles_done // 2) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
+        q_slot = tiles_done % Q_SLOTS
+        q_free = ((tiles_done // Q_SLOTS) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
         for w in gl.static_range(CONSUMERS):
             mbarrier.wait(q_empty.index(q_slot * CONSUMERS + w), q_free)
             mbarrier.expect(q_ready.index(q_slot * CONSUMERS + w), desc_q.block_type.nbytes)
@@ -198,7 +199,7 @@ def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, 
 @gluon.jit
 def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
               HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr,
+              IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
               WG: gl.constexpr):
     """One warpgroup: for each of the program's tiles, query rows [start_m + WG * BLOCK_MW, + BLOCK_MW) against
     the key blocks the loader streams. The first may be partly masked (the start of the kept keys); then come the
@@ -236,8 +237,8 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffe
         acc = gl.zeros([BLOCK_MW, HEAD_DIM], gl.float32, layout=o_layout)
         m_i = gl.full([BLOCK_MW], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([BLOCK_MW], gl.float32, layout=row_s)
-        q_index = (tiles_done % 2) * CONSUMERS + WG
-        mbarrier.wait(q_ready.index(q_index), (tiles_done // 2) & 1)
+        q_index = (tiles_done % Q_SLOTS) * CONSUMERS + WG
+        mbarrier.wait(q_ready.index(q_index), (tiles_done // Q_SLOTS) & 1)
         if n_blocks > 0:
             q = q_smem.index(q_index)
             slot = consumed % STAGES
@@ -294,7 +295,7 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffe
 def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, qk_scale, stride_ob, stride_om,
                  stride_oh, stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
                  HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                 IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr,
+                 IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
                  CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
     """Persistent: grid (programs,), each taking tiles pid, pid + programs, ... of the n_tiles =
     cdiv(Sq, CONSUMERS * BLOCK_MW) * B * H (see _tile for their order). q/k/v through 4D descriptors over
@@ -306,23 +307,23 @@ def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, qk
     tile_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_MW, HEAD_DIM], dtype)
 
-    # Two Q slots per consumer: the loader fetches the next tile's queries while the consumers finish this one. One
-    # output slot per consumer (used where TMA_STORE); at head_dim 128 all of it is 224 KiB of the 227 a program
+    # With two Q slots per consumer the loader fetches the next tile's queries while the consumers finish this one.
+    # One output slot per consumer (used where TMA_STORE); at head_dim 128 all of it is 224 KiB of the 227 a program
     # may have.
-    q_smem = gl.allocate_shared_memory(dtype, [2 * CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
+    q_smem = gl.allocate_shared_memory(dtype, [Q_SLOTS * CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
     if TMA_STORE:
         o_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
     else:
         o_smem = q_smem  # never written: the consumers store by pointer
-    q_ready = gl.allocate_shared_memory(gl.int64, [2 * CONSUMERS, 1], mbarrier.MBarrierLayout())
-    q_empty = gl.allocate_shared_memory(gl.int64, [2 * CONSUMERS, 1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [Q_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [Q_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2 * CONSUMERS):
+    for i in gl.static_range(Q_SLOTS * CONSUMERS):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=1)
     for i in gl.static_range(STAGES):
@@ -336,9 +337,9 @@ def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, qk
     strides = (stride_ob, stride_om, stride_oh, stride_kmb)
     gl.warp_specialize([
         (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, 0)),
+                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS, 0)),
         (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, 1)),
+                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS, 1)),
         (_loader, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-                   HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, 0))],
+                   HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS, 0))],
         [4, 1], [CONSUMER_REGS, 24])
