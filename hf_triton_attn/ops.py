@@ -257,11 +257,30 @@ def _gluon_descriptor(t: torch.Tensor, rows: int):
                                  _gluon_layout(rows, t.shape[3], t.dtype))
 
 
+# Per (device, CUDA stream): the int32 the Gluon forward's programs take tiles from (see _tile_counter).
+_TILE_COUNTERS: dict = {}
+
+
+def _tile_counter(device: torch.device) -> torch.Tensor:
+    """A zeroed int32 for the Gluon forward's tile counter, which each launch leaves zeroed again. Launches on one
+    stream run one after another, so an eager launch reuses its stream's counter (no zero fill per call). A launch
+    captured into a CUDA graph gets its own, zeroed inside the graph, so that a replay on any stream shares a counter
+    with no other work."""
+    if _capturing(device):
+        return torch.zeros(1, dtype=torch.int32, device=device)
+    key = (device, torch.cuda.current_stream(device).cuda_stream)
+    counter = _TILE_COUNTERS.get(key)
+    if counter is None:
+        counter = _TILE_COUNTERS[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return counter
+
+
 def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: configs.HopperForwardConfig) -> None:
     """Writes out and lse with the warp-specialised Gluon forward (see _kernels/fwd_gluon.py); ``key_mask`` is the
     kernels' uint8 view with its :func:`kept_key_ranges` ``key_range``, or both None. One persistent program per SM
-    (at most one tile each when there are fewer tiles); under a causal mask the tiles go in sections of heads whose
-    K/V fit ``configs.GLUON_L2_BYTES`` together. Launched through a :class:`KernelLauncher` like the other kernels."""
+    (at most one tile each when there are fewer tiles), each taking the next tile from a counter as it finishes one;
+    under a causal mask the tiles go in sections of heads whose K/V fit ``configs.GLUON_L2_BYTES`` together. Launched
+    through a :class:`KernelLauncher` like the other kernels."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     tiles = configs.cdiv(sq, GLUON_CONSUMERS * cfg.block_mw) * batch * heads
@@ -274,7 +293,7 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: 
             (min(tiles, _sm_count(q.device)),),
             _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
             _gluon_descriptor(out.transpose(1, 2), cfg.block_mw) if cfg.tma_store else None, out, lse, key_mask,
-            key_range, scale * LOG2E.value, out.stride(0), out.stride(1), out.stride(2),
+            key_range, _tile_counter(q.device), scale * LOG2E.value, out.stride(0), out.stride(1), out.stride(2),
             0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv, tiles, heads_per_section,
             HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
             HAS_KEY_MASK=key_mask is not None, TMA_STORE=cfg.tma_store, Q_SLOTS=cfg.q_slots,

@@ -651,6 +651,7 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
         raise CompilationError(None, None, "a Gluon builtin this Triton does not have")
     monkeypatch.setattr(ops, "_launch_fwd_gluon", launch)
     monkeypatch.setattr(ops, "_gluon_descriptor", lambda t, rows: None)
+    monkeypatch.setattr(ops, "_tile_counter", lambda device: None)
     q, k, v = random_qkv(2, 4, 2, 200, 200, 128, torch.float16, DEVICE)
     out, lse = torch.empty(2, 200, 4, 128, dtype=torch.float16), torch.empty(2, 4, 200)
     cfg = configs.hopper_forward_config(128, 2, (9, 0), 200, True)
@@ -715,6 +716,42 @@ def test_hopper_forward_persistent_schedule_gpu(monkeypatch, causal, padding, he
         mask = None if padding is None else padding_mask(padding, batch, seqlen)
     check_forward(q, k, v, causal=causal, attention_mask=mask)
     assert len(calls) == 1
+
+
+@pytest.mark.gpu
+def test_hopper_forward_tile_counter_gpu(monkeypatch):
+    """The persistent programs take tiles from a counter that each launch leaves at zero for the next: eager calls
+    one after another reuse their stream's counter (the default stream's, a side stream's), a call captured into a
+    CUDA graph has its own, and replays interleaved with eager calls all match the oracle."""
+    if not hopper_with_gluon():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    calls = count_calls(monkeypatch, ops, "_forward_hopper")
+    q, k, v = random_qkv(3, 8, 2, 1500, 1500, 128, torch.bfloat16, DEVICE)
+    assert configs.cdiv(1500, 128) * 3 * 8 > 2 * ops._sm_count(q.device)
+    ref64, same = reference_pair(q, k, v, causal=True)
+    for _ in range(3):
+        assert_close_to_reference(attention(q, k, v, causal=True), ref64, same)
+    counter = ops._tile_counter(q.device)
+    assert counter.item() == 0
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        outs = [attention(q, k, v, causal=True) for _ in range(2)]
+        assert ops._tile_counter(q.device) is not counter
+    side.synchronize()
+    for out in outs:
+        assert_close_to_reference(out, ref64, same)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = attention(q, k, v, causal=True)
+    for _ in range(3):
+        graph.replay()
+        eager = attention(q, k, v, causal=True)
+        torch.cuda.synchronize()
+        assert_close_to_reference(captured, ref64, same)
+        assert_close_to_reference(eager, ref64, same)
+    assert counter.item() == 0
+    assert len(calls) == 9
 
 
 @pytest.mark.gpu

@@ -5,8 +5,9 @@ lets a kernel say what Triton's compiler does not: one loader warp streams K/V t
 stages with TMA and mbarriers, and each consumer warpgroup overlaps its softmax of key block j with the tensor
 cores' P_{j-1} @ V_{j-1} (FA3's intra-warpgroup overlap; P stays in registers as the wgmma A operand).
 
-Programs are persistent, one per SM: each walks (query block, head) tiles (``_tile`` gives their order), its K/V
-ring and its consumers' two query slots carried from one tile to the next, so a tile's last blocks overlap the
+Programs are persistent, one per SM: each takes (query block, head) tiles from a shared counter as it finishes
+the last (``_tile`` gives their order: under a causal mask the longest first, so that the programs end together),
+its K/V ring and its consumers' query slots carried from one tile to the next, so a tile's last blocks overlap the
 next tile's first loads. Where ``TMA_STORE``, a tile's output leaves through shared memory by TMA and its store
 overlaps the next tile's work too.
 
@@ -53,45 +54,28 @@ def _masked(s, row_first, col_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
 
 
 @gluon.jit
-def _paired_tile(t, n_m, BH, HEADS_PER_SECTION):
-    """(query block, batch*head) of causal tile ``t``: query blocks m and n_m - 1 - m of one head form a pair with
-    n_m + 1 key blocks between them, whatever m, and a program takes both halves of its pairs, the long one in
-    one round of the programs and the short one in the next, so every program gets about as many key blocks as
-    any other (a static order of tiles by length left one program up to 30% more than the mean at S16384). Pairs go
-    section by section (HEADS_PER_SECTION heads, their K/V sharing L2), heads side by side; the left-over pairs
-    after the last full double round take one half each on as many programs; with odd n_m the middle blocks, one
-    per head, come last. Guards keep the divisors positive where a branch is not taken."""
-    programs = gl.num_programs(0)
-    half_m = n_m // 2
-    n_pairs = BH * half_m
-    full = n_pairs // programs
-    rem = gl.maximum(n_pairs - full * programs, 1)
-    in_rounds = t < 2 * full * programs
-    round_ = t // programs
-    tail = t - 2 * full * programs
-    unit = gl.where(in_rounds, (round_ // 2) * programs + t % programs, full * programs + tail % rem)
-    short = gl.where(in_rounds, round_ % 2, tail // rem)
-    section_units = gl.maximum(HEADS_PER_SECTION * half_m, 1)
-    section = unit // section_units
-    rest = unit - section * section_units
-    section_heads = gl.maximum(gl.minimum(HEADS_PER_SECTION, BH - section * HEADS_PER_SECTION), 1)
-    pair = rest // section_heads
-    middle = t >= 2 * n_pairs
-    m_block = gl.where(middle, half_m, gl.where(short == 1, pair, n_m - 1 - pair))
-    pid_bh = gl.where(middle, t - 2 * n_pairs, section * HEADS_PER_SECTION + rest % section_heads)
-    return m_block, pid_bh
+def _causal_tile(t, n_m, BH, HEADS_PER_SECTION):
+    """(query block, batch*head) of causal tile ``t``: sections of HEADS_PER_SECTION heads (their K/V sharing L2)
+    one after another, and within one the query blocks from the last (the most key blocks) to the first, the
+    section's heads side by side. Programs take the next tile in this order whenever they finish one, so the
+    longest tiles start first and the shortest fill in at the end."""
+    section_tiles = HEADS_PER_SECTION * n_m
+    section = t // section_tiles
+    rest = t - section * section_tiles
+    section_heads = gl.minimum(HEADS_PER_SECTION, BH - section * HEADS_PER_SECTION)
+    return n_m - 1 - rest // section_heads, section * HEADS_PER_SECTION + rest % section_heads
 
 
 @gluon.jit
 def _tile(t, sizes, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr,
           HAS_KEY_MASK: gl.constexpr):
     """Work tile ``t`` of the persistent schedule: its (batch, head, kv head, batch*head, first query row) and its
-    key blocks (first_block, n_blocks, kept range lo, hi, one run). Causal tiles go in pairs of equal work
-    (_paired_tile); the others head by head, each head's query blocks (last first) side by side, so the programs
-    running at once share its K/V in L2."""
+    key blocks (first_block, n_blocks, kept range lo, hi, one run). Causal tiles go longest first within sections
+    of heads (_causal_tile); the others head by head, each head's query blocks (last first) side by side, so the
+    programs running at once share its K/V in L2."""
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     if IS_CAUSAL:
-        m_block, pid_bh = _paired_tile(t, n_m, n_tiles // n_m, HEADS_PER_SECTION)
+        m_block, pid_bh = _causal_tile(t, n_m, n_tiles // n_m, HEADS_PER_SECTION)
     else:
         pid_bh = t // n_m
         m_block = n_m - 1 - (t - pid_bh * n_m)
@@ -115,25 +99,35 @@ def _tile(t, sizes, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_
 
 
 @gluon.jit
-def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-            HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, buffers, sizes, strides,
+            qk_scale, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
             IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
             WG: gl.constexpr):
-    """One warp (the partitions share one signature, hence the arguments it does not use): for each of the
-    program's tiles, the consumers' query tiles into the Q slot they released, then the K and V tiles of its key
-    blocks into the ring slots the consumers released; ring positions count on across tiles, so the next tile's
-    loads start while the consumers finish this one."""
-    q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
+    """One warp (the partitions share one signature, hence the arguments it does not use): for each tile the
+    program takes, its index into the Q slot's tile slot and the consumers' query tiles into the Q slot they
+    released, then the K and V tiles of its key blocks into the ring slots the consumers released; ring positions
+    count on across tiles, so the next tile's loads start while the consumers finish this one.
+
+    The first tile is the program's id, the next ones come from the tile counter (one fetch per tile, after its
+    loads are issued) until it runs past n_tiles; an index past n_tiles in the tile slot then tells the consumers
+    to stop. Each program fetches once more than it has tiles after its first, so the fetches number n_tiles in
+    all, and the last one (which reads n_tiles - 1) sets the counter back to zero for the next launch."""
+    q_smem, k_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
+    programs = gl.num_programs(0)
+    id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     loaded = 0
     tiles_done = 0
-    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+    t = gl.program_id(0)
+    while t < n_tiles:
         pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
             t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
         q_slot = tiles_done % Q_SLOTS
         q_free = ((tiles_done // Q_SLOTS) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
         for w in gl.static_range(CONSUMERS):
             mbarrier.wait(q_empty.index(q_slot * CONSUMERS + w), q_free)
+        tile_ids.index(q_slot).store(gl.full([1], t, gl.int32, layout=id_layout))
+        for w in gl.static_range(CONSUMERS):
             mbarrier.expect(q_ready.index(q_slot * CONSUMERS + w), desc_q.block_type.nbytes)
             _tma_load(desc_q, [pid_b, pid_h, start_m + w * BLOCK_MW, 0], q_ready.index(q_slot * CONSUMERS + w),
                       _tma_view(q_smem, q_slot * CONSUMERS + w, BLOCK_MW, HEAD_DIM))
@@ -150,7 +144,17 @@ def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers
             _tma_load(desc_v, [pid_b, pid_hk, start_n, 0], v_ready.index(slot),
                       _tma_view(v_smem, slot, BLOCK_N, HEAD_DIM))
             loaded += 1
+        t = gl.atomic_add(TileCounter, 1, sem="relaxed") + programs  # an index, no data to order: no fences
         tiles_done += 1
+    q_slot = tiles_done % Q_SLOTS
+    q_free = ((tiles_done // Q_SLOTS) & 1) ^ 1
+    for w in gl.static_range(CONSUMERS):
+        mbarrier.wait(q_empty.index(q_slot * CONSUMERS + w), q_free)
+    tile_ids.index(q_slot).store(gl.full([1], t, gl.int32, layout=id_layout))
+    for w in gl.static_range(CONSUMERS):
+        mbarrier.arrive(q_ready.index(q_slot * CONSUMERS + w), count=1)
+    if t == n_tiles - 1 + programs:
+        gl.atomic_xchg(TileCounter, 0, sem="relaxed")
 
 
 @gluon.jit
@@ -197,15 +201,15 @@ def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, 
 
 
 @gluon.jit
-def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-              HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, buffers, sizes, strides,
+              qk_scale, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
               IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
               WG: gl.constexpr):
     """One warpgroup: for each of the program's tiles, query rows [start_m + WG * BLOCK_MW, + BLOCK_MW) against
     the key blocks the loader streams. The first may be partly masked (the start of the kept keys); then come the
     blocks that need no mask (wholly inside one run of kept keys and left of the row block's causal diagonal), then
     the masked rest (the diagonal, the ragged end, the end of the kept keys, holes)."""
-    q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
+    q_smem, k_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     stride_ob, stride_om, stride_oh, stride_kmb = strides
     dtype: gl.constexpr = desc_q.dtype
@@ -219,9 +223,13 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffe
     zeros_s = gl.zeros([BLOCK_MW, BLOCK_N], gl.float32, layout=s_layout)
     q_start = Skv - Sq
 
+    id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
     consumed = 0
     tiles_done = 0
-    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+    q_index = WG
+    mbarrier.wait(q_ready.index(q_index), 0)
+    t = gl.max(tile_ids.index(0).load(id_layout), axis=0)
+    while t < n_tiles:
         pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
             t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
         row_first = start_m + WG * BLOCK_MW
@@ -237,8 +245,6 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffe
         acc = gl.zeros([BLOCK_MW, HEAD_DIM], gl.float32, layout=o_layout)
         m_i = gl.full([BLOCK_MW], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([BLOCK_MW], gl.float32, layout=row_s)
-        q_index = (tiles_done % Q_SLOTS) * CONSUMERS + WG
-        mbarrier.wait(q_ready.index(q_index), (tiles_done // Q_SLOTS) & 1)
         if n_blocks > 0:
             q = q_smem.index(q_index)
             slot = consumed % STAGES
@@ -287,18 +293,22 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffe
         lse = gl.where(has_keys, m_i + gl.log2(gl.where(has_keys, l_i, 1.0)), 0.0)
         gl.store(LSE + pid_bh.to(gl.int64) * Sq + lse_rows, lse, mask=lse_rows < Sq)
         tiles_done += 1
+        q_index = (tiles_done % Q_SLOTS) * CONSUMERS + WG
+        mbarrier.wait(q_ready.index(q_index), (tiles_done // Q_SLOTS) & 1)
+        t = gl.max(tile_ids.index(tiles_done % Q_SLOTS).load(id_layout), axis=0)
     if TMA_STORE:
         tma.store_wait(0)
 
 
 @gluon.jit
-def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, qk_scale, stride_ob, stride_om,
-                 stride_oh, stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
+def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, qk_scale, stride_ob,
+                 stride_om, stride_oh, stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
                  HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                  IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
                  CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
-    """Persistent: grid (programs,), each taking tiles pid, pid + programs, ... of the n_tiles =
-    cdiv(Sq, CONSUMERS * BLOCK_MW) * B * H (see _tile for their order). q/k/v through 4D descriptors over
+    """Persistent: grid (programs,), each taking tile pid, then the next of the n_tiles =
+    cdiv(Sq, CONSUMERS * BLOCK_MW) * B * H from TileCounter (a zeroed int32, left zeroed; see _loader) whenever it
+    finishes one (see _tile for their order). q/k/v through 4D descriptors over
     (B, H|Hkv, S, D) with boxes (1, 1, rows, HEAD_DIM); Out is (B, Sq, H, D) with unit last stride, written through
     desc_o (the same memory as (B, H, Sq, D), boxes of BLOCK_MW rows) where TMA_STORE, else by pointer; LSE (B, H, Sq)
     float32, log2 units; qk_scale is the softmax scale times log2(e). HAS_KEY_MASK: KeyMask (B, Skv) uint8
@@ -317,6 +327,7 @@ def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, qk
         o_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
     else:
         o_smem = q_smem  # never written: the consumers store by pointer
+    tile_ids = gl.allocate_shared_memory(gl.int32, [Q_SLOTS, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     q_ready = gl.allocate_shared_memory(gl.int64, [Q_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [Q_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -332,14 +343,14 @@ def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, qk
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
-    buffers = (q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
+    buffers = (q_smem, k_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
     sizes = (Sq, Skv, H, GROUP, gl.cdiv(Sq, CONSUMERS * BLOCK_MW), n_tiles, HEADS_PER_SECTION)
     strides = (stride_ob, stride_om, stride_oh, stride_kmb)
     gl.warp_specialize([
-        (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS, 0)),
-        (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-                     HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS, 1)),
-        (_loader, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, buffers, sizes, strides, qk_scale,
-                   HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS, 0))],
+        (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, buffers, sizes, strides,
+                     qk_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS, 0)),
+        (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, buffers, sizes, strides,
+                     qk_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS, 1)),
+        (_loader, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, buffers, sizes, strides,
+                   qk_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS, 0))],
         [4, 1], [CONSUMER_REGS, 24])
