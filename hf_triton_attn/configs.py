@@ -103,11 +103,10 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
 # variable is set to 0 (for A/B measurements, or should a Triton release break Gluon's experimental API).
 GLUON_FORWARD = os.environ.get("HF_TRITON_ATTN_GLUON", "1") != "0"
 GLUON_MIN_QUERIES = 128
-# At head_dim 64 the Gluon forward gains from about a thousand queries without a causal mask, and with one from
-# about two thousand since its output goes through a TMA store (session 26, against the Triton kernel: 1024 causal
-# queries 1.00, 2048 1.02, 4096 1.05-1.09; before that store it tied at 4096 and lost 8% at 1024).
+# At head_dim 64 the Gluon forward gains from about a thousand queries, with or without a causal mask. Causal, against
+# the Triton kernel: 1024 queries 1.00, 2048 1.02, 4096 1.05-1.09 once its output went through a TMA store (session
+# 26); with its tiles from a counter, 512 queries 1.00, 1024 1.02-1.03, 1536 1.03, 2048 1.04 (session 28).
 GLUON_D64_MIN_QUERIES = 1024
-GLUON_D64_MIN_CAUSAL_QUERIES = 2048
 # At head_dim 256, 64-key blocks (output by pointer) gain from about a thousand queries over 32-key ones (output through
 # TMA), which are faster on shorter rows (session 28).
 GLUON_D256_WIDE_MIN_QUERIES = 1024
@@ -137,7 +136,7 @@ def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqle
                           causal: bool) -> Optional[HopperForwardConfig]:
     """The Gluon forward's configuration, or None where the Triton kernel (fwd.py) stays faster or the Gluon one
     does not apply. Only on Hopper (sm_90), 16-bit; head_dims 128 and 256 from GLUON_MIN_QUERIES queries, head_dim
-    64 from GLUON_D64_MIN_QUERIES, and under a causal mask from GLUON_D64_MIN_CAUSAL_QUERIES.
+    64 from GLUON_D64_MIN_QUERIES.
 
     Measured on an H200 (benchmarks/RESULTS.md), bf16, TFLOP/s. Head_dim 128, session 19: the kernel against the
     Triton one in two alternating rounds, B4 H16 S4096 full 513/505 -> 582/526, causal 436/426 -> 507/482; session
@@ -160,7 +159,7 @@ def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqle
         return None
     if head_dim == 128 and seqlen_q >= GLUON_MIN_QUERIES:
         return HopperForwardConfig(block_mw=64, block_n=128, stages=2, consumer_regs=240, max_registers=168)
-    if head_dim == 64 and seqlen_q >= (GLUON_D64_MIN_CAUSAL_QUERIES if causal else GLUON_D64_MIN_QUERIES):
+    if head_dim == 64 and seqlen_q >= GLUON_D64_MIN_QUERIES:
         return HopperForwardConfig(block_mw=64, block_n=128, stages=3, consumer_regs=240, max_registers=168,
                                    tma_store=causal)
     if head_dim == 256 and seqlen_q >= GLUON_D256_WIDE_MIN_QUERIES:

@@ -608,27 +608,27 @@ def test_padded_large_gpu():
 
 def test_hopper_forward_config_applies_only_where_measured():
     """The Gluon forward is Hopper-only and 16-bit: head_dims 128 and 256 from GLUON_MIN_QUERIES queries, head_dim 64
-    from GLUON_D64_MIN_QUERIES (GLUON_D64_MIN_CAUSAL_QUERIES under a causal mask); anything else keeps the Triton
-    kernel, and so does every call in the interpreter or on the CPU. Its tiles and output path where measured."""
+    from GLUON_D64_MIN_QUERIES; anything else keeps the Triton kernel, and so does every call in the interpreter or on
+    the CPU. Its tiles and output path where measured."""
     hopper = (9, 0)
     for causal in (False, True):
         assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, causal) is not None
         assert configs.hopper_forward_config(256, 2, hopper, configs.GLUON_MIN_QUERIES, causal) is not None
-    assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_QUERIES, False) is not None
-    assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_CAUSAL_QUERIES, True) is not None
+    for causal in (False, True):
+        assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_QUERIES, causal) is not None
     for head_dim, itemsize, capability, seqlen_q, causal in [
             (32, 2, hopper, 4096, False), (128, 4, hopper, 4096, False), (256, 4, hopper, 4096, True),
             (64, 4, hopper, 16384, False), (128, 2, (8, 0), 4096, False), (128, 2, (10, 0), 4096, True),
             (64, 2, (10, 0), 16384, False), (128, 2, hopper, configs.GLUON_MIN_QUERIES - 1, False),
             (256, 2, hopper, configs.GLUON_MIN_QUERIES - 1, True),
             (64, 2, hopper, configs.GLUON_D64_MIN_QUERIES - 1, False),
-            (64, 2, hopper, configs.GLUON_D64_MIN_CAUSAL_QUERIES - 1, True)]:
+            (64, 2, hopper, configs.GLUON_D64_MIN_QUERIES - 1, True)]:
         assert configs.hopper_forward_config(head_dim, itemsize, capability, seqlen_q, causal) is None
     # The output goes through shared memory and TMA where that measured faster (benchmarks/NOTES.md, session 26):
     # head_dim 128, and head_dim 64 under a causal mask; head_dim 64 without one stores by pointer.
     assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, False).tma_store
     assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, True).tma_store
-    assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_CAUSAL_QUERIES, True).tma_store
+    assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_QUERIES, True).tma_store
     assert not configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_QUERIES, False).tma_store
     # Head_dim 256: 32-key blocks with the output through TMA on short rows, 64-key blocks (no room left for the
     # output slots) from GLUON_D256_WIDE_MIN_QUERIES (session 28).
@@ -769,7 +769,7 @@ def test_hopper_forward_not_taken_where_it_does_not_apply(monkeypatch):
     check_forward(q, k[:, :, :200], v[:, :, :200], causal=True)
     check_forward(q[:, :, :configs.GLUON_MIN_QUERIES - 1], k, v, causal=True)
     check_forward(*random_qkv(1, 2, 2, configs.GLUON_D64_MIN_QUERIES - 1, 300, 64, torch.bfloat16, DEVICE))
-    check_forward(*random_qkv(1, 2, 2, configs.GLUON_D64_MIN_QUERIES, configs.GLUON_D64_MIN_QUERIES, 64,
+    check_forward(*random_qkv(1, 2, 2, configs.GLUON_D64_MIN_QUERIES - 1, configs.GLUON_D64_MIN_QUERIES - 1, 64,
                               torch.bfloat16, DEVICE), causal=True)
     monkeypatch.setattr(configs, "GLUON_FORWARD", False)
     check_forward(q, k, v, causal=True)
@@ -779,11 +779,11 @@ def test_hopper_forward_not_taken_where_it_does_not_apply(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
 def test_hopper_forward_taken_at_head_dim_64_on_long_rows(monkeypatch, causal):
-    """Without any test patch, head_dim 64 takes the Gluon forward from GLUON_D64_MIN_QUERIES queries (from
-    GLUON_D64_MIN_CAUSAL_QUERIES under a causal mask), with the oracle's answer."""
+    """Without any test patch, head_dim 64 takes the Gluon forward from GLUON_D64_MIN_QUERIES queries, with or without
+    a causal mask, with the oracle's answer."""
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
-    seqlen = configs.GLUON_D64_MIN_CAUSAL_QUERIES if causal else configs.GLUON_D64_MIN_QUERIES
+    seqlen = configs.GLUON_D64_MIN_QUERIES
     check_forward(*random_qkv(1, 2, 1, seqlen, seqlen, 64, torch.bfloat16, DEVICE), causal=causal)
     assert len(calls) == 1
