@@ -104,9 +104,10 @@ def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCou
             IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
             WG: gl.constexpr):
     """One warp (the partitions share one signature, hence the arguments it does not use): for each tile the
-    program takes, its index into the Q slot's tile slot and the consumers' query tiles into the Q slot they
-    released, then the K and V tiles of its key blocks into the ring slots the consumers released; ring positions
-    count on across tiles, so the next tile's loads start while the consumers finish this one.
+    program takes, once the consumers released a Q slot, the tile's index into that slot's entry of ``tile_ids``
+    and its query tiles into the slot, then the K and V tiles of its key blocks into the ring slots the consumers
+    released; ring positions count on across tiles, so the next tile's loads start while the consumers finish this
+    one.
 
     The first tile is the program's id, the next ones come from the tile counter (one fetch per tile, after its
     loads are issued) until it runs past n_tiles; an index past n_tiles in the tile slot then tells the consumers
