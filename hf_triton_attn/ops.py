@@ -69,6 +69,19 @@ _launch_visible_spans = KernelLauncher(_visible_spans)
 _launch_fwd_gluon = KernelLauncher(_attn_fwd_ws) if _attn_fwd_ws is not None else None
 
 _NO_TENSOR_STRIDES = (0, 0)
+
+
+def _on_tensor_device(fn):
+    """Runs ``fn`` with the CUDA device of its first argument (a tensor, or None: nothing to launch) current. Triton
+    launches on the current device, and a model split across GPUs (``device_map="auto"``) calls the layers on the
+    other devices without making theirs current. A check per call where the device already is current."""
+    @functools.wraps(fn)
+    def on_device(first, *args, **kwargs):
+        if first is not None and first.is_cuda and first.device.index != torch.cuda.current_device():
+            with torch.cuda.device(first.device):
+                return fn(first, *args, **kwargs)
+        return fn(first, *args, **kwargs)
+    return on_device
 _GLUON_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16} if _attn_fwd_ws is not None else {}
 
 
@@ -100,6 +113,7 @@ def _mask_args(key_mask, mask, q, sq, skv):
     return key_mask, mask, km_strides, m_strides, mask_kind
 
 
+@_on_tensor_device
 def kept_key_ranges(key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """Where each row's key mask keeps keys, (B, 3) int32 (see _kernels/key_range.py), or None without a key mask.
     ``key_mask`` is the (B, Skv) boolean mask or the kernels' uint8 view of it from :func:`_mask_args`."""
@@ -181,6 +195,7 @@ def forward_impl(
     return out, lse
 
 
+@_on_tensor_device
 def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale, softcap, dropout_p):
     """:func:`forward_impl`'s body; also returns the :class:`MaskSummaries` it computed or was given."""
     batch, heads, sq, head_dim = q.shape
@@ -408,6 +423,7 @@ def backward_impl(
                      scale, softcap, dropout_p)
 
 
+@_on_tensor_device
 def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale,
               softcap, dropout_p, query_spans=None):
     """:func:`backward_impl`'s body, reusing the forward's key range and the mask's row spans where given."""

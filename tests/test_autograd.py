@@ -5,10 +5,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (LONG_ROWS, SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors,
                      hopper_with_gluon, inputs_with_unused_nan_keys, random_qkv, take_gluon_as_at)
-from test_kernel import (PADDING_CASES, STRUCTURED_KINDS, additive_mask, kept_ranges_mask, padding_mask,
-                         structured_mask)
+from test_kernel import (PADDING_CASES, STRUCTURED_KINDS, additive_mask, check_forward, kept_ranges_mask,
+                         padding_mask, structured_mask)
 
-from hf_triton_attn import attention, configs, functional, ops
+from hf_triton_attn import attention, configs, functional, kept_key_ranges, ops
 from hf_triton_attn.reference import attention_reference
 
 
@@ -510,3 +510,20 @@ def test_backward_after_hopper_forward_gpu(monkeypatch, causal, shape, padding, 
     mask = None if padding is None else padding_mask(padding, shape[0], shape[4])
     check_backward(*random_qkv(*shape, head_dim, torch.bfloat16, DEVICE), causal=causal, attention_mask=mask)
     assert len(calls) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("padding", [None, "holes"])
+def test_tensors_on_a_device_that_is_not_current_gpu(padding):
+    """A model split across GPUs (device_map="auto") calls attention on a device that is not the current one, and
+    Triton launches on the current one: every launch must go to the tensors' device. Forward and backward, with and
+    without a key-padding mask, the mask's kept ranges, and a decoding step; the current device stays as it was."""
+    device = torch.device("cuda", 1)
+    torch.cuda.set_device(0)
+    mask = None if padding is None else padding_mask(padding, 2, 300).to(device)
+    check_backward(*random_qkv(2, 4, 2, 300, 300, 128, torch.bfloat16, device), causal=True, attention_mask=mask)
+    if mask is not None:
+        assert torch.equal(kept_key_ranges(mask).cpu(), kept_key_ranges(mask.to("cuda:0")).cpu())
+    check_forward(*random_qkv(2, 8, 2, 1, 1000, 128, torch.bfloat16, device), causal=True)
+    assert torch.cuda.current_device() == 0

@@ -292,3 +292,37 @@ def test_attention_launches_are_cached(monkeypatch):
     assert {kernel: len(calls) for kernel, calls in normal_launches.items()} == launched_before
     for a, b in zip(first, second):
         torch.testing.assert_close(a, b)
+
+
+def test_launches_go_to_the_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device: the ops' bodies make their first tensor's device current where it
+    is not (a model split across GPUs), and leave the current device alone otherwise. Checked here with the device
+    calls recorded; tests/test_autograd.py runs it on two GPUs."""
+    entered = []
+
+    class Recorded:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    class OnCuda:
+        is_cuda = True
+
+        def __init__(self, index):
+            self.device = torch.device("cuda", index)
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", Recorded)
+    body = ops._on_tensor_device(lambda first, *args, **kwargs: (first, args, kwargs))
+    first = OnCuda(1)
+    assert body(first, 2, three=3) == (first, (2,), {"three": 3})
+    assert entered == [torch.device("cuda", 1)]
+    body(OnCuda(0))
+    body(None)
+    body(torch.zeros(1))
+    assert entered == [torch.device("cuda", 1)]
