@@ -26,3 +26,23 @@ def test_compile_sm90_reports_the_compiled_kernel(args):
     assert 0 < registers <= 255 and shared > 0 and programs >= 1
     # P (forward) and P^T, dS^T (dK/dV) feed their products from registers; the other operands from shared memory.
     assert in_registers > 0 and in_shared > 0
+
+
+def test_bench_models_keeps_each_implementations_best_round(monkeypatch):
+    """`bench_models.py --rounds N` runs every implementation N times in turn and keeps its best round: the lowest
+    time, or the highest tok/s, a failed round never beating one that ran; every round's value is kept."""
+    monkeypatch.syspath_prepend(str(SCRIPTS.parent / "benchmarks"))
+    import bench_models
+
+    def ok(value):
+        return {"status": "ok", "value": value}
+
+    best = None
+    for result in (ok(5.0), ok(4.0), {"status": "failed", "reason": "a bug"}, ok(4.5)):
+        best = bench_models.best_of_rounds(best, result, "ms")
+    assert best == dict(ok(4.0), rounds=[5.0, 4.0, None, 4.5])
+    best = None
+    for result in ({"status": "oom", "reason": "CUDA out of memory"}, ok(400.0), ok(300.0)):
+        best = bench_models.best_of_rounds(best, result, "tok/s")
+    assert best == dict(ok(400.0), rounds=[None, 400.0, 300.0])
+    assert bench_models.parse_args(["--rounds", "3"]).rounds == 3
