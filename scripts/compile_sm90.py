@@ -3,6 +3,12 @@ at run time, and print what decides its speed: registers, spills, shared memory,
 the operand kinds of its wgmma instructions. With --out DIR, also writes its TTGIR and PTX there.
 
     python scripts/compile_sm90.py dkdv --head-dim 64 --block-m 32 --block-n 128 --warps 4 --stages 3 --grouped
+    python scripts/compile_sm90.py gluon --head-dim 256 --seqlen 4096 [--block-n 32 --stages 3 --q-slots 1 --tma-store 1]
+
+``gluon`` is the warp-specialised Hopper forward (_kernels/fwd_gluon.py) in the configuration
+``configs.hopper_forward_config`` gives for that head dim, query length and mask; --block-n, --stages, --q-slots,
+--tma-store and --consumer-regs override its fields. Its ptxas report covers every partition (the loader warp and
+both consumers); one program runs per multiprocessor.
 
 The JIT treats integer arguments equal to 1 as constants and marks pointers and multiples of 16 as 16-byte
 divisible; a compile without those specialisations cannot prove the loads contiguous, does not pipeline them,
@@ -17,16 +23,24 @@ import subprocess
 import sys
 import tempfile
 
+import dataclasses
+
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hf_triton_attn import configs  # noqa: E402
 from hf_triton_attn._kernels.bwd import _attn_bwd_dkdv, _attn_bwd_dq  # noqa: E402
 from hf_triton_attn._kernels.fwd import _attn_fwd  # noqa: E402
 
 KERNELS = {"fwd": _attn_fwd, "dq": _attn_bwd_dq, "dkdv": _attn_bwd_dkdv}
+# Triton kernels' launch when not given: the dK/dV kernel's default at head_dim 64.
+TRITON_DEFAULTS = dict(block_n=128, stages=3)
+# The most shared memory one program may have on Hopper (227 KiB).
+SHARED_BYTES_PER_PROGRAM = 227 * 1024
 BF16_POINTERS = {"Q", "K", "V", "Out", "DO", "DQ", "DK", "DV"}
 FLOAT32_POINTERS = {"LSE", "Delta"}
 FLOAT_SCALARS = {"sm_scale", "softcap", "dropout_p"}
@@ -86,19 +100,76 @@ def ptxas_report(ptx: str) -> tuple[int, int]:
     return registers, spills
 
 
+def compile_gluon(args):
+    """(compiled kernel, its HopperForwardConfig) of the Gluon forward, bf16, no key mask, (B, H, S, D) inputs."""
+    try:
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon._runtime import GluonASTSource
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        from hf_triton_attn._kernels.fwd_gluon import _attn_fwd_ws
+    except ImportError as error:
+        raise SystemExit(f"triton {triton.__version__} has no Gluon Hopper API: {error}")
+    cfg = configs.hopper_forward_config(args.head_dim, 2, (9, 0), args.seqlen, not args.full)
+    if cfg is None:
+        raise SystemExit(f"the Gluon forward does not take head_dim {args.head_dim} at {args.seqlen} queries")
+    overrides = {"block_n": args.block_n, "stages": args.stages, "q_slots": args.q_slots,
+                 "tma_store": None if args.tma_store is None else bool(args.tma_store),
+                 "consumer_regs": args.consumer_regs}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+    def descriptor(rows):
+        t = torch.empty(1, 1, 1024, args.head_dim, dtype=torch.bfloat16)
+        layout = gl.NVMMASharedLayout.get_default_for([1, 1, rows, args.head_dim], gl.bfloat16)
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, args.head_dim], layout).__mangle__()
+
+    fn = _attn_fwd_ws
+    consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, GROUP=1, HEAD_DIM=args.head_dim, BLOCK_MW=cfg.block_mw,
+                  BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=not args.full, HAS_KEY_MASK=False,
+                  TMA_STORE=cfg.tma_store, Q_SLOTS=cfg.q_slots, CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
+    sig = {name: "constexpr" if name in consts else "i32" for name in fn.arg_names}
+    sig.update(desc_q=descriptor(cfg.block_mw), desc_k=descriptor(cfg.block_n), desc_v=descriptor(cfg.block_n),
+               desc_o=descriptor(cfg.block_mw), Out="*bf16", LSE="*fp32", TileCounter="*i32", qk_scale="fp32")
+    if not cfg.tma_store:  # no output descriptor: the kernel stores by pointer
+        sig["desc_o"], consts["desc_o"] = "constexpr", None
+    consts = {(fn.arg_names.index(name),): value for name, value in consts.items()}
+    source = GluonASTSource(fn, sig, consts)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": 4, "maxnreg": cfg.max_registers})
+    return compiled, cfg
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kernel", choices=sorted(KERNELS))
+    parser.add_argument("kernel", choices=sorted(KERNELS) + ["gluon"])
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--block-m", type=int, default=32)
-    parser.add_argument("--block-n", type=int, default=128)
+    parser.add_argument("--block-n", type=int, default=None, help=f"default {TRITON_DEFAULTS['block_n']}, or the "
+                                                                  "Gluon configuration's")
     parser.add_argument("--warps", type=int, default=4)
-    parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--stages", type=int, default=None, help=f"default {TRITON_DEFAULTS['stages']}, or the "
+                                                                 "Gluon configuration's")
     parser.add_argument("--max-registers", type=int, default=None, help="as LaunchConfig.max_registers (maxnreg)")
     parser.add_argument("--grouped", action="store_true", help="dK/dV: several query heads per kv head")
     parser.add_argument("--full", action="store_true", help="no causal mask")
+    parser.add_argument("--seqlen", type=int, default=16384, help="gluon: the query length its configuration is for")
+    parser.add_argument("--q-slots", type=int, default=None, help="gluon: query slots per consumer")
+    parser.add_argument("--tma-store", type=int, choices=(0, 1), default=None, help="gluon: output through TMA")
+    parser.add_argument("--consumer-regs", type=int, default=None, help="gluon: registers per consumer thread")
     parser.add_argument("--out", metavar="DIR", help="write the TTGIR and PTX here")
     args = parser.parse_args()
+    if args.kernel == "gluon":
+        compiled, cfg = compile_gluon(args)
+        registers, spills = ptxas_report(compiled.asm["ptx"])
+        shared = compiled.metadata.shared
+        print(f"gluon head_dim {args.head_dim} {'full' if args.full else 'causal'} {cfg} (triton {triton.__version__}): "
+              f"{registers} registers, {spills} bytes of spill stores, {shared} bytes of shared memory "
+              f"(a program may have {SHARED_BYTES_PER_PROGRAM})")
+        write_out(args, compiled, f"gluon_{args.head_dim}_n{cfg.block_n}_s{cfg.stages}_q{cfg.q_slots}")
+        return
+    for name, value in TRITON_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     fn = KERNELS[args.kernel]
     sig, consts, attrs = signature(fn, constants(args))
     compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
@@ -116,12 +187,15 @@ def main() -> None:
           f"{args.stages} (triton {triton.__version__}): {registers} registers, {spills} bytes of spill stores, "
           f"{shared} bytes of shared memory, {per_sm} programs per multiprocessor; wgmma A operands: "
           f"{wgmma.count('{')} in registers, {wgmma.count('%rd')} in shared memory")
+    write_out(args, compiled, f"{args.kernel}_{args.head_dim}_{args.block_m}x{args.block_n}_w{args.warps}"
+                              f"_s{args.stages}")
+
+
+def write_out(args, compiled, stem: str) -> None:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        stem = os.path.join(args.out, f"{args.kernel}_{args.head_dim}_{args.block_m}x{args.block_n}_w{args.warps}"
-                                      f"_s{args.stages}")
         for ext in ("ttgir", "ptx"):
-            with open(f"{stem}.{ext}", "w") as f:
+            with open(os.path.join(args.out, f"{stem}.{ext}"), "w") as f:
                 f.write(compiled.asm[ext])
 
 

@@ -46,3 +46,23 @@ def test_bench_models_keeps_each_implementations_best_round(monkeypatch):
         best = bench_models.best_of_rounds(best, result, "tok/s")
     assert best == dict(ok(400.0), rounds=[None, 400.0, 300.0])
     assert bench_models.parse_args(["--rounds", "3"]).rounds == 3
+
+
+@pytest.mark.parametrize("args, fields", [
+    (["--head-dim", "256", "--seqlen", "4096"], "block_n=64, stages=2"),
+    (["--head-dim", "128", "--full", "--block-n", "64", "--stages", "3", "--tma-store", "0"],
+     "block_n=64, stages=3, consumer_regs=240, max_registers=168, tma_store=False, q_slots=2")])
+def test_compile_sm90_reports_the_gluon_forward(args, fields):
+    """The Gluon forward compiles offline in the configuration the package takes for a head dim and length, with
+    the given fields overridden, and fits in a program's shared memory."""
+    pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(SCRIPTS / "compile_sm90.py"), "gluon", *args], capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = re.search(r"^gluon .*HopperForwardConfig\((.*)\) .*: (\d+) registers, (\d+) bytes of spill stores, "
+                       r"(\d+) bytes of shared memory \(a program may have (\d+)\)", result.stdout, re.MULTILINE)
+    assert report, result.stdout
+    config, registers, _, shared, limit = report.group(1), *map(int, report.groups()[1:])
+    assert fields in config
+    assert 0 < registers <= 255 and 0 < shared <= limit
