@@ -69,6 +69,7 @@ _launch_visible_spans = KernelLauncher(_visible_spans)
 _launch_fwd_gluon = KernelLauncher(_attn_fwd_ws) if _attn_fwd_ws is not None else None
 
 _NO_TENSOR_STRIDES = (0, 0)
+_GLUON_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16} if _attn_fwd_ws is not None else {}
 
 
 def _on_tensor_device(fn):
@@ -82,7 +83,6 @@ def _on_tensor_device(fn):
                 return fn(first, *args, **kwargs)
         return fn(first, *args, **kwargs)
     return on_device
-_GLUON_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16} if _attn_fwd_ws is not None else {}
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
