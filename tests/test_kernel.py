@@ -614,7 +614,6 @@ def test_hopper_forward_config_applies_only_where_measured():
     for causal in (False, True):
         assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, causal) is not None
         assert configs.hopper_forward_config(256, 2, hopper, configs.GLUON_MIN_QUERIES, causal) is not None
-    for causal in (False, True):
         assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_QUERIES, causal) is not None
     for head_dim, itemsize, capability, seqlen_q, causal in [
             (32, 2, hopper, 4096, False), (128, 4, hopper, 4096, False), (256, 4, hopper, 4096, True),
