@@ -3,7 +3,7 @@ at run time, and print what decides its speed: registers, spills, shared memory,
 the operand kinds of its wgmma instructions. With --out DIR, also writes its TTGIR and PTX there.
 
     python scripts/compile_sm90.py dkdv --head-dim 64 --block-m 32 --block-n 128 --warps 4 --stages 3 --grouped
-    python scripts/compile_sm90.py gluon --head-dim 256 --seqlen 4096 [--block-n 32 --stages 3 --q-slots 1 --tma-store 1]
+    python scripts/compile_sm90.py gluon --head-dim 256 --seqlen 4096 [--block-n 32 --stages 3 --tma-store 1]
 
 ``gluon`` is the warp-specialised Hopper forward (_kernels/fwd_gluon.py) in the configuration
 ``configs.hopper_forward_config`` gives for that head dim, query length and mask; --block-n, --stages, --q-slots,
@@ -17,13 +17,12 @@ dimension is 1 and the other strides and lengths are multiples of 16, as for con
 views models pass; no mask, no dropout, no softcap, bf16.
 """
 import argparse
+import dataclasses
 import os
 import re
 import subprocess
 import sys
 import tempfile
-
-import dataclasses
 
 import torch
 import triton
@@ -162,9 +161,10 @@ def main() -> None:
         compiled, cfg = compile_gluon(args)
         registers, spills = ptxas_report(compiled.asm["ptx"])
         shared = compiled.metadata.shared
-        print(f"gluon head_dim {args.head_dim} {'full' if args.full else 'causal'} {cfg} (triton {triton.__version__}): "
-              f"{registers} registers, {spills} bytes of spill stores, {shared} bytes of shared memory "
-              f"(a program may have {SHARED_BYTES_PER_PROGRAM})")
+        mask = "full" if args.full else "causal"
+        print(f"gluon head_dim {args.head_dim} {mask} {cfg} (triton {triton.__version__}): {registers} registers, "
+              f"{spills} bytes of spill stores, {shared} bytes of shared memory (a program may have "
+              f"{SHARED_BYTES_PER_PROGRAM})")
         write_out(args, compiled, f"gluon_{args.head_dim}_n{cfg.block_n}_s{cfg.stages}_q{cfg.q_slots}")
         return
     for name, value in TRITON_DEFAULTS.items():
