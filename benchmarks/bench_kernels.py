@@ -237,8 +237,9 @@ def make_inputs(case: KernelCase, lengths: Optional[list[int]]) -> Inputs:
     return Inputs(q, k, v, grad_out, lengths, key_padding_mask, seqused_q, sdpa_mask)
 
 
-# A provider maker returns (context to enter around the calls, forward function returning (B, H, Sq, D)).
-ProviderMaker = Callable[[KernelCase, Inputs], tuple[ContextManager, Callable[[], torch.Tensor]]]
+# A provider maker returns (a function making the context to enter around the calls, forward function returning
+# (B, H, Sq, D)).
+ProviderMaker = Callable[[KernelCase, Inputs], tuple[Callable[[], ContextManager], Callable[[], torch.Tensor]]]
 
 
 def make_ours(case: KernelCase, inputs: Inputs):
@@ -260,7 +261,7 @@ def make_ours(case: KernelCase, inputs: Inputs):
         return hf_triton_attn.attention(inputs.q, inputs.k, inputs.v, causal=causal, attention_mask=mask,
                                         seqused_q=inputs.seqused_q, dropout_p=case.dropout_p,
                                         kept_key_ranges=ranges)
-    return contextlib.nullcontext(), forward
+    return contextlib.nullcontext, forward
 
 
 def sdpa_maker(backend: SDPBackend) -> ProviderMaker:
@@ -272,8 +273,8 @@ def sdpa_maker(backend: SDPBackend) -> ProviderMaker:
 
         def forward():
             return F.scaled_dot_product_attention(inputs.q, inputs.k, inputs.v, **kwargs)
-        # Entered once around verification and timing, not per call: decode calls last microseconds.
-        return sdpa_kernel([backend]), forward
+        # Entered around verification and each round's timing, not per call: decode calls last microseconds.
+        return lambda: sdpa_kernel([backend]), forward
     return make
 
 
@@ -323,7 +324,7 @@ def make_flex(case: KernelCase, inputs: Inputs):
 
     def forward():
         return compiled_flex(inputs.q, inputs.k, inputs.v, block_mask=block_mask, enable_gqa=case.gqa)
-    return contextlib.nullcontext(), forward
+    return contextlib.nullcontext, forward
 
 
 PROVIDERS: dict[str, ProviderMaker] = {
@@ -345,6 +346,12 @@ class ProviderResult:
     grad_rel_err: Optional[float] = None  # worst of dq, dk, dv against ours (forward+backward)
     mismatch: bool = False
     reason: str = ""
+    rounds: list[float] = dataclasses.field(default_factory=list)  # ms of every round; ms is the best
+
+    def add_round(self, ms: float, work: float, case: KernelCase) -> None:
+        self.rounds.append(ms)
+        if self.ms is None or ms < self.ms:
+            self.ms, self.value = ms, throughput(case, work, ms)
 
 
 @dataclasses.dataclass
@@ -402,36 +409,49 @@ def refusal_reason(exc: Exception, caught: list[warnings.WarningMessage]) -> str
     return reason + (" -- " + "; ".join(explanations[:2]) if explanations else "")
 
 
+Timer = Callable[[], float]
+
+
 def bench_provider(case: KernelCase, inputs: Inputs, make: ProviderMaker, work: float,
-                   reference: Optional[Reference]) -> tuple[ProviderResult, Optional[Reference]]:
-    """Verify then time one provider. Returns its result and its output (ours becomes the reference)."""
+                   reference: Optional[Reference]) -> tuple[ProviderResult, Optional[Reference], Optional[Timer]]:
+    """Verify then time one provider. Returns its result, its output (ours becomes the reference) and a function
+    that times it again (None where it failed), for further rounds."""
     # Backends explain a refusal in warnings before raising "No available kernel": keep them as the reason.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             context, forward = make(case, inputs)
-            with context:
+            with context():
                 got = run_once(case, inputs, forward)
-                if case.backward:
-                    def step():
-                        forward().backward(inputs.grad_out)
-                    grad_to_none = [inputs.q, inputs.k, inputs.v]
-                else:
-                    step, grad_to_none = forward, None
-                if case.graph:
-                    ms = triton.testing.do_bench_cudagraph(step, rep=REP_MS, return_mode="median")
-                else:
-                    ms = triton.testing.do_bench(step, warmup=WARMUP_MS, rep=REP_MS, grad_to_none=grad_to_none,
-                                                 return_mode="median")
-            result = ProviderResult("ok", ms=ms, value=throughput(case, work, ms))
+            timer = provider_timer(case, inputs, context, forward)
+            result = ProviderResult("ok")
+            result.add_round(timer(), work, case)
             if reference is not None and not case.dropout_p:
                 verify(result, got, reference)
         except torch.cuda.OutOfMemoryError:
-            result, got = ProviderResult("oom", reason="CUDA out of memory"), None
+            result, got, timer = ProviderResult("oom", reason="CUDA out of memory"), None, None
         except Exception as exc:  # a backend refusing the case, or failing to compile
-            result, got = ProviderResult("n/a", reason=refusal_reason(exc, caught)), None
+            result, got, timer = ProviderResult("n/a", reason=refusal_reason(exc, caught)), None, None
     free_cuda_memory()
-    return result, got
+    return result, got, timer
+
+
+def provider_timer(case: KernelCase, inputs: Inputs, context: Callable[[], ContextManager], forward) -> Timer:
+    """The median ms of one provider's calls (forward, or forward and backward), in its context."""
+    if case.backward:
+        def step():
+            forward().backward(inputs.grad_out)
+        grad_to_none = [inputs.q, inputs.k, inputs.v]
+    else:
+        step, grad_to_none = forward, None
+
+    def timer() -> float:
+        with context():
+            if case.graph:
+                return triton.testing.do_bench_cudagraph(step, rep=REP_MS, return_mode="median")
+            return triton.testing.do_bench(step, warmup=WARMUP_MS, rep=REP_MS, grad_to_none=grad_to_none,
+                                           return_mode="median")
+    return timer
 
 
 def describe(result: ProviderResult, unit: str) -> str:
@@ -457,22 +477,36 @@ def ratio_to_best_peer(results: dict[str, ProviderResult]) -> tuple[Optional[flo
     return ours.value / best_value, best_name
 
 
-def run_case(case: KernelCase) -> dict:
+def run_case(case: KernelCase, rounds: int = 1) -> dict:
+    """Every provider verified and timed once, then timed again in turn for each further round, each keeping its
+    best (the lowest median time)."""
     lengths = case_lengths(case)
     work = case_work(case, lengths)
     unit = GROUP_UNITS[case.group]
     inputs = make_inputs(case, lengths)
     results: dict[str, ProviderResult] = {}
+    timers: dict[str, Timer] = {}
     reference = None
     for name, make in PROVIDERS.items():
-        result, got = bench_provider(case, inputs, make, work, reference)
+        result, got, timer = bench_provider(case, inputs, make, work, reference)
         if name == "ours":
             reference = got
         elif reference is None:
             result.reason = (result.reason + " (not verified: ours failed)").strip()
         results[name] = result
+        if timer is not None:
+            timers[name] = timer
         print(f"  {name:<15} {describe(result, unit)}", flush=True)
         del got
+    for round_ in range(2, rounds + 1):
+        for name, timer in timers.items():
+            results[name].add_round(timer(), work, case)
+        print(f"  round {round_}: " + ", ".join(f"{name} {results[name].rounds[-1]:.4f}" for name in timers)
+              + " ms", flush=True)
+    if rounds > 1:
+        for name in timers:
+            print(f"  {name:<15} best of {rounds}: {describe(results[name], unit)}", flush=True)
+    del timers
     ratio, best_peer = ratio_to_best_peer(results)
     print(f"  ours/best_peer  {'n/a' if ratio is None else f'{ratio:.2f} (vs {best_peer})'}", flush=True)
     del inputs, reference
@@ -587,14 +621,15 @@ def main(argv=None) -> None:
     json_path = os.path.join(args.out, "bench_kernels.json") if args.out else None
     payload = {"environment": env, "settings": {"warmup_ms": WARMUP_MS, "rep_ms": REP_MS,
                                                 "output_tolerance": OUTPUT_TOLERANCE,
-                                                "gradient_tolerance": GRADIENT_TOLERANCE, "quick": args.quick},
+                                                "gradient_tolerance": GRADIENT_TOLERANCE, "quick": args.quick,
+                                                "rounds": args.rounds},
                "ceilings": measure_ceilings(), "cases": []}
     print("ceilings: " + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in payload["ceilings"].items()), flush=True)
     started = time.perf_counter()
     for index, case in enumerate(cases, 1):
         print(f"[{index}/{len(cases)}] {case.name} ({time.perf_counter() - started:.0f} s)", flush=True)
-        payload["cases"].append(run_case(case))
+        payload["cases"].append(run_case(case, args.rounds))
         if json_path:
             write_json(json_path, payload)  # after every case: a run cut short keeps what it measured
     print(f"\ndone in {time.perf_counter() - started:.0f} s\n")

@@ -367,9 +367,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--impls", nargs="+", default=list(DEFAULT_IMPLEMENTATIONS), choices=IMPLEMENTATIONS,
                         help="implementations to run (sdpa is the reference for ratios and outputs; "
                              "default: all but triton_skip_padding)")
-    parser.add_argument("--rounds", type=int, default=1, metavar="N",
-                        help="run every implementation N times per case, in turn, and keep each one's best round "
-                             "(host-bound cases such as dynamic-cache generation vary from one run to the next)")
     parser.add_argument("--train-memory", action="store_true",
                         help="only the training-step cases, only sdpa and triton: is triton's peak memory no "
                              "higher than sdpa's?")
@@ -385,8 +382,6 @@ def main(argv=None) -> None:
         implementations = ["sdpa", "triton"]
     if not cases:
         raise SystemExit("no case matches --cases")
-    if args.rounds < 1:
-        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
     require_cuda()
     transformers.utils.logging.disable_progress_bar()  # per-file loading bars would bury the progress lines
     try:

@@ -24,6 +24,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a small subset for a smoke test (minutes less, numbers not comparable to the full run)")
     parser.add_argument("--cases", nargs="+", default=None, metavar="SUBSTRING",
                         help="run only cases whose name contains one of these substrings (case-insensitive)")
+    parser.add_argument("--rounds", type=positive_int, default=1, metavar="N",
+                        help="time every provider N times per case, in turn, and keep each one's best round "
+                             "(the speed of a GPU or its host drifts within a run and between runs)")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def selected(name: str, substrings: Optional[Sequence[str]]) -> bool:

@@ -187,7 +187,7 @@ def tune_backward(cases: list, deadline: float) -> list[dict]:
             return torch.cat([q.grad.flatten(), k.grad.flatten(), v.grad.flatten()])
 
         reference = run()
-        base = default(configs.padded_head_dim(head_dim), 2, False)
+        base = default(configs.padded_head_dim(head_dim), 2, False, False, causal, seqlen)
         for kernel in ("dkdv", "dq"):
             def install(cfg, kernel=kernel):
                 chosen = dataclasses.replace(base, **{kernel: cfg})

@@ -181,10 +181,20 @@ class BackwardConfig:
     dq: LaunchConfig
 
 
-@functools.lru_cache(maxsize=None)  # called on every backward; building its three dataclasses costs ~2 µs
-def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool = False) -> BackwardConfig:
+# Head dim 128 under a causal mask takes narrower dK/dV tiles up to this many keys (see backward_config).
+BWD_D128_SHORT_CAUSAL_MAX_KEYS = 1024
+
+
+@functools.lru_cache(maxsize=1024)  # called on every backward; building its three dataclasses costs ~2 µs
+def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool = False, causal: bool = False,
+                    seqlen_k: int = 0) -> BackwardConfig:
     """Measured on an H100 with benchmarks/tune.py (bf16, S=4096, forward+backward time). float32 keeps the
     narrower tiles its doubled size fits in.
+
+    Head dim 128, causal, at most BWD_D128_SHORT_CAUSAL_MAX_KEYS keys: dK/dV 32x64 tiles with 4 warps. H200, bf16,
+    forward+backward, best of five alternating rounds (benchmarks/NOTES.md, session 29): B16 H16 S1024 867 -> 856
+    µs, B32 H16 S512 618 -> 598; they lose from S2048 on (B4 H16 S4096 2400 -> 2500) and without a causal mask
+    (B16 H16 S1024 1255 -> 1285).
 
     Dropout at head_dim 64 (BERT-style training) regenerates the keep-mask in both kernels, and at the default
     tiles the dK/dV kernel spilled registers: smaller tiles there cut its time from 339 to 263 µs, and dQ's from
@@ -206,7 +216,9 @@ def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool 
         # B4 H32/8 S4096 causal 2349 -> 2288 µs, B32 H12 S512 full 259 -> 248, the same right-padded 267 -> 212.
         return BackwardConfig(LaunchConfig(32, 128, 4, 3), LaunchConfig(128, 64, 8, 3, max_registers=128))
     if block_d <= 128:
-        return BackwardConfig(LaunchConfig(64, 128, 8, 3), LaunchConfig(128, 64, 8, 3))
+        short_causal = causal and not dropout and seqlen_k <= BWD_D128_SHORT_CAUSAL_MAX_KEYS
+        return BackwardConfig(LaunchConfig(32, 64, 4, 3) if short_causal else LaunchConfig(64, 128, 8, 3),
+                              LaunchConfig(128, 64, 8, 3))
     # Against 32x64 (dK/dV) and 64x32 with 8 warps, 2 stages (dQ), whole forward+backward B2 H8 S4096 full
     # 5234 -> 3572 µs; causal 2970 -> ~2170 with this dK/dV tile, where the two best dQ tiles time alike
     # (benchmarks/NOTES.md, session 13).

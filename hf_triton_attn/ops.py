@@ -439,7 +439,7 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
     key_spans = _visible_spans_of(mask, by_key=True, group=heads // hkv)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
-    cfg = configs.backward_config(block_d, q.element_size(), INTERPRET, dropout_p > 0.0)
+    cfg = configs.backward_config(block_d, q.element_size(), INTERPRET, dropout_p > 0.0, causal, skv)
     tma = configs.dq_uses_tma(head_dim, q.element_size(), INTERPRET, skv) and _tma_compatible(k, v)
     kv_descriptors = (_descriptor(k, cfg.dq.block_n), _descriptor(v, cfg.dq.block_n)) if tma else (None, None)
 

@@ -470,6 +470,29 @@ def test_backward_large_shapes_gpu(dtype, shape, causal):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2)])
+@pytest.mark.parametrize("seqlen", [1000, 2100])
+@pytest.mark.parametrize("mask_kind", ["none", "key", "dense"])
+def test_backward_launch_configs_gpu(dtype, heads, seqlen, mask_kind):
+    """Head dim 128's two dK/dV tiles (causal rows of at most BWD_D128_SHORT_CAUSAL_MAX_KEYS keys take narrower
+    ones) with no mask, a key-padding mask and a dense one, and the wide tiles without a causal mask."""
+    short, long = (configs.backward_config(128, 2, False, False, True, skv)
+                   for skv in (seqlen, configs.BWD_D128_SHORT_CAUSAL_MAX_KEYS + 1))
+    assert (short != long) == (seqlen <= configs.BWD_D128_SHORT_CAUSAL_MAX_KEYS)
+    assert configs.backward_config(128, 2, False, False, False, seqlen) == long
+    q, k, v = random_qkv(2, *heads, seqlen, seqlen, 128, dtype, DEVICE)
+    mask = None
+    if mask_kind == "key":
+        mask = padding_mask("right", 2, seqlen)
+    elif mask_kind == "dense":
+        mask = structured_mask("sliding", 2, 1, seqlen, seqlen)
+    check_backward(q, k, v, causal=True, attention_mask=mask)
+    if mask_kind == "none":
+        check_backward(q, k, v, causal=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape, causal", [((4, 16, 4, 1000, 1000, 128), True), ((4, 12, 12, 512, 512, 64), False),
                                            ((2, 4, 4, 700, 700, 256), True)])
 def test_seqused_q_right_padding_gpu(dtype, shape, causal):

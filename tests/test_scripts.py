@@ -1,4 +1,5 @@
 """The developer scripts that run without a GPU keep working as the kernels change."""
+import contextlib
 import os
 import re
 import subprocess
@@ -6,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -46,6 +48,33 @@ def test_bench_models_keeps_each_implementations_best_round(monkeypatch):
         best = bench_models.best_of_rounds(best, result, "tok/s")
     assert best == dict(ok(400.0), rounds=[None, 400.0, 300.0])
     assert bench_models.parse_args(["--rounds", "3"]).rounds == 3
+
+
+def test_bench_kernels_keeps_each_providers_best_round(monkeypatch):
+    """`bench_kernels.py --rounds N` verifies every provider once, times them in turn N times and keeps each one's
+    best (lowest) median time, from which the throughput and our ratio to the best peer come; every round's time is
+    kept. Run on the CPU with the GPU timer replaced by a fixed sequence of times."""
+    monkeypatch.syspath_prepend(str(SCRIPTS.parent / "benchmarks"))
+    import bench_kernels
+
+    monkeypatch.setattr(bench_kernels, "DEVICE", "cpu")
+    times = iter([2.0, 4.0, 1.5, 5.0, 3.0, 3.5])  # ours, flex; ours, flex; ...
+    monkeypatch.setattr(bench_kernels.triton.testing, "do_bench", lambda *args, **kwargs: next(times))
+
+    def make(case, inputs):
+        return contextlib.nullcontext, lambda: torch.nn.functional.scaled_dot_product_attention(
+            inputs.q, inputs.k, inputs.v)
+    monkeypatch.setattr(bench_kernels, "PROVIDERS", {"ours": make, "flex": make})
+    case = bench_kernels.KernelCase("dense fwd", 1, 2, 2, 32, 16, False, dtype=torch.float32)
+    record = bench_kernels.run_case(case, rounds=3)
+    ours, flex = record["results"]["ours"], record["results"]["flex"]
+    assert (ours["rounds"], ours["ms"], flex["rounds"], flex["ms"]) == ([2.0, 1.5, 3.0], 1.5, [4.0, 5.0, 3.5], 3.5)
+    assert ours["value"] == pytest.approx(bench_kernels.throughput(case, record["work"], 1.5))
+    assert record["ours_over_best_peer"] == pytest.approx(3.5 / 1.5)
+    assert flex["max_abs_diff"] == 0 and not flex["mismatch"]
+    assert bench_kernels.parse_args(["--rounds", "3"]).rounds == 3
+    with pytest.raises(SystemExit):
+        bench_kernels.parse_args(["--rounds", "0"])
 
 
 @pytest.mark.parametrize("args, fields", [
