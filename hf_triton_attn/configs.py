@@ -191,10 +191,11 @@ def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool 
     """Measured on an H100 with benchmarks/tune.py (bf16, S=4096, forward+backward time). float32 keeps the
     narrower tiles its doubled size fits in.
 
-    Head dim 128, causal, at most BWD_D128_SHORT_CAUSAL_MAX_KEYS keys: dK/dV 32x64 tiles with 4 warps. H200, bf16,
-    forward+backward, best of five alternating rounds (benchmarks/NOTES.md, session 29): B16 H16 S1024 867 -> 856
-    µs, B32 H16 S512 618 -> 598; they lose from S2048 on (B4 H16 S4096 2400 -> 2500) and without a causal mask
-    (B16 H16 S1024 1255 -> 1285).
+    Head dim 128, causal, at most BWD_D128_SHORT_CAUSAL_MAX_KEYS keys: dK/dV 32x64 tiles with 4 warps. H200, bf16
+    (benchmarks/RESULTS.md, session 29): the dK/dV kernel's GPU time B16 H16 S1000 467 -> 405 µs, B32 H16 S512
+    257 -> 227, B8 H16 S1024 192 -> 187; forward+backward B16 H16 S1024 867 -> 856 µs, best of five alternating
+    rounds. They lose from S2048 on (B4 H16 S4096 2400 -> 2500 µs) and without a causal mask (B16 H16 S1024 1255 ->
+    1285).
 
     Dropout at head_dim 64 (BERT-style training) regenerates the keep-mask in both kernels, and at the default
     tiles the dK/dV kernel spilled registers: smaller tiles there cut its time from 339 to 263 µs, and dQ's from
