@@ -6,7 +6,7 @@ from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (LONG_ROWS, SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors,
                      hopper_with_gluon, inputs_with_unused_nan_keys, random_qkv, take_gluon_as_at)
 from test_kernel import (PADDING_CASES, STRUCTURED_KINDS, additive_mask, check_forward, kept_ranges_mask,
-                         padding_mask, structured_mask)
+                         launch_config_mask, padding_mask, structured_mask)
 
 from hf_triton_attn import attention, configs, functional, kept_key_ranges, ops
 from hf_triton_attn.reference import attention_reference
@@ -481,12 +481,7 @@ def test_backward_launch_configs_gpu(dtype, heads, seqlen, mask_kind):
     assert (short != long) == (seqlen <= configs.BWD_D128_SHORT_CAUSAL_MAX_KEYS)
     assert configs.backward_config(128, 2, False, False, False, seqlen) == long
     q, k, v = random_qkv(2, *heads, seqlen, seqlen, 128, dtype, DEVICE)
-    mask = None
-    if mask_kind == "key":
-        mask = padding_mask("right", 2, seqlen)
-    elif mask_kind == "dense":
-        mask = structured_mask("sliding", 2, 1, seqlen, seqlen)
-    check_backward(q, k, v, causal=True, attention_mask=mask)
+    check_backward(q, k, v, causal=True, attention_mask=launch_config_mask(mask_kind, 2, seqlen))
     if mask_kind == "none":
         check_backward(q, k, v, causal=False)
 

@@ -1,6 +1,7 @@
 """Forward kernel against the float64 oracle over the feature grid."""
 import functools
 import math
+from typing import Optional
 
 import pytest
 import torch
@@ -440,6 +441,16 @@ def test_large_shapes_gpu(dtype, causal, shape):
     check_forward(q, k, v, causal=causal)
 
 
+def launch_config_mask(mask_kind: str, batch: int, seqlen: int) -> Optional[torch.Tensor]:
+    """The masks the launch-configuration tests run each configuration with: "none", "key" (right padding) or
+    "dense" (a sliding window)."""
+    if mask_kind == "key":
+        return padding_mask("right", batch, seqlen)
+    if mask_kind == "dense":
+        return structured_mask("sliding", batch, 1, seqlen, seqlen)
+    return None
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
@@ -452,12 +463,7 @@ def test_forward_launch_configs_gpu(dtype, head_dim, seqlen, mask_kind):
     short, long = (configs.forward_config(head_dim, True, 2, False, tma, False, False, skv) for skv in (seqlen, 4096))
     assert (short != long) == (head_dim == 128 and seqlen <= 2048)
     q, k, v = random_qkv(2, 4, 2, seqlen, seqlen, head_dim, dtype, DEVICE)
-    mask = None
-    if mask_kind == "key":
-        mask = padding_mask("right", 2, seqlen)
-    elif mask_kind == "dense":
-        mask = structured_mask("sliding", 2, 1, seqlen, seqlen)
-    check_forward(q, k, v, causal=True, attention_mask=mask)
+    check_forward(q, k, v, causal=True, attention_mask=launch_config_mask(mask_kind, 2, seqlen))
     if mask_kind == "none":
         check_forward(q, k, v, causal=False)
 
