@@ -173,6 +173,38 @@ def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqle
     return None
 
 
+# The Gluon dQ kernel (_kernels/bwd_dq_gluon.py) is taken where hopper_dq_config allows it, under the same switch as
+# the Gluon forward.
+GLUON_DQ = GLUON_FORWARD
+
+
+@dataclass(frozen=True)
+class HopperDQConfig:
+    """The warp-specialised Gluon dQ kernel's launch: two consumer warpgroups of ``block_mw`` query rows each share a
+    ring of ``stages`` K/V tiles of ``block_n`` keys that one loader warp fills; registers as in
+    :class:`HopperForwardConfig`."""
+    block_mw: int
+    block_n: int
+    stages: int
+    consumer_regs: int = 240
+    max_registers: int = 168
+
+
+@functools.lru_cache(maxsize=64)
+def hopper_dq_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: int) -> Optional[HopperDQConfig]:
+    """The Gluon dQ kernel's configuration, or None where the Triton dQ kernel (bwd.py) serves the call: only on
+    Hopper (sm_90), 16-bit, head_dim 128, from GLUON_MIN_QUERIES queries.
+
+    H200, bf16, the dQ kernel's GPU time (torch.profiler, µs per backward; benchmarks/RESULTS.md, session 30), Triton
+    kernel -> this one: B16 H16 S1024 causal 306 -> 238, full 437 -> 326, B32 S512 causal 225 -> 170, B8 S2048 causal
+    480 -> 349, B4 S4096 causal 795 -> 582, B4 H32/8 S4096 causal 1546 -> 1152. At head_dim 64 it ties at best (B4
+    H32/8 S4096 causal 740 against 738-885 over five tiles, B16 H32 S1024 causal 273 against 288, full B4 S4096 1392
+    against 1469), so head_dim 64 keeps the Triton kernel."""
+    if capability != (9, 0) or itemsize != 2 or seqlen_q < GLUON_MIN_QUERIES or head_dim != 128:
+        return None
+    return HopperDQConfig(block_mw=64, block_n=64, stages=3)
+
+
 @dataclass(frozen=True)
 class BackwardConfig:
     """dK/dV programs own ``dkdv.block_n`` keys and walk queries ``dkdv.block_m`` at a time; dQ programs own

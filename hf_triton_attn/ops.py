@@ -10,9 +10,11 @@ dispatcher. Inputs are validated in :mod:`hf_triton_attn.functional`; this layer
 On Hopper, 16-bit forwards at head_dims 128 and 256 (and 64 on long rows) with no mask but causal and a key-padding
 one (no seqused_q or seqused_k, dropout or softcap) take the persistent warp-specialised Gluon kernel of
 _kernels/fwd_gluon.py (:func:`_hopper_forward_config` says when; ``HF_TRITON_ATTN_GLUON=0`` turns it off); it writes
-the output and log-sum-exp in the Triton forward's layout and units, so the backward is the same. Every other launch
-goes through :class:`hf_triton_attn.launch.KernelLauncher`. The forward reads Q/K/V tiles, and the backward's dQ kernel
-K/V tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` and
+the output and log-sum-exp in the Triton forward's layout and units, so the backward is the same. Backwards of the
+same scope at head_dim 128 compute dQ (and Delta) with the Gluon kernel of _kernels/bwd_dq_gluon.py
+(:func:`_hopper_dq_config`, same switch), and dK/dV with the Triton kernel as always. Every launch goes through
+:class:`hf_triton_attn.launch.KernelLauncher`. The Triton forward reads Q/K/V tiles, and the Triton dQ kernel K/V
+tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` and
 :func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte aligned, unit stride last), through
 pointer arithmetic otherwise; the split-KV (decoding) kernel always through pointers.
 
@@ -50,11 +52,12 @@ try:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
+    from ._kernels.bwd_dq_gluon import _attn_bwd_dq_ws
     from ._kernels.fwd_gluon import CONSUMERS, _attn_fwd_ws
 
     GLUON_CONSUMERS = CONSUMERS.value
-except ImportError:  # a Triton without Gluon's Hopper API: the Triton forward serves every call
-    _attn_fwd_ws = None
+except ImportError:  # a Triton without Gluon's Hopper API: the Triton kernels serve every call
+    _attn_fwd_ws = _attn_bwd_dq_ws = None
 
 INTERPRET = isinstance(_attn_fwd, InterpretedFunction)
 
@@ -67,6 +70,7 @@ _launch_bwd_dq = KernelLauncher(_attn_bwd_dq)
 _launch_key_ranges = KernelLauncher(_key_ranges)
 _launch_visible_spans = KernelLauncher(_visible_spans)
 _launch_fwd_gluon = KernelLauncher(_attn_fwd_ws) if _attn_fwd_ws is not None else None
+_launch_bwd_dq_gluon = KernelLauncher(_attn_bwd_dq_ws) if _attn_bwd_dq_ws is not None else None
 
 _NO_TENSOR_STRIDES = (0, 0)
 _GLUON_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16} if _attn_fwd_ws is not None else {}
@@ -290,6 +294,20 @@ def _tile_counter(device: torch.device) -> torch.Tensor:
     return counter
 
 
+def _gluon_schedule(q, k, causal: bool, block_mw: int) -> tuple[int, int]:
+    """(tiles, heads per section) of a persistent Gluon kernel's schedule: a tile is the two consumers' query rows of
+    one (batch, head); under a causal mask the tiles go in sections of heads whose K/V fit ``configs.GLUON_L2_BYTES``
+    together (see _kernels/fwd_gluon.py's ``_tile``)."""
+    batch, heads, sq, head_dim = q.shape
+    hkv, skv = k.shape[1], k.shape[2]
+    tiles = configs.cdiv(sq, GLUON_CONSUMERS * block_mw) * batch * heads
+    heads_per_section = 1
+    if causal:
+        kv_bytes_per_head = 2 * skv * head_dim * k.element_size() * hkv // heads
+        heads_per_section = max(1, min(batch * heads, configs.GLUON_L2_BYTES // kv_bytes_per_head))
+    return tiles, heads_per_section
+
+
 def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: configs.HopperForwardConfig) -> None:
     """Writes out and lse with the warp-specialised Gluon forward (see _kernels/fwd_gluon.py); ``key_mask`` is the
     kernels' uint8 view with its :func:`kept_key_ranges` ``key_range``, or both None. One persistent program per SM
@@ -298,11 +316,7 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: 
     through a :class:`KernelLauncher` like the other kernels."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
-    tiles = configs.cdiv(sq, GLUON_CONSUMERS * cfg.block_mw) * batch * heads
-    heads_per_section = 1
-    if causal:
-        kv_bytes_per_head = 2 * skv * head_dim * k.element_size() * hkv // heads
-        heads_per_section = max(1, min(batch * heads, configs.GLUON_L2_BYTES // kv_bytes_per_head))
+    tiles, heads_per_section = _gluon_schedule(q, k, causal, cfg.block_mw)
     try:
         _launch_fwd_gluon(
             (min(tiles, _sm_count(q.device)),),
@@ -320,6 +334,48 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: 
             f"hf_triton_attn's Gluon forward (Hopper, head_dim {head_dim}) does not compile with triton "
             f"{triton.__version__}. Set HF_TRITON_ATTN_GLUON=0 before importing hf_triton_attn to use its Triton "
             f"forward for every call, or use triton 3.6.") from error
+
+
+def _hopper_dq_config(q, k, v, out, grad_out, key_mask, causal, scale) -> Optional[configs.HopperDQConfig]:
+    """The Gluon dQ kernel's configuration where it takes this backward (no mask but causal and a key-padding one,
+    see :func:`_backward`), else None: the conditions of :func:`_hopper_forward_config` with
+    ``configs.GLUON_DQ`` and :func:`configs.hopper_dq_config`, and an output and output gradient a TMA descriptor can
+    describe too."""
+    if (_attn_bwd_dq_ws is None or not configs.GLUON_DQ or INTERPRET or q.device.type != "cuda" or scale <= 0.0
+            or k.shape[2] == 0 or (key_mask is not None and key_mask.stride(1) != 1)):
+        return None
+    cfg = configs.hopper_dq_config(q.shape[3], q.element_size(), _capability(q.device), q.shape[2])
+    if cfg is None or (causal and k.shape[2] < q.shape[2]) or not _tma_compatible(q, k, v, out, grad_out):
+        return None
+    return cfg
+
+
+def _backward_dq_hopper(q, k, v, out, grad_out, dq, lse, delta, key_mask, key_range, causal, scale,
+                        cfg: configs.HopperDQConfig) -> None:
+    """Writes dq and delta with the warp-specialised Gluon dQ kernel (see _kernels/bwd_dq_gluon.py), scheduled as the
+    Gluon forward (:func:`_forward_hopper`); ``key_mask`` is a (B, Skv) mask or None, ``key_range`` its
+    :func:`kept_key_ranges`."""
+    batch, heads, sq, head_dim = q.shape
+    hkv, skv = k.shape[1], k.shape[2]
+    key_mask = _as_kernel_mask(key_mask)
+    tiles, heads_per_section = _gluon_schedule(q, k, causal, cfg.block_mw)
+    try:
+        _launch_bwd_dq_gluon(
+            (min(tiles, _sm_count(q.device)),),
+            _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
+            _gluon_descriptor(out.transpose(1, 2), cfg.block_mw),
+            _gluon_descriptor(grad_out.transpose(1, 2), cfg.block_mw), dq, lse, delta, key_mask, key_range,
+            _tile_counter(q.device), scale * LOG2E.value, scale, dq.stride(0), dq.stride(1), dq.stride(2),
+            0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv, tiles, heads_per_section,
+            HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
+            HAS_KEY_MASK=key_mask is not None, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
+            maxnreg=cfg.max_registers,
+        )
+    except CompilationError as error:
+        raise RuntimeError(
+            f"hf_triton_attn's Gluon dQ kernel (Hopper, head_dim {head_dim}) does not compile with triton "
+            f"{triton.__version__}. Set HF_TRITON_ATTN_GLUON=0 before importing hf_triton_attn to use its Triton "
+            f"kernels for every call, or use triton 3.6.") from error
 
 
 def _bhsd_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
@@ -440,24 +496,30 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     block_d = configs.padded_head_dim(head_dim)
     cfg = configs.backward_config(block_d, q.element_size(), INTERPRET, dropout_p > 0.0, causal, skv)
-    tma = configs.dq_uses_tma(head_dim, q.element_size(), INTERPRET, skv) and _tma_compatible(k, v)
-    kv_descriptors = (_descriptor(k, cfg.dq.block_n), _descriptor(v, cfg.dq.block_n)) if tma else (None, None)
 
     delta = torch.empty_like(lse)  # rowsum(O * dO), written by the dQ kernel for the dK/dV kernel
     if key_range is None:
         key_range = kept_key_ranges(key_mask, seqused_k)
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                  **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype))
-    _launch_bwd_dq(
-        (configs.cdiv(sq, cfg.dq.block_m), batch * heads),
-        q, k, v, *kv_descriptors, out, grad_out, dq, lse, delta, key_mask, key_range, seqused_k, seqused_q, mask,
-        query_spans[0], seed, scale, softcap, dropout_p,
-        *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out), *_bhsd_strides(grad_out), *dq.stride(),
-        *km_strides, *m_strides, *query_spans[1:],
-        heads, sq, skv, heads // hkv,
-        BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n, USE_TMA=tma,
-        num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages, maxnreg=cfg.dq.max_registers, **flags,
-    )
+    hopper = None
+    if seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
+        hopper = _hopper_dq_config(q, k, v, out, grad_out, key_mask, causal, scale)
+    if hopper is not None:
+        _backward_dq_hopper(q, k, v, out, grad_out, dq, lse, delta, key_mask, key_range, causal, scale, hopper)
+    else:
+        tma = configs.dq_uses_tma(head_dim, q.element_size(), INTERPRET, skv) and _tma_compatible(k, v)
+        kv_descriptors = (_descriptor(k, cfg.dq.block_n), _descriptor(v, cfg.dq.block_n)) if tma else (None, None)
+        _launch_bwd_dq(
+            (configs.cdiv(sq, cfg.dq.block_m), batch * heads),
+            q, k, v, *kv_descriptors, out, grad_out, dq, lse, delta, key_mask, key_range, seqused_k, seqused_q, mask,
+            query_spans[0], seed, scale, softcap, dropout_p,
+            *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out), *_bhsd_strides(grad_out), *dq.stride(),
+            *km_strides, *m_strides, *query_spans[1:],
+            heads, sq, skv, heads // hkv,
+            BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n, USE_TMA=tma,
+            num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages, maxnreg=cfg.dq.max_registers, **flags,
+        )
     key_blocks = configs.cdiv(skv, cfg.dkdv.block_n)
     key_blocks_outer = configs.dkdv_key_blocks_outer(causal, key_blocks * batch * hkv, _sm_count(q.device))
     _launch_bwd_dkdv(

@@ -48,6 +48,15 @@ def random_qkv(batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, devi
     return make(heads, seqlen_q), make(kv_heads, seqlen_k), make(kv_heads, seqlen_k)
 
 
+def qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, device):
+    """Random q, k, v seen as (B, H, S, D): contiguous that way ("bhsd"), or views of (B, S, H, D) memory ("bshd"),
+    as Transformers' models pass them."""
+    if layout == "bhsd":
+        return random_qkv(batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, device)
+    return tuple(torch.randn(batch, s, h, head_dim, device=device, dtype=dtype).transpose(1, 2)
+                 for h, s in ((heads, seqlen_q), (kv_heads, seqlen_k), (kv_heads, seqlen_k)))
+
+
 def reference_pair(q, k, v, **kwargs):
     """(float64 oracle, the same math in the inputs' own dtype)."""
     ref64 = attention_reference(q.double(), k.double(), v.double(), **_mask_to(kwargs, torch.float64))

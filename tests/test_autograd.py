@@ -4,9 +4,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (LONG_ROWS, SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors,
-                     hopper_with_gluon, inputs_with_unused_nan_keys, random_qkv, take_gluon_as_at)
+                     hopper_with_gluon, inputs_with_unused_nan_keys, qkv_in_layout, random_qkv, take_gluon_as_at)
 from test_kernel import (PADDING_CASES, STRUCTURED_KINDS, additive_mask, check_forward, kept_ranges_mask,
-                         launch_config_mask, padding_mask, structured_mask)
+                         launch_config_mask, padding_mask, schedule_mask, structured_mask)
 
 from hf_triton_attn import attention, configs, functional, kept_key_ranges, ops
 from hf_triton_attn.reference import attention_reference
@@ -528,6 +528,94 @@ def test_backward_after_hopper_forward_gpu(monkeypatch, causal, shape, padding, 
     mask = None if padding is None else padding_mask(padding, shape[0], shape[4])
     check_backward(*random_qkv(*shape, head_dim, torch.bfloat16, DEVICE), causal=causal, attention_mask=mask)
     assert len(calls) == 1
+
+
+def test_hopper_dq_config_applies_only_where_measured():
+    """The Gluon dQ kernel is Hopper-only and 16-bit, head_dim 128 from GLUON_MIN_QUERIES queries; anything else
+    (head_dim 64, where it measured a tie) keeps the Triton dQ kernel, and so does every call in the interpreter or on
+    the CPU."""
+    hopper = (9, 0)
+    assert configs.hopper_dq_config(128, 2, hopper, configs.GLUON_MIN_QUERIES) is not None
+    for head_dim, itemsize, capability, seqlen_q in [
+            (32, 2, hopper, 4096), (64, 2, hopper, 16384), (256, 2, hopper, 4096), (128, 4, hopper, 4096),
+            (128, 2, (8, 0), 4096), (128, 2, (10, 0), 4096), (128, 2, hopper, configs.GLUON_MIN_QUERIES - 1)]:
+        assert configs.hopper_dq_config(head_dim, itemsize, capability, seqlen_q) is None
+    if not ON_GPU:
+        q, k, v = random_qkv(1, 2, 2, 200, 200, 128, torch.float16, DEVICE)
+        out = torch.empty(1, 200, 2, 128, dtype=torch.float16)
+        assert ops._hopper_dq_config(q, k, v, out, out, None, True, 128 ** -0.5) is None
+
+
+def hopper_dq_available() -> bool:
+    return hopper_with_gluon() and ops._attn_bwd_dq_ws is not None and configs.GLUON_DQ
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+@pytest.mark.parametrize("shape", [(2, 4, 4, 333, 333), (1, 8, 2, 500, 500), (1, 4, 4, 200, 456), (1, 4, 1, 1000, 1000),
+                                   (1, 2, 2, 129, 257), (2, 2, 2, 128, 128)])
+@pytest.mark.parametrize("padding", [None, "right", "left", "holes"])
+def test_hopper_dq_gpu(monkeypatch, dtype, causal, layout, shape, padding):
+    """The Gluon dQ kernel (Hopper, head_dim 128; no mask or a key-padding one) against the oracle: lengths
+    off its tiles, GQA and MQA, Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal),
+    left padding (rows that see no key under a causal mask), holes; the dK/dV kernel takes its Delta; and it is the
+    kernel that ran."""
+    if not hopper_dq_available():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    calls = count_calls(monkeypatch, ops, "_backward_dq_hopper")
+    batch, heads, kv_heads, seqlen_q, seqlen_k = shape
+    head_dim = 128
+    q, k, v = qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, DEVICE)
+    mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
+    check_backward(q, k, v, causal=causal, attention_mask=mask)
+    assert len(calls) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "left", "holes", "empty_row"])
+def test_hopper_dq_persistent_schedule_gpu(monkeypatch, causal, padding):
+    """More tiles than SMs, so each persistent program runs several (its K/V ring carried from one tile to the next),
+    in causal sections of 4 heads that do not divide the 15 (batch, head) pairs, and one batch row with no kept key
+    (tiles without key blocks between others); then a second backward, which finds the tile counter back at zero."""
+    if not hopper_dq_available():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    calls = count_calls(monkeypatch, ops, "_backward_dq_hopper")
+    batch, heads, seqlen, head_dim = 3, 5, 2500, 128
+    q, k, v = random_qkv(batch, heads, 1, seqlen, seqlen, head_dim, torch.bfloat16, DEVICE)
+    monkeypatch.setattr(configs, "GLUON_L2_BYTES", 4 * (2 * seqlen * head_dim * 2 // heads))
+    assert configs.cdiv(seqlen, 128) * batch * heads > 2 * ops._sm_count(q.device)
+    mask = schedule_mask(padding, batch, seqlen)
+    for _ in range(2):
+        check_backward(q, k, v, causal=causal, attention_mask=mask)
+    assert ops._tile_counter(q.device).item() == 0
+    assert len(calls) == 2
+
+
+@pytest.mark.gpu
+def test_hopper_dq_not_taken_where_it_does_not_apply(monkeypatch):
+    """Dense masks, seqused_q, seqused_k, dropout, a softcap, a causal call with more queries than keys, head_dims 64
+    and 256, too few queries and the switch keep the Triton dQ kernel, with the oracle's gradients."""
+    if not hopper_dq_available():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    calls = count_calls(monkeypatch, ops, "_backward_dq_hopper")
+    q, k, v = random_qkv(2, 4, 2, 300, 300, 128, torch.bfloat16, DEVICE)
+    lengths = torch.tensor([250, 300], device=DEVICE, dtype=torch.int32)
+    check_backward(q, k, v, causal=True, attention_mask=structured_mask("sliding", 2, 1, 300, 300))
+    check_backward(q, k, v, causal=True, seqused_q=lengths)
+    check_backward(q, k, v, causal=True, seqused_k=lengths)
+    check_backward(q, k, v, causal=True, softcap=20.0)
+    check_backward(q, k[:, :, :200], v[:, :, :200], causal=True)
+    check_backward(*random_qkv(1, 2, 2, 300, 300, 256, torch.bfloat16, DEVICE), causal=True)
+    check_backward(*random_qkv(1, 2, 2, 300, 300, 64, torch.bfloat16, DEVICE), causal=True)
+    check_backward(q[:, :, :configs.GLUON_MIN_QUERIES - 1], k, v, causal=True)
+    q_drop, k_drop, v_drop = (t.detach().requires_grad_() for t in (q, k, v))
+    attention(q_drop, k_drop, v_drop, causal=True, dropout_p=0.1).sum().backward()
+    monkeypatch.setattr(configs, "GLUON_DQ", False)
+    check_backward(q, k, v, causal=True)
+    assert calls == []
 
 
 @pytest.mark.gpu

@@ -8,8 +8,8 @@ import torch
 from triton.compiler.errors import CompilationError
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (LONG_ROWS, SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors,
-                     hopper_with_gluon, inputs_with_unused_nan_keys, max_err, random_qkv, reference_pair,
-                     take_gluon_as_at)
+                     hopper_with_gluon, inputs_with_unused_nan_keys, max_err, qkv_in_layout, random_qkv,
+                     reference_pair, take_gluon_as_at)
 
 from hf_triton_attn import attention, attention_bshd, configs, kept_key_ranges, ops
 
@@ -685,14 +685,20 @@ def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding, 
     take_gluon_as_at(monkeypatch, configured_for)
     calls = count_calls(monkeypatch, ops, "_forward_hopper")
     batch, heads, kv_heads, seqlen_q, seqlen_k = shape
-    if layout == "bhsd":
-        q, k, v = random_qkv(batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, DEVICE)
-    else:
-        q, k, v = (torch.randn(batch, s, h, head_dim, device=DEVICE, dtype=dtype).transpose(1, 2)
-                   for h, s in ((heads, seqlen_q), (kv_heads, seqlen_k), (kv_heads, seqlen_k)))
+    q, k, v = qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, DEVICE)
     mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
     check_forward(q, k, v, causal=causal, attention_mask=mask)
     assert len(calls) == 1
+
+
+def schedule_mask(padding, batch: int, seqlen: int):
+    """The persistent-schedule tests' key-padding masks: None, a ``padding_mask`` kind, or "empty_row" (right padding
+    with batch row 1 keeping no key: tiles without key blocks between others)."""
+    if padding == "empty_row":
+        mask = padding_mask("right", batch, seqlen)
+        mask[1] = False
+        return mask
+    return None if padding is None else padding_mask(padding, batch, seqlen)
 
 
 @pytest.mark.gpu
@@ -714,12 +720,7 @@ def test_hopper_forward_persistent_schedule_gpu(monkeypatch, causal, padding, he
     # The K/V bytes of 4 heads; the 5 heads of a batch row share one kv head (MQA), a fifth of it each.
     monkeypatch.setattr(configs, "GLUON_L2_BYTES", 4 * (2 * seqlen * head_dim * 2 // heads))
     assert configs.cdiv(seqlen, 128) * batch * heads > 2 * ops._sm_count(q.device)
-    if padding == "empty_row":
-        mask = padding_mask("right", batch, seqlen)
-        mask[1] = False
-    else:
-        mask = None if padding is None else padding_mask(padding, batch, seqlen)
-    check_forward(q, k, v, causal=causal, attention_mask=mask)
+    check_forward(q, k, v, causal=causal, attention_mask=schedule_mask(padding, batch, seqlen))
     assert len(calls) == 1
 
 

@@ -99,6 +99,41 @@ def _tile(t, sizes, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_
 
 
 @gluon.jit
+def _load_key_blocks(desc_k, desc_v, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pid_b, pid_hk, first_block,
+                     n_blocks, loaded, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """The loader's K and V tiles of key blocks [first_block, + n_blocks) into the ring, from ring position
+    ``loaded`` on, each into a slot once the consumers released it; returns the ring position after them."""
+    for i in range(n_blocks):
+        slot = loaded % STAGES
+        free_phase = ((loaded // STAGES) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
+        start_n = (first_block + i) * BLOCK_N
+        mbarrier.wait(k_empty.index(slot), free_phase)
+        mbarrier.expect(k_ready.index(slot), desc_k.block_type.nbytes)
+        _tma_load(desc_k, [pid_b, pid_hk, start_n, 0], k_ready.index(slot), _tma_view(k_smem, slot, BLOCK_N, HEAD_DIM))
+        mbarrier.wait(v_empty.index(slot), free_phase)
+        mbarrier.expect(v_ready.index(slot), desc_v.block_type.nbytes)
+        _tma_load(desc_v, [pid_b, pid_hk, start_n, 0], v_ready.index(slot), _tma_view(v_smem, slot, BLOCK_N, HEAD_DIM))
+        loaded += 1
+    return loaded
+
+
+@gluon.jit
+def _clean_blocks(row_first, q_start, Skv, first_block, key_lo, key_hi, one_run, BLOCK_N: gl.constexpr,
+                  IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr):
+    """[clean_lo, clean_hi): the tile's loader blocks (counted from first_block) that every row of the consumer
+    starting at ``row_first`` sees in full, inside one run of kept keys and left of its causal diagonal."""
+    clean_end = gl.minimum(Skv, key_hi)
+    if IS_CAUSAL:
+        clean_end = gl.minimum(clean_end, q_start + row_first + 1)
+    clean_lo = (key_lo + BLOCK_N - 1) // BLOCK_N - first_block
+    if HAS_KEY_MASK:
+        clean_hi = gl.where(one_run, clean_end // BLOCK_N - first_block, clean_lo)
+    else:
+        clean_hi = clean_end // BLOCK_N
+    return clean_lo, clean_hi
+
+
+@gluon.jit
 def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, buffers, sizes, strides,
             qk_scale, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
             IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
@@ -132,19 +167,8 @@ def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCou
             mbarrier.expect(q_ready.index(q_slot * CONSUMERS + w), desc_q.block_type.nbytes)
             _tma_load(desc_q, [pid_b, pid_h, start_m + w * BLOCK_MW, 0], q_ready.index(q_slot * CONSUMERS + w),
                       _tma_view(q_smem, q_slot * CONSUMERS + w, BLOCK_MW, HEAD_DIM))
-        for i in range(n_blocks):
-            slot = loaded % STAGES
-            free_phase = ((loaded // STAGES) & 1) ^ 1
-            start_n = (first_block + i) * BLOCK_N
-            mbarrier.wait(k_empty.index(slot), free_phase)
-            mbarrier.expect(k_ready.index(slot), desc_k.block_type.nbytes)
-            _tma_load(desc_k, [pid_b, pid_hk, start_n, 0], k_ready.index(slot),
-                      _tma_view(k_smem, slot, BLOCK_N, HEAD_DIM))
-            mbarrier.wait(v_empty.index(slot), free_phase)
-            mbarrier.expect(v_ready.index(slot), desc_v.block_type.nbytes)
-            _tma_load(desc_v, [pid_b, pid_hk, start_n, 0], v_ready.index(slot),
-                      _tma_view(v_smem, slot, BLOCK_N, HEAD_DIM))
-            loaded += 1
+        loaded = _load_key_blocks(desc_k, desc_v, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pid_b, pid_hk,
+                                  first_block, n_blocks, loaded, HEAD_DIM, BLOCK_N, STAGES)
         t = gl.atomic_add(TileCounter, 1, sem="relaxed") + programs  # an index, no data to order: no fences
         tiles_done += 1
     q_slot = tiles_done % Q_SLOTS
@@ -234,15 +258,8 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileC
         pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
             t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
         row_first = start_m + WG * BLOCK_MW
-        # Loader blocks [clean_lo, clean_hi) are visible in full to every row of this warpgroup.
-        clean_end = gl.minimum(Skv, key_hi)
-        if IS_CAUSAL:
-            clean_end = gl.minimum(clean_end, q_start + row_first + 1)
-        clean_lo = (key_lo + BLOCK_N - 1) // BLOCK_N - first_block
-        if HAS_KEY_MASK:
-            clean_hi = gl.where(one_run, clean_end // BLOCK_N - first_block, clean_lo)
-        else:
-            clean_hi = clean_end // BLOCK_N
+        clean_lo, clean_hi = _clean_blocks(row_first, q_start, Skv, first_block, key_lo, key_hi, one_run, BLOCK_N,
+                                           IS_CAUSAL, HAS_KEY_MASK)
         acc = gl.zeros([BLOCK_MW, HEAD_DIM], gl.float32, layout=o_layout)
         m_i = gl.full([BLOCK_MW], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([BLOCK_MW], gl.float32, layout=row_s)

@@ -1,0 +1,239 @@
+"""Warp-specialised, persistent dQ kernel of the flash-attention backward for Hopper, written in Gluon.
+
+The Triton dQ kernel (bwd.py) runs one program per (query block, head), one program per SM at its tile size: each
+program's loads of Q, dO and O and its store of dQ leave the tensor cores idle, which on short rows (a few key blocks
+per program) is a large part of its time. Here, as in the Gluon forward (fwd_gluon.py, whose tile order, counter and
+masks this kernel shares), one loader warp streams each tile's Q, dO and O and then its K/V tiles through a ring of
+shared-memory stages, while two consumer warpgroups of BLOCK_MW query rows each work: the loads of the next tile's
+K/V overlap the end of this one, and programs are persistent (one per SM, tiles from the shared counter).
+
+Per key block j a consumer issues S_j = Q K_j^T, then dQ += dS_{j-1} K_{j-1} (the previous block's product), then
+dP_j = dO V_j^T, all asynchronous, and computes P_j = exp2(S_j * scale - LSE) while the last two run; then
+dS_j = P_j (dP_j - Delta). Delta = rowsum(O * dO) comes from the tile's O and dO in shared memory, and is written
+out for the dK/dV kernel, as the Triton dQ kernel does.
+
+Scope, as the Gluon forward's: no mask, causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask
+with its kept key ranges; no dropout, no softcap, no seqused_q/seqused_k, a positive scale, 16-bit inputs, tensors a
+TMA descriptor can describe. It compiles for head_dims 64 and 128; the op layer takes it at 128 only, where it was
+measured faster (configs.hopper_dq_config). Tested on triton 3.6 (H200); compiles for sm_90 with triton 3.9.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
+
+from .fwd_gluon import CONSUMERS, _clean_blocks, _load_key_blocks, _masked, _tile, _tma_load, _tma_view
+
+
+@gluon.jit
+def _loader(desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
+            sizes, strides, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr,
+            STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, WG: gl.constexpr):
+    """One warp (the partitions share one signature, hence the arguments it does not use): for each tile the
+    program takes, once the consumers released their query slot, the tile's index and its Q, O and dO rows into the
+    slot, then the K and V tiles of its key blocks into the ring slots the consumers released (ring positions count
+    on across tiles). Tiles come as in the Gluon forward's loader: the program's id first, then the counter, which
+    the last fetch sets back to zero."""
+    q_smem, o_smem, do_smem, k_smem, v_smem, tile_id, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
+    Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
+    programs = gl.num_programs(0)
+    id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    loaded = 0
+    tiles_done = 0
+    t = gl.program_id(0)
+    while t < n_tiles:
+        pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
+            t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
+        q_free = (tiles_done & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
+        for w in gl.static_range(CONSUMERS):
+            mbarrier.wait(q_empty.index(w), q_free)
+        tile_id.store(gl.full([1], t, gl.int32, layout=id_layout))
+        for w in gl.static_range(CONSUMERS):
+            row = start_m + w * BLOCK_MW
+            mbarrier.expect(q_ready.index(w), 3 * desc_q.block_type.nbytes)
+            _tma_load(desc_q, [pid_b, pid_h, row, 0], q_ready.index(w), _tma_view(q_smem, w, BLOCK_MW, HEAD_DIM))
+            _tma_load(desc_o, [pid_b, pid_h, row, 0], q_ready.index(w), _tma_view(o_smem, w, BLOCK_MW, HEAD_DIM))
+            _tma_load(desc_do, [pid_b, pid_h, row, 0], q_ready.index(w), _tma_view(do_smem, w, BLOCK_MW, HEAD_DIM))
+        loaded = _load_key_blocks(desc_k, desc_v, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pid_b, pid_hk,
+                                  first_block, n_blocks, loaded, HEAD_DIM, BLOCK_N, STAGES)
+        t = gl.atomic_add(TileCounter, 1, sem="relaxed") + programs  # an index, no data to order: no fences
+        tiles_done += 1
+    q_free = (tiles_done & 1) ^ 1
+    for w in gl.static_range(CONSUMERS):
+        mbarrier.wait(q_empty.index(w), q_free)
+    tile_id.store(gl.full([1], t, gl.int32, layout=id_layout))
+    for w in gl.static_range(CONSUMERS):
+        mbarrier.arrive(q_ready.index(w), count=1)
+    if t == n_tiles - 1 + programs:
+        gl.atomic_xchg(TileCounter, 0, sem="relaxed")
+
+
+@gluon.jit
+def _consume(q, do, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, ring_base, first_block, dq,
+             ds_op, lse, delta, zeros_s, qk_scale, row_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
+             BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
+             ds_layout: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, MASKED: gl.constexpr):
+    """Key blocks [i_lo, i_hi) of the tile (key block first_block + i, ring position ring_base + i), each after a
+    first: issue S_i, dQ += dS_{i-1} K_{i-1} and dP_i together, take P_i while the last two run, then dS_i. K_{i-1}
+    goes back to the loader once its dQ product is done, V_i once dP_i is."""
+    for i in range(i_lo, i_hi):
+        slot = (ring_base + i) % STAGES
+        prev = (ring_base + i - 1) % STAGES
+        phase = ((ring_base + i) // STAGES) & 1
+        mbarrier.wait(k_ready.index(slot), phase)
+        s_token = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
+        dq_token = warpgroup_mma(ds_op, k_smem.index(prev), dq, is_async=True)
+        mbarrier.wait(v_ready.index(slot), phase)
+        dp_token = warpgroup_mma(do, v_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(2, deps=(s_token,))
+        if MASKED:
+            s = _masked(s, row_first, (first_block + i) * BLOCK_N, q_start, Skv, KeyMask, stride_kmb, pid_b,
+                        BLOCK_MW, BLOCK_N, s_layout, IS_CAUSAL, HAS_KEY_MASK)
+        p = gl.exp2(s * qk_scale - lse[:, None])
+        dq, ds_op, dp = warpgroup_mma_wait(0, deps=(dq_token, ds_op, dp_token))
+        mbarrier.arrive(k_empty.index(prev), count=1)
+        mbarrier.arrive(v_empty.index(slot), count=1)
+        ds_op = gl.convert_layout((p * (dp - delta[:, None])).to(ds_op.dtype), ds_layout)
+    return dq, ds_op
+
+
+@gluon.jit
+def _consumer(desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
+              sizes, strides, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr,
+              BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
+              WG: gl.constexpr):
+    """One warpgroup: for each of the program's tiles, query rows [start_m + WG * BLOCK_MW, + BLOCK_MW): Delta from
+    the tile's O and dO, then dQ over the key blocks the loader streams, split as in the Gluon forward's consumer
+    (the first block masked where it needs it, then the blocks every row sees in full, then the masked rest)."""
+    q_smem, o_smem, do_smem, k_smem, v_smem, tile_id, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
+    Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
+    stride_dqb, stride_dqh, stride_dqm, stride_kmb = strides
+    dtype: gl.constexpr = desc_q.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, HEAD_DIM, 16])
+    ds_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dq_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    rows_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    zeros_s = gl.zeros([BLOCK_MW, BLOCK_N], gl.float32, layout=s_layout)
+    q_start = Skv - Sq
+    q = q_smem.index(WG)
+    do = do_smem.index(WG)
+
+    id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+    consumed = 0
+    tiles_done = 0
+    mbarrier.wait(q_ready.index(WG), 0)
+    t = gl.max(tile_id.load(id_layout), axis=0)
+    while t < n_tiles:
+        pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
+            t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
+        row_first = start_m + WG * BLOCK_MW
+        clean_lo, clean_hi = _clean_blocks(row_first, q_start, Skv, first_block, key_lo, key_hi, one_run, BLOCK_N,
+                                           IS_CAUSAL, HAS_KEY_MASK)
+
+        # Delta = rowsum(O * dO) in float32, as the Triton dQ kernel computes it; rows past Sq load as zeros.
+        o_rows = o_smem.index(WG).load(rows_layout).to(gl.float32)
+        do_rows = do.load(rows_layout).to(gl.float32)
+        delta = gl.sum(o_rows * do_rows, axis=1)
+        delta_rows = row_first + gl.arange(0, BLOCK_MW, layout=gl.SliceLayout(1, rows_layout))
+        gl.store(Delta + pid_bh.to(gl.int64) * Sq + delta_rows, delta, mask=delta_rows < Sq)
+        delta = gl.convert_layout(delta, row_s)
+        lse_rows = row_first + gl.arange(0, BLOCK_MW, layout=row_s)
+        lse = gl.load(LSE + pid_bh.to(gl.int64) * Sq + lse_rows, mask=lse_rows < Sq, other=0.0)
+
+        dq = gl.zeros([BLOCK_MW, HEAD_DIM], gl.float32, layout=dq_layout)
+        if n_blocks > 0:
+            slot = consumed % STAGES
+            phase = (consumed // STAGES) & 1
+            mbarrier.wait(k_ready.index(slot), phase)
+            s_token = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
+            mbarrier.wait(v_ready.index(slot), phase)
+            dp = warpgroup_mma(do, v_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False)
+            s = warpgroup_mma_wait(0, deps=(s_token,))
+            mbarrier.arrive(v_empty.index(slot), count=1)
+            if (clean_lo > 0) | (clean_hi < 1):
+                s = _masked(s, row_first, first_block * BLOCK_N, q_start, Skv, KeyMask, stride_kmb, pid_b, BLOCK_MW,
+                            BLOCK_N, s_layout, IS_CAUSAL, HAS_KEY_MASK)
+            p = gl.exp2(s * qk_scale - lse[:, None])
+            ds_op = gl.convert_layout((p * (dp - delta[:, None])).to(dtype), ds_layout)
+
+            clean_stop = gl.maximum(gl.minimum(clean_hi, n_blocks), 1)
+            dq, ds_op = _consume(q, do, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, 1, clean_stop, consumed,
+                                 first_block, dq, ds_op, lse, delta, zeros_s, qk_scale, row_first, q_start, Skv,
+                                 KeyMask, stride_kmb, pid_b, BLOCK_MW, BLOCK_N, STAGES, s_layout, ds_layout,
+                                 IS_CAUSAL, HAS_KEY_MASK, False)
+            dq, ds_op = _consume(q, do, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, clean_stop, n_blocks,
+                                 consumed, first_block, dq, ds_op, lse, delta, zeros_s, qk_scale, row_first, q_start,
+                                 Skv, KeyMask, stride_kmb, pid_b, BLOCK_MW, BLOCK_N, STAGES, s_layout, ds_layout,
+                                 IS_CAUSAL, HAS_KEY_MASK, True)
+            # Q, O and dO are read: the loader may fetch the next tile's while the last product runs.
+            mbarrier.arrive(q_empty.index(WG), count=1)
+            consumed += n_blocks
+            last = (consumed - 1) % STAGES
+            dq = warpgroup_mma(ds_op, k_smem.index(last), dq)
+            mbarrier.arrive(k_empty.index(last), count=1)
+        else:
+            mbarrier.arrive(q_empty.index(WG), count=1)
+
+        rows = row_first + gl.arange(0, BLOCK_MW, layout=gl.SliceLayout(1, dq_layout))
+        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, dq_layout))
+        dq_ptrs = (DQ + pid_b.to(gl.int64) * stride_dqb + pid_h.to(gl.int64) * stride_dqh
+                   + rows[:, None].to(gl.int64) * stride_dqm + cols[None, :])
+        gl.store(dq_ptrs, (dq * sm_scale).to(dtype), mask=(rows < Sq)[:, None])
+        tiles_done += 1
+        mbarrier.wait(q_ready.index(WG), tiles_done & 1)
+        t = gl.max(tile_id.load(id_layout), axis=0)
+
+
+@gluon.jit
+def _attn_bwd_dq_ws(desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter,
+                    qk_scale, sm_scale, stride_dqb, stride_dqh, stride_dqm, stride_kmb, H, Sq, Skv, GROUP, n_tiles,
+                    HEADS_PER_SECTION, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr,
+                    STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
+                    CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+    """Persistent: grid (programs,), each taking tile pid, then the next of the n_tiles =
+    cdiv(Sq, CONSUMERS * BLOCK_MW) * B * H from TileCounter (a zeroed int32, left zeroed), in the Gluon forward's
+    order. q/k/v/o/do through 4D descriptors over (B, H|Hkv, S, D) with boxes (1, 1, rows, HEAD_DIM); DQ (B, H, Sq, D)
+    with unit last stride, written by pointer; LSE (B, H, Sq) float32 in log2 units (the forward's); Delta (B, H, Sq)
+    float32, written; qk_scale is the softmax scale times log2(e), sm_scale the softmax scale. HAS_KEY_MASK: KeyMask
+    (B, Skv) uint8 keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept ranges."""
+    dtype: gl.constexpr = desc_q.dtype
+    tile_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_MW, HEAD_DIM], dtype)
+
+    q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
+    o_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
+    do_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
+    tile_id = gl.allocate_shared_memory(gl.int32, [1, 1], gl.SwizzledSharedLayout(1, 1, 1, [0])).index(0)
+    q_ready = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(CONSUMERS):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=CONSUMERS)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(v_empty.index(i), count=CONSUMERS)
+
+    buffers = (q_smem, o_smem, do_smem, k_smem, v_smem, tile_id, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
+    sizes = (Sq, Skv, H, GROUP, gl.cdiv(Sq, CONSUMERS * BLOCK_MW), n_tiles, HEADS_PER_SECTION)
+    strides = (stride_dqb, stride_dqh, stride_dqm, stride_kmb)
+    gl.warp_specialize([
+        (_consumer, (desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
+                     sizes, strides, qk_scale, sm_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK,
+                     0)),
+        (_consumer, (desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
+                     sizes, strides, qk_scale, sm_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK,
+                     1)),
+        (_loader, (desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
+                   sizes, strides, qk_scale, sm_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK,
+                   0))],
+        [4, 1], [CONSUMER_REGS, 24])
