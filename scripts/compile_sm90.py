@@ -109,6 +109,9 @@ def compile_gluon(args):
         from hf_triton_attn._kernels.fwd_gluon import _attn_fwd_ws
     except ImportError as error:
         raise SystemExit(f"triton {triton.__version__} has no Gluon Hopper API: {error}")
+    if not hasattr(TensorDescriptor, "__mangle__"):
+        raise SystemExit(f"triton {triton.__version__}'s Gluon descriptors cannot name their type for an offline "
+                         f"compile (no __mangle__, added after 3.6): use triton 3.7 or later")
     cfg = configs.hopper_forward_config(args.head_dim, 2, (9, 0), args.seqlen, not args.full)
     if cfg is None:
         raise SystemExit(f"the Gluon forward does not take head_dim {args.head_dim} at {args.seqlen} queries")

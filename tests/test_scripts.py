@@ -84,7 +84,9 @@ def test_bench_kernels_keeps_each_providers_best_round(monkeypatch):
 def test_compile_sm90_reports_the_gluon_forward(args, fields):
     """The Gluon forward compiles offline in the configuration the package takes for a head dim and length, with
     the given fields overridden, and fits in a program's shared memory."""
-    pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    hopper = pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    if not hasattr(hopper.TensorDescriptor, "__mangle__"):
+        pytest.skip("this Triton (3.6) cannot name a Gluon descriptor's type for an offline compile")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, str(SCRIPTS / "compile_sm90.py"), "gluon", *args], capture_output=True,
                             text=True, env=env, timeout=600)

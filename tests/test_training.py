@@ -1,11 +1,14 @@
 """Training with attn_implementation="triton": optimizer steps against eager, dropout, torch.compile."""
 import pytest
 import torch
+import transformers
 from conftest import DEVICE, ON_GPU
-from tiny_models import DECODER_CONFIGS, bert_config, right_padded_batch, saved_model
+from helpers import SKIP_WITHOUT_GLUON, count_calls, hopper_with_gluon
+from tiny_models import COMMON, DECODER_CONFIGS, bert_config, right_padded_batch, saved_model
 from transformers import AutoModelForCausalLM, BertForSequenceClassification
 
 import hf_triton_attn  # noqa: F401  (registers attn_implementation="triton")
+from hf_triton_attn import configs, ops
 
 STEPS = 3
 
@@ -113,3 +116,34 @@ def test_compiled_model_fullgraph_forward_backward(tmp_path_factory, impl, padde
     assert loss == pytest.approx(reference[0], rel=1e-5)
     for a, b in zip(grads, reference[1]):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("padded", [False, True])
+def test_bf16_decoder_gradients_through_the_hopper_dq_kernel(tmp_path_factory, monkeypatch, padded):
+    """A bf16 Llama with head_dim 128 and sequences of 200 tokens (unpadded, or right-padded with the padding labelled
+    -100), whose every layer's backward takes the Gluon dQ kernel on Hopper: its parameter gradients are as close to
+    float32 eager's as bf16 eager's are (within 2x)."""
+    if not (hopper_with_gluon() and ops._attn_bwd_dq_ws is not None and configs.GLUON_DQ):
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    config = transformers.LlamaConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=128, **COMMON)
+    path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, config)
+    ids, mask = right_padded_batch(DEVICE, seqlen=200)
+    if not padded:
+        mask = torch.ones_like(mask)
+    batch = dict(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+    calls = count_calls(monkeypatch, ops, "_backward_dq_hopper")
+    grads = {}
+    for impl, dtype in (("eager", torch.float32), ("eager", torch.bfloat16), ("triton", torch.bfloat16)):
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=impl, dtype=dtype).to(DEVICE).train()
+        model(**batch).loss.backward()
+        grads[impl, dtype] = {name: p.grad.float() for name, p in model.named_parameters()}
+    reference = grads["eager", torch.float32]
+
+    def error(impl):
+        return max(((grads[impl, torch.bfloat16][name] - ref).abs().max() / (ref.abs().max() + 1e-6)).item()
+                   for name, ref in reference.items())
+    ours, eager = error("triton"), error("eager")
+    assert ours <= 2 * eager + 1e-3, f"bf16 triton {ours:.3e} against bf16 eager {eager:.3e}"
+    assert len(calls) == config.num_hidden_layers
