@@ -1,5 +1,6 @@
 """Comparison helpers shared by the tests."""
 import torch
+from triton.compiler.errors import CompilationError
 
 from hf_triton_attn import configs, ops
 from hf_triton_attn.reference import attention_reference
@@ -78,6 +79,16 @@ def inputs_with_unused_nan_keys(seqlen_q, head_dim, device):
     seqused = torch.tensor([50, 70], device=device, dtype=torch.int32)
     k[0, :, 50:], v[0, :, 50:] = float("nan"), float("nan")
     return q, k, v, seqused
+
+
+def fail_gluon_launch(monkeypatch, launcher: str) -> None:
+    """``ops.<launcher>`` raises the CompilationError of a Triton that no longer compiles that Gluon kernel; the
+    descriptors and the tile counter are stubbed, so the launch path runs on any machine."""
+    def launch(grid, *args, **kwargs):
+        raise CompilationError(None, None, "a Gluon builtin this Triton does not have")
+    monkeypatch.setattr(ops, launcher, launch)
+    monkeypatch.setattr(ops, "_gluon_descriptor", lambda t, rows: None)
+    monkeypatch.setattr(ops, "_tile_counter", lambda device: None)
 
 
 def count_calls(monkeypatch, owner, name: str) -> list:

@@ -2,9 +2,11 @@
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from triton.compiler.errors import CompilationError
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (LONG_ROWS, SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors,
-                     hopper_with_gluon, inputs_with_unused_nan_keys, qkv_in_layout, random_qkv, take_gluon_as_at)
+                     fail_gluon_launch, hopper_with_gluon, inputs_with_unused_nan_keys, qkv_in_layout, random_qkv,
+                     take_gluon_as_at)
 from test_kernel import (PADDING_CASES, STRUCTURED_KINDS, additive_mask, check_forward, kept_ranges_mask,
                          launch_config_mask, padding_mask, schedule_mask, structured_mask)
 
@@ -544,6 +546,22 @@ def test_hopper_dq_config_applies_only_where_measured():
         q, k, v = random_qkv(1, 2, 2, 200, 200, 128, torch.float16, DEVICE)
         out = torch.empty(1, 200, 2, 128, dtype=torch.float16)
         assert ops._hopper_dq_config(q, k, v, out, out, None, True, 128 ** -0.5) is None
+
+
+def test_hopper_dq_compile_failure_names_the_switch(monkeypatch):
+    """Should a Triton release no longer compile the Gluon dQ kernel, the error says so and names
+    HF_TRITON_ATTN_GLUON=0, which keeps every call on the Triton kernels."""
+    if ops._attn_bwd_dq_ws is None:
+        pytest.skip("this Triton has no Gluon Hopper API: the Gluon dQ kernel is never taken")
+    fail_gluon_launch(monkeypatch, "_launch_bwd_dq_gluon")
+    q, k, v = random_qkv(2, 4, 2, 200, 200, 128, torch.float16, DEVICE)
+    out = torch.empty(2, 200, 4, 128, dtype=torch.float16)
+    lse = torch.empty(2, 4, 200)
+    cfg = configs.hopper_dq_config(128, 2, (9, 0), 200)
+    with pytest.raises(RuntimeError, match="HF_TRITON_ATTN_GLUON=0") as failure:
+        ops._backward_dq_hopper(q, k, v, out, out, torch.empty_like(q), lse, torch.empty_like(lse), None, None, True,
+                                128 ** -0.5, cfg)
+    assert isinstance(failure.value.__cause__, CompilationError)
 
 
 def hopper_dq_available() -> bool:

@@ -8,8 +8,8 @@ import torch
 from triton.compiler.errors import CompilationError
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (LONG_ROWS, SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors,
-                     hopper_with_gluon, inputs_with_unused_nan_keys, max_err, qkv_in_layout, random_qkv,
-                     reference_pair, take_gluon_as_at)
+                     fail_gluon_launch, hopper_with_gluon, inputs_with_unused_nan_keys, max_err, qkv_in_layout,
+                     random_qkv, reference_pair, take_gluon_as_at)
 
 from hf_triton_attn import attention, attention_bshd, configs, kept_key_ranges, ops
 
@@ -651,12 +651,7 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
     names HF_TRITON_ATTN_GLUON=0, which keeps every call on the Triton forward."""
     if ops._attn_fwd_ws is None:
         pytest.skip("this Triton has no Gluon Hopper API: the Gluon forward is never taken")
-
-    def launch(grid, *args, **kwargs):
-        raise CompilationError(None, None, "a Gluon builtin this Triton does not have")
-    monkeypatch.setattr(ops, "_launch_fwd_gluon", launch)
-    monkeypatch.setattr(ops, "_gluon_descriptor", lambda t, rows: None)
-    monkeypatch.setattr(ops, "_tile_counter", lambda device: None)
+    fail_gluon_launch(monkeypatch, "_launch_fwd_gluon")
     q, k, v = random_qkv(2, 4, 2, 200, 200, 128, torch.float16, DEVICE)
     out, lse = torch.empty(2, 200, 4, 128, dtype=torch.float16), torch.empty(2, 4, 200)
     cfg = configs.hopper_forward_config(128, 2, (9, 0), 200, True)
