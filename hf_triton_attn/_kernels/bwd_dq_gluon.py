@@ -21,7 +21,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from .fwd_gluon import CONSUMERS, _clean_blocks, _load_key_blocks, _masked, _tile, _tma_load, _tma_view
+from .fwd_gluon import (CONSUMERS, _clean_blocks, _load_key_blocks, _masked, _stop_consumers, _tile, _tma_load,
+                        _tma_view)
 
 
 @gluon.jit
@@ -57,14 +58,7 @@ def _loader(desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, Ke
                                   first_block, n_blocks, loaded, HEAD_DIM, BLOCK_N, STAGES)
         t = gl.atomic_add(TileCounter, 1, sem="relaxed") + programs  # an index, no data to order: no fences
         tiles_done += 1
-    q_free = (tiles_done & 1) ^ 1
-    for w in gl.static_range(CONSUMERS):
-        mbarrier.wait(q_empty.index(w), q_free)
-    tile_id.store(gl.full([1], t, gl.int32, layout=id_layout))
-    for w in gl.static_range(CONSUMERS):
-        mbarrier.arrive(q_ready.index(w), count=1)
-    if t == n_tiles - 1 + programs:
-        gl.atomic_xchg(TileCounter, 0, sem="relaxed")
+    _stop_consumers(t, n_tiles, programs, TileCounter, tile_id, q_empty, q_ready, 0, (tiles_done & 1) ^ 1)
 
 
 @gluon.jit

@@ -134,6 +134,21 @@ def _clean_blocks(row_first, q_start, Skv, first_block, key_lo, key_hi, one_run,
 
 
 @gluon.jit
+def _stop_consumers(t, n_tiles, programs, TileCounter, tile_slot, q_empty, q_ready, first_barrier, q_free):
+    """The loader's end: once the consumers released their query barriers [first_barrier, + CONSUMERS) (phase
+    ``q_free``), the index ``t`` (past n_tiles) into ``tile_slot`` and those barriers arrived on, so the consumers
+    stop; the program whose fetch read the last tile sets the counter back to zero for the next launch."""
+    id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    for w in gl.static_range(CONSUMERS):
+        mbarrier.wait(q_empty.index(first_barrier + w), q_free)
+    tile_slot.store(gl.full([1], t, gl.int32, layout=id_layout))
+    for w in gl.static_range(CONSUMERS):
+        mbarrier.arrive(q_ready.index(first_barrier + w), count=1)
+    if t == n_tiles - 1 + programs:
+        gl.atomic_xchg(TileCounter, 0, sem="relaxed")
+
+
+@gluon.jit
 def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, buffers, sizes, strides,
             qk_scale, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
             IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
@@ -172,14 +187,8 @@ def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCou
         t = gl.atomic_add(TileCounter, 1, sem="relaxed") + programs  # an index, no data to order: no fences
         tiles_done += 1
     q_slot = tiles_done % Q_SLOTS
-    q_free = ((tiles_done // Q_SLOTS) & 1) ^ 1
-    for w in gl.static_range(CONSUMERS):
-        mbarrier.wait(q_empty.index(q_slot * CONSUMERS + w), q_free)
-    tile_ids.index(q_slot).store(gl.full([1], t, gl.int32, layout=id_layout))
-    for w in gl.static_range(CONSUMERS):
-        mbarrier.arrive(q_ready.index(q_slot * CONSUMERS + w), count=1)
-    if t == n_tiles - 1 + programs:
-        gl.atomic_xchg(TileCounter, 0, sem="relaxed")
+    _stop_consumers(t, n_tiles, programs, TileCounter, tile_ids.index(q_slot), q_empty, q_ready,
+                    q_slot * CONSUMERS, ((tiles_done // Q_SLOTS) & 1) ^ 1)
 
 
 @gluon.jit
