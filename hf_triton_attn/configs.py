@@ -205,6 +205,53 @@ def hopper_dq_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: 
     return HopperDQConfig(block_mw=64, block_n=64, stages=3)
 
 
+# The Gluon dK/dV kernel (_kernels/bwd_dkdv_gluon.py) is taken where hopper_dkdv_config allows it, under the same
+# switch as the Gluon forward.
+GLUON_DKDV = GLUON_FORWARD
+
+
+@dataclass(frozen=True)
+class HopperDKDVConfig:
+    """The warp-specialised Gluon dK/dV kernel's launch: two consumer warpgroups of ``block_nw`` keys each share a ring
+    of ``stages`` Q/dO tiles of ``block_m`` queries that one loader warp fills; ``kv_slots`` K/V tiles per consumer
+    (two: the next tile's are loaded while this one ends); registers as in :class:`HopperForwardConfig`."""
+    block_m: int
+    block_nw: int
+    stages: int
+    kv_slots: int
+    consumer_regs: int = 240
+    max_registers: int = 168
+
+
+# Without a causal mask the Gluon dK/dV kernel is taken at head_dim 128 from this many keys (fewer were not measured),
+# and at head_dim 64 from GLUON_DKDV_D64_MIN_KEYS with or without one.
+GLUON_DKDV_MIN_KEYS = 512
+GLUON_DKDV_D64_MIN_KEYS = 4096
+
+
+@functools.lru_cache(maxsize=64)
+def hopper_dkdv_config(head_dim: int, itemsize: int, capability: tuple, seqlen_k: int,
+                       causal: bool) -> Optional[HopperDKDVConfig]:
+    """The Gluon dK/dV kernel's configuration, or None where the Triton dK/dV kernel (bwd.py) serves the call: only
+    on Hopper (sm_90), 16-bit; head_dim 128 from GLUON_DKDV_MIN_KEYS keys, and under a causal mask from more than
+    BWD_D128_SHORT_CAUSAL_MAX_KEYS (where the Triton kernel's narrow tiles tie or win); head_dim 64 from
+    GLUON_DKDV_D64_MIN_KEYS keys.
+
+    H200, bf16, the dK/dV kernel's GPU time (torch.profiler, µs per backward; benchmarks/RESULTS.md, session 31),
+    Triton kernel -> this one. Head_dim 128 (3 stages, one K/V slot): B4 H16 S4096 causal 1153 -> 923, full 2068 ->
+    1610, B4 H32/8 S4096 causal 2145 -> 1683, B8 S2048 causal 638 -> 539, B16 S1024 full 600 -> 493, B32 S512 full
+    362 -> 316; but B16 S1024 causal 354 -> 356, B32 S512 causal 227 -> 264, B64 S256 causal 166 -> 225. Head_dim 64
+    (4 stages, two K/V slots): B4 H32/8 S4096 causal (B, S, H, D) 1142-1153 -> 1083-1096, B4 H32 S4096 full 2150 ->
+    2053; but B8 H32 S2048 causal 677 -> 714, B16 H32 S1024 causal 404 -> 425, B32 H12 S512 full 134 -> 144."""
+    if capability != (9, 0) or itemsize != 2:
+        return None
+    if head_dim == 64 and seqlen_k >= GLUON_DKDV_D64_MIN_KEYS:
+        return HopperDKDVConfig(block_m=64, block_nw=64, stages=4, kv_slots=2)
+    if head_dim != 128 or seqlen_k < GLUON_DKDV_MIN_KEYS or (causal and seqlen_k <= BWD_D128_SHORT_CAUSAL_MAX_KEYS):
+        return None
+    return HopperDKDVConfig(block_m=64, block_nw=64, stages=3, kv_slots=1)
+
+
 @dataclass(frozen=True)
 class BackwardConfig:
     """dK/dV programs own ``dkdv.block_n`` keys and walk queries ``dkdv.block_m`` at a time; dQ programs own

@@ -52,12 +52,13 @@ try:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
+    from ._kernels.bwd_dkdv_gluon import _attn_bwd_dkdv_ws
     from ._kernels.bwd_dq_gluon import _attn_bwd_dq_ws
     from ._kernels.fwd_gluon import CONSUMERS, _attn_fwd_ws
 
     GLUON_CONSUMERS = CONSUMERS.value
 except ImportError:  # a Triton without Gluon's Hopper API: the Triton kernels serve every call
-    _attn_fwd_ws = _attn_bwd_dq_ws = None
+    _attn_fwd_ws = _attn_bwd_dq_ws = _attn_bwd_dkdv_ws = None
 
 INTERPRET = isinstance(_attn_fwd, InterpretedFunction)
 
@@ -71,6 +72,7 @@ _launch_key_ranges = KernelLauncher(_key_ranges)
 _launch_visible_spans = KernelLauncher(_visible_spans)
 _launch_fwd_gluon = KernelLauncher(_attn_fwd_ws) if _attn_fwd_ws is not None else None
 _launch_bwd_dq_gluon = KernelLauncher(_attn_bwd_dq_ws) if _attn_bwd_dq_ws is not None else None
+_launch_bwd_dkdv_gluon = KernelLauncher(_attn_bwd_dkdv_ws) if _attn_bwd_dkdv_ws is not None else None
 
 _NO_TENSOR_STRIDES = (0, 0)
 _GLUON_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16} if _attn_fwd_ws is not None else {}
@@ -378,6 +380,54 @@ def _backward_dq_hopper(q, k, v, out, grad_out, dq, lse, delta, key_mask, key_ra
             f"kernels for every call, or use triton 3.6.") from error
 
 
+def _hopper_dkdv_config(q, k, v, grad_out, key_mask, causal, scale) -> Optional[configs.HopperDKDVConfig]:
+    """The Gluon dK/dV kernel's configuration where it takes this backward (no mask but causal and a key-padding one,
+    see :func:`_backward`), else None: the conditions of :func:`_hopper_forward_config` with ``configs.GLUON_DKDV``
+    and :func:`configs.hopper_dkdv_config`, and an output gradient a TMA descriptor can describe too."""
+    if (_attn_bwd_dkdv_ws is None or not configs.GLUON_DKDV or INTERPRET or q.device.type != "cuda" or scale <= 0.0
+            or k.shape[2] == 0 or (key_mask is not None and key_mask.stride(1) != 1)):
+        return None
+    cfg = configs.hopper_dkdv_config(q.shape[3], q.element_size(), _capability(q.device), k.shape[2], causal)
+    if cfg is None or (causal and k.shape[2] < q.shape[2]) or not _tma_compatible(q, k, v, grad_out):
+        return None
+    return cfg
+
+
+def _backward_dkdv_hopper(q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_range, causal, scale,
+                          cfg: configs.HopperDKDVConfig) -> None:
+    """Writes dk and dv with the warp-specialised Gluon dK/dV kernel (see _kernels/bwd_dkdv_gluon.py): persistent
+    programs, one per SM, take tiles of two consumers' keys of one (batch, kv head) from the Gluon kernels' counter;
+    under a causal mask the key blocks every query sees first, in sections of (batch, kv head)s whose queries and
+    output gradients fit ``configs.GLUON_L2_BYTES`` together. ``key_mask`` is a (B, Skv) mask or None, ``key_range``
+    its :func:`kept_key_ranges`; ``delta`` is the dQ kernel's."""
+    batch, heads, sq, head_dim = q.shape
+    hkv, skv = k.shape[1], k.shape[2]
+    key_mask = _as_kernel_mask(key_mask)
+    tiles = configs.cdiv(skv, GLUON_CONSUMERS * cfg.block_nw) * batch * hkv
+    heads_per_section = 1
+    if causal:
+        query_bytes_per_kv_head = 2 * sq * head_dim * q.element_size() * (heads // hkv)
+        heads_per_section = max(1, min(batch * hkv, configs.GLUON_L2_BYTES // query_bytes_per_kv_head))
+    try:
+        _launch_bwd_dkdv_gluon(
+            (min(tiles, _sm_count(q.device)),),
+            _gluon_descriptor(q, cfg.block_m), _gluon_descriptor(k, cfg.block_nw), _gluon_descriptor(v, cfg.block_nw),
+            _gluon_descriptor(grad_out.transpose(1, 2), cfg.block_m), dk, dv, lse, delta, key_mask, key_range,
+            _tile_counter(q.device), scale * LOG2E.value, scale, dk.stride(0), dk.stride(1), dk.stride(2),
+            dv.stride(0), dv.stride(1), dv.stride(2), 0 if key_mask is None else key_mask.stride(0), heads, sq, skv,
+            heads // hkv, tiles, heads_per_section,
+            HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_NW=cfg.block_nw, STAGES=cfg.stages, KV_SLOTS=cfg.kv_slots,
+            IS_CAUSAL=causal,
+            HAS_KEY_MASK=key_mask is not None, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
+            maxnreg=cfg.max_registers,
+        )
+    except CompilationError as error:
+        raise RuntimeError(
+            f"hf_triton_attn's Gluon dK/dV kernel (Hopper, head_dim {head_dim}) does not compile with triton "
+            f"{triton.__version__}. Set HF_TRITON_ATTN_GLUON=0 before importing hf_triton_attn to use its Triton "
+            f"kernels for every call, or use triton 3.6.") from error
+
+
 def _bhsd_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     """The strides of ``t.transpose(1, 2)`` for a (B, S, H, D) tensor, without building the view (~2 µs)."""
     batch, seq, head, dim = t.stride()
@@ -502,9 +552,10 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
         key_range = kept_key_ranges(key_mask, seqused_k)
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                  **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype))
-    hopper = None
+    hopper = hopper_dkdv = None
     if seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
         hopper = _hopper_dq_config(q, k, v, out, grad_out, key_mask, causal, scale)
+        hopper_dkdv = _hopper_dkdv_config(q, k, v, grad_out, key_mask, causal, scale)
     if hopper is not None:
         _backward_dq_hopper(q, k, v, out, grad_out, dq, lse, delta, key_mask, key_range, causal, scale, hopper)
     else:
@@ -520,6 +571,9 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
             BLOCK_M=cfg.dq.block_m, BLOCK_N=cfg.dq.block_n, USE_TMA=tma,
             num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages, maxnreg=cfg.dq.max_registers, **flags,
         )
+    if hopper_dkdv is not None:
+        _backward_dkdv_hopper(q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_range, causal, scale, hopper_dkdv)
+        return dq, dk, dv
     key_blocks = configs.cdiv(skv, cfg.dkdv.block_n)
     key_blocks_outer = configs.dkdv_key_blocks_outer(causal, key_blocks * batch * hkv, _sm_count(q.device))
     _launch_bwd_dkdv(

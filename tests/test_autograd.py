@@ -636,6 +636,124 @@ def test_hopper_dq_not_taken_where_it_does_not_apply(monkeypatch):
     assert calls == []
 
 
+def test_hopper_dkdv_config_applies_only_where_measured():
+    """The Gluon dK/dV kernel is Hopper-only and 16-bit: head_dim 128 from GLUON_DKDV_MIN_KEYS keys and under a causal
+    mask from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS, head_dim 64 from GLUON_DKDV_D64_MIN_KEYS; anything else keeps
+    the Triton dK/dV kernel, and so does every call in the interpreter or on the CPU."""
+    hopper, short, d64_keys = (9, 0), configs.BWD_D128_SHORT_CAUSAL_MAX_KEYS, configs.GLUON_DKDV_D64_MIN_KEYS
+    assert configs.hopper_dkdv_config(128, 2, hopper, short + 1, True) is not None
+    assert configs.hopper_dkdv_config(128, 2, hopper, configs.GLUON_DKDV_MIN_KEYS, False) is not None
+    assert configs.hopper_dkdv_config(64, 2, hopper, d64_keys, True) is not None
+    assert configs.hopper_dkdv_config(64, 2, hopper, d64_keys, False) is not None
+    for head_dim, itemsize, capability, seqlen_k, causal in [
+            (64, 2, hopper, d64_keys - 1, True), (64, 2, hopper, d64_keys - 1, False), (32, 2, hopper, 16384, True),
+            (256, 2, hopper, 4096, True), (128, 4, hopper, 4096, True), (64, 4, hopper, 16384, False),
+            (128, 2, (8, 0), 4096, True), (128, 2, (10, 0), 4096, False), (128, 2, hopper, short, True),
+            (128, 2, hopper, configs.GLUON_DKDV_MIN_KEYS - 1, False)]:
+        assert configs.hopper_dkdv_config(head_dim, itemsize, capability, seqlen_k, causal) is None
+    if not ON_GPU:
+        q, k, v = random_qkv(1, 2, 2, 2048, 2048, 128, torch.float16, DEVICE)
+        assert ops._hopper_dkdv_config(q, k, v, q, None, True, 128 ** -0.5) is None
+
+
+def test_hopper_dkdv_compile_failure_names_the_switch(monkeypatch):
+    """Should a Triton release no longer compile the Gluon dK/dV kernel, the error says so and names
+    HF_TRITON_ATTN_GLUON=0, which keeps every call on the Triton kernels."""
+    if ops._attn_bwd_dkdv_ws is None:
+        pytest.skip("this Triton has no Gluon Hopper API: the Gluon dK/dV kernel is never taken")
+    fail_gluon_launch(monkeypatch, "_launch_bwd_dkdv_gluon")
+    q, k, v = random_qkv(2, 4, 2, 200, 200, 128, torch.float16, DEVICE)
+    grad_out = torch.empty(2, 200, 4, 128, dtype=torch.float16)
+    lse = torch.empty(2, 4, 200)
+    cfg = configs.hopper_dkdv_config(128, 2, (9, 0), 4096, True)
+    with pytest.raises(RuntimeError, match="HF_TRITON_ATTN_GLUON=0") as failure:
+        ops._backward_dkdv_hopper(q, k, v, grad_out, torch.empty_like(k), torch.empty_like(v), lse,
+                                  torch.empty_like(lse), None, None, True, 128 ** -0.5, cfg)
+    assert isinstance(failure.value.__cause__, CompilationError)
+
+
+def hopper_dkdv_available() -> bool:
+    return hopper_with_gluon() and ops._attn_bwd_dkdv_ws is not None and configs.GLUON_DKDV
+
+
+def take_hopper_dkdv_everywhere(monkeypatch) -> None:
+    """Every call takes the Gluon dK/dV kernel's configuration for long rows (same head dim, dtype, device and mask),
+    whatever its own length, so that short test shapes reach the kernel."""
+    default = configs.hopper_dkdv_config
+    monkeypatch.setattr(configs, "hopper_dkdv_config",
+                        lambda head_dim, itemsize, capability, _, causal: default(head_dim, itemsize, capability,
+                                                                                 LONG_ROWS, causal))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, layout", [(torch.bfloat16, "bshd"), (torch.float16, "bhsd")])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(2, 4, 4, 333, 333), (1, 8, 2, 500, 500), (1, 4, 4, 200, 456), (1, 4, 1, 1000, 1000),
+                                   (1, 2, 2, 129, 257), (2, 2, 2, 128, 128), (1, 2, 1, 1, 300)])
+@pytest.mark.parametrize("padding", [None, "right", "left", "holes"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_hopper_dkdv_gpu(monkeypatch, dtype, layout, causal, shape, padding, head_dim):
+    """The Gluon dK/dV kernel (Hopper, head_dims 64 and 128; no mask or a key-padding one) against the oracle: lengths
+    off its tiles, GQA (query heads summed per kv head) and MQA, Transformers' (B, S, H, D) layout, fewer queries than
+    keys (bottom-right causal, a single query), left padding (rows that see no key under a causal mask), holes (key
+    rows whose gradients are zero); and it is the kernel that ran."""
+    if not hopper_dkdv_available():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    take_hopper_dkdv_everywhere(monkeypatch)
+    calls = count_calls(monkeypatch, ops, "_backward_dkdv_hopper")
+    batch, heads, kv_heads, seqlen_q, seqlen_k = shape
+    q, k, v = qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, DEVICE)
+    mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
+    check_backward(q, k, v, causal=causal, attention_mask=mask)
+    assert len(calls) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "left", "holes", "empty_row"])
+def test_hopper_dkdv_persistent_schedule_gpu(monkeypatch, causal, padding):
+    """More tiles than SMs, so each persistent program runs several (its Q/dO ring carried from one tile to the next),
+    in causal sections of 4 (batch, kv head)s that do not divide the 15, and one batch row with no kept key (tiles
+    that do no work between others); then a second backward, which finds the tile counter back at zero."""
+    if not hopper_dkdv_available():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    calls = count_calls(monkeypatch, ops, "_backward_dkdv_hopper")
+    batch, heads, kv_heads, seqlen, head_dim = 3, 10, 5, 2500, 128
+    q, k, v = random_qkv(batch, heads, kv_heads, seqlen, seqlen, head_dim, torch.bfloat16, DEVICE)
+    monkeypatch.setattr(configs, "GLUON_L2_BYTES", 4 * (2 * seqlen * head_dim * 2 * heads // kv_heads))
+    assert configs.cdiv(seqlen, 128) * batch * kv_heads > 2 * ops._sm_count(q.device)
+    mask = schedule_mask(padding, batch, seqlen)
+    for _ in range(2):
+        check_backward(q, k, v, causal=causal, attention_mask=mask)
+    assert ops._tile_counter(q.device).item() == 0
+    assert len(calls) == 2
+
+
+@pytest.mark.gpu
+def test_hopper_dkdv_not_taken_where_it_does_not_apply(monkeypatch):
+    """Dense masks, seqused_q, seqused_k, dropout, a softcap, a causal call with more queries than keys, head_dims 64
+    and 256, short causal rows and the switch keep the Triton dK/dV kernel, with the oracle's gradients."""
+    if not hopper_dkdv_available():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    calls = count_calls(monkeypatch, ops, "_backward_dkdv_hopper")
+    seqlen = configs.BWD_D128_SHORT_CAUSAL_MAX_KEYS + 100
+    q, k, v = random_qkv(1, 4, 2, seqlen, seqlen, 128, torch.bfloat16, DEVICE)
+    lengths = torch.tensor([seqlen - 50], device=DEVICE, dtype=torch.int32)
+    check_backward(q, k, v, causal=True, attention_mask=structured_mask("sliding", 1, 1, seqlen, seqlen))
+    check_backward(q, k, v, causal=True, seqused_q=lengths)
+    check_backward(q, k, v, causal=True, seqused_k=lengths)
+    check_backward(q, k, v, causal=True, softcap=20.0)
+    check_backward(q, k[:, :, :seqlen - 100], v[:, :, :seqlen - 100], causal=True)
+    check_backward(q[:, :, :300], k[:, :, :300], v[:, :, :300], causal=True)
+    check_backward(*random_qkv(1, 2, 2, seqlen, seqlen, 256, torch.bfloat16, DEVICE), causal=True)
+    check_backward(*random_qkv(1, 2, 2, seqlen, seqlen, 64, torch.bfloat16, DEVICE), causal=True)
+    q_drop, k_drop, v_drop = (t.detach().requires_grad_() for t in (q, k, v))
+    attention(q_drop, k_drop, v_drop, causal=True, dropout_p=0.1).sum().backward()
+    monkeypatch.setattr(configs, "GLUON_DKDV", False)
+    check_backward(q, k, v, causal=True)
+    assert calls == []
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 @pytest.mark.parametrize("padding", [None, "holes"])

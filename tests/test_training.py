@@ -120,20 +120,21 @@ def test_compiled_model_fullgraph_forward_backward(tmp_path_factory, impl, padde
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("padded", [False, True])
-def test_bf16_decoder_gradients_through_the_hopper_dq_kernel(tmp_path_factory, monkeypatch, padded):
-    """A bf16 Llama with head_dim 128 and sequences of 200 tokens (unpadded, or right-padded with the padding labelled
-    -100), whose every layer's backward takes the Gluon dQ kernel on Hopper: its parameter gradients are as close to
-    float32 eager's as bf16 eager's are (within 2x)."""
-    if not (hopper_with_gluon() and ops._attn_bwd_dq_ws is not None and configs.GLUON_DQ):
+def test_bf16_decoder_gradients_through_the_hopper_backward_kernels(tmp_path_factory, monkeypatch, padded):
+    """A bf16 Llama with head_dim 128 and sequences of 1100 tokens (unpadded, or right-padded with the padding labelled
+    -100), whose every layer's backward takes the Gluon dQ and dK/dV kernels on Hopper: its parameter gradients are as
+    close to float32 eager's as bf16 eager's are (within 2x)."""
+    if not (hopper_with_gluon() and ops._attn_bwd_dq_ws is not None and configs.GLUON_DQ and configs.GLUON_DKDV):
         pytest.skip(SKIP_WITHOUT_GLUON)
     config = transformers.LlamaConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=2,
                                       num_attention_heads=2, num_key_value_heads=1, head_dim=128, **COMMON)
     path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, config)
-    ids, mask = right_padded_batch(DEVICE, seqlen=200)
+    ids, mask = right_padded_batch(DEVICE, seqlen=configs.BWD_D128_SHORT_CAUSAL_MAX_KEYS + 76)
     if not padded:
         mask = torch.ones_like(mask)
     batch = dict(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
     calls = count_calls(monkeypatch, ops, "_backward_dq_hopper")
+    dkdv_calls = count_calls(monkeypatch, ops, "_backward_dkdv_hopper")
     grads = {}
     for impl, dtype in (("eager", torch.float32), ("eager", torch.bfloat16), ("triton", torch.bfloat16)):
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=impl, dtype=dtype).to(DEVICE).train()
@@ -146,4 +147,4 @@ def test_bf16_decoder_gradients_through_the_hopper_dq_kernel(tmp_path_factory, m
                    for name, ref in reference.items())
     ours, eager = error("triton"), error("eager")
     assert ours <= 2 * eager + 1e-3, f"bf16 triton {ours:.3e} against bf16 eager {eager:.3e}"
-    assert len(calls) == config.num_hidden_layers
+    assert len(calls) == len(dkdv_calls) == config.num_hidden_layers

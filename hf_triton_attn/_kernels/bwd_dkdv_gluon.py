@@ -1,0 +1,292 @@
+"""Warp-specialised, persistent dK/dV kernel of the flash-attention backward for Hopper, written in Gluon.
+
+The Triton dK/dV kernel (bwd.py) runs one program per (key block, kv head) whose two warpgroups take turns between
+their products and the arithmetic between them, and whose loads of each query block wait in its own software
+pipeline. Here, as in the Gluon dQ kernel (bwd_dq_gluon.py), one loader warp streams each query block's Q and dO by
+TMA through a ring of shared-memory stages, while two consumer warpgroups of BLOCK_NW keys each work on them, and
+programs are persistent (one per SM, tiles of 2 * BLOCK_NW keys of one (batch, kv head) from a shared counter; under
+a causal mask the key blocks with the most queries first).
+
+A consumer keeps its K and V tile in shared memory (in one of KV_SLOTS slots: with two, the loader brings the next
+tile's while this one ends) and dK, dV in registers; per query block j (of any query head that
+shares its kv head) it issues S^T_j = K Q_j^T, then dK += dS^T_{j-1} Q_{j-1} (the previous block's product), then
+dP^T_j = V dO_j^T, all asynchronous, computes P^T_j = exp2(S^T_j * scale - LSE_j) while the last two run, issues
+dV += P^T_j dO_j, and computes dS^T_j = P^T_j (dP^T_j - Delta_j) while that one runs. LSE and Delta (Delta from the dQ
+kernel, which runs first) are fetched one query block ahead.
+
+Scope, as the Gluon dQ kernel's: no mask, causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask
+(key rows it drops get zero gradients; tiles outside its kept key range do no work); no dropout, no softcap, no
+seqused_q/seqused_k, 16-bit inputs, tensors a TMA descriptor can describe. Head_dims 64 and 128; the op layer
+decides when to take it (configs.hopper_dkdv_config). Tested on triton 3.6 (H200); compiles for sm_90 with triton 3.9.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
+
+from .fwd_gluon import CONSUMERS, _causal_tile, _stop_consumers, _tma_load, _tma_view
+
+
+@gluon.jit
+def _key_tile(t, sizes, KeyRange, BLOCK_M: gl.constexpr, BLOCK_NW: gl.constexpr, IS_CAUSAL: gl.constexpr,
+              HAS_KEY_MASK: gl.constexpr):
+    """Work tile ``t``: (batch, kv head, first key, first query block, query blocks per head, steps). A step is one
+    query block of one of the GROUP query heads of the kv head, heads one after another. Causal tiles go by sections
+    of (batch, kv head)s, key block 0 (which every query sees) first, as the Gluon forward's tiles go longest first;
+    the others kv head by kv head, so the programs running at once share its queries in L2."""
+    Sq, Skv, H, GROUP, n_kb, n_tiles, HEADS_PER_SECTION = sizes
+    if IS_CAUSAL:
+        last_first, pid_bhk = _causal_tile(t, n_kb, n_tiles // n_kb, HEADS_PER_SECTION)
+        key_block = n_kb - 1 - last_first
+    else:
+        pid_bhk = t // n_kb
+        key_block = t - pid_bhk * n_kb
+    hkv = H // GROUP
+    pid_b = pid_bhk // hkv
+    pid_hk = pid_bhk % hkv
+    start_n = key_block * (CONSUMERS * BLOCK_NW)
+    m_first = 0
+    if IS_CAUSAL:
+        m_first = gl.maximum(start_n - (Skv - Sq), 0) // BLOCK_M
+    steps_per_head = gl.cdiv(Sq, BLOCK_M) - m_first
+    n_steps = GROUP * steps_per_head
+    if HAS_KEY_MASK:
+        key_lo = gl.load(KeyRange + pid_b * 3)
+        key_hi = gl.load(KeyRange + pid_b * 3 + 1)
+        n_steps = gl.where((start_n < key_hi) & (start_n + CONSUMERS * BLOCK_NW > key_lo), n_steps, 0)
+    return pid_b, pid_hk, start_n, m_first, steps_per_head, n_steps
+
+
+@gluon.jit
+def _query_block(step, steps_per_head, m_first, pid_hk, GROUP):
+    """(query head, first query row / BLOCK_M) of a tile's step."""
+    g = step // steps_per_head
+    return pid_hk * GROUP + g, m_first + step - g * steps_per_head
+
+
+@gluon.jit
+def _loader(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes,
+            strides, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_NW: gl.constexpr,
+            STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
+            WG: gl.constexpr):
+    """One warp (the partitions share one signature, hence the arguments it does not use): for each tile the program
+    takes, once the consumers released their K/V slot, the tile's index and each consumer's K and V rows into the
+    slot, then each step's Q and dO rows into the ring slots the consumers released (ring positions count on across
+    tiles). Tiles come as in the Gluon forward's loader: the program's id first, then the counter, which the last
+    fetch sets back to zero."""
+    q_smem, do_smem, k_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready, q_empty = buffers
+    Sq, Skv, H, GROUP, n_kb, n_tiles, HEADS_PER_SECTION = sizes
+    programs = gl.num_programs(0)
+    id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    loaded = 0
+    tiles_done = 0
+    t = gl.program_id(0)
+    while t < n_tiles:
+        pid_b, pid_hk, start_n, m_first, steps_per_head, n_steps = _key_tile(t, sizes, KeyRange, BLOCK_M, BLOCK_NW,
+                                                                             IS_CAUSAL, HAS_KEY_MASK)
+        kv_slot = tiles_done % KV_SLOTS
+        kv_free = ((tiles_done // KV_SLOTS) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
+        for w in gl.static_range(CONSUMERS):
+            mbarrier.wait(kv_empty.index(kv_slot * CONSUMERS + w), kv_free)
+        tile_ids.index(kv_slot).store(gl.full([1], t, gl.int32, layout=id_layout))
+        for w in gl.static_range(CONSUMERS):
+            row = start_n + w * BLOCK_NW
+            index = kv_slot * CONSUMERS + w
+            mbarrier.expect(kv_ready.index(index), 2 * desc_k.block_type.nbytes)
+            _tma_load(desc_k, [pid_b, pid_hk, row, 0], kv_ready.index(index),
+                      _tma_view(k_smem, index, BLOCK_NW, HEAD_DIM))
+            _tma_load(desc_v, [pid_b, pid_hk, row, 0], kv_ready.index(index),
+                      _tma_view(v_smem, index, BLOCK_NW, HEAD_DIM))
+        for step in range(n_steps):
+            slot = loaded % STAGES
+            head, m_block = _query_block(step, steps_per_head, m_first, pid_hk, GROUP)
+            mbarrier.wait(q_empty.index(slot), ((loaded // STAGES) & 1) ^ 1)
+            mbarrier.expect(q_ready.index(slot), 2 * desc_q.block_type.nbytes)
+            _tma_load(desc_q, [pid_b, head, m_block * BLOCK_M, 0], q_ready.index(slot),
+                      _tma_view(q_smem, slot, BLOCK_M, HEAD_DIM))
+            _tma_load(desc_do, [pid_b, head, m_block * BLOCK_M, 0], q_ready.index(slot),
+                      _tma_view(do_smem, slot, BLOCK_M, HEAD_DIM))
+            loaded += 1
+        t = gl.atomic_add(TileCounter, 1, sem="relaxed") + programs  # an index, no data to order: no fences
+        tiles_done += 1
+    kv_slot = tiles_done % KV_SLOTS
+    _stop_consumers(t, n_tiles, programs, TileCounter, tile_ids.index(kv_slot), kv_empty, kv_ready,
+                    kv_slot * CONSUMERS, ((tiles_done // KV_SLOTS) & 1) ^ 1)
+
+
+@gluon.jit
+def _row_stats(LSE, Delta, step, tile, H, GROUP, Sq, BLOCK_M: gl.constexpr, layout: gl.constexpr):
+    """LSE and Delta of a step's query rows, one value per thread (a compact layout, so that a step's fetch can be
+    in flight during the step before at the cost of two registers), and the step's query block; rows past Sq give
+    LSE +inf, so P = 0 there, and a step past the tile's last reads nothing."""
+    pid_b, pid_hk, m_first, steps_per_head, n_steps = tile
+    head, m_block = _query_block(step, steps_per_head, m_first, pid_hk, GROUP)
+    rows = m_block * BLOCK_M + gl.arange(0, BLOCK_M, layout=layout)
+    base = (pid_b * H + head).to(gl.int64) * Sq
+    valid = (rows < Sq) & (step < n_steps)
+    lse = gl.load(LSE + base + rows, mask=valid, other=float("inf"))
+    delta = gl.load(Delta + base + rows, mask=valid, other=0.0)
+    return lse, delta, m_block
+
+
+@gluon.jit
+def _probs(st, lse, qk_scale, key_first, m_block, q_start, BLOCK_M: gl.constexpr, BLOCK_NW: gl.constexpr,
+           s_layout: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """P^T of one step from the raw scores S^T (keys along rows), with the causal mask where the query block meets
+    the consumer's keys' diagonal."""
+    if IS_CAUSAL:
+        if q_start + m_block * BLOCK_M < key_first + BLOCK_NW - 1:
+            keys = key_first + gl.arange(0, BLOCK_NW, layout=gl.SliceLayout(1, s_layout))
+            queries = m_block * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+            st = gl.where(keys[:, None] <= q_start + queries[None, :], st, float("-inf"))
+    return gl.exp2(st * qk_scale - gl.convert_layout(lse, gl.SliceLayout(0, s_layout))[None, :])
+
+
+@gluon.jit
+def _dv_and_dst(pt, pt_op, dpt, delta, do_tile, dv, s_layout: gl.constexpr, op_layout: gl.constexpr):
+    """Issues dV += P^T dO and computes dS^T = P^T (dP^T - Delta) while it runs; returns dV and dS^T as the operand of
+    the next dK product."""
+    dv = warpgroup_mma(pt_op, do_tile, dv, is_async=True)
+    dst = pt * (dpt - gl.convert_layout(delta, gl.SliceLayout(0, s_layout))[None, :])
+    dst_op = gl.convert_layout(dst.to(pt_op.dtype), op_layout)
+    dv, pt_op = warpgroup_mma_wait(0, deps=(dv, pt_op))
+    return dv, dst_op
+
+
+@gluon.jit
+def _consumer(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes,
+              strides, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_NW: gl.constexpr,
+              STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
+              WG: gl.constexpr):
+    """One warpgroup: for each of the program's tiles, keys [start_n + WG * BLOCK_NW, + BLOCK_NW) of one (batch, kv
+    head) against the query blocks the loader streams; dK and dV stored by pointer, zero on the key rows past Skv or
+    dropped by the key mask."""
+    q_smem, do_smem, k_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready, q_empty = buffers
+    Sq, Skv, H, GROUP, n_kb, n_tiles, HEADS_PER_SECTION = sizes
+    stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_kmb = strides
+    dtype: gl.constexpr = desc_q.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_M, 16])
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, HEAD_DIM, 16])
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # the tile index; LSE and Delta rows
+    zeros_s = gl.zeros([BLOCK_NW, BLOCK_M], gl.float32, layout=s_layout)
+    q_start = Skv - Sq
+
+    consumed = 0
+    tiles_done = 0
+    kv_index = WG
+    mbarrier.wait(kv_ready.index(kv_index), 0)
+    t = gl.max(tile_ids.index(0).load(one_per_thread), axis=0)
+    while t < n_tiles:
+        k = k_smem.index(kv_index)
+        v = v_smem.index(kv_index)
+        pid_b, pid_hk, start_n, m_first, steps_per_head, n_steps = _key_tile(t, sizes, KeyRange, BLOCK_M, BLOCK_NW,
+                                                                             IS_CAUSAL, HAS_KEY_MASK)
+        key_first = start_n + WG * BLOCK_NW
+        dk = gl.zeros([BLOCK_NW, HEAD_DIM], gl.float32, layout=acc_layout)
+        dv = gl.zeros([BLOCK_NW, HEAD_DIM], gl.float32, layout=acc_layout)
+        if n_steps > 0:
+            tile = (pid_b, pid_hk, m_first, steps_per_head, n_steps)
+            lse, delta, m_block = _row_stats(LSE, Delta, 0, tile, H, GROUP, Sq, BLOCK_M, one_per_thread)
+            slot = consumed % STAGES
+            mbarrier.wait(q_ready.index(slot), (consumed // STAGES) & 1)
+            st_token = warpgroup_mma(k, q_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
+            dpt_token = warpgroup_mma(v, do_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
+            next_lse, next_delta, next_m_block = _row_stats(LSE, Delta, 1, tile, H, GROUP, Sq, BLOCK_M, one_per_thread)
+            st = warpgroup_mma_wait(1, deps=(st_token,))
+            pt = _probs(st, lse, qk_scale, key_first, m_block, q_start, BLOCK_M, BLOCK_NW, s_layout, IS_CAUSAL)
+            pt_op = gl.convert_layout(pt.to(dtype), op_layout)
+            dpt = warpgroup_mma_wait(0, deps=(dpt_token,))
+            dv, dst_op = _dv_and_dst(pt, pt_op, dpt, delta, do_smem.index(slot), dv, s_layout, op_layout)
+            for step in range(1, n_steps):
+                prev = slot
+                slot = (consumed + step) % STAGES
+                lse, delta, m_block = next_lse, next_delta, next_m_block
+                mbarrier.wait(q_ready.index(slot), ((consumed + step) // STAGES) & 1)
+                st_token = warpgroup_mma(k, q_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False,
+                                         is_async=True)
+                dk = warpgroup_mma(dst_op, q_smem.index(prev), dk, is_async=True)
+                dpt_token = warpgroup_mma(v, do_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False,
+                                          is_async=True)
+                next_lse, next_delta, next_m_block = _row_stats(LSE, Delta, step + 1, tile, H, GROUP, Sq, BLOCK_M,
+                                                                one_per_thread)
+                st = warpgroup_mma_wait(2, deps=(st_token,))
+                pt = _probs(st, lse, qk_scale, key_first, m_block, q_start, BLOCK_M, BLOCK_NW, s_layout, IS_CAUSAL)
+                pt_op = gl.convert_layout(pt.to(dtype), op_layout)
+                dk, dst_op, dpt = warpgroup_mma_wait(0, deps=(dk, dst_op, dpt_token))
+                mbarrier.arrive(q_empty.index(prev), count=1)  # Q_prev and dO_prev are read
+                dv, dst_op = _dv_and_dst(pt, pt_op, dpt, delta, do_smem.index(slot), dv, s_layout, op_layout)
+            consumed += n_steps
+            last = (consumed - 1) % STAGES
+            dk = warpgroup_mma(dst_op, q_smem.index(last), dk)
+            mbarrier.arrive(q_empty.index(last), count=1)
+        mbarrier.arrive(kv_empty.index(kv_index), count=1)
+
+        keys = key_first + gl.arange(0, BLOCK_NW, layout=gl.SliceLayout(1, acc_layout))
+        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, acc_layout))
+        in_range = keys < Skv
+        if HAS_KEY_MASK:
+            kept = gl.load(KeyMask + pid_b.to(gl.int64) * stride_kmb + keys, mask=in_range, other=0) != 0
+            dk = gl.where(kept[:, None], dk, 0.0)
+            dv = gl.where(kept[:, None], dv, 0.0)
+        dk_ptrs = (DK + pid_b.to(gl.int64) * stride_dkb + pid_hk.to(gl.int64) * stride_dkh
+                   + keys[:, None].to(gl.int64) * stride_dkn + cols[None, :])
+        gl.store(dk_ptrs, (dk * sm_scale).to(dtype), mask=in_range[:, None])
+        dv_ptrs = (DV + pid_b.to(gl.int64) * stride_dvb + pid_hk.to(gl.int64) * stride_dvh
+                   + keys[:, None].to(gl.int64) * stride_dvn + cols[None, :])
+        gl.store(dv_ptrs, dv.to(dtype), mask=in_range[:, None])
+        tiles_done += 1
+        kv_index = (tiles_done % KV_SLOTS) * CONSUMERS + WG
+        mbarrier.wait(kv_ready.index(kv_index), (tiles_done // KV_SLOTS) & 1)
+        t = gl.max(tile_ids.index(tiles_done % KV_SLOTS).load(one_per_thread), axis=0)
+
+
+@gluon.jit
+def _attn_bwd_dkdv_ws(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, qk_scale,
+                      sm_scale, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_kmb, H,
+                      Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+                      BLOCK_NW: gl.constexpr, STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                      HAS_KEY_MASK: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+    """Persistent: grid (programs,), each taking tile pid, then the next of the n_tiles =
+    cdiv(Skv, CONSUMERS * BLOCK_NW) * B * Hkv from TileCounter (a zeroed int32, left zeroed; shared with the other
+    Gluon kernels), in _key_tile's order. q/do through 4D descriptors over (B, H, Sq, D) with boxes
+    (1, 1, BLOCK_M, HEAD_DIM), k/v over (B, Hkv, Skv, D) with boxes (1, 1, BLOCK_NW, HEAD_DIM); DK, DV (B, Hkv, Skv, D)
+    with unit last stride, written by pointer; LSE (B, H, Sq) float32 in log2 units (the forward's), Delta (B, H, Sq)
+    float32 (the dQ kernel's rowsum(O * dO)); qk_scale is the softmax scale times log2(e), sm_scale the softmax
+    scale. HAS_KEY_MASK: KeyMask (B, Skv) uint8 keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept
+    ranges."""
+    dtype: gl.constexpr = desc_q.dtype
+    k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_NW, HEAD_DIM], dtype)
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
+
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], q_layout)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], q_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [KV_SLOTS * CONSUMERS, BLOCK_NW, HEAD_DIM], k_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [KV_SLOTS * CONSUMERS, BLOCK_NW, HEAD_DIM], k_layout)
+    tile_ids = gl.allocate_shared_memory(gl.int32, [KV_SLOTS, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    kv_ready = gl.allocate_shared_memory(gl.int64, [KV_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [KV_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(KV_SLOTS * CONSUMERS):
+        mbarrier.init(kv_ready.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=CONSUMERS)
+
+    buffers = (q_smem, do_smem, k_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready, q_empty)
+    sizes = (Sq, Skv, H, GROUP, gl.cdiv(Skv, CONSUMERS * BLOCK_NW), n_tiles, HEADS_PER_SECTION)
+    strides = (stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_kmb)
+    gl.warp_specialize([
+        (_consumer, (desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
+                     sizes, strides, qk_scale, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS,
+                     IS_CAUSAL, HAS_KEY_MASK, 0)),
+        (_consumer, (desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
+                     sizes, strides, qk_scale, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS,
+                     IS_CAUSAL, HAS_KEY_MASK, 1)),
+        (_loader, (desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
+                   sizes, strides, qk_scale, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS, IS_CAUSAL,
+                   HAS_KEY_MASK, 0))],
+        [4, 1], [CONSUMER_REGS, 24])
