@@ -175,12 +175,12 @@ def tune_gluon(cases: list, deadline: float) -> list[dict]:
 
 def tune_backward(cases: list, deadline: float) -> list[dict]:
     """dK/dV first (dQ at its default), then dQ with the best dK/dV; each timed as a whole forward+backward. These are
-    the Triton kernels' tiles: the Gluon dQ kernel, which head_dim 128 takes on Hopper, is switched off here (its
-    configuration is ``configs.hopper_dq_config``)."""
+    the Triton kernels' tiles: the Gluon dQ and dK/dV kernels, which Hopper takes where they apply, are switched off
+    here (their configurations are ``configs.hopper_dq_config`` and ``configs.hopper_dkdv_config``)."""
     records = []
     default = configs.backward_config
-    gluon_dq = configs.GLUON_DQ
-    configs.GLUON_DQ = False
+    gluon_dq, gluon_dkdv = configs.GLUON_DQ, configs.GLUON_DKDV
+    configs.GLUON_DQ = configs.GLUON_DKDV = False
     for batch, heads, kv_heads, seqlen, head_dim, causal in cases:
         q, k, v = dense_inputs(batch, heads, kv_heads, seqlen, head_dim, True)
         grad = torch.randn_like(q)
@@ -203,7 +203,7 @@ def tune_backward(cases: list, deadline: float) -> list[dict]:
                 base = dataclasses.replace(base, **{kernel: best})
             records.append(record)
         configs.backward_config = default
-    configs.GLUON_DQ = gluon_dq
+    configs.GLUON_DQ, configs.GLUON_DKDV = gluon_dq, gluon_dkdv
     return records
 
 

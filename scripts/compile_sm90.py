@@ -4,11 +4,14 @@ the operand kinds of its wgmma instructions. With --out DIR, also writes its TTG
 
     python scripts/compile_sm90.py dkdv --head-dim 64 --block-m 32 --block-n 128 --warps 4 --stages 3 --grouped
     python scripts/compile_sm90.py gluon --head-dim 256 --seqlen 4096 [--block-n 32 --stages 3 --tma-store 1]
+    python scripts/compile_sm90.py gluon-dkdv --head-dim 64 --seqlen 4096 [--stages 3 --kv-slots 1 --grouped]
 
 ``gluon`` is the warp-specialised Hopper forward (_kernels/fwd_gluon.py) in the configuration
 ``configs.hopper_forward_config`` gives for that head dim, query length and mask; --block-n, --stages, --q-slots,
 --tma-store and --consumer-regs override its fields. Its ptxas report covers every partition (the loader warp and
-both consumers); one program runs per multiprocessor.
+both consumers); one program runs per multiprocessor. ``gluon-dkdv`` is the Hopper dK/dV kernel
+(_kernels/bwd_dkdv_gluon.py) in the configuration ``configs.hopper_dkdv_config`` gives for that head dim, key length
+and mask; --stages, --kv-slots and --consumer-regs override its fields.
 
 The JIT treats integer arguments equal to 1 as constants and marks pointers and multiples of 16 as 16-byte
 divisible; a compile without those specialisations cannot prove the loads contiguous, does not pipeline them,
@@ -99,19 +102,39 @@ def ptxas_report(ptx: str) -> tuple[int, int]:
     return registers, spills
 
 
-def compile_gluon(args):
-    """(compiled kernel, its HopperForwardConfig) of the Gluon forward, bf16, no key mask, (B, H, S, D) inputs."""
+def gluon_api():
+    """(gl, GluonASTSource, a function giving a Gluon descriptor's mangled type over (1, 1, 1024, head_dim) bf16 with
+    boxes of ``rows`` rows), or a SystemExit saying why this Triton cannot compile Gluon offline."""
     try:
         from triton.experimental.gluon import language as gl
         from triton.experimental.gluon._runtime import GluonASTSource
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-        from hf_triton_attn._kernels.fwd_gluon import _attn_fwd_ws
     except ImportError as error:
         raise SystemExit(f"triton {triton.__version__} has no Gluon Hopper API: {error}")
     if not hasattr(TensorDescriptor, "__mangle__"):
         raise SystemExit(f"triton {triton.__version__}'s Gluon descriptors cannot name their type for an offline "
                          f"compile (no __mangle__, added after 3.6): use triton 3.7 or later")
+
+    def descriptor(head_dim, rows):
+        t = torch.empty(1, 1, 1024, head_dim, dtype=torch.bfloat16)
+        layout = gl.NVMMASharedLayout.get_default_for([1, 1, rows, head_dim], gl.bfloat16)
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, head_dim], layout).__mangle__()
+    return gl, GluonASTSource, descriptor
+
+
+def compile_gluon_source(fn, sig: dict, consts: dict, max_registers: int):
+    """Every argument not in ``sig`` or ``consts`` is an int32; constexprs by name."""
+    _, source_type, _ = gluon_api()
+    sig = {name: "constexpr" if name in consts else sig.get(name, "i32") for name in fn.arg_names}
+    consts = {(fn.arg_names.index(name),): value for name, value in consts.items()}
+    return triton.compile(source_type(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": 4, "maxnreg": max_registers})
+
+
+def compile_gluon(args):
+    """(compiled kernel, its HopperForwardConfig) of the Gluon forward, bf16, no key mask, (B, H, S, D) inputs."""
+    _, _, descriptor = gluon_api()
+    from hf_triton_attn._kernels.fwd_gluon import _attn_fwd_ws
     cfg = configs.hopper_forward_config(args.head_dim, 2, (9, 0), args.seqlen, not args.full)
     if cfg is None:
         raise SystemExit(f"the Gluon forward does not take head_dim {args.head_dim} at {args.seqlen} queries")
@@ -119,31 +142,44 @@ def compile_gluon(args):
                  "tma_store": None if args.tma_store is None else bool(args.tma_store),
                  "consumer_regs": args.consumer_regs}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-
-    def descriptor(rows):
-        t = torch.empty(1, 1, 1024, args.head_dim, dtype=torch.bfloat16)
-        layout = gl.NVMMASharedLayout.get_default_for([1, 1, rows, args.head_dim], gl.bfloat16)
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, args.head_dim], layout).__mangle__()
-
-    fn = _attn_fwd_ws
     consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, GROUP=1, HEAD_DIM=args.head_dim, BLOCK_MW=cfg.block_mw,
                   BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=not args.full, HAS_KEY_MASK=False,
                   TMA_STORE=cfg.tma_store, Q_SLOTS=cfg.q_slots, CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
-    sig = {name: "constexpr" if name in consts else "i32" for name in fn.arg_names}
-    sig.update(desc_q=descriptor(cfg.block_mw), desc_k=descriptor(cfg.block_n), desc_v=descriptor(cfg.block_n),
-               desc_o=descriptor(cfg.block_mw), Out="*bf16", LSE="*fp32", TileCounter="*i32", qk_scale="fp32")
+    sig = dict(desc_q=descriptor(args.head_dim, cfg.block_mw), desc_k=descriptor(args.head_dim, cfg.block_n),
+               desc_v=descriptor(args.head_dim, cfg.block_n), desc_o=descriptor(args.head_dim, cfg.block_mw),
+               Out="*bf16", LSE="*fp32", TileCounter="*i32", qk_scale="fp32")
     if not cfg.tma_store:  # no output descriptor: the kernel stores by pointer
-        sig["desc_o"], consts["desc_o"] = "constexpr", None
-    consts = {(fn.arg_names.index(name),): value for name, value in consts.items()}
-    source = GluonASTSource(fn, sig, consts)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": 4, "maxnreg": cfg.max_registers})
-    return compiled, cfg
+        consts["desc_o"] = None
+    return compile_gluon_source(_attn_fwd_ws, sig, consts, cfg.max_registers), cfg
+
+
+def compile_gluon_dkdv(args):
+    """(compiled kernel, its HopperDKDVConfig) of the Gluon dK/dV kernel, bf16, no key mask, (B, H, S, D) inputs;
+    --seqlen is the key length its configuration is for."""
+    _, _, descriptor = gluon_api()
+    from hf_triton_attn._kernels.bwd_dkdv_gluon import _attn_bwd_dkdv_ws
+    cfg = configs.hopper_dkdv_config(args.head_dim, 2, (9, 0), args.seqlen, not args.full)
+    if cfg is None:
+        raise SystemExit(f"the Gluon dK/dV kernel does not take head_dim {args.head_dim} at {args.seqlen} keys")
+    overrides = {"stages": args.stages, "kv_slots": args.kv_slots, "consumer_regs": args.consumer_regs}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, HEAD_DIM=args.head_dim, BLOCK_M=cfg.block_m,
+                  BLOCK_NW=cfg.block_nw, STAGES=cfg.stages, KV_SLOTS=cfg.kv_slots, IS_CAUSAL=not args.full,
+                  HAS_KEY_MASK=False, CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
+    if not args.grouped:
+        consts["GROUP"] = 1
+    query_rows, key_rows = descriptor(args.head_dim, cfg.block_m), descriptor(args.head_dim, cfg.block_nw)
+    sig = dict(desc_q=query_rows, desc_k=key_rows, desc_v=key_rows, desc_do=query_rows, DK="*bf16", DV="*bf16",
+               LSE="*fp32", Delta="*fp32", TileCounter="*i32", qk_scale="fp32", sm_scale="fp32")
+    return compile_gluon_source(_attn_bwd_dkdv_ws, sig, consts, cfg.max_registers), cfg
+
+
+GLUON_KERNELS = {"gluon": compile_gluon, "gluon-dkdv": compile_gluon_dkdv}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kernel", choices=sorted(KERNELS) + ["gluon"])
+    parser.add_argument("kernel", choices=sorted(KERNELS) + sorted(GLUON_KERNELS))
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--block-m", type=int, default=32)
     parser.add_argument("--block-n", type=int, default=None, help=f"default {TRITON_DEFAULTS['block_n']}, or the "
@@ -154,21 +190,24 @@ def main() -> None:
     parser.add_argument("--max-registers", type=int, default=None, help="as LaunchConfig.max_registers (maxnreg)")
     parser.add_argument("--grouped", action="store_true", help="dK/dV: several query heads per kv head")
     parser.add_argument("--full", action="store_true", help="no causal mask")
-    parser.add_argument("--seqlen", type=int, default=16384, help="gluon: the query length its configuration is for")
+    parser.add_argument("--seqlen", type=int, default=16384,
+                        help="gluon: the query length its configuration is for; gluon-dkdv: the key length")
     parser.add_argument("--q-slots", type=int, default=None, help="gluon: query slots per consumer")
+    parser.add_argument("--kv-slots", type=int, default=None, help="gluon-dkdv: K/V slots per consumer")
     parser.add_argument("--tma-store", type=int, choices=(0, 1), default=None, help="gluon: output through TMA")
-    parser.add_argument("--consumer-regs", type=int, default=None, help="gluon: registers per consumer thread")
+    parser.add_argument("--consumer-regs", type=int, default=None,
+                        help="gluon, gluon-dkdv: registers per consumer thread")
     parser.add_argument("--out", metavar="DIR", help="write the TTGIR and PTX here")
     args = parser.parse_args()
-    if args.kernel == "gluon":
-        compiled, cfg = compile_gluon(args)
+    if args.kernel in GLUON_KERNELS:
+        compiled, cfg = GLUON_KERNELS[args.kernel](args)
         registers, spills = ptxas_report(compiled.asm["ptx"])
         shared = compiled.metadata.shared
         mask = "full" if args.full else "causal"
-        print(f"gluon head_dim {args.head_dim} {mask} {cfg} (triton {triton.__version__}): {registers} registers, "
-              f"{spills} bytes of spill stores, {shared} bytes of shared memory (a program may have "
+        print(f"{args.kernel} head_dim {args.head_dim} {mask} {cfg} (triton {triton.__version__}): {registers} "
+              f"registers, {spills} bytes of spill stores, {shared} bytes of shared memory (a program may have "
               f"{SHARED_BYTES_PER_PROGRAM})")
-        write_out(args, compiled, f"gluon_{args.head_dim}_n{cfg.block_n}_s{cfg.stages}_q{cfg.q_slots}")
+        write_out(args, compiled, f"{args.kernel}_{args.head_dim}_s{cfg.stages}")
         return
     for name, value in TRITON_DEFAULTS.items():
         if getattr(args, name) is None:

@@ -77,21 +77,24 @@ def test_bench_kernels_keeps_each_providers_best_round(monkeypatch):
         bench_kernels.parse_args(["--rounds", "0"])
 
 
-@pytest.mark.parametrize("args, fields", [
-    (["--head-dim", "256", "--seqlen", "4096"], "block_n=64, stages=2"),
-    (["--head-dim", "128", "--full", "--block-n", "64", "--stages", "3", "--tma-store", "0"],
-     "block_n=64, stages=3, consumer_regs=240, max_registers=168, tma_store=False, q_slots=2")])
-def test_compile_sm90_reports_the_gluon_forward(args, fields):
-    """The Gluon forward compiles offline in the configuration the package takes for a head dim and length, with
-    the given fields overridden, and fits in a program's shared memory."""
+@pytest.mark.parametrize("kernel, args, fields", [
+    ("gluon", ["--head-dim", "256", "--seqlen", "4096"], "block_n=64, stages=2"),
+    ("gluon", ["--head-dim", "128", "--full", "--block-n", "64", "--stages", "3", "--tma-store", "0"],
+     "block_n=64, stages=3, consumer_regs=240, max_registers=168, tma_store=False, q_slots=2"),
+    ("gluon-dkdv", ["--head-dim", "64", "--seqlen", "4096", "--grouped"], "stages=4, kv_slots=2"),
+    ("gluon-dkdv", ["--head-dim", "128", "--seqlen", "2048", "--kv-slots", "2", "--stages", "2"],
+     "block_m=64, block_nw=64, stages=2, kv_slots=2")])
+def test_compile_sm90_reports_the_gluon_kernels(kernel, args, fields):
+    """The Gluon forward and dK/dV kernels compile offline in the configuration the package takes for a head dim and
+    length, with the given fields overridden, and fit in a program's shared memory."""
     hopper = pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
     if not hasattr(hopper.TensorDescriptor, "__mangle__"):
         pytest.skip("this Triton (3.6) cannot name a Gluon descriptor's type for an offline compile")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, str(SCRIPTS / "compile_sm90.py"), "gluon", *args], capture_output=True,
+    result = subprocess.run([sys.executable, str(SCRIPTS / "compile_sm90.py"), kernel, *args], capture_output=True,
                             text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    report = re.search(r"^gluon .*HopperForwardConfig\((.*)\) .*: (\d+) registers, (\d+) bytes of spill stores, "
+    report = re.search(rf"^{kernel} .*Hopper\w+Config\((.*)\) .*: (\d+) registers, (\d+) bytes of spill stores, "
                        r"(\d+) bytes of shared memory \(a program may have (\d+)\)", result.stdout, re.MULTILINE)
     assert report, result.stdout
     config, registers, _, shared, limit = report.group(1), *map(int, report.groups()[1:])
