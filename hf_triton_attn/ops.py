@@ -253,14 +253,21 @@ def _capability(device: torch.device) -> tuple:
     return torch.cuda.get_device_capability(device)
 
 
+def _gluon_may_take(kernel, switched_on: bool, q, k, key_mask, scale: float) -> bool:
+    """What every Gluon kernel needs before its configuration is looked up: Gluon's Hopper API (``kernel`` imported)
+    and its switch on, a CUDA device (not the interpreter), a positive scale (the kernels take row maxima before
+    scaling), keys, and a key mask with unit stride along the keys."""
+    return (kernel is not None and switched_on and not INTERPRET and q.device.type == "cuda" and scale > 0.0
+            and k.shape[2] > 0 and (key_mask is None or key_mask.stride(1) == 1))
+
+
 def _hopper_forward_config(q, k, v, key_mask, causal, scale) -> Optional[configs.HopperForwardConfig]:
     """The Gluon forward's configuration where it takes this call (no mask but causal and a key-padding one, see
     :func:`_forward`), else None: Gluon's Hopper API present and not switched off (``configs.GLUON_FORWARD``), a
     CUDA device and shape that :func:`configs.hopper_forward_config` accepts, a positive scale (the kernel takes
     row maxima before scaling), keys, no more queries than keys when causal (Skv >= Sq), a key mask with unit
     stride along the keys, and tensors a TMA descriptor can describe."""
-    if (_attn_fwd_ws is None or not configs.GLUON_FORWARD or INTERPRET or q.device.type != "cuda" or scale <= 0.0
-            or k.shape[2] == 0 or (key_mask is not None and key_mask.stride(1) != 1)):
+    if not _gluon_may_take(_attn_fwd_ws, configs.GLUON_FORWARD, q, k, key_mask, scale):
         return None
     cfg = configs.hopper_forward_config(q.shape[3], q.element_size(), _capability(q.device), q.shape[2], causal)
     if cfg is None or (causal and k.shape[2] < q.shape[2]) or not _tma_compatible(q, k, v):
@@ -343,8 +350,7 @@ def _hopper_dq_config(q, k, v, out, grad_out, key_mask, causal, scale) -> Option
     see :func:`_backward`), else None: the conditions of :func:`_hopper_forward_config` with
     ``configs.GLUON_DQ`` and :func:`configs.hopper_dq_config`, and an output and output gradient a TMA descriptor can
     describe too."""
-    if (_attn_bwd_dq_ws is None or not configs.GLUON_DQ or INTERPRET or q.device.type != "cuda" or scale <= 0.0
-            or k.shape[2] == 0 or (key_mask is not None and key_mask.stride(1) != 1)):
+    if not _gluon_may_take(_attn_bwd_dq_ws, configs.GLUON_DQ, q, k, key_mask, scale):
         return None
     cfg = configs.hopper_dq_config(q.shape[3], q.element_size(), _capability(q.device), q.shape[2])
     if cfg is None or (causal and k.shape[2] < q.shape[2]) or not _tma_compatible(q, k, v, out, grad_out):
@@ -384,8 +390,7 @@ def _hopper_dkdv_config(q, k, v, grad_out, key_mask, causal, scale) -> Optional[
     """The Gluon dK/dV kernel's configuration where it takes this backward (no mask but causal and a key-padding one,
     see :func:`_backward`), else None: the conditions of :func:`_hopper_forward_config` with ``configs.GLUON_DKDV``
     and :func:`configs.hopper_dkdv_config`, and an output gradient a TMA descriptor can describe too."""
-    if (_attn_bwd_dkdv_ws is None or not configs.GLUON_DKDV or INTERPRET or q.device.type != "cuda" or scale <= 0.0
-            or k.shape[2] == 0 or (key_mask is not None and key_mask.stride(1) != 1)):
+    if not _gluon_may_take(_attn_bwd_dkdv_ws, configs.GLUON_DKDV, q, k, key_mask, scale):
         return None
     cfg = configs.hopper_dkdv_config(q.shape[3], q.element_size(), _capability(q.device), k.shape[2], causal)
     if cfg is None or (causal and k.shape[2] < q.shape[2]) or not _tma_compatible(q, k, v, grad_out):
@@ -417,8 +422,7 @@ def _backward_dkdv_hopper(q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_r
             dv.stride(0), dv.stride(1), dv.stride(2), 0 if key_mask is None else key_mask.stride(0), heads, sq, skv,
             heads // hkv, tiles, heads_per_section,
             HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_NW=cfg.block_nw, STAGES=cfg.stages, KV_SLOTS=cfg.kv_slots,
-            IS_CAUSAL=causal,
-            HAS_KEY_MASK=key_mask is not None, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
+            IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
             maxnreg=cfg.max_registers,
         )
     except CompilationError as error:
@@ -552,12 +556,12 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
         key_range = kept_key_ranges(key_mask, seqused_k)
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                  **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype))
-    hopper = hopper_dkdv = None
+    hopper_dq = hopper_dkdv = None
     if seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
-        hopper = _hopper_dq_config(q, k, v, out, grad_out, key_mask, causal, scale)
+        hopper_dq = _hopper_dq_config(q, k, v, out, grad_out, key_mask, causal, scale)
         hopper_dkdv = _hopper_dkdv_config(q, k, v, grad_out, key_mask, causal, scale)
-    if hopper is not None:
-        _backward_dq_hopper(q, k, v, out, grad_out, dq, lse, delta, key_mask, key_range, causal, scale, hopper)
+    if hopper_dq is not None:
+        _backward_dq_hopper(q, k, v, out, grad_out, dq, lse, delta, key_mask, key_range, causal, scale, hopper_dq)
     else:
         tma = configs.dq_uses_tma(head_dim, q.element_size(), INTERPRET, skv) and _tma_compatible(k, v)
         kv_descriptors = (_descriptor(k, cfg.dq.block_n), _descriptor(v, cfg.dq.block_n)) if tma else (None, None)
