@@ -214,39 +214,54 @@ GLUON_DKDV = GLUON_FORWARD
 class HopperDKDVConfig:
     """The warp-specialised Gluon dK/dV kernel's launch: two consumer warpgroups of ``block_nw`` keys each share a ring
     of ``stages`` Q/dO tiles of ``block_m`` queries that one loader warp fills; ``kv_slots`` K/V tiles per consumer
-    (two: the next tile's are loaded while this one ends); registers as in :class:`HopperForwardConfig`."""
+    (two: the next tile's are loaded while this one ends); ``stats_in_score_layout``: LSE and Delta loaded straight
+    into the scores' column layout (registers for each of a thread's columns) rather than one row per thread and
+    converted through shared memory every step; registers as in :class:`HopperForwardConfig`."""
     block_m: int
     block_nw: int
     stages: int
     kv_slots: int
+    stats_in_score_layout: bool = False
     consumer_regs: int = 240
     max_registers: int = 168
 
 
-# Without a causal mask the Gluon dK/dV kernel is taken at head_dim 128 from this many keys (fewer were not measured),
-# and at head_dim 64 from GLUON_DKDV_D64_MIN_KEYS with or without one.
+# Without a causal mask the Gluon dK/dV kernel is taken at head_dim 128 from this many keys (fewer were not measured).
 GLUON_DKDV_MIN_KEYS = 512
-GLUON_DKDV_D64_MIN_KEYS = 4096
+# At head_dim 64 it is taken under a causal mask with GQA (several query heads per kv head) from GLUON_DKDV_MIN_KEYS
+# keys, and without a causal mask from these many keys: without and with GQA.
+GLUON_DKDV_D64_FULL_MIN_KEYS = 2048
+GLUON_DKDV_D64_FULL_GQA_MIN_KEYS = 4096
 
 
 @functools.lru_cache(maxsize=64)
-def hopper_dkdv_config(head_dim: int, itemsize: int, capability: tuple, seqlen_k: int,
+def hopper_dkdv_config(head_dim: int, itemsize: int, capability: tuple, seqlen_k: int, group: int,
                        causal: bool) -> Optional[HopperDKDVConfig]:
     """The Gluon dK/dV kernel's configuration, or None where the Triton dK/dV kernel (bwd.py) serves the call: only
-    on Hopper (sm_90), 16-bit; head_dim 128 from GLUON_DKDV_MIN_KEYS keys, and under a causal mask from more than
-    BWD_D128_SHORT_CAUSAL_MAX_KEYS (where the Triton kernel's narrow tiles tie or win); head_dim 64 from
-    GLUON_DKDV_D64_MIN_KEYS keys.
+    on Hopper (sm_90), 16-bit. Head_dim 128 from GLUON_DKDV_MIN_KEYS keys, and under a causal mask from more than
+    BWD_D128_SHORT_CAUSAL_MAX_KEYS (where the Triton kernel's narrow tiles tie or win). Head_dim 64 (``group`` query
+    heads per kv head): under a causal mask with GQA from GLUON_DKDV_MIN_KEYS keys, never without GQA (there the
+    Triton kernel wins); without a causal mask from GLUON_DKDV_D64_FULL_MIN_KEYS keys, with GQA from
+    GLUON_DKDV_D64_FULL_GQA_MIN_KEYS, LSE and Delta loaded in the scores' layout (which under a causal mask loses).
 
-    H200, bf16, the dK/dV kernel's GPU time (torch.profiler, µs per backward; benchmarks/RESULTS.md, session 31),
-    Triton kernel -> this one. Head_dim 128 (3 stages, one K/V slot): B4 H16 S4096 causal 1153 -> 923, full 2068 ->
-    1610, B4 H32/8 S4096 causal 2145 -> 1683, B8 S2048 causal 638 -> 539, B16 S1024 full 600 -> 493, B32 S512 full
-    362 -> 316; but B16 S1024 causal 354 -> 356, B32 S512 causal 227 -> 264, B64 S256 causal 166 -> 225. Head_dim 64
-    (4 stages, two K/V slots): B4 H32/8 S4096 causal (B, S, H, D) 1142-1153 -> 1083-1096, B4 H32 S4096 full 2150 ->
-    2053; but B8 H32 S2048 causal 677 -> 714, B16 H32 S1024 causal 404 -> 425, B32 H12 S512 full 134 -> 144."""
+    H200, bf16, the dK/dV kernel's GPU time (torch.profiler, µs per backward; benchmarks/RESULTS.md, sessions 31 and
+    32), Triton kernel -> this one. Head_dim 128 (3 stages, one K/V slot): B4 H16 S4096 causal 1153 -> 923, full
+    2068 -> 1610, B4 H32/8 S4096 causal 2145 -> 1683, B8 S2048 causal 638 -> 539, B16 S1024 full 600 -> 493, B32
+    S512 full 362 -> 316; but B16 S1024 causal 354 -> 356, B32 S512 causal 227 -> 264, B64 S256 causal 166 -> 225.
+    Head_dim 64 (4 stages, two K/V slots; (B, S, H, D) inputs where GQA): causal B4 H32/8 S4096 1137-1153 ->
+    1078-1096, B8 H32/8 S2048 616-620 -> 572-577, B16 H32/8 S1024 351 -> 321, B32 H12/4 S512 87 -> 83; but without
+    GQA B2 H32 S8192 2346 -> 2468, B4 H32 S4096 1222 -> 1271, B8 S2048 676-677 -> 709, B16 S1024 402 -> 422. Without a
+    causal mask (scores' layout; the other in brackets): B4 H32 S4096 2150 -> 1971-1994 [2049-2060], B8 H32 S2048
+    1114 -> 1053 [1086], B4 H32/8 S4096 2210 -> 2154 [2444]; but B16 H32 S1024 596 -> 602 [599], B16 H32/8 S1024
+    569 -> 608 [633]."""
     if capability != (9, 0) or itemsize != 2:
         return None
-    if head_dim == 64 and seqlen_k >= GLUON_DKDV_D64_MIN_KEYS:
-        return HopperDKDVConfig(block_m=64, block_nw=64, stages=4, kv_slots=2)
+    if head_dim == 64:
+        if causal and group > 1 and seqlen_k >= GLUON_DKDV_MIN_KEYS:
+            return HopperDKDVConfig(block_m=64, block_nw=64, stages=4, kv_slots=2)
+        if not causal and seqlen_k >= (GLUON_DKDV_D64_FULL_GQA_MIN_KEYS if group > 1 else GLUON_DKDV_D64_FULL_MIN_KEYS):
+            return HopperDKDVConfig(block_m=64, block_nw=64, stages=4, kv_slots=2, stats_in_score_layout=True)
+        return None
     if head_dim != 128 or seqlen_k < GLUON_DKDV_MIN_KEYS or (causal and seqlen_k <= BWD_D128_SHORT_CAUSAL_MAX_KEYS):
         return None
     return HopperDKDVConfig(block_m=64, block_nw=64, stages=3, kv_slots=1)

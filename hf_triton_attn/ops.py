@@ -392,7 +392,8 @@ def _hopper_dkdv_config(q, k, v, grad_out, key_mask, causal, scale) -> Optional[
     and :func:`configs.hopper_dkdv_config`, and an output gradient a TMA descriptor can describe too."""
     if not _gluon_may_take(_attn_bwd_dkdv_ws, configs.GLUON_DKDV, q, k, key_mask, scale):
         return None
-    cfg = configs.hopper_dkdv_config(q.shape[3], q.element_size(), _capability(q.device), k.shape[2], causal)
+    cfg = configs.hopper_dkdv_config(q.shape[3], q.element_size(), _capability(q.device), k.shape[2],
+                                     q.shape[1] // k.shape[1], causal)
     if cfg is None or (causal and k.shape[2] < q.shape[2]) or not _tma_compatible(q, k, v, grad_out):
         return None
     return cfg
@@ -422,8 +423,8 @@ def _backward_dkdv_hopper(q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_r
             dv.stride(0), dv.stride(1), dv.stride(2), 0 if key_mask is None else key_mask.stride(0), heads, sq, skv,
             heads // hkv, tiles, heads_per_section,
             HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_NW=cfg.block_nw, STAGES=cfg.stages, KV_SLOTS=cfg.kv_slots,
-            IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
-            maxnreg=cfg.max_registers,
+            IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, STATS_IN_SCORE_LAYOUT=cfg.stats_in_score_layout,
+            CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
         )
     except CompilationError as error:
         raise RuntimeError(

@@ -10,8 +10,9 @@ the operand kinds of its wgmma instructions. With --out DIR, also writes its TTG
 ``configs.hopper_forward_config`` gives for that head dim, query length and mask; --block-n, --stages, --q-slots,
 --tma-store and --consumer-regs override its fields. Its ptxas report covers every partition (the loader warp and
 both consumers); one program runs per multiprocessor. ``gluon-dkdv`` is the Hopper dK/dV kernel
-(_kernels/bwd_dkdv_gluon.py) in the configuration ``configs.hopper_dkdv_config`` gives for that head dim, key length
-and mask; --stages, --kv-slots and --consumer-regs override its fields.
+(_kernels/bwd_dkdv_gluon.py) in the configuration ``configs.hopper_dkdv_config`` gives for that head dim, key
+length, mask and GQA (--grouped: GROUPED_HEADS query heads per kv head, else one); --stages,
+--kv-slots, --stats-in-score-layout and --consumer-regs override its fields.
 
 The JIT treats integer arguments equal to 1 as constants and marks pointers and multiples of 16 as 16-byte
 divisible; a compile without those specialisations cannot prove the loads contiguous, does not pipeline them,
@@ -41,6 +42,8 @@ from hf_triton_attn._kernels.fwd import _attn_fwd  # noqa: E402
 KERNELS = {"fwd": _attn_fwd, "dq": _attn_bwd_dq, "dkdv": _attn_bwd_dkdv}
 # Triton kernels' launch when not given: the dK/dV kernel's default at head_dim 64.
 TRITON_DEFAULTS = dict(block_n=128, stages=3)
+# Query heads per kv head of a --grouped Gluon dK/dV compile (Llama's 32/8), for its configuration.
+GROUPED_HEADS = 4
 # The most shared memory one program may have on Hopper (227 KiB).
 SHARED_BYTES_PER_PROGRAM = 227 * 1024
 BF16_POINTERS = {"Q", "K", "V", "Out", "DO", "DQ", "DK", "DV"}
@@ -158,14 +161,18 @@ def compile_gluon_dkdv(args):
     --seqlen is the key length its configuration is for."""
     _, _, descriptor = gluon_api()
     from hf_triton_attn._kernels.bwd_dkdv_gluon import _attn_bwd_dkdv_ws
-    cfg = configs.hopper_dkdv_config(args.head_dim, 2, (9, 0), args.seqlen, not args.full)
+    group = GROUPED_HEADS if args.grouped else 1
+    cfg = configs.hopper_dkdv_config(args.head_dim, 2, (9, 0), args.seqlen, group, not args.full)
     if cfg is None:
-        raise SystemExit(f"the Gluon dK/dV kernel does not take head_dim {args.head_dim} at {args.seqlen} keys")
-    overrides = {"stages": args.stages, "kv_slots": args.kv_slots, "consumer_regs": args.consumer_regs}
+        raise SystemExit(f"the Gluon dK/dV kernel does not take head_dim {args.head_dim} at {args.seqlen} keys, "
+                         f"{group} query heads per kv head")
+    overrides = {"stages": args.stages, "kv_slots": args.kv_slots, "consumer_regs": args.consumer_regs,
+                 "stats_in_score_layout": None if args.stats_in_score_layout is None else bool(args.stats_in_score_layout)}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, HEAD_DIM=args.head_dim, BLOCK_M=cfg.block_m,
                   BLOCK_NW=cfg.block_nw, STAGES=cfg.stages, KV_SLOTS=cfg.kv_slots, IS_CAUSAL=not args.full,
-                  HAS_KEY_MASK=False, CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
+                  HAS_KEY_MASK=False, STATS_IN_SCORE_LAYOUT=cfg.stats_in_score_layout,
+                  CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
     if not args.grouped:
         consts["GROUP"] = 1
     query_rows, key_rows = descriptor(args.head_dim, cfg.block_m), descriptor(args.head_dim, cfg.block_nw)
@@ -194,6 +201,8 @@ def main() -> None:
                         help="gluon: the query length its configuration is for; gluon-dkdv: the key length")
     parser.add_argument("--q-slots", type=int, default=None, help="gluon: query slots per consumer")
     parser.add_argument("--kv-slots", type=int, default=None, help="gluon-dkdv: K/V slots per consumer")
+    parser.add_argument("--stats-in-score-layout", type=int, choices=(0, 1), default=None,
+                        help="gluon-dkdv: LSE and Delta loaded in the scores' layout")
     parser.add_argument("--tma-store", type=int, choices=(0, 1), default=None, help="gluon: output through TMA")
     parser.add_argument("--consumer-regs", type=int, default=None,
                         help="gluon, gluon-dkdv: registers per consumer thread")

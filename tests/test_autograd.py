@@ -637,20 +637,24 @@ def test_hopper_dq_not_taken_where_it_does_not_apply(monkeypatch):
 
 
 def test_hopper_dkdv_config_applies_only_where_measured():
-    """The Gluon dK/dV kernel is Hopper-only and 16-bit: head_dim 128 from GLUON_DKDV_MIN_KEYS keys and under a causal
-    mask from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS, head_dim 64 from GLUON_DKDV_D64_MIN_KEYS; anything else keeps
-    the Triton dK/dV kernel, and so does every call in the interpreter or on the CPU."""
-    hopper, short, d64_keys = (9, 0), configs.BWD_D128_SHORT_CAUSAL_MAX_KEYS, configs.GLUON_DKDV_D64_MIN_KEYS
-    assert configs.hopper_dkdv_config(128, 2, hopper, short + 1, True) is not None
-    assert configs.hopper_dkdv_config(128, 2, hopper, configs.GLUON_DKDV_MIN_KEYS, False) is not None
-    assert configs.hopper_dkdv_config(64, 2, hopper, d64_keys, True) is not None
-    assert configs.hopper_dkdv_config(64, 2, hopper, d64_keys, False) is not None
-    for head_dim, itemsize, capability, seqlen_k, causal in [
-            (64, 2, hopper, d64_keys - 1, True), (64, 2, hopper, d64_keys - 1, False), (32, 2, hopper, 16384, True),
-            (256, 2, hopper, 4096, True), (128, 4, hopper, 4096, True), (64, 4, hopper, 16384, False),
-            (128, 2, (8, 0), 4096, True), (128, 2, (10, 0), 4096, False), (128, 2, hopper, short, True),
-            (128, 2, hopper, configs.GLUON_DKDV_MIN_KEYS - 1, False)]:
-        assert configs.hopper_dkdv_config(head_dim, itemsize, capability, seqlen_k, causal) is None
+    """The Gluon dK/dV kernel is Hopper-only and 16-bit. Head_dim 128: from GLUON_DKDV_MIN_KEYS keys, under a causal
+    mask from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS. Head_dim 64: under a causal mask only with GQA, from
+    GLUON_DKDV_MIN_KEYS keys; without one from GLUON_DKDV_D64_FULL_MIN_KEYS keys (GQA: GLUON_DKDV_D64_FULL_GQA_MIN_KEYS),
+    there with LSE and Delta in the scores' layout. Anything else keeps the Triton dK/dV kernel, and so does every
+    call in the interpreter or on the CPU."""
+    hopper, short, keys = (9, 0), configs.BWD_D128_SHORT_CAUSAL_MAX_KEYS, configs.GLUON_DKDV_MIN_KEYS
+    full_keys, full_gqa_keys = configs.GLUON_DKDV_D64_FULL_MIN_KEYS, configs.GLUON_DKDV_D64_FULL_GQA_MIN_KEYS
+    assert configs.hopper_dkdv_config(128, 2, hopper, short + 1, 1, True) is not None
+    assert configs.hopper_dkdv_config(128, 2, hopper, keys, 1, False) is not None
+    assert not configs.hopper_dkdv_config(64, 2, hopper, keys, 2, True).stats_in_score_layout
+    assert configs.hopper_dkdv_config(64, 2, hopper, full_keys, 1, False).stats_in_score_layout
+    assert configs.hopper_dkdv_config(64, 2, hopper, full_gqa_keys, 4, False).stats_in_score_layout
+    for head_dim, itemsize, capability, seqlen_k, group, causal in [
+            (64, 2, hopper, 16384, 1, True), (64, 2, hopper, keys - 1, 4, True), (64, 2, hopper, full_keys - 1, 1, False),
+            (64, 2, hopper, full_gqa_keys - 1, 2, False), (32, 2, hopper, 16384, 1, True), (256, 2, hopper, 4096, 1, True),
+            (128, 4, hopper, 4096, 1, True), (64, 4, hopper, 16384, 4, True), (128, 2, (8, 0), 4096, 1, True),
+            (128, 2, (10, 0), 4096, 1, False), (128, 2, hopper, short, 4, True), (128, 2, hopper, keys - 1, 1, False)]:
+        assert configs.hopper_dkdv_config(head_dim, itemsize, capability, seqlen_k, group, causal) is None
     if not ON_GPU:
         q, k, v = random_qkv(1, 2, 2, 2048, 2048, 128, torch.float16, DEVICE)
         assert ops._hopper_dkdv_config(q, k, v, q, None, True, 128 ** -0.5) is None
@@ -665,7 +669,7 @@ def test_hopper_dkdv_compile_failure_names_the_switch(monkeypatch):
     q, k, v = random_qkv(2, 4, 2, 200, 200, 128, torch.float16, DEVICE)
     grad_out = torch.empty(2, 200, 4, 128, dtype=torch.float16)
     lse = torch.empty(2, 4, 200)
-    cfg = configs.hopper_dkdv_config(128, 2, (9, 0), 4096, True)
+    cfg = configs.hopper_dkdv_config(128, 2, (9, 0), 4096, 1, True)
     with pytest.raises(RuntimeError, match="HF_TRITON_ATTN_GLUON=0") as failure:
         ops._backward_dkdv_hopper(q, k, v, grad_out, torch.empty_like(k), torch.empty_like(v), lse,
                                   torch.empty_like(lse), None, None, True, 128 ** -0.5, cfg)
@@ -677,12 +681,12 @@ def hopper_dkdv_available() -> bool:
 
 
 def take_hopper_dkdv_everywhere(monkeypatch) -> None:
-    """Every call takes the Gluon dK/dV kernel's configuration for long rows (same head dim, dtype, device and mask),
-    whatever its own length, so that short test shapes reach the kernel."""
+    """Every call takes the Gluon dK/dV kernel's configuration for long rows with GQA (same head dim, dtype, device
+    and mask), whatever its own length and heads, so that short test shapes and every head layout reach the kernel."""
     default = configs.hopper_dkdv_config
     monkeypatch.setattr(configs, "hopper_dkdv_config",
-                        lambda head_dim, itemsize, capability, _, causal: default(head_dim, itemsize, capability,
-                                                                                 LONG_ROWS, causal))
+                        lambda head_dim, itemsize, capability, _, __, causal:
+                        default(head_dim, itemsize, capability, LONG_ROWS, 4, causal))
 
 
 @pytest.mark.gpu
@@ -731,8 +735,9 @@ def test_hopper_dkdv_persistent_schedule_gpu(monkeypatch, causal, padding):
 
 @pytest.mark.gpu
 def test_hopper_dkdv_not_taken_where_it_does_not_apply(monkeypatch):
-    """Dense masks, seqused_q, seqused_k, dropout, a softcap, a causal call with more queries than keys, head_dims 64
-    and 256, short causal rows and the switch keep the Triton dK/dV kernel, with the oracle's gradients."""
+    """Dense masks, seqused_q, seqused_k, dropout, a softcap, a causal call with more queries than keys, head_dim 256,
+    head_dim 64 under a causal mask without GQA, short causal rows and the switch keep the Triton dK/dV kernel, with
+    the oracle's gradients."""
     if not hopper_dkdv_available():
         pytest.skip(SKIP_WITHOUT_GLUON)
     calls = count_calls(monkeypatch, ops, "_backward_dkdv_hopper")

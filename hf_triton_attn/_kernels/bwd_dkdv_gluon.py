@@ -67,7 +67,7 @@ def _query_block(step, steps_per_head, m_first, pid_hk, GROUP):
 def _loader(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes,
             strides, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_NW: gl.constexpr,
             STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
-            WG: gl.constexpr):
+            STATS_IN_SCORE_LAYOUT: gl.constexpr, WG: gl.constexpr):
     """One warp (the partitions share one signature, hence the arguments it does not use): for each tile the program
     takes, once the consumers released their K/V slot, the tile's index and each consumer's K and V rows into the
     slot, then each step's Q and dO rows into the ring slots the consumers released (ring positions count on across
@@ -115,9 +115,11 @@ def _loader(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRan
 
 @gluon.jit
 def _row_stats(LSE, Delta, step, tile, H, GROUP, Sq, BLOCK_M: gl.constexpr, layout: gl.constexpr):
-    """LSE and Delta of a step's query rows, one value per thread (a compact layout, so that a step's fetch can be
-    in flight during the step before at the cost of two registers), and the step's query block; rows past Sq give
-    LSE +inf, so P = 0 there, and a step past the tile's last reads nothing."""
+    """LSE and Delta of a step's query rows in ``layout``, and the step's query block; rows past Sq give LSE +inf,
+    so P = 0 there, and a step past the tile's last reads nothing. The layout is either one row per thread (compact,
+    so that a step's fetch in flight during the step before costs two registers, then converted to the scores'
+    layout through shared memory) or the scores' column layout itself (no conversion, a register per column a
+    thread holds: faster without a causal mask at head_dim 64, slower with one, spills at head_dim 128)."""
     pid_b, pid_hk, m_first, steps_per_head, n_steps = tile
     head, m_block = _query_block(step, steps_per_head, m_first, pid_hk, GROUP)
     rows = m_block * BLOCK_M + gl.arange(0, BLOCK_M, layout=layout)
@@ -156,7 +158,7 @@ def _dv_and_dst(pt, pt_op, dpt, delta, do_tile, dv, s_layout: gl.constexpr, op_l
 def _consumer(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes,
               strides, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_NW: gl.constexpr,
               STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
-              WG: gl.constexpr):
+              STATS_IN_SCORE_LAYOUT: gl.constexpr, WG: gl.constexpr):
     """One warpgroup: for each of the program's tiles, keys [start_n + WG * BLOCK_NW, + BLOCK_NW) of one (batch, kv
     head) against the query blocks the loader streams; dK and dV stored by pointer, zero on the key rows past Skv or
     dropped by the key mask."""
@@ -169,7 +171,11 @@ def _consumer(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyR
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, HEAD_DIM, 16])
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # the tile index; LSE and Delta rows
+    one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # the tile index
+    if STATS_IN_SCORE_LAYOUT:
+        stats_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
+    else:
+        stats_layout: gl.constexpr = one_per_thread
     zeros_s = gl.zeros([BLOCK_NW, BLOCK_M], gl.float32, layout=s_layout)
     q_start = Skv - Sq
 
@@ -188,12 +194,12 @@ def _consumer(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyR
         dv = gl.zeros([BLOCK_NW, HEAD_DIM], gl.float32, layout=acc_layout)
         if n_steps > 0:
             tile = (pid_b, pid_hk, m_first, steps_per_head, n_steps)
-            lse, delta, m_block = _row_stats(LSE, Delta, 0, tile, H, GROUP, Sq, BLOCK_M, one_per_thread)
+            lse, delta, m_block = _row_stats(LSE, Delta, 0, tile, H, GROUP, Sq, BLOCK_M, stats_layout)
             slot = consumed % STAGES
             mbarrier.wait(q_ready.index(slot), (consumed // STAGES) & 1)
             st_token = warpgroup_mma(k, q_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
             dpt_token = warpgroup_mma(v, do_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
-            next_lse, next_delta, next_m_block = _row_stats(LSE, Delta, 1, tile, H, GROUP, Sq, BLOCK_M, one_per_thread)
+            next_lse, next_delta, next_m_block = _row_stats(LSE, Delta, 1, tile, H, GROUP, Sq, BLOCK_M, stats_layout)
             st = warpgroup_mma_wait(1, deps=(st_token,))
             pt = _probs(st, lse, qk_scale, key_first, m_block, q_start, BLOCK_M, BLOCK_NW, s_layout, IS_CAUSAL)
             pt_op = gl.convert_layout(pt.to(dtype), op_layout)
@@ -210,7 +216,7 @@ def _consumer(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyR
                 dpt_token = warpgroup_mma(v, do_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False,
                                           is_async=True)
                 next_lse, next_delta, next_m_block = _row_stats(LSE, Delta, step + 1, tile, H, GROUP, Sq, BLOCK_M,
-                                                                one_per_thread)
+                                                                stats_layout)
                 st = warpgroup_mma_wait(2, deps=(st_token,))
                 pt = _probs(st, lse, qk_scale, key_first, m_block, q_start, BLOCK_M, BLOCK_NW, s_layout, IS_CAUSAL)
                 pt_op = gl.convert_layout(pt.to(dtype), op_layout)
@@ -247,7 +253,8 @@ def _attn_bwd_dkdv_ws(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMa
                       sm_scale, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_kmb, H,
                       Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
                       BLOCK_NW: gl.constexpr, STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                      HAS_KEY_MASK: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+                      HAS_KEY_MASK: gl.constexpr, STATS_IN_SCORE_LAYOUT: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                      num_warps: gl.constexpr):
     """Persistent: grid (programs,), each taking tile pid, then the next of the n_tiles =
     cdiv(Skv, CONSUMERS * BLOCK_NW) * B * Hkv from TileCounter (a zeroed int32, left zeroed; shared with the other
     Gluon kernels), in _key_tile's order. q/do through 4D descriptors over (B, H, Sq, D) with boxes
@@ -282,11 +289,11 @@ def _attn_bwd_dkdv_ws(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMa
     gl.warp_specialize([
         (_consumer, (desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
                      sizes, strides, qk_scale, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS,
-                     IS_CAUSAL, HAS_KEY_MASK, 0)),
+                     IS_CAUSAL, HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 0)),
         (_consumer, (desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
                      sizes, strides, qk_scale, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS,
-                     IS_CAUSAL, HAS_KEY_MASK, 1)),
+                     IS_CAUSAL, HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 1)),
         (_loader, (desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
                    sizes, strides, qk_scale, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS, IS_CAUSAL,
-                   HAS_KEY_MASK, 0))],
+                   HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 0))],
         [4, 1], [CONSUMER_REGS, 24])
