@@ -238,16 +238,18 @@ GLUON_DKDV_D64_FULL_GQA_MIN_KEYS = 4096
 def hopper_dkdv_config(head_dim: int, itemsize: int, capability: tuple, seqlen_k: int, group: int,
                        causal: bool) -> Optional[HopperDKDVConfig]:
     """The Gluon dK/dV kernel's configuration, or None where the Triton dK/dV kernel (bwd.py) serves the call: only
-    on Hopper (sm_90), 16-bit. Head_dim 128 from GLUON_DKDV_MIN_KEYS keys, and under a causal mask from more than
-    BWD_D128_SHORT_CAUSAL_MAX_KEYS (where the Triton kernel's narrow tiles tie or win). Head_dim 64 (``group`` query
-    heads per kv head): under a causal mask with GQA from GLUON_DKDV_MIN_KEYS keys, never without GQA (there the
-    Triton kernel wins); without a causal mask from GLUON_DKDV_D64_FULL_MIN_KEYS keys, with GQA from
-    GLUON_DKDV_D64_FULL_GQA_MIN_KEYS, LSE and Delta loaded in the scores' layout (which under a causal mask loses).
+    on Hopper (sm_90), 16-bit; ``group`` is the number of query heads per kv head. Head_dim 128 from
+    GLUON_DKDV_MIN_KEYS keys, but under a causal mask without GQA from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS (where
+    the Triton kernel's narrow tiles tie or win). Head_dim 64: under a causal mask with GQA from GLUON_DKDV_MIN_KEYS
+    keys, never without GQA (there the Triton kernel wins); without a causal mask from GLUON_DKDV_D64_FULL_MIN_KEYS
+    keys, with GQA from GLUON_DKDV_D64_FULL_GQA_MIN_KEYS, LSE and Delta loaded in the scores' layout (which under a
+    causal mask loses).
 
     H200, bf16, the dK/dV kernel's GPU time (torch.profiler, µs per backward; benchmarks/RESULTS.md, sessions 31 and
     32), Triton kernel -> this one. Head_dim 128 (3 stages, one K/V slot): B4 H16 S4096 causal 1153 -> 923, full
     2068 -> 1610, B4 H32/8 S4096 causal 2145 -> 1683, B8 S2048 causal 638 -> 539, B16 S1024 full 600 -> 493, B32
-    S512 full 362 -> 316; but B16 S1024 causal 354 -> 356, B32 S512 causal 227 -> 264, B64 S256 causal 166 -> 225.
+    S512 full 362 -> 316, with GQA (B, S, H, D) B16 H32/8 S1024 causal 636 -> 515, B32 H32/8 S512 causal 360 -> 319;
+    but without GQA B16 S1024 causal 354 -> 356, B32 S512 causal 227 -> 264, B64 S256 causal 166 -> 225.
     Head_dim 64 (4 stages, two K/V slots; (B, S, H, D) inputs where GQA): causal B4 H32/8 S4096 1137-1153 ->
     1078-1096, B8 H32/8 S2048 616-620 -> 572-577, B16 H32/8 S1024 351 -> 321, B32 H12/4 S512 87 -> 83; but without
     GQA B2 H32 S8192 2346 -> 2468, B4 H32 S4096 1222 -> 1271, B8 S2048 676-677 -> 709, B16 S1024 402 -> 422. Without a
@@ -262,7 +264,8 @@ def hopper_dkdv_config(head_dim: int, itemsize: int, capability: tuple, seqlen_k
         if not causal and seqlen_k >= (GLUON_DKDV_D64_FULL_GQA_MIN_KEYS if group > 1 else GLUON_DKDV_D64_FULL_MIN_KEYS):
             return HopperDKDVConfig(block_m=64, block_nw=64, stages=4, kv_slots=2, stats_in_score_layout=True)
         return None
-    if head_dim != 128 or seqlen_k < GLUON_DKDV_MIN_KEYS or (causal and seqlen_k <= BWD_D128_SHORT_CAUSAL_MAX_KEYS):
+    short_causal = causal and group == 1 and seqlen_k <= BWD_D128_SHORT_CAUSAL_MAX_KEYS
+    if head_dim != 128 or seqlen_k < GLUON_DKDV_MIN_KEYS or short_causal:
         return None
     return HopperDKDVConfig(block_m=64, block_nw=64, stages=3, kv_slots=1)
 

@@ -166,8 +166,9 @@ def compile_gluon_dkdv(args):
     if cfg is None:
         raise SystemExit(f"the Gluon dK/dV kernel does not take head_dim {args.head_dim} at {args.seqlen} keys, "
                          f"{group} query heads per kv head")
+    stats_in_score_layout = None if args.stats_in_score_layout is None else bool(args.stats_in_score_layout)
     overrides = {"stages": args.stages, "kv_slots": args.kv_slots, "consumer_regs": args.consumer_regs,
-                 "stats_in_score_layout": None if args.stats_in_score_layout is None else bool(args.stats_in_score_layout)}
+                 "stats_in_score_layout": stats_in_score_layout}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, HEAD_DIM=args.head_dim, BLOCK_M=cfg.block_m,
                   BLOCK_NW=cfg.block_nw, STAGES=cfg.stages, KV_SLOTS=cfg.kv_slots, IS_CAUSAL=not args.full,

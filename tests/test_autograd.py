@@ -638,22 +638,25 @@ def test_hopper_dq_not_taken_where_it_does_not_apply(monkeypatch):
 
 def test_hopper_dkdv_config_applies_only_where_measured():
     """The Gluon dK/dV kernel is Hopper-only and 16-bit. Head_dim 128: from GLUON_DKDV_MIN_KEYS keys, under a causal
-    mask from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS. Head_dim 64: under a causal mask only with GQA, from
-    GLUON_DKDV_MIN_KEYS keys; without one from GLUON_DKDV_D64_FULL_MIN_KEYS keys (GQA: GLUON_DKDV_D64_FULL_GQA_MIN_KEYS),
-    there with LSE and Delta in the scores' layout. Anything else keeps the Triton dK/dV kernel, and so does every
-    call in the interpreter or on the CPU."""
+    mask without GQA from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS. Head_dim 64: under a causal mask only with GQA,
+    from GLUON_DKDV_MIN_KEYS keys; without one from GLUON_DKDV_D64_FULL_MIN_KEYS keys (GQA:
+    GLUON_DKDV_D64_FULL_GQA_MIN_KEYS), there with LSE and Delta in the scores' layout. Anything else keeps the
+    Triton dK/dV kernel, and so does every call in the interpreter or on the CPU."""
     hopper, short, keys = (9, 0), configs.BWD_D128_SHORT_CAUSAL_MAX_KEYS, configs.GLUON_DKDV_MIN_KEYS
     full_keys, full_gqa_keys = configs.GLUON_DKDV_D64_FULL_MIN_KEYS, configs.GLUON_DKDV_D64_FULL_GQA_MIN_KEYS
     assert configs.hopper_dkdv_config(128, 2, hopper, short + 1, 1, True) is not None
     assert configs.hopper_dkdv_config(128, 2, hopper, keys, 1, False) is not None
+    assert configs.hopper_dkdv_config(128, 2, hopper, keys, 2, True) is not None
     assert not configs.hopper_dkdv_config(64, 2, hopper, keys, 2, True).stats_in_score_layout
     assert configs.hopper_dkdv_config(64, 2, hopper, full_keys, 1, False).stats_in_score_layout
     assert configs.hopper_dkdv_config(64, 2, hopper, full_gqa_keys, 4, False).stats_in_score_layout
     for head_dim, itemsize, capability, seqlen_k, group, causal in [
-            (64, 2, hopper, 16384, 1, True), (64, 2, hopper, keys - 1, 4, True), (64, 2, hopper, full_keys - 1, 1, False),
-            (64, 2, hopper, full_gqa_keys - 1, 2, False), (32, 2, hopper, 16384, 1, True), (256, 2, hopper, 4096, 1, True),
-            (128, 4, hopper, 4096, 1, True), (64, 4, hopper, 16384, 4, True), (128, 2, (8, 0), 4096, 1, True),
-            (128, 2, (10, 0), 4096, 1, False), (128, 2, hopper, short, 4, True), (128, 2, hopper, keys - 1, 1, False)]:
+            (64, 2, hopper, 16384, 1, True), (64, 2, hopper, keys - 1, 4, True),
+            (64, 2, hopper, full_keys - 1, 1, False), (64, 2, hopper, full_gqa_keys - 1, 2, False),
+            (32, 2, hopper, 16384, 1, True), (256, 2, hopper, 4096, 1, True), (128, 4, hopper, 4096, 1, True),
+            (64, 4, hopper, 16384, 4, True), (128, 2, (8, 0), 4096, 1, True), (128, 2, (10, 0), 4096, 1, False),
+            (128, 2, hopper, short, 1, True), (128, 2, hopper, keys - 1, 4, True),
+            (128, 2, hopper, keys - 1, 1, False)]:
         assert configs.hopper_dkdv_config(head_dim, itemsize, capability, seqlen_k, group, causal) is None
     if not ON_GPU:
         q, k, v = random_qkv(1, 2, 2, 2048, 2048, 128, torch.float16, DEVICE)
