@@ -226,10 +226,10 @@ class HopperDKDVConfig:
     max_registers: int = 168
 
 
-# Without a causal mask the Gluon dK/dV kernel is taken at head_dim 128 from this many keys (fewer were not measured).
+# The Gluon dK/dV kernel is never taken below this many keys (without a causal mask fewer were not measured; under
+# one, with GQA, 256 keys lost at head_dim 128).
 GLUON_DKDV_MIN_KEYS = 512
-# At head_dim 64 it is taken under a causal mask with GQA (several query heads per kv head) from GLUON_DKDV_MIN_KEYS
-# keys, and without a causal mask from these many keys: without and with GQA.
+# At head_dim 64 without a causal mask it is taken from these many keys: without and with GQA.
 GLUON_DKDV_D64_FULL_MIN_KEYS = 2048
 GLUON_DKDV_D64_FULL_GQA_MIN_KEYS = 4096
 
