@@ -280,6 +280,15 @@ def _gluon_layout(rows: int, head_dim: int, dtype: torch.dtype):
     return gl.NVMMASharedLayout.get_default_for([1, 1, rows, head_dim], _GLUON_DTYPES[dtype])
 
 
+def _gluon_compile_failure(kernel: str, head_dim: int) -> RuntimeError:
+    """The error for a Gluon kernel this Triton cannot compile: Gluon is Triton's experimental API and changes
+    between releases (run on 3.6; compiled with 3.7 and 3.9), and the switch keeps every call on the Triton kernels."""
+    return RuntimeError(
+        f"hf_triton_attn's Gluon {kernel} (Hopper, head_dim {head_dim}) does not compile with triton "
+        f"{triton.__version__}. Set HF_TRITON_ATTN_GLUON=0 before importing hf_triton_attn to use its Triton kernels "
+        f"for every call, or use triton 3.6.")
+
+
 def _gluon_descriptor(t: torch.Tensor, rows: int):
     return GluonTensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[3]],
                                  _gluon_layout(rows, t.shape[3], t.dtype))
@@ -338,11 +347,7 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: 
             CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
         )
     except CompilationError as error:
-        # Gluon is Triton's experimental API and changes between releases (run on 3.6; compiled with 3.7 and 3.9).
-        raise RuntimeError(
-            f"hf_triton_attn's Gluon forward (Hopper, head_dim {head_dim}) does not compile with triton "
-            f"{triton.__version__}. Set HF_TRITON_ATTN_GLUON=0 before importing hf_triton_attn to use its Triton "
-            f"forward for every call, or use triton 3.6.") from error
+        raise _gluon_compile_failure("forward", head_dim) from error
 
 
 def _hopper_dq_config(q, k, v, out, grad_out, key_mask, causal, scale) -> Optional[configs.HopperDQConfig]:
@@ -380,10 +385,7 @@ def _backward_dq_hopper(q, k, v, out, grad_out, dq, lse, delta, key_mask, key_ra
             maxnreg=cfg.max_registers,
         )
     except CompilationError as error:
-        raise RuntimeError(
-            f"hf_triton_attn's Gluon dQ kernel (Hopper, head_dim {head_dim}) does not compile with triton "
-            f"{triton.__version__}. Set HF_TRITON_ATTN_GLUON=0 before importing hf_triton_attn to use its Triton "
-            f"kernels for every call, or use triton 3.6.") from error
+        raise _gluon_compile_failure("dQ kernel", head_dim) from error
 
 
 def _hopper_dkdv_config(q, k, v, grad_out, key_mask, causal, scale) -> Optional[configs.HopperDKDVConfig]:
@@ -427,10 +429,7 @@ def _backward_dkdv_hopper(q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_r
             CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
         )
     except CompilationError as error:
-        raise RuntimeError(
-            f"hf_triton_attn's Gluon dK/dV kernel (Hopper, head_dim {head_dim}) does not compile with triton "
-            f"{triton.__version__}. Set HF_TRITON_ATTN_GLUON=0 before importing hf_triton_attn to use its Triton "
-            f"kernels for every call, or use triton 3.6.") from error
+        raise _gluon_compile_failure("dK/dV kernel", head_dim) from error
 
 
 def _bhsd_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
