@@ -5,6 +5,7 @@ the operand kinds of its wgmma instructions. With --out DIR, also writes its TTG
     python scripts/compile_sm90.py dkdv --head-dim 64 --block-m 32 --block-n 128 --warps 4 --stages 3 --grouped
     python scripts/compile_sm90.py gluon --head-dim 256 --seqlen 4096 [--block-n 32 --stages 3 --tma-store 1]
     python scripts/compile_sm90.py gluon-dkdv --head-dim 64 --seqlen 4096 [--stages 3 --kv-slots 1 --grouped]
+    python scripts/compile_sm90.py gluon-dq --head-dim 128 --seqlen 4096 [--block-n 128 --stages 2]
 
 ``gluon`` is the warp-specialised Hopper forward (_kernels/fwd_gluon.py) in the configuration
 ``configs.hopper_forward_config`` gives for that head dim, query length and mask; --block-n, --stages, --q-slots,
@@ -12,7 +13,10 @@ the operand kinds of its wgmma instructions. With --out DIR, also writes its TTG
 both consumers); one program runs per multiprocessor. ``gluon-dkdv`` is the Hopper dK/dV kernel
 (_kernels/bwd_dkdv_gluon.py) in the configuration ``configs.hopper_dkdv_config`` gives for that head dim, key
 length, mask and GQA (--grouped: GROUPED_HEADS query heads per kv head, else one); --stages,
---kv-slots, --stats-in-score-layout and --consumer-regs override its fields.
+--kv-slots, --stats-in-score-layout and --consumer-regs override its fields. ``gluon-dq`` is the Hopper dQ kernel
+(_kernels/bwd_dq_gluon.py) in the configuration ``configs.hopper_dq_config`` gives for head_dim 128 at that query
+length (--head-dim 64 compiles it in the same configuration, which the op layer does not take); --block-n, --stages
+and --consumer-regs override its fields.
 
 The JIT treats integer arguments equal to 1 as constants and marks pointers and multiples of 16 as 16-byte
 divisible; a compile without those specialisations cannot prove the loads contiguous, does not pipeline them,
@@ -182,7 +186,26 @@ def compile_gluon_dkdv(args):
     return compile_gluon_source(_attn_bwd_dkdv_ws, sig, consts, cfg.max_registers), cfg
 
 
-GLUON_KERNELS = {"gluon": compile_gluon, "gluon-dkdv": compile_gluon_dkdv}
+def compile_gluon_dq(args):
+    """(compiled kernel, its HopperDQConfig) of the Gluon dQ kernel, bf16, no key mask, (B, H, S, D) inputs;
+    --seqlen is the query length its configuration is for."""
+    _, _, descriptor = gluon_api()
+    from hf_triton_attn._kernels.bwd_dq_gluon import _attn_bwd_dq_ws
+    cfg = configs.hopper_dq_config(128, 2, (9, 0), args.seqlen)
+    if cfg is None:
+        raise SystemExit(f"the Gluon dQ kernel is not taken at {args.seqlen} queries")
+    overrides = {"block_n": args.block_n, "stages": args.stages, "consumer_regs": args.consumer_regs}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, GROUP=1, HEAD_DIM=args.head_dim, BLOCK_MW=cfg.block_mw,
+                  BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=not args.full, HAS_KEY_MASK=False,
+                  CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
+    query_rows, key_rows = descriptor(args.head_dim, cfg.block_mw), descriptor(args.head_dim, cfg.block_n)
+    sig = dict(desc_q=query_rows, desc_k=key_rows, desc_v=key_rows, desc_o=query_rows, desc_do=query_rows,
+               DQ="*bf16", LSE="*fp32", Delta="*fp32", TileCounter="*i32", qk_scale="fp32", sm_scale="fp32")
+    return compile_gluon_source(_attn_bwd_dq_ws, sig, consts, cfg.max_registers), cfg
+
+
+GLUON_KERNELS = {"gluon": compile_gluon, "gluon-dkdv": compile_gluon_dkdv, "gluon-dq": compile_gluon_dq}
 
 
 def main() -> None:
@@ -199,14 +222,15 @@ def main() -> None:
     parser.add_argument("--grouped", action="store_true", help="dK/dV: several query heads per kv head")
     parser.add_argument("--full", action="store_true", help="no causal mask")
     parser.add_argument("--seqlen", type=int, default=16384,
-                        help="gluon: the query length its configuration is for; gluon-dkdv: the key length")
+                        help="gluon, gluon-dq: the query length its configuration is for; gluon-dkdv: the key "
+                             "length")
     parser.add_argument("--q-slots", type=int, default=None, help="gluon: query slots per consumer")
     parser.add_argument("--kv-slots", type=int, default=None, help="gluon-dkdv: K/V slots per consumer")
     parser.add_argument("--stats-in-score-layout", type=int, choices=(0, 1), default=None,
                         help="gluon-dkdv: LSE and Delta loaded in the scores' layout")
     parser.add_argument("--tma-store", type=int, choices=(0, 1), default=None, help="gluon: output through TMA")
     parser.add_argument("--consumer-regs", type=int, default=None,
-                        help="gluon, gluon-dkdv: registers per consumer thread")
+                        help="gluon, gluon-dkdv, gluon-dq: registers per consumer thread")
     parser.add_argument("--out", metavar="DIR", help="write the TTGIR and PTX here")
     args = parser.parse_args()
     if args.kernel in GLUON_KERNELS:

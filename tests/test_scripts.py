@@ -83,9 +83,10 @@ def test_bench_kernels_keeps_each_providers_best_round(monkeypatch):
      "block_n=64, stages=3, consumer_regs=240, max_registers=168, tma_store=False, q_slots=2"),
     ("gluon-dkdv", ["--head-dim", "64", "--seqlen", "4096", "--grouped"], "stages=4, kv_slots=2"),
     ("gluon-dkdv", ["--head-dim", "128", "--seqlen", "2048", "--kv-slots", "2", "--stages", "2"],
-     "block_m=64, block_nw=64, stages=2, kv_slots=2")])
+     "block_m=64, block_nw=64, stages=2, kv_slots=2"),
+    ("gluon-dq", ["--head-dim", "128", "--seqlen", "4096", "--stages", "2"], "block_mw=64, block_n=64, stages=2")])
 def test_compile_sm90_reports_the_gluon_kernels(kernel, args, fields):
-    """The Gluon forward and dK/dV kernels compile offline in the configuration the package takes for a head dim and
+    """The Gluon forward, dQ and dK/dV kernels compile offline in the configuration the package takes for a head dim and
     length, with the given fields overridden, and fit in a program's shared memory."""
     hopper = pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
     if not hasattr(hopper.TensorDescriptor, "__mangle__"):

@@ -23,7 +23,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from .fwd_gluon import CONSUMERS, _causal_tile, _stop_consumers, _tma_load, _tma_view
+from .fwd_gluon import (CONSUMERS, _causal_tile, _next_tile, _publish_tile, _stop_consumers, _tma_load, _tma_view,
+                        _wait_tile)
 
 
 @gluon.jit
@@ -76,18 +77,13 @@ def _loader(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRan
     q_smem, do_smem, k_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready, q_empty = buffers
     Sq, Skv, H, GROUP, n_kb, n_tiles, HEADS_PER_SECTION = sizes
     programs = gl.num_programs(0)
-    id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     loaded = 0
     tiles_done = 0
     t = gl.program_id(0)
     while t < n_tiles:
         pid_b, pid_hk, start_n, m_first, steps_per_head, n_steps = _key_tile(t, sizes, KeyRange, BLOCK_M, BLOCK_NW,
                                                                              IS_CAUSAL, HAS_KEY_MASK)
-        kv_slot = tiles_done % KV_SLOTS
-        kv_free = ((tiles_done // KV_SLOTS) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
-        for w in gl.static_range(CONSUMERS):
-            mbarrier.wait(kv_empty.index(kv_slot * CONSUMERS + w), kv_free)
-        tile_ids.index(kv_slot).store(gl.full([1], t, gl.int32, layout=id_layout))
+        kv_slot = _publish_tile(t, tiles_done, tile_ids, kv_empty, KV_SLOTS)
         for w in gl.static_range(CONSUMERS):
             row = start_n + w * BLOCK_NW
             index = kv_slot * CONSUMERS + w
@@ -106,11 +102,9 @@ def _loader(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRan
             _tma_load(desc_do, [pid_b, head, m_block * BLOCK_M, 0], q_ready.index(slot),
                       _tma_view(do_smem, slot, BLOCK_M, HEAD_DIM))
             loaded += 1
-        t = gl.atomic_add(TileCounter, 1, sem="relaxed") + programs  # an index, no data to order: no fences
+        t = _next_tile(TileCounter, programs)
         tiles_done += 1
-    kv_slot = tiles_done % KV_SLOTS
-    _stop_consumers(t, n_tiles, programs, TileCounter, tile_ids.index(kv_slot), kv_empty, kv_ready,
-                    kv_slot * CONSUMERS, ((tiles_done // KV_SLOTS) & 1) ^ 1)
+    _stop_consumers(t, n_tiles, programs, TileCounter, tiles_done, tile_ids, kv_empty, kv_ready, KV_SLOTS)
 
 
 @gluon.jit
@@ -171,19 +165,16 @@ def _consumer(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyR
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, HEAD_DIM, 16])
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # the tile index
     if STATS_IN_SCORE_LAYOUT:
         stats_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
     else:
-        stats_layout: gl.constexpr = one_per_thread
+        stats_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # one row per thread
     zeros_s = gl.zeros([BLOCK_NW, BLOCK_M], gl.float32, layout=s_layout)
     q_start = Skv - Sq
 
     consumed = 0
     tiles_done = 0
-    kv_index = WG
-    mbarrier.wait(kv_ready.index(kv_index), 0)
-    t = gl.max(tile_ids.index(0).load(one_per_thread), axis=0)
+    t, kv_index = _wait_tile(tiles_done, tile_ids, kv_ready, WG, KV_SLOTS)
     while t < n_tiles:
         k = k_smem.index(kv_index)
         v = v_smem.index(kv_index)
@@ -243,9 +234,7 @@ def _consumer(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyR
                    + keys[:, None].to(gl.int64) * stride_dvn + cols[None, :])
         gl.store(dv_ptrs, dv.to(dtype), mask=in_range[:, None])
         tiles_done += 1
-        kv_index = (tiles_done % KV_SLOTS) * CONSUMERS + WG
-        mbarrier.wait(kv_ready.index(kv_index), (tiles_done // KV_SLOTS) & 1)
-        t = gl.max(tile_ids.index(tiles_done % KV_SLOTS).load(one_per_thread), axis=0)
+        t, kv_index = _wait_tile(tiles_done, tile_ids, kv_ready, WG, KV_SLOTS)
 
 
 @gluon.jit

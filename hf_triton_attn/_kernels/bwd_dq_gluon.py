@@ -21,8 +21,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from .fwd_gluon import (CONSUMERS, _clean_blocks, _load_key_blocks, _masked, _stop_consumers, _tile, _tma_load,
-                        _tma_view)
+from .fwd_gluon import (CONSUMERS, _clean_blocks, _load_key_blocks, _masked, _next_tile, _publish_tile,
+                        _stop_consumers, _tile, _tma_load, _tma_view, _wait_tile)
 
 
 @gluon.jit
@@ -34,20 +34,16 @@ def _loader(desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, Ke
     slot, then the K and V tiles of its key blocks into the ring slots the consumers released (ring positions count
     on across tiles). Tiles come as in the Gluon forward's loader: the program's id first, then the counter, which
     the last fetch sets back to zero."""
-    q_smem, o_smem, do_smem, k_smem, v_smem, tile_id, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
+    q_smem, o_smem, do_smem, k_smem, v_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     programs = gl.num_programs(0)
-    id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     loaded = 0
     tiles_done = 0
     t = gl.program_id(0)
     while t < n_tiles:
         pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
             t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
-        q_free = (tiles_done & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
-        for w in gl.static_range(CONSUMERS):
-            mbarrier.wait(q_empty.index(w), q_free)
-        tile_id.store(gl.full([1], t, gl.int32, layout=id_layout))
+        _publish_tile(t, tiles_done, tile_ids, q_empty, 1)
         for w in gl.static_range(CONSUMERS):
             row = start_m + w * BLOCK_MW
             mbarrier.expect(q_ready.index(w), 3 * desc_q.block_type.nbytes)
@@ -56,9 +52,9 @@ def _loader(desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, Ke
             _tma_load(desc_do, [pid_b, pid_h, row, 0], q_ready.index(w), _tma_view(do_smem, w, BLOCK_MW, HEAD_DIM))
         loaded = _load_key_blocks(desc_k, desc_v, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pid_b, pid_hk,
                                   first_block, n_blocks, loaded, HEAD_DIM, BLOCK_N, STAGES)
-        t = gl.atomic_add(TileCounter, 1, sem="relaxed") + programs  # an index, no data to order: no fences
+        t = _next_tile(TileCounter, programs)
         tiles_done += 1
-    _stop_consumers(t, n_tiles, programs, TileCounter, tile_id, q_empty, q_ready, 0, (tiles_done & 1) ^ 1)
+    _stop_consumers(t, n_tiles, programs, TileCounter, tiles_done, tile_ids, q_empty, q_ready, 1)
 
 
 @gluon.jit
@@ -98,7 +94,7 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, 
     """One warpgroup: for each of the program's tiles, query rows [start_m + WG * BLOCK_MW, + BLOCK_MW): Delta from
     the tile's O and dO, then dQ over the key blocks the loader streams, split as in the Gluon forward's consumer
     (the first block masked where it needs it, then the blocks every row sees in full, then the masked rest)."""
-    q_smem, o_smem, do_smem, k_smem, v_smem, tile_id, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
+    q_smem, o_smem, do_smem, k_smem, v_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     stride_dqb, stride_dqh, stride_dqm, stride_kmb = strides
     dtype: gl.constexpr = desc_q.dtype
@@ -114,11 +110,9 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, 
     q = q_smem.index(WG)
     do = do_smem.index(WG)
 
-    id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
     consumed = 0
     tiles_done = 0
-    mbarrier.wait(q_ready.index(WG), 0)
-    t = gl.max(tile_id.load(id_layout), axis=0)
+    t, _ = _wait_tile(tiles_done, tile_ids, q_ready, WG, 1)
     while t < n_tiles:
         pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
             t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
@@ -176,8 +170,7 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, 
                    + rows[:, None].to(gl.int64) * stride_dqm + cols[None, :])
         gl.store(dq_ptrs, (dq * sm_scale).to(dtype), mask=(rows < Sq)[:, None])
         tiles_done += 1
-        mbarrier.wait(q_ready.index(WG), tiles_done & 1)
-        t = gl.max(tile_id.load(id_layout), axis=0)
+        t, _ = _wait_tile(tiles_done, tile_ids, q_ready, WG, 1)
 
 
 @gluon.jit
@@ -201,7 +194,7 @@ def _attn_bwd_dq_ws(desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, Key
     do_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
-    tile_id = gl.allocate_shared_memory(gl.int32, [1, 1], gl.SwizzledSharedLayout(1, 1, 1, [0])).index(0)
+    tile_ids = gl.allocate_shared_memory(gl.int32, [1, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     q_ready = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -217,7 +210,7 @@ def _attn_bwd_dq_ws(desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, Key
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
-    buffers = (q_smem, o_smem, do_smem, k_smem, v_smem, tile_id, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
+    buffers = (q_smem, o_smem, do_smem, k_smem, v_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
     sizes = (Sq, Skv, H, GROUP, gl.cdiv(Sq, CONSUMERS * BLOCK_MW), n_tiles, HEADS_PER_SECTION)
     strides = (stride_dqb, stride_dqh, stride_dqm, stride_kmb)
     gl.warp_specialize([

@@ -134,18 +134,47 @@ def _clean_blocks(row_first, q_start, Skv, first_block, key_lo, key_hi, one_run,
 
 
 @gluon.jit
-def _stop_consumers(t, n_tiles, programs, TileCounter, tile_slot, q_empty, q_ready, first_barrier, q_free):
-    """The loader's end: once the consumers released their query barriers [first_barrier, + CONSUMERS) (phase
-    ``q_free``), the index ``t`` (past n_tiles) into ``tile_slot`` and those barriers arrived on, so the consumers
-    stop; the program whose fetch read the last tile sets the counter back to zero for the next launch."""
+def _publish_tile(t, tiles_done, tile_ids, slot_empty, SLOTS: gl.constexpr):
+    """The loader's start of its ``tiles_done``-th tile: once both consumers released the tile's slot (of SLOTS, its
+    barriers slot * CONSUMERS + consumer in ``slot_empty``), the tile's index ``t`` into that slot's entry of
+    ``tile_ids``; returns the slot. The consumers read the index once the slot's loads arrive (_wait_tile)."""
+    slot = tiles_done % SLOTS
+    free = ((tiles_done // SLOTS) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
+    for w in gl.static_range(CONSUMERS):
+        mbarrier.wait(slot_empty.index(slot * CONSUMERS + w), free)
     id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    tile_ids.index(slot).store(gl.full([1], t, gl.int32, layout=id_layout))
+    return slot
+
+
+@gluon.jit
+def _next_tile(TileCounter, programs):
+    """The loader's next tile index: the counter's value plus the number of programs (each program's first tile is
+    its id)."""
+    return gl.atomic_add(TileCounter, 1, sem="relaxed") + programs  # an index, no data to order: no fences
+
+
+@gluon.jit
+def _stop_consumers(t, n_tiles, programs, TileCounter, tiles_done, tile_ids, slot_empty, slot_ready,
+                    SLOTS: gl.constexpr):
+    """The loader's end: the index ``t`` (past n_tiles) published as the next tile's and the slot's ready barriers
+    arrived on, so the consumers stop; the program whose fetch read the last tile sets the counter back to zero for
+    the next launch."""
+    slot = _publish_tile(t, tiles_done, tile_ids, slot_empty, SLOTS)
     for w in gl.static_range(CONSUMERS):
-        mbarrier.wait(q_empty.index(first_barrier + w), q_free)
-    tile_slot.store(gl.full([1], t, gl.int32, layout=id_layout))
-    for w in gl.static_range(CONSUMERS):
-        mbarrier.arrive(q_ready.index(first_barrier + w), count=1)
+        mbarrier.arrive(slot_ready.index(slot * CONSUMERS + w), count=1)
     if t == n_tiles - 1 + programs:
         gl.atomic_xchg(TileCounter, 0, sem="relaxed")
+
+
+@gluon.jit
+def _wait_tile(tiles_done, tile_ids, slot_ready, WG: gl.constexpr, SLOTS: gl.constexpr):
+    """Consumer WG's start of its ``tiles_done``-th tile: waits for the loads of the tile's slot, then returns the
+    tile's index (past n_tiles: stop) and the slot's barrier of this consumer (slot * CONSUMERS + WG)."""
+    index = (tiles_done % SLOTS) * CONSUMERS + WG
+    mbarrier.wait(slot_ready.index(index), (tiles_done // SLOTS) & 1)
+    id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+    return gl.max(tile_ids.index(tiles_done % SLOTS).load(id_layout), axis=0), index
 
 
 @gluon.jit
@@ -166,29 +195,22 @@ def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCou
     q_smem, k_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     programs = gl.num_programs(0)
-    id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     loaded = 0
     tiles_done = 0
     t = gl.program_id(0)
     while t < n_tiles:
         pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
             t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
-        q_slot = tiles_done % Q_SLOTS
-        q_free = ((tiles_done // Q_SLOTS) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
-        for w in gl.static_range(CONSUMERS):
-            mbarrier.wait(q_empty.index(q_slot * CONSUMERS + w), q_free)
-        tile_ids.index(q_slot).store(gl.full([1], t, gl.int32, layout=id_layout))
+        q_slot = _publish_tile(t, tiles_done, tile_ids, q_empty, Q_SLOTS)
         for w in gl.static_range(CONSUMERS):
             mbarrier.expect(q_ready.index(q_slot * CONSUMERS + w), desc_q.block_type.nbytes)
             _tma_load(desc_q, [pid_b, pid_h, start_m + w * BLOCK_MW, 0], q_ready.index(q_slot * CONSUMERS + w),
                       _tma_view(q_smem, q_slot * CONSUMERS + w, BLOCK_MW, HEAD_DIM))
         loaded = _load_key_blocks(desc_k, desc_v, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pid_b, pid_hk,
                                   first_block, n_blocks, loaded, HEAD_DIM, BLOCK_N, STAGES)
-        t = gl.atomic_add(TileCounter, 1, sem="relaxed") + programs  # an index, no data to order: no fences
+        t = _next_tile(TileCounter, programs)
         tiles_done += 1
-    q_slot = tiles_done % Q_SLOTS
-    _stop_consumers(t, n_tiles, programs, TileCounter, tile_ids.index(q_slot), q_empty, q_ready,
-                    q_slot * CONSUMERS, ((tiles_done // Q_SLOTS) & 1) ^ 1)
+    _stop_consumers(t, n_tiles, programs, TileCounter, tiles_done, tile_ids, q_empty, q_ready, Q_SLOTS)
 
 
 @gluon.jit
@@ -257,12 +279,9 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileC
     zeros_s = gl.zeros([BLOCK_MW, BLOCK_N], gl.float32, layout=s_layout)
     q_start = Skv - Sq
 
-    id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
     consumed = 0
     tiles_done = 0
-    q_index = WG
-    mbarrier.wait(q_ready.index(q_index), 0)
-    t = gl.max(tile_ids.index(0).load(id_layout), axis=0)
+    t, q_index = _wait_tile(tiles_done, tile_ids, q_ready, WG, Q_SLOTS)
     while t < n_tiles:
         pid_b, pid_h, pid_hk, pid_bh, start_m, first_block, n_blocks, key_lo, key_hi, one_run = _tile(
             t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
@@ -320,9 +339,7 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileC
         lse = gl.where(has_keys, m_i + gl.log2(gl.where(has_keys, l_i, 1.0)), 0.0)
         gl.store(LSE + pid_bh.to(gl.int64) * Sq + lse_rows, lse, mask=lse_rows < Sq)
         tiles_done += 1
-        q_index = (tiles_done % Q_SLOTS) * CONSUMERS + WG
-        mbarrier.wait(q_ready.index(q_index), (tiles_done // Q_SLOTS) & 1)
-        t = gl.max(tile_ids.index(tiles_done % Q_SLOTS).load(id_layout), axis=0)
+        t, q_index = _wait_tile(tiles_done, tile_ids, q_ready, WG, Q_SLOTS)
     if TMA_STORE:
         tma.store_wait(0)
 
