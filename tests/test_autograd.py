@@ -5,10 +5,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from triton.compiler.errors import CompilationError
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (LONG_ROWS, SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors,
-                     fail_gluon_launch, hopper_with_gluon, inputs_with_unused_nan_keys, qkv_in_layout, random_qkv,
-                     take_gluon_as_at)
-from test_kernel import (PADDING_CASES, STRUCTURED_KINDS, additive_mask, check_forward, kept_ranges_mask,
-                         launch_config_mask, padding_mask, schedule_mask, structured_mask)
+                     fail_gluon_launch, hopper_with_gluon, inputs_with_unused_nan_keys, random_qkv, take_gluon_as_at)
+from test_kernel import (GLUON_SHAPES, PADDING_CASES, STRUCTURED_KINDS, additive_mask, check_forward,
+                         check_kernel_ran, kept_ranges_mask, launch_config_mask, padding_mask, schedule_mask,
+                         structured_mask)
 
 from hf_triton_attn import attention, configs, functional, kept_key_ranges, ops
 from hf_triton_attn.reference import attention_reference
@@ -572,8 +572,7 @@ def hopper_dq_available() -> bool:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("layout", ["bhsd", "bshd"])
-@pytest.mark.parametrize("shape", [(2, 4, 4, 333, 333), (1, 8, 2, 500, 500), (1, 4, 4, 200, 456), (1, 4, 1, 1000, 1000),
-                                   (1, 2, 2, 129, 257), (2, 2, 2, 128, 128)])
+@pytest.mark.parametrize("shape", GLUON_SHAPES)
 @pytest.mark.parametrize("padding", [None, "right", "left", "holes"])
 def test_hopper_dq_gpu(monkeypatch, dtype, causal, layout, shape, padding):
     """The Gluon dQ kernel (Hopper, head_dim 128; no mask or a key-padding one) against the oracle: lengths
@@ -582,13 +581,7 @@ def test_hopper_dq_gpu(monkeypatch, dtype, causal, layout, shape, padding):
     kernel that ran."""
     if not hopper_dq_available():
         pytest.skip(SKIP_WITHOUT_GLUON)
-    calls = count_calls(monkeypatch, ops, "_backward_dq_hopper")
-    batch, heads, kv_heads, seqlen_q, seqlen_k = shape
-    head_dim = 128
-    q, k, v = qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, DEVICE)
-    mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
-    check_backward(q, k, v, causal=causal, attention_mask=mask)
-    assert len(calls) == 1
+    check_kernel_ran(monkeypatch, "_backward_dq_hopper", check_backward, layout, shape, 128, dtype, causal, padding)
 
 
 @pytest.mark.gpu
@@ -695,8 +688,7 @@ def take_hopper_dkdv_everywhere(monkeypatch) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, layout", [(torch.bfloat16, "bshd"), (torch.float16, "bhsd")])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("shape", [(2, 4, 4, 333, 333), (1, 8, 2, 500, 500), (1, 4, 4, 200, 456), (1, 4, 1, 1000, 1000),
-                                   (1, 2, 2, 129, 257), (2, 2, 2, 128, 128), (1, 2, 1, 1, 300)])
+@pytest.mark.parametrize("shape", GLUON_SHAPES + [(1, 2, 1, 1, 300)])
 @pytest.mark.parametrize("padding", [None, "right", "left", "holes"])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_hopper_dkdv_gpu(monkeypatch, dtype, layout, causal, shape, padding, head_dim):
@@ -707,12 +699,8 @@ def test_hopper_dkdv_gpu(monkeypatch, dtype, layout, causal, shape, padding, hea
     if not hopper_dkdv_available():
         pytest.skip(SKIP_WITHOUT_GLUON)
     take_hopper_dkdv_everywhere(monkeypatch)
-    calls = count_calls(monkeypatch, ops, "_backward_dkdv_hopper")
-    batch, heads, kv_heads, seqlen_q, seqlen_k = shape
-    q, k, v = qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, DEVICE)
-    mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
-    check_backward(q, k, v, causal=causal, attention_mask=mask)
-    assert len(calls) == 1
+    check_kernel_ran(monkeypatch, "_backward_dkdv_hopper", check_backward, layout, shape, head_dim, dtype, causal,
+                     padding)
 
 
 @pytest.mark.gpu

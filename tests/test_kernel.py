@@ -660,12 +660,28 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
     assert isinstance(failure.value.__cause__, CompilationError)
 
 
+# (batch, heads, kv heads, queries, keys) of the Gluon kernels' GPU tests: lengths off their tiles, GQA and MQA, fewer
+# queries than keys (bottom-right causal).
+GLUON_SHAPES = [(2, 4, 4, 333, 333), (1, 8, 2, 500, 500), (1, 4, 4, 200, 456), (1, 4, 1, 1000, 1000),
+                (1, 2, 2, 129, 257), (2, 2, 2, 128, 128)]
+
+
+def check_kernel_ran(monkeypatch, launch: str, check, layout, shape, head_dim, dtype, causal, padding) -> None:
+    """``check`` (check_forward or check_backward) on random inputs of ``shape`` seen as (B, H, S, D) in ``layout``
+    (qkv_in_layout), with a ``padding_mask`` of that kind or none; and ``ops.<launch>`` ran once."""
+    calls = count_calls(monkeypatch, ops, launch)
+    batch, heads, kv_heads, seqlen_q, seqlen_k = shape
+    q, k, v = qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, DEVICE)
+    mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
+    check(q, k, v, causal=causal, attention_mask=mask)
+    assert len(calls) == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("layout", ["bhsd", "bshd"])
-@pytest.mark.parametrize("shape", [(2, 4, 4, 333, 333), (1, 8, 2, 500, 500), (1, 4, 4, 200, 456), (1, 4, 1, 1000, 1000),
-                                   (1, 2, 2, 129, 257), (2, 2, 2, 128, 128)])
+@pytest.mark.parametrize("shape", GLUON_SHAPES)
 @pytest.mark.parametrize("padding", [None, "right", "left", "one_hole", "holes"])
 @pytest.mark.parametrize("head_dim, configured_for", [(64, LONG_ROWS), (128, LONG_ROWS), (256, LONG_ROWS),
                                                       (256, configs.GLUON_MIN_QUERIES)])
@@ -678,12 +694,7 @@ def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding, 
     if not hopper_with_gluon():
         pytest.skip(SKIP_WITHOUT_GLUON)
     take_gluon_as_at(monkeypatch, configured_for)
-    calls = count_calls(monkeypatch, ops, "_forward_hopper")
-    batch, heads, kv_heads, seqlen_q, seqlen_k = shape
-    q, k, v = qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, DEVICE)
-    mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
-    check_forward(q, k, v, causal=causal, attention_mask=mask)
-    assert len(calls) == 1
+    check_kernel_ran(monkeypatch, "_forward_hopper", check_forward, layout, shape, head_dim, dtype, causal, padding)
 
 
 def schedule_mask(padding, batch: int, seqlen: int):
