@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .common import (_apply_masks, _block_loop, _block_start, _dropout_keep, _kept_key_range, _key_block_ranges,
-                     _scores, _used_length, _visible_span, _within_clear_run)
+                     _plane, _scores, _tile_ptrs, _used_length, _visible_span, _within_clear_run)
 
 
 @triton.jit
@@ -111,8 +111,8 @@ def _attn_bwd_dkdv_inner(
     bookkeeping cost ~2% (B32 H12 S512)."""
     pid_h = pid_hk * GROUP
     pid_bh = pid_b * H + pid_h
-    q_base = Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
-    do_base = DO + pid_b.to(tl.int64) * stride_dob + pid_h.to(tl.int64) * stride_doh
+    q_base = _plane(Q, pid_b, pid_h, stride_qb, stride_qh)
+    do_base = _plane(DO, pid_b, pid_h, stride_dob, stride_doh)
     lse_base = LSE + pid_bh.to(tl.int64) * Sq
     delta_base = Delta + pid_bh.to(tl.int64) * Sq
     first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_M, HAS_GAP)
@@ -192,11 +192,9 @@ def _attn_bwd_dkdv(
     d_ok = offs_d < HEAD_DIM
     n_ok = offs_n < kv_end
 
-    k = tl.load(K + pid_b.to(tl.int64) * stride_kb + pid_hk.to(tl.int64) * stride_kh
-                + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
+    k = tl.load(_tile_ptrs(_plane(K, pid_b, pid_hk, stride_kb, stride_kh), offs_n, offs_d, stride_kn, stride_kd),
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    v = tl.load(V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
-                + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd,
+    v = tl.load(_tile_ptrs(_plane(V, pid_b, pid_hk, stride_vb, stride_vh), offs_n, offs_d, stride_vn, stride_vd),
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)
 
     seed = 0
@@ -266,11 +264,9 @@ def _attn_bwd_dkdv(
         dk = tl.where(kept[:, None], dk, 0.0)
         dv = tl.where(kept[:, None], dv, 0.0)
     out_ok = (offs_n[:, None] < Skv) & d_ok[None, :]
-    tl.store(DK + pid_b.to(tl.int64) * stride_dkb + pid_hk.to(tl.int64) * stride_dkh
-             + offs_n[:, None].to(tl.int64) * stride_dkn + offs_d[None, :] * stride_dkd,
+    tl.store(_tile_ptrs(_plane(DK, pid_b, pid_hk, stride_dkb, stride_dkh), offs_n, offs_d, stride_dkn, stride_dkd),
              dk.to(DK.dtype.element_ty), mask=out_ok)
-    tl.store(DV + pid_b.to(tl.int64) * stride_dvb + pid_hk.to(tl.int64) * stride_dvh
-             + offs_n[:, None].to(tl.int64) * stride_dvn + offs_d[None, :] * stride_dvd,
+    tl.store(_tile_ptrs(_plane(DV, pid_b, pid_hk, stride_dvb, stride_dvh), offs_n, offs_d, stride_dvn, stride_dvd),
              dv.to(DV.dtype.element_ty), mask=out_ok)
 
 
@@ -362,20 +358,18 @@ def _attn_bwd_dq(
     # Padding rows (from q_end on) load as zeros, so their dQ and Delta come out zero (dO = 0).
     row_used = offs_m < q_end
 
-    q = tl.load(Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
-                + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_used[:, None] & d_ok[None, :], other=0.0)
-    do = tl.load(DO + pid_b.to(tl.int64) * stride_dob + pid_h.to(tl.int64) * stride_doh
-                 + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :] * stride_dod,
-                 mask=row_used[:, None] & d_ok[None, :], other=0.0)
-    o = tl.load(Out + pid_b.to(tl.int64) * stride_ob + pid_h.to(tl.int64) * stride_oh
-                + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od,
-                mask=row_used[:, None] & d_ok[None, :], other=0.0)
+    row_tile = row_used[:, None] & d_ok[None, :]
+    q = tl.load(_tile_ptrs(_plane(Q, pid_b, pid_h, stride_qb, stride_qh), offs_m, offs_d, stride_qm, stride_qd),
+                mask=row_tile, other=0.0)
+    do = tl.load(_tile_ptrs(_plane(DO, pid_b, pid_h, stride_dob, stride_doh), offs_m, offs_d, stride_dom, stride_dod),
+                 mask=row_tile, other=0.0)
+    o = tl.load(_tile_ptrs(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, offs_d, stride_om, stride_od),
+                mask=row_tile, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + pid_bh.to(tl.int64) * Sq + offs_m, delta, mask=m_ok)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * Sq + offs_m, mask=row_used, other=0.0)
-    k_base = K + pid_b.to(tl.int64) * stride_kb + pid_hk.to(tl.int64) * stride_kh
-    v_base = V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
+    k_base = _plane(K, pid_b, pid_hk, stride_kb, stride_kh)
+    v_base = _plane(V, pid_b, pid_hk, stride_vb, stride_vh)
 
     seed = 0
     if HAS_DROPOUT:
@@ -403,6 +397,5 @@ def _attn_bwd_dq(
         DOT_PRECISION, USE_TMA, HAS_KEY_MASK or MASK_KIND != 0)
 
     dq *= sm_scale
-    tl.store(DQ + pid_b.to(tl.int64) * stride_dqb + pid_h.to(tl.int64) * stride_dqh
-             + offs_m[:, None].to(tl.int64) * stride_dqm + offs_d[None, :] * stride_dqd,
+    tl.store(_tile_ptrs(_plane(DQ, pid_b, pid_h, stride_dqb, stride_dqh), offs_m, offs_d, stride_dqm, stride_dqd),
              dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])

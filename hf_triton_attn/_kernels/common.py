@@ -11,6 +11,18 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
+def _plane(X, pid_b, pid_h, stride_b, stride_h):
+    """The (batch, head) plane of X, in 64-bit offsets: a (B, H, S, D) tensor may hold 2**31 elements or more."""
+    return X + pid_b.to(tl.int64) * stride_b + pid_h.to(tl.int64) * stride_h
+
+
+@triton.jit
+def _tile_ptrs(plane, rows, cols, stride_row, stride_col):
+    """Pointers to the (rows, cols) tile of a plane (1D ``rows`` and ``cols``), rows in 64-bit offsets."""
+    return plane + rows[:, None].to(tl.int64) * stride_row + cols[None, :] * stride_col
+
+
+@triton.jit
 def _used_length(SeqUsed, pid_b, S, HAS_SEQUSED: tl.constexpr):
     """end: positions [0, end) of batch row ``pid_b`` are in use, keys (``seqused_k``) or queries
     (``seqused_q``); all S without the tensor."""
@@ -35,7 +47,7 @@ def _visible_span(Spans, stride_sb, stride_sh, stride_sr, pid_b, pid_h, offs, R,
     ignored): the union of their spans, (first visible column, last + 1) or (C, 0) when none of them sees
     anything; then the intersection of their clear runs, the columns where the mask changes none of the rows
     (empty, first >= last + 1, when a row has no clear run)."""
-    ptrs = Spans + pid_b.to(tl.int64) * stride_sb + pid_h.to(tl.int64) * stride_sh + offs.to(tl.int64) * stride_sr
+    ptrs = _plane(Spans, pid_b, pid_h, stride_sb, stride_sh) + offs.to(tl.int64) * stride_sr
     in_range = offs < R
     first = tl.min(tl.load(ptrs, mask=in_range, other=C), 0)
     end = tl.max(tl.load(ptrs + 1, mask=in_range, other=0), 0)
@@ -174,10 +186,8 @@ def _apply_masks(
     and left of the causal diagonal: only the explicit masks remain to apply there.
     """
     if MASK_KIND != 0:
-        mask_ptrs = (
-            Mask + pid_b.to(tl.int64) * stride_mb + pid_h.to(tl.int64) * stride_mh
-            + rows.to(tl.int64) * stride_mm + cols * stride_mn
-        )
+        mask_ptrs = (_plane(Mask, pid_b, pid_h, stride_mb, stride_mh) + rows.to(tl.int64) * stride_mm
+                     + cols * stride_mn)
         in_bounds = (rows < Sq) & (cols < kv_end)
         if MASK_KIND == 1:
             s = tl.where(tl.load(mask_ptrs, mask=in_bounds, other=0) != 0, s, float("-inf"))

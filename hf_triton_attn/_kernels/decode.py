@@ -9,7 +9,7 @@ little K/V per program: see ``configs.split_kv_plan``), the split kernel writes 
 import triton
 import triton.language as tl
 
-from .common import _normalized_rows, _used_length, _visible_span
+from .common import _normalized_rows, _plane, _used_length, _visible_span
 from .fwd import _attn_fwd_inner
 
 
@@ -58,8 +58,8 @@ def _attn_fwd_split(
     q = tl.load(Q + pid_b.to(tl.int64) * stride_qb + head[:, None].to(tl.int64) * stride_qh
                 + query[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd,
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    k_base = K + pid_b.to(tl.int64) * stride_kb + pid_hk.to(tl.int64) * stride_kh
-    v_base = V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
+    k_base = _plane(K, pid_b, pid_hk, stride_kb, stride_kh)
+    v_base = _plane(V, pid_b, pid_hk, stride_vb, stride_vh)
 
     lo = pid_s * split_size
     hi = tl.minimum(lo + split_size, kv_end)

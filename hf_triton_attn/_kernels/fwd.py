@@ -3,7 +3,7 @@ import triton
 import triton.language as tl
 
 from .common import (LOG2E, _apply_masks, _block_loop, _block_start, _dropout_keep, _key_block_ranges,
-                     _normalized_rows, _scores, _used_length)
+                     _normalized_rows, _plane, _scores, _tile_ptrs, _used_length)
 
 
 @triton.jit
@@ -117,11 +117,10 @@ def _attn_fwd(
     if USE_TMA:
         q = DescQ.load([pid_b, pid_h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
     else:
-        q_ptrs = (Q + pid_b.to(tl.int64) * stride_qb + pid_h.to(tl.int64) * stride_qh
-                  + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd)
-        q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    k_base = K + pid_b.to(tl.int64) * stride_kb + pid_hk.to(tl.int64) * stride_kh
-    v_base = V + pid_b.to(tl.int64) * stride_vb + pid_hk.to(tl.int64) * stride_vh
+        q = tl.load(_tile_ptrs(_plane(Q, pid_b, pid_h, stride_qb, stride_qh), offs_m, offs_d, stride_qm, stride_qd),
+                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = _plane(K, pid_b, pid_hk, stride_kb, stride_kh)
+    v_base = _plane(V, pid_b, pid_hk, stride_vb, stride_vh)
 
     seed = 0
     if HAS_DROPOUT:
@@ -159,6 +158,5 @@ def _attn_fwd(
         out = tl.where(row_used[:, None], out, 0.0)
         lse = tl.where(row_used, lse, 0.0)
     tl.store(LSE + pid_bh.to(tl.int64) * Sq + offs_m, lse, mask=m_ok)
-    o_ptrs = (Out + pid_b.to(tl.int64) * stride_ob + pid_h.to(tl.int64) * stride_oh
-              + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od)
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    tl.store(_tile_ptrs(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, offs_d, stride_om, stride_od),
+             out.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])

@@ -13,6 +13,8 @@ same kernel gives per key the span of queries that see it (the dK/dV kernel).
 import triton
 import triton.language as tl
 
+from .common import _plane
+
 
 @triton.jit
 def _visible_spans(
@@ -33,8 +35,7 @@ def _visible_spans(
     pid_h = pid_bh % H
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     cols0 = tl.arange(0, BLOCK_C)
-    base = (Mask + pid_b.to(tl.int64) * stride_mb + pid_h.to(tl.int64) * stride_mh
-            + rows[:, None].to(tl.int64) * stride_mr)
+    base = _plane(Mask, pid_b, pid_h, stride_mb, stride_mh) + rows[:, None].to(tl.int64) * stride_mr
     first = tl.full([BLOCK_R], C, tl.int32)
     end = tl.zeros([BLOCK_R], tl.int32)
     passing = tl.zeros([BLOCK_R], tl.int32)
@@ -54,7 +55,7 @@ def _visible_spans(
         passing += tl.sum((passes & ok).to(tl.int32), 1)
     # Passing entries are visible ones, so as many of them as the span is wide means all of the span passes.
     clear = passing == end - first
-    out = Spans + pid_b.to(tl.int64) * stride_sb + pid_h.to(tl.int64) * stride_sh + rows * stride_sr
+    out = _plane(Spans, pid_b, pid_h, stride_sb, stride_sh) + rows * stride_sr
     tl.store(out, first, mask=rows < R)
     tl.store(out + 1, end, mask=rows < R)
     tl.store(out + 2, tl.where(clear, first, C), mask=rows < R)
