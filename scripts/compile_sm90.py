@@ -20,7 +20,12 @@ and --consumer-regs override its fields.
 
 The JIT treats integer arguments equal to 1 as constants and marks pointers and multiples of 16 as 16-byte
 divisible; a compile without those specialisations cannot prove the loads contiguous, does not pipeline them,
-and reports other registers and shared memory (benchmarks/NOTES.md, session 24). Here every stride of the head
+and reports other registers and shared memory (benchmarks/NOTES.md, session 24).
+
+--sass also disassembles the kernel and reports, for each wait on its asynchronous tensor-core products that leaves
+some in flight (``WARPGROUP.DEPBAR.LE gsb0, N`` with N > 0), how many exponentials (``MUFU.EX2``) ptxas placed before
+the wait for all of them that follows (``N = 0``) and how many after it: an exponential after that wait cannot
+overlap the products still running, whatever order the source gives (benchmarks/NOTES.md, session 33). Here every stride of the head
 dimension is 1 and the other strides and lengths are multiples of 16, as for contiguous inputs or the (B, S, H, D)
 views models pass; no mask, no dropout, no softcap, bf16.
 """
@@ -231,7 +236,9 @@ def main() -> None:
     parser.add_argument("--tma-store", type=int, choices=(0, 1), default=None, help="gluon: output through TMA")
     parser.add_argument("--consumer-regs", type=int, default=None,
                         help="gluon, gluon-dkdv, gluon-dq: registers per consumer thread")
-    parser.add_argument("--out", metavar="DIR", help="write the TTGIR and PTX here")
+    parser.add_argument("--sass", action="store_true",
+                        help="disassemble, and report where ptxas put the exponentials around the product waits")
+    parser.add_argument("--out", metavar="DIR", help="write the TTGIR and PTX (with --sass, the SASS) here")
     args = parser.parse_args()
     if args.kernel in GLUON_KERNELS:
         compiled, cfg = GLUON_KERNELS[args.kernel](args)
@@ -267,12 +274,61 @@ def main() -> None:
                               f"_s{args.stages}")
 
 
+def sass_of(compiled) -> str:
+    """The kernel's SASS, disassembled by the nvdisasm that ships with Triton's ptxas."""
+    nvdisasm = os.path.join(os.path.dirname(get_ptxas(90).path), "nvdisasm")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        return subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True, check=True).stdout
+
+
+def exponentials_around_waits(sass: str) -> list[tuple[int, int, int]]:
+    """Per partial wait (``WARPGROUP.DEPBAR.LE gsb0, N``, N > 0) followed by a full one before the next product is
+    issued: (N, exponentials between the two waits, exponentials after the full wait up to the next product or
+    wait)."""
+    lines = sass.splitlines()
+    found = []
+    i = 0
+    while i < len(lines):
+        partial = re.search(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x([1-9])", lines[i])
+        i += 1
+        if not partial:
+            continue
+        before = after = 0
+        while i < len(lines) and "HGMMA" not in lines[i] and "DEPBAR.LE gsb0, 0x0" not in lines[i]:
+            before += "MUFU.EX2" in lines[i]
+            i += 1
+        if i == len(lines) or "HGMMA" in lines[i]:
+            continue
+        i += 1
+        while i < len(lines) and "HGMMA" not in lines[i] and "DEPBAR" not in lines[i]:
+            after += "MUFU.EX2" in lines[i]
+            i += 1
+        found.append((int(partial.group(1)), before, after))
+    return found
+
+
+def report_sass(args, compiled) -> None:
+    if not args.sass:
+        return
+    sass = sass_of(compiled)
+    waits = exponentials_around_waits(sass)
+    print("exponentials before / after the full wait that follows a partial one: "
+          + (", ".join(f"{before}/{after} (after 'LE {n}')" for n, before, after in waits) or "no such waits"))
+    if args.out:
+        with open(os.path.join(args.out, f"{args.kernel}_{args.head_dim}.sass"), "w") as f:
+            f.write(sass)
+
+
 def write_out(args, compiled, stem: str) -> None:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         for ext in ("ttgir", "ptx"):
             with open(os.path.join(args.out, f"{stem}.{ext}"), "w") as f:
                 f.write(compiled.asm[ext])
+    report_sass(args, compiled)
 
 
 if __name__ == "__main__":

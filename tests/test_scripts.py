@@ -78,7 +78,7 @@ def test_bench_kernels_keeps_each_providers_best_round(monkeypatch):
 
 
 @pytest.mark.parametrize("kernel, args, fields", [
-    ("gluon", ["--head-dim", "256", "--seqlen", "4096"], "block_n=64, stages=2"),
+    ("gluon", ["--head-dim", "256", "--seqlen", "4096", "--sass"], "block_n=64, stages=2"),
     ("gluon", ["--head-dim", "128", "--full", "--block-n", "64", "--stages", "3", "--tma-store", "0"],
      "block_n=64, stages=3, consumer_regs=240, max_registers=168, tma_store=False, q_slots=2"),
     ("gluon-dkdv", ["--head-dim", "64", "--seqlen", "4096", "--grouped"], "stages=4, kv_slots=2"),
@@ -87,7 +87,8 @@ def test_bench_kernels_keeps_each_providers_best_round(monkeypatch):
     ("gluon-dq", ["--head-dim", "128", "--seqlen", "4096", "--stages", "2"], "block_mw=64, block_n=64, stages=2")])
 def test_compile_sm90_reports_the_gluon_kernels(kernel, args, fields):
     """The Gluon forward, dQ and dK/dV kernels compile offline in the configuration the package takes for a head dim and
-    length, with the given fields overridden, and fit in a program's shared memory."""
+    length, with the given fields overridden, and fit in a program's shared memory; with --sass, the report finds the
+    forward's four key loops' waits."""
     hopper = pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
     if not hasattr(hopper.TensorDescriptor, "__mangle__"):
         pytest.skip("this Triton (3.6) cannot name a Gluon descriptor's type for an offline compile")
@@ -101,3 +102,7 @@ def test_compile_sm90_reports_the_gluon_kernels(kernel, args, fields):
     config, registers, _, shared, limit = report.group(1), *map(int, report.groups()[1:])
     assert fields in config
     assert 0 < registers <= 255 and 0 < shared <= limit
+    if "--sass" in args:  # two consumers, each with a clean and a masked key loop
+        waits = re.search(r"^exponentials before / after the full wait that follows a partial one: (.*)$",
+                          result.stdout, re.MULTILINE)
+        assert waits and len(re.findall(r"\d+/\d+ \(after 'LE 1'\)", waits.group(1))) == 4, result.stdout
