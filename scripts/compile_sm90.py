@@ -20,14 +20,14 @@ and --consumer-regs override its fields.
 
 The JIT treats integer arguments equal to 1 as constants and marks pointers and multiples of 16 as 16-byte
 divisible; a compile without those specialisations cannot prove the loads contiguous, does not pipeline them,
-and reports other registers and shared memory (benchmarks/NOTES.md, session 24).
+and reports other registers and shared memory (benchmarks/NOTES.md, session 24). Here every stride of the head
+dimension is 1 and the other strides and lengths are multiples of 16, as for contiguous inputs or the (B, S, H, D)
+views models pass; no mask, no dropout, no softcap, bf16.
 
 --sass also disassembles the kernel and reports, for each wait on its asynchronous tensor-core products that leaves
 some in flight (``WARPGROUP.DEPBAR.LE gsb0, N`` with N > 0), how many exponentials (``MUFU.EX2``) ptxas placed before
 the wait for all of them that follows (``N = 0``) and how many after it: an exponential after that wait cannot
-overlap the products still running, whatever order the source gives (benchmarks/NOTES.md, session 33). Here every stride of the head
-dimension is 1 and the other strides and lengths are multiples of 16, as for contiguous inputs or the (B, S, H, D)
-views models pass; no mask, no dropout, no softcap, bf16.
+overlap the products still running, whatever order the source gives (benchmarks/NOTES.md, session 33).
 """
 import argparse
 import dataclasses
@@ -310,25 +310,19 @@ def exponentials_around_waits(sass: str) -> list[tuple[int, int, int]]:
     return found
 
 
-def report_sass(args, compiled) -> None:
-    if not args.sass:
-        return
-    sass = sass_of(compiled)
-    waits = exponentials_around_waits(sass)
-    print("exponentials before / after the full wait that follows a partial one: "
-          + (", ".join(f"{before}/{after} (after 'LE {n}')" for n, before, after in waits) or "no such waits"))
-    if args.out:
-        with open(os.path.join(args.out, f"{args.kernel}_{args.head_dim}.sass"), "w") as f:
-            f.write(sass)
-
-
 def write_out(args, compiled, stem: str) -> None:
+    """With --sass, the exponentials' report; with --out, the TTGIR and PTX (and with --sass the SASS) there."""
+    outputs = {ext: compiled.asm[ext] for ext in ("ttgir", "ptx")}
+    if args.sass:
+        outputs["sass"] = sass_of(compiled)
+        waits = exponentials_around_waits(outputs["sass"])
+        print("exponentials before / after the full wait that follows a partial one: "
+              + (", ".join(f"{before}/{after} (after 'LE {n}')" for n, before, after in waits) or "no such waits"))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        for ext in ("ttgir", "ptx"):
+        for ext, text in outputs.items():
             with open(os.path.join(args.out, f"{stem}.{ext}"), "w") as f:
-                f.write(compiled.asm[ext])
-    report_sass(args, compiled)
+                f.write(text)
 
 
 if __name__ == "__main__":
