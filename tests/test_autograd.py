@@ -564,6 +564,15 @@ def test_hopper_dq_compile_failure_names_the_switch(monkeypatch):
     assert isinstance(failure.value.__cause__, CompilationError)
 
 
+def check_two_backwards(q, k, v, causal, mask, calls) -> None:
+    """Two backwards one after the other match the oracle, the second finding the persistent kernels' tile counter
+    back at zero; the kernel that ``calls`` counts ran in both."""
+    for _ in range(2):
+        check_backward(q, k, v, causal=causal, attention_mask=mask)
+    assert ops._tile_counter(q.device).item() == 0
+    assert len(calls) == 2
+
+
 def hopper_dq_available() -> bool:
     return hopper_with_gluon() and ops._attn_bwd_dq_ws is not None and configs.GLUON_DQ
 
@@ -598,11 +607,7 @@ def test_hopper_dq_persistent_schedule_gpu(monkeypatch, causal, padding):
     q, k, v = random_qkv(batch, heads, 1, seqlen, seqlen, head_dim, torch.bfloat16, DEVICE)
     monkeypatch.setattr(configs, "GLUON_L2_BYTES", 4 * (2 * seqlen * head_dim * 2 // heads))
     assert configs.cdiv(seqlen, 128) * batch * heads > 2 * ops._sm_count(q.device)
-    mask = schedule_mask(padding, batch, seqlen)
-    for _ in range(2):
-        check_backward(q, k, v, causal=causal, attention_mask=mask)
-    assert ops._tile_counter(q.device).item() == 0
-    assert len(calls) == 2
+    check_two_backwards(q, k, v, causal, schedule_mask(padding, batch, seqlen), calls)
 
 
 @pytest.mark.gpu
@@ -717,11 +722,7 @@ def test_hopper_dkdv_persistent_schedule_gpu(monkeypatch, causal, padding):
     q, k, v = random_qkv(batch, heads, kv_heads, seqlen, seqlen, head_dim, torch.bfloat16, DEVICE)
     monkeypatch.setattr(configs, "GLUON_L2_BYTES", 4 * (2 * seqlen * head_dim * 2 * heads // kv_heads))
     assert configs.cdiv(seqlen, 128) * batch * kv_heads > 2 * ops._sm_count(q.device)
-    mask = schedule_mask(padding, batch, seqlen)
-    for _ in range(2):
-        check_backward(q, k, v, causal=causal, attention_mask=mask)
-    assert ops._tile_counter(q.device).item() == 0
-    assert len(calls) == 2
+    check_two_backwards(q, k, v, causal, schedule_mask(padding, batch, seqlen), calls)
 
 
 @pytest.mark.gpu
