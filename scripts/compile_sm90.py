@@ -24,10 +24,11 @@ and reports other registers and shared memory (benchmarks/NOTES.md, session 24).
 dimension is 1 and the other strides and lengths are multiples of 16, as for contiguous inputs or the (B, S, H, D)
 views models pass; no mask, no dropout, no softcap, bf16.
 
---sass also disassembles the kernel and reports, for each wait on its asynchronous tensor-core products that leaves
-some in flight (``WARPGROUP.DEPBAR.LE gsb0, N`` with N > 0), how many exponentials (``MUFU.EX2``) ptxas placed before
-the wait for all of them that follows (``N = 0``) and how many after it: an exponential after that wait cannot
-overlap the products still running, whatever order the source gives (benchmarks/NOTES.md, session 33).
+--sass also disassembles the kernel and reports its asynchronous tensor-core product groups and the waits on them
+(a full wait after every group means ptxas serialised the products), and, for each wait that leaves some in flight
+(``WARPGROUP.DEPBAR.LE gsb0, N`` with N > 0), how many exponentials (``MUFU.EX2``) ptxas placed before the wait for
+all of them that follows (``N = 0``) and how many after it: an exponential after that wait cannot overlap the
+products still running, whatever order the source gives (benchmarks/NOTES.md, session 33).
 """
 import argparse
 import dataclasses
@@ -315,8 +316,12 @@ def write_out(args, compiled, stem: str) -> None:
     outputs = {ext: compiled.asm[ext] for ext in ("ttgir", "ptx")}
     if args.sass:
         outputs["sass"] = sass_of(compiled)
-        waits = exponentials_around_waits(outputs["sass"])
-        print("exponentials before / after the full wait that follows a partial one: "
+        sass = outputs["sass"]
+        waits = exponentials_around_waits(sass)
+        print(f"{len(re.findall(r'HGMMA.*gsb0', sass))} product groups, "
+              f"{len(re.findall(r'WARPGROUP.DEPBAR.LE gsb0, 0x0', sass))} full and "
+              f"{len(re.findall(r'WARPGROUP.DEPBAR.LE gsb0, 0x[1-9]', sass))} partial waits in the code; "
+              "exponentials before / after the full wait that follows a partial one: "
               + (", ".join(f"{before}/{after} (after 'LE {n}')" for n, before, after in waits) or "no such waits"))
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -103,6 +103,7 @@ def test_compile_sm90_reports_the_gluon_kernels(kernel, args, fields):
     assert fields in config
     assert 0 < registers <= 255 and 0 < shared <= limit
     if "--sass" in args:  # two consumers, each with a clean and a masked key loop
-        waits = re.search(r"^exponentials before / after the full wait that follows a partial one: (.*)$",
-                          result.stdout, re.MULTILINE)
-        assert waits and len(re.findall(r"\d+/\d+ \(after 'LE 1'\)", waits.group(1))) == 4, result.stdout
+        waits = re.search(r"^(\d+) product groups, (\d+) full and (\d+) partial waits in the code; exponentials before "
+                          r"/ after the full wait that follows a partial one: (.*)$", result.stdout, re.MULTILINE)
+        assert waits and len(re.findall(r"\d+/\d+ \(after 'LE 1'\)", waits.group(4))) == 4, result.stdout
+        assert int(waits.group(3)) == 4 and int(waits.group(2)) < int(waits.group(1)), result.stdout
