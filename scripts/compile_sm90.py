@@ -102,7 +102,8 @@ def signature(fn, flags: dict) -> tuple[dict, dict, dict]:
 
 
 def ptxas_report(ptx: str) -> tuple[int, int]:
-    """(registers, spill-store bytes) from ptxas -v."""
+    """(registers, spill-store bytes) from ptxas -v; prints its performance advisories (e.g. C7512: the wgmma
+    products serialised, for want of registers), which a kernel's speed depends on as much as on its spills."""
     ptxas = get_ptxas(90).path  # the one Triton assembles sm_90 code with
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.ptx")
@@ -110,6 +111,8 @@ def ptxas_report(ptx: str) -> tuple[int, int]:
             f.write(ptx)
         report = subprocess.run([ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull], capture_output=True,
                                 text=True, check=True).stderr
+    for advisory in re.findall(r"Potential Performance Loss: .*", report):
+        print(f"ptxas: {advisory}")
     registers = int(re.search(r"Used (\d+) registers", report).group(1))
     spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
     return registers, spills

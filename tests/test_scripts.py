@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -107,3 +108,24 @@ def test_compile_sm90_reports_the_gluon_kernels(kernel, args, fields):
                           r"/ after the full wait that follows a partial one: (.*)$", result.stdout, re.MULTILINE)
         assert waits and len(re.findall(r"\d+/\d+ \(after 'LE 1'\)", waits.group(4))) == 4, result.stdout
         assert int(waits.group(3)) == 4 and int(waits.group(2)) < int(waits.group(1)), result.stdout
+
+
+def test_compile_sm90_reads_ptxas_and_the_sass(monkeypatch, capsys):
+    """The report's parts that read tool output, on fixed text: ptxas's registers and spills, and its performance
+    advisories passed on (a C7512 advisory means the kernel's products were serialised); in the SASS, the
+    exponentials counted before and after the full wait that follows a partial one, per loop."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import compile_sm90
+
+    advisory = ("ptxas info    : (C7512) Potential Performance Loss: wgmma.mma_async instructions are serialized due "
+                "to insufficient register resources for the function 'k'")
+    report = f"ptxas info    : Used 168 registers\n  8 bytes stack frame, 24 bytes spill stores\n{advisory}\n"
+    monkeypatch.setattr(compile_sm90, "get_ptxas", lambda arch: SimpleNamespace(path="ptxas"))
+    monkeypatch.setattr(compile_sm90.subprocess, "run",
+                        lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, "", report))
+    assert compile_sm90.ptxas_report("// ptx") == (168, 24)
+    assert "ptxas: Potential Performance Loss: wgmma.mma_async instructions are serialized" in capsys.readouterr().out
+    sass = "\n".join(["HGMMA gsb0", "WARPGROUP.DEPBAR.LE gsb0, 0x1", "MUFU.EX2", "WARPGROUP.DEPBAR.LE gsb0, 0x0",
+                      "MUFU.EX2", "MUFU.EX2", "HGMMA gsb0", "WARPGROUP.DEPBAR.LE gsb0, 0x2", "MUFU.EX2", "MUFU.EX2",
+                      "BRA", "WARPGROUP.DEPBAR.LE gsb0, 0x0", "HGMMA gsb0", "WARPGROUP.DEPBAR.LE gsb0, 0x1", "HGMMA"])
+    assert compile_sm90.exponentials_around_waits(sass) == [(1, 1, 2), (2, 2, 0)]
