@@ -318,8 +318,7 @@ def write_out(args, compiled, stem: str) -> None:
     """With --sass, the exponentials' report; with --out, the TTGIR and PTX (and with --sass the SASS) there."""
     outputs = {ext: compiled.asm[ext] for ext in ("ttgir", "ptx")}
     if args.sass:
-        outputs["sass"] = sass_of(compiled)
-        sass = outputs["sass"]
+        sass = outputs["sass"] = sass_of(compiled)
         waits = exponentials_around_waits(sass)
         print(f"{len(re.findall(r'HGMMA.*gsb0', sass))} product groups, "
               f"{len(re.findall(r'WARPGROUP.DEPBAR.LE gsb0, 0x0', sass))} full and "
