@@ -95,9 +95,10 @@ def main() -> None:
             lambda: hf_triton_attn.attention(pq, pk, pv, attention_mask=key_mask, kept_key_ranges=ranges),
         "integration layer (hf), decoding step, key mask": lambda: hf_triton_attn.triton_attention_forward(
             layer, q, k, v, decode_mask, scaling=scale),
-        "ops.forward_impl": lambda: ops.forward_impl(q, k, v, None, None, None, None, None, None, True, scale, 0.0, 0.0),
+        "ops.forward_impl":
+            lambda: ops.forward_impl(q, k, v, None, None, None, None, None, None, None, True, scale, 0.0, 0.0),
         "ops.attention_forward (custom op)":
-            lambda: ops.attention_forward(q, k, v, None, None, None, None, None, None, True, scale, 0.0, 0.0),
+            lambda: ops.attention_forward(q, k, v, None, None, None, None, None, None, None, True, scale, 0.0, 0.0),
         "empty Triton kernel, 1 argument": lambda: _empty_1[(1,)](x),
         "empty Triton kernel, 40 arguments":
             lambda: _empty_40[(1,)](x, *ints, C1=1, C2=2, C3=3, C4=4, C5=5, C6=6, C7=7),

@@ -24,6 +24,7 @@ def attention(
     dropout_p: float = 0.0,
     softcap: Optional[float] = None,
     kept_key_ranges: Optional[torch.Tensor] = None,
+    sinks: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention computed by a fused Triton kernel (flash-attention style).
 
@@ -72,6 +73,10 @@ def attention(
             forward saves that launch's host time in every other layer. The caller vouches that it belongs to this
             call's mask and ``seqused_k`` (one of another mask gives wrong results, as a FlexAttention block
             mask of another mask would).
+        sinks: optional (heads,) floating tensor, one attention-sink logit per query head (GPT-OSS's ``sinks``):
+            each row's softmax takes it as one more score (not scaled, softcapped or masked) that has no value,
+            so the weights of the keys sum to less than one. Differentiable. A row with no visible key returns
+            zeros, as without sinks.
 
     Returns:
         (batch, heads, seqlen_q, head_dim), same dtype as ``q``. It is a transposed view of a contiguous
@@ -83,7 +88,7 @@ def attention(
     """
     return attention_bshd(q, k, v, causal=causal, scale=scale, attention_mask=attention_mask, seqused_k=seqused_k,
                           seqused_q=seqused_q, dropout_p=dropout_p, softcap=softcap,
-                          kept_key_ranges=kept_key_ranges).transpose(1, 2)
+                          kept_key_ranges=kept_key_ranges, sinks=sinks).transpose(1, 2)
 
 
 def attention_bshd(
@@ -99,6 +104,7 @@ def attention_bshd(
     dropout_p: float = 0.0,
     softcap: Optional[float] = None,
     kept_key_ranges: Optional[torch.Tensor] = None,
+    sinks: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """:func:`attention`, returning its output as the contiguous (batch, seqlen_q, heads, head_dim) tensor: the
     layout Transformers' attention functions return, without the two transposes that would cost a short call
@@ -122,17 +128,20 @@ def attention_bshd(
         seqused_q = _seqused_arg(seqused_q, q, "seqused_q")
     if kept_key_ranges is not None:
         _check_kept_key_ranges(kept_key_ranges, key_mask, q)
+    if sinks is not None:
+        sinks = _sinks_arg(sinks, q)
     seed = None
     if dropout_p > 0.0:
         seed = torch.randint(0, 2**31 - 1, (1,), device=q.device, dtype=torch.int64)
-    if not _runs_eagerly((q, k, v, key_mask, seqused_k, seqused_q, kept_key_ranges, dense_mask)):
+    if not _runs_eagerly((q, k, v, key_mask, seqused_k, seqused_q, kept_key_ranges, dense_mask, sinks)):
         forward = ops.attention_forward
-    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                      or (sinks is not None and sinks.requires_grad)):
         # No other input can need a gradient: a mask that does was refused above, the rest are integers.
         forward = ops.EagerAttention.apply
     else:
         forward = ops.forward_impl
-    out, _ = forward(q, k, v, key_mask, seqused_k, seqused_q, kept_key_ranges, dense_mask, seed, causal,
+    out, _ = forward(q, k, v, key_mask, seqused_k, seqused_q, kept_key_ranges, dense_mask, seed, sinks, causal,
                      float(scale), float(softcap or 0.0), float(dropout_p))
     return out
 
@@ -274,6 +283,18 @@ def _check_kept_key_ranges(ranges: torch.Tensor, key_mask: Optional[torch.Tensor
                          f"{getattr(ranges, 'dtype', type(ranges).__name__)} {tuple(getattr(ranges, 'shape', ()))}.")
     if ranges.device != q.device:
         raise ValueError(f"kept_key_ranges is on {ranges.device} but q is on {q.device}.")
+
+
+def _sinks_arg(sinks: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The validated sinks, contiguous (the kernels read element h at offset h, in any floating dtype)."""
+    if (not isinstance(sinks, torch.Tensor) or sinks.dim() != 1 or sinks.shape[0] != q.shape[1]
+            or not sinks.is_floating_point()):
+        raise ValueError(f"sinks must be a floating tensor of shape (heads,) = ({q.shape[1]},), one logit per query "
+                         f"head, got {getattr(sinks, 'dtype', type(sinks).__name__)} "
+                         f"{tuple(getattr(sinks, 'shape', ()))}.")
+    if sinks.device != q.device:
+        raise ValueError(f"sinks is on {sinks.device} but q is on {q.device}.")
+    return sinks.contiguous()
 
 
 def _seqused_arg(seqused: torch.Tensor, q: torch.Tensor, name: str = "seqused_k") -> torch.Tensor:

@@ -49,8 +49,10 @@ def triton_attention_forward(
     after each sequence's last token are its right padding; they are left out (:func:`attention`'s ``seqused_q``):
     zero output and gradients, no work, as with FlashAttention-2. Valid rows are unchanged. Other calls compute
     every row: without causality a call whose query and key lengths match may be cross-attention, where key
-    padding says nothing about the queries."""
-    _refuse_unsupported(output_attentions, s_aux, attention_mask, kwargs)
+    padding says nothing about the queries.
+
+    ``s_aux`` (GPT-OSS's attention sinks, one logit per query head) is :func:`attention`'s ``sinks``."""
+    _refuse_unsupported(output_attentions, attention_mask, kwargs)
     # An explicit is_causal wins over the module's flag (encoders, cross-attention and BERT-as-decoder differ).
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     seqused_k = seqused_q = key_ranges = None
@@ -71,19 +73,16 @@ def triton_attention_forward(
     out = attention_bshd(
         query, key, value,
         causal=causal, scale=scaling, attention_mask=attention_mask, seqused_k=seqused_k, seqused_q=seqused_q,
-        dropout_p=dropout, softcap=softcap, kept_key_ranges=key_ranges,
+        dropout_p=dropout, softcap=softcap, kept_key_ranges=key_ranges, sinks=s_aux,
     )
     return out, None
 
 
-def _refuse_unsupported(output_attentions, s_aux, attention_mask, kwargs) -> None:
+def _refuse_unsupported(output_attentions, attention_mask, kwargs) -> None:
     if output_attentions:
         raise ValueError("attn_implementation='triton' never materialises attention weights, so "
                          "output_attentions=True cannot be honoured; load the model with attn_implementation='eager' "
                          "to inspect attention weights.")
-    if s_aux is not None:
-        raise NotImplementedError("attention sinks (s_aux, e.g. GPT-OSS) are not supported by "
-                                  "attn_implementation='triton'; use 'eager' for this model.")
     if kwargs.get("cache") is not None:
         raise NotImplementedError("paged attention caches (continuous batching) are not supported by "
                                   "attn_implementation='triton'.")

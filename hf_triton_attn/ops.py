@@ -8,11 +8,13 @@ decoding step); :class:`EagerAttention` gives eager calls that need gradients th
 dispatcher. Inputs are validated in :mod:`hf_triton_attn.functional`; this layer trusts them.
 
 On Hopper, 16-bit forwards at head_dims 128 and 256 (and 64 on long rows) with no mask but causal and a key-padding
-one (no seqused_q or seqused_k, dropout or softcap) take the persistent warp-specialised Gluon kernel of
-_kernels/fwd_gluon.py (:func:`_hopper_forward_config` says when; ``HF_TRITON_ATTN_GLUON=0`` turns it off); it writes
+one (no seqused_q or seqused_k, dropout, softcap or attention sinks) take the persistent warp-specialised Gluon kernel
+of _kernels/fwd_gluon.py (:func:`_hopper_forward_config` says when; ``HF_TRITON_ATTN_GLUON=0`` turns it off); it writes
 the output and log-sum-exp in the Triton forward's layout and units, so the backward is the same. Backwards of the
-same scope at head_dim 128 compute dQ (and Delta) with the Gluon kernel of _kernels/bwd_dq_gluon.py
-(:func:`_hopper_dq_config`, same switch), and dK/dV with the Triton kernel as always. Every launch goes through
+same scope (attention sinks allowed: the backward kernels see them only through the LSE) at head_dim 128 compute dQ
+(and Delta) with the Gluon kernel of _kernels/bwd_dq_gluon.py (:func:`_hopper_dq_config`, same switch), and dK/dV
+with the Gluon kernel of _kernels/bwd_dkdv_gluon.py where :func:`_hopper_dkdv_config` takes them (head_dims 64 and
+128), else with the Triton kernels. Every launch goes through
 :class:`hf_triton_attn.launch.KernelLauncher`. The Triton forward reads Q/K/V tiles, and the Triton dQ kernel K/V
 tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` and
 :func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte aligned, unit stride last), through
@@ -23,7 +25,10 @@ Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the 
 log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B,) keys in use, ``seqused_q`` (B,)
 query rows in use (the rest are padding: zero output and gradients, no work), ``key_range``
 the key mask's (B, 3) :func:`kept_key_ranges`, ``mask`` a dense (B|1, H|1, Sq, Skv) boolean or additive float
-mask, ``seed`` a one-element int64 tensor.
+mask, ``seed`` a one-element int64 tensor, ``sinks`` (H,) attention-sink logits (one per query head: a
+logit each row's softmax adds to its denominator, with no value). The kernels join the sinks when they normalise
+the rows, so the LSE includes them and the backward kernels need nothing more; the sinks' own gradient is
+:func:`_sink_gradient`.
 A dense mask gets its spans of visible keys per row (and of queries per key) and its clear runs from one extra
 launch, so that the kernels skip the blocks it hides and compute without it the blocks it shows in full
 (:func:`_visible_spans_of`); a key mask gets its kept range from another (:func:`kept_key_ranges`), unless the
@@ -192,17 +197,18 @@ def forward_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     key_mask: Optional[torch.Tensor], seqused_k: Optional[torch.Tensor], seqused_q: Optional[torch.Tensor],
     key_range: Optional[torch.Tensor], mask: Optional[torch.Tensor], seed: Optional[torch.Tensor],
-    causal: bool, scale: float, softcap: float, dropout_p: float,
+    sinks: Optional[torch.Tensor], causal: bool, scale: float, softcap: float, dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``key_range``: the key mask's :func:`kept_key_ranges`, computed beforehand (a model's layers share it), or
     None."""
-    out, lse, _ = _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale, softcap,
-                           dropout_p)
+    out, lse, _ = _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sinks, causal, scale,
+                           softcap, dropout_p)
     return out, lse
 
 
 @_on_tensor_device
-def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale, softcap, dropout_p):
+def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sinks, causal, scale, softcap,
+             dropout_p):
     """:func:`forward_impl`'s body; also returns the :class:`MaskSummaries` it computed or was given."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
@@ -212,9 +218,10 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, cau
         return out, lse, MaskSummaries(key_range)
     # The split-KV kernel has no padding query rows to leave out: calls with seqused_q take the forward kernel.
     if seqused_q is None and _takes_split_kv(sq, heads // hkv, skv, dropout_p):
-        spans = _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scale, softcap)
+        spans = _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causal, scale, softcap)
         return out, lse, MaskSummaries(key_range, spans)
-    if seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
+    if (seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0
+            and sinks is None):
         hopper = _hopper_forward_config(q, k, v, key_mask, causal, scale)
         if hopper is not None:
             key_mask = _as_kernel_mask(key_mask)
@@ -236,13 +243,13 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, cau
     _launch_fwd(
         grid,
         q, k, v, *descriptors, out, lse, key_mask, key_range, seqused_k, seqused_q, mask, spans[0],
-        seed, scale, softcap, dropout_p,
+        seed, sinks, scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out),
         *km_strides, *m_strides, *spans[1:],
         heads, sq, skv, heads // hkv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype),
-        USE_TMA=tma, SCALE_IN_EXP=scale > 0.0 and softcap == 0.0 and mask_kind != 2,
+        USE_TMA=tma, SCALE_IN_EXP=scale > 0.0 and softcap == 0.0 and mask_kind != 2, HAS_SINKS=sinks is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.max_registers,
     )
     return out, lse, MaskSummaries(key_range, spans)
@@ -476,7 +483,7 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scale, softcap) -> tuple:
+def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causal, scale, softcap) -> tuple:
     """Writes out and lse; returns the mask's row spans (:func:`_visible_spans_of`)."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
@@ -493,28 +500,28 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, causal, scal
                                            device=q.device, dtype=torch.float32)
     _launch_fwd_split(
         (plan.num_splits, batch * hkv),
-        q, k, v, work, out, lse, key_mask, seqused_k, mask, spans[0],
+        q, k, v, work, out, lse, key_mask, seqused_k, mask, spans[0], sinks,
         scale, softcap,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out), *km_strides, *m_strides, *spans[1:],
         heads, hkv, sq, skv, group, plan.split_size, plan.num_splits,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r, BLOCK_N=plan.block_n,
         IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, HAS_SEQUSED=seqused_k is not None, MASK_KIND=mask_kind,
         HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype), WRITE_OUT=single,
-        num_warps=plan.num_warps, num_stages=plan.num_stages,
+        HAS_SINKS=sinks is not None, num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     if not single:
         _launch_combine_splits(
             (group * sq, batch * hkv),
-            work, out, lse, *_bhsd_strides(out),
+            work, out, lse, sinks, *_bhsd_strides(out),
             heads, hkv, sq, group, plan.num_splits,
             HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r,
-            BLOCK_S=plan.block_s, num_warps=1 if INTERPRET else 4,
+            BLOCK_S=plan.block_s, HAS_SINKS=sinks is not None, num_warps=1 if INTERPRET else 4,
         )
     return spans
 
 
 @attention_forward.register_fake
-def _(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale, softcap, dropout_p):
+def _(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sinks, causal, scale, softcap, dropout_p):
     batch, heads, sq, head_dim = q.shape
     out = q.new_empty((batch, sq, heads, head_dim))
     lse = q.new_empty((batch, heads, sq), dtype=torch.float32)
@@ -603,22 +610,36 @@ def _(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, ma
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale, softcap, dropout_p = inputs
+    q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sinks, causal, scale, softcap, dropout_p = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, mask, seed)
+    ctx.save_for_backward(q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, mask, seed, sinks)
     ctx.params = (causal, scale, softcap, dropout_p)
 
 
 def _gradients(ctx, grad_out, backward) -> tuple:
-    """Gradients for the forward's 13 inputs from ``backward`` (the custom op or its body): dq, dk, dv, then None.
+    """Gradients for the forward's 14 inputs from ``backward`` (the custom op or its body): dq, dk, dv, None for the
+    masks, lengths and seed, the sinks' gradient where they need one (:func:`_sink_gradient`), None for the rest.
     No ``grad_out`` (nothing downstream gave the output a gradient; eager autograd does not materialise one): None
     for all."""
-    dq = dk = dv = None
+    dq = dk = dv = dsinks = None
     if grad_out is not None:
-        q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, mask, seed = ctx.saved_tensors
+        q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, mask, seed, sinks = ctx.saved_tensors
         dq, dk, dv = backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_range, mask, seed,
                               *ctx.params)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
+        if sinks is not None and ctx.needs_input_grad[9]:
+            dsinks = _sink_gradient(grad_out, out, lse, sinks)
+    return dq, dk, dv, None, None, None, None, None, None, dsinks, None, None, None, None
+
+
+def _sink_gradient(grad_out: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """d loss / d sinks[h] = -sum over the rows of head h of p_sink * rowsum(dO * O), where p_sink = exp(sink - LSE)
+    is the weight the sink took (the output is the keys' weights times their values, and raising the sink scales
+    all of them down by its own weight). A few elementwise passes in PyTorch, next to the backward kernels."""
+    delta = (grad_out.float() * out.float()).sum(-1).transpose(1, 2)
+    # The sink is part of the LSE, so p_sink <= 1; padding rows (seqused_q) have an LSE of 0 and a zero delta, and
+    # the clamp keeps exp2 there finite.
+    p_sink = torch.exp2((sinks.float()[None, :, None] * LOG2E.value - lse).clamp(max=0.0))
+    return -(p_sink * delta).sum((0, 2)).to(sinks.dtype)
 
 
 def _op_backward(ctx, grad_out, _grad_lse):
@@ -640,14 +661,14 @@ class EagerAttention(torch.autograd.Function):
     the arguments through ``inspect.signature`` on every call, tens of microseconds of host time."""
 
     @staticmethod
-    def forward(ctx, q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale, softcap,
+    def forward(ctx, q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sinks, causal, scale, softcap,
                 dropout_p):
-        out, lse, summaries = _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, causal, scale,
-                                       softcap, dropout_p)
+        out, lse, summaries = _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sinks, causal,
+                                       scale, softcap, dropout_p)
         # The backward takes the key range the forward used (given or computed) and the mask's row spans.
         ctx.query_spans = summaries.query_spans
-        _setup_context(ctx, (q, k, v, key_mask, seqused_k, seqused_q, summaries.key_range, mask, seed, causal, scale,
-                             softcap, dropout_p), (out, lse))
+        _setup_context(ctx, (q, k, v, key_mask, seqused_k, seqused_q, summaries.key_range, mask, seed, sinks, causal,
+                             scale, softcap, dropout_p), (out, lse))
         ctx.mark_non_differentiable(lse)
         # lse never gets a gradient: materialized, it would cost a zero-filled tensor (an allocation and a launch)
         # on every backward.

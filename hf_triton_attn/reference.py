@@ -13,7 +13,7 @@ def attention_reference(
     causal: bool = False, scale: Optional[float] = None, attention_mask: Optional[torch.Tensor] = None,
     seqused_k: Optional[torch.Tensor] = None, seqused_q: Optional[torch.Tensor] = None,
     softcap: Optional[float] = None,
-    dropout_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+    dropout_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0, sinks: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Same arguments as :func:`hf_triton_attn.attention`; ``dropout_mask`` (B, H, Sq, Skv) keep-flags, if given,
     replaces random dropout so a kernel's mask can be checked exactly."""
@@ -43,7 +43,13 @@ def attention_reference(
             keep = keep & ~hidden
             scores = scores + attention_mask.masked_fill(hidden, 0.0).to(scores.dtype)
     scores = scores.masked_fill(~keep, float("-inf"))
+    if sinks is not None:
+        # As GPT-OSS's eager attention: one more column per row, dropped after the softmax.
+        sink_column = sinks.to(scores.dtype)[None, :, None, None].expand(batch, heads, seqlen_q, 1)
+        scores = torch.cat([scores, sink_column], dim=-1)
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    if sinks is not None:
+        probs = probs[..., :-1]
     if dropout_mask is not None:
         probs = probs * dropout_mask / (1.0 - dropout_p)
     if seqused_q is not None:

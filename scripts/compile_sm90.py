@@ -71,7 +71,7 @@ def constants(args) -> dict:
     return dict(HEAD_DIM=args.head_dim, BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
                 IS_CAUSAL=not args.full, GROUPED=args.grouped, KEY_BLOCKS_OUTER=not args.full, HAS_KEY_MASK=False,
                 HAS_SEQUSED=False, HAS_SEQUSED_Q=False, MASK_KIND=0, HAS_SOFTCAP=False, HAS_DROPOUT=False,
-                DOT_PRECISION="tf32", USE_TMA=False, SCALE_IN_EXP=True)
+                DOT_PRECISION="tf32", USE_TMA=False, SCALE_IN_EXP=True, HAS_SINKS=False)
 
 
 def signature(fn, flags: dict) -> tuple[dict, dict, dict]:

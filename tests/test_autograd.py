@@ -318,6 +318,37 @@ def test_dropout_16_bit_matches_reference(dtype, causal):
         assert_close_to_reference(a, b, c, factor=3.0, what=name)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlen_q, seqlen_k", [(37, 45), (1, 50)], ids=["forward", "split-kv"])
+def test_attention_sinks_backward(dtype, causal, seqlen_q, seqlen_k):
+    """Gradients of q, k, v and of the sinks themselves (held in the inputs' dtype, as a model's parameter is)
+    against the float64 oracle, under a key mask that keeps nothing in one row (whose sink takes all the weight
+    and whose output stays zero: no gradient there); the forward kernel's case with a seqused_q that leaves padding
+    rows out (calls with one never take the split-KV kernel)."""
+    q, k, v = random_qkv(3, 4, 2, seqlen_q, seqlen_k, 32, dtype, DEVICE)
+    key_mask = torch.rand(3, seqlen_k, device=DEVICE) > 0.3
+    key_mask[2] = False
+    sinks = torch.randn(4, device=DEVICE, dtype=dtype) * 2
+    seqused_q = None
+    if seqlen_q > 1:
+        seqused_q = torch.tensor([seqlen_q, seqlen_q - 9, seqlen_q], device=DEVICE, dtype=torch.int32)
+    grad_out = torch.randn_like(q)
+    kwargs = dict(causal=causal, attention_mask=key_mask, seqused_q=seqused_q)
+
+    def grads(fn, dtype):
+        inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v, sinks)]
+        out = fn(*inputs[:3], sinks=inputs[3], **kwargs)
+        out.backward(grad_out.to(dtype))
+        return [out] + [t.grad for t in inputs]
+
+    ours = grads(attention, dtype)
+    ref64, same = grads(attention_reference, torch.float64), grads(attention_reference, dtype)
+    for name, a, b, c in zip(("out", "dq", "dk", "dv", "dsinks"), ours, ref64, same):
+        assert a.dtype == dtype
+        assert_close_to_reference(a, b, c, factor=3.0, what=name)
+
+
 def test_gqa_dropout_masks_differ_per_query_head():
     keep = dropout_keep_mask((1, 4, 32, 32), 0.5, seed=3)
     assert not torch.equal(keep[0, 0], keep[0, 1])
@@ -329,30 +360,36 @@ def test_opcheck():
     seed = torch.tensor([5], device=DEVICE)
     ranges = functional.kept_key_ranges(key_mask)
     seqused_q = torch.tensor([9, 17], device=DEVICE, dtype=torch.int32)
-    for args in ((key_mask, None, None, None, None, seed, True, 0.25, 0.0, 0.1),
-                 (key_mask, None, None, ranges, None, None, True, 0.25, 0.0, 0.0),
-                 (None, None, None, None, None, None, False, 0.25, 2.0, 0.0),
-                 (key_mask, None, seqused_q, None, None, None, True, 0.25, 0.0, 0.0)):
+    sinks = torch.randn(4, device=DEVICE, requires_grad=True)
+    for args in ((key_mask, None, None, None, None, seed, None, True, 0.25, 0.0, 0.1),
+                 (key_mask, None, None, ranges, None, None, None, True, 0.25, 0.0, 0.0),
+                 (None, None, None, None, None, None, None, False, 0.25, 2.0, 0.0),
+                 (key_mask, None, seqused_q, None, None, None, None, True, 0.25, 0.0, 0.0),
+                 (key_mask, None, None, None, None, None, sinks, True, 0.25, 0.0, 0.0)):
         torch.library.opcheck(ops.attention_forward, (q, k, v, *args))
 
 
-@pytest.mark.parametrize("with_ranges, with_seqused_q", [(False, False), (True, False), (False, True)])
-def test_compile_fullgraph_forward_backward(with_ranges, with_seqused_q):
+@pytest.mark.parametrize("with_ranges, with_seqused_q, with_sinks",
+                         [(False, False, False), (True, False, False), (False, True, False), (False, False, True)])
+def test_compile_fullgraph_forward_backward(with_ranges, with_seqused_q, with_sinks):
     torch._dynamo.reset()
     q, k, v = random_qkv(2, 4, 2, 33, 33, 32, torch.float32, DEVICE, requires_grad=True)
     mask = padding_mask("right", 2, 33)
     ranges = functional.kept_key_ranges(mask) if with_ranges else None
     seqused_q = mask.sum(1, dtype=torch.int32) if with_seqused_q else None
+    sinks = torch.randn(4, device=DEVICE, requires_grad=with_sinks) if with_sinks else None
+    inputs = (q, k, v) + ((sinks,) if with_sinks else ())
 
-    def step(q, k, v):
-        out = attention(q, k, v, causal=True, attention_mask=mask, kept_key_ranges=ranges, seqused_q=seqused_q)
+    def step(q, k, v, sinks=None):
+        out = attention(q, k, v, causal=True, attention_mask=mask, kept_key_ranges=ranges, seqused_q=seqused_q,
+                        sinks=sinks)
         return (out * out).sum()
 
     compiled = torch.compile(step, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
-    loss = compiled(q, k, v)
-    grads = torch.autograd.grad(loss, (q, k, v))
-    loss_ref = step(q, k, v)
-    grads_ref = torch.autograd.grad(loss_ref, (q, k, v))
+    loss = compiled(*inputs)
+    grads = torch.autograd.grad(loss, inputs)
+    loss_ref = step(*inputs)
+    grads_ref = torch.autograd.grad(loss_ref, inputs)
     assert torch.allclose(loss, loss_ref, atol=1e-5)
     for a, b in zip(grads, grads_ref):
         assert torch.allclose(a, b, atol=1e-5)
@@ -372,7 +409,8 @@ class _RecordOps(TorchDispatchMode):
 def test_inference_skips_the_dispatcher_with_the_same_result(monkeypatch):
     q, k, v = random_qkv(2, 4, 2, 3, 70, 32, torch.float32, DEVICE)
     key_mask = padding_mask("left", 2, 70)
-    through_op = ops.attention_forward(q, k, v, key_mask, None, None, None, None, None, True, 32 ** -0.5, 0.0, 0.0)[0]
+    through_op = ops.attention_forward(q, k, v, key_mask, None, None, None, None, None, None, True, 32 ** -0.5, 0.0,
+                                       0.0)[0]
 
     def refuse(*args):
         raise AssertionError("the custom op was called for a plain inference call")

@@ -60,6 +60,9 @@ def test_mask_gradient_is_refused():
     (dict(seqused_k=torch.tensor([8])), r"shape \(batch,\)"),
     (dict(seqused_q=torch.tensor([8.0, 8.0])), "seqused_q must be an int32/int64 tensor"),
     (dict(seqused_q=torch.tensor([[8, 8]])), r"seqused_q must .* shape \(batch,\) = \(2,\), got torch.int64 \(1, 2\)"),
+    (dict(sinks=torch.zeros(2)), r"sinks must be a floating tensor of shape \(heads,\) = \(4,\).* \(2,\)"),
+    (dict(sinks=torch.zeros(1, 4)), r"sinks must .* one logit per query head"),
+    (dict(sinks=torch.zeros(4, dtype=torch.int32)), r"sinks must be a floating tensor.*torch.int32"),
 ])
 def test_bad_keyword_values(kwargs, match):
     args = qkv()

@@ -255,8 +255,6 @@ def call_backend(**kwargs):
 def test_backend_contract_and_refusals():
     out, weights = call_backend()
     assert out.shape == (1, 4, 2, 16) and weights is None
-    with pytest.raises(NotImplementedError, match="s_aux"):
-        call_backend(s_aux=torch.zeros(2, device=DEVICE))
     with pytest.raises(NotImplementedError, match="sliding_window"):
         call_backend(sliding_window=2)
     with pytest.raises(NotImplementedError, match="cu_seq_lens"):

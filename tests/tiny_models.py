@@ -17,6 +17,10 @@ DECODER_CONFIGS = {
                                                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                                                         sliding_window=8, attn_logit_softcapping=5.0,
                                                         query_pre_attn_scalar=16, **COMMON),
+    # Attention sinks (s_aux) in every layer, sliding-window and full layers alternating.
+    "gpt_oss_sliding_sinks": lambda: transformers.GptOssConfig(
+        hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=6, **COMMON),
 }
 
 

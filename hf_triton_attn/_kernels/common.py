@@ -155,6 +155,17 @@ def _normalized_rows(acc, l_i, m_i):
 
 
 @triton.jit
+def _join_sink(acc, l_i, m_i, sink):
+    """An online softmax's state with an attention sink joined: ``sink`` (in the scores' scaled log2 units, per
+    row) is one more logit of each row whose value row is zero, so it adds to the row sum and to nothing else."""
+    m_new = tl.maximum(m_i, sink)
+    # Both -inf (no key seen, a -inf sink): subtracting 0 instead keeps -inf - -inf = NaN out.
+    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_shift)
+    return acc * alpha[:, None], l_i * alpha + tl.exp2(sink - m_shift), m_new
+
+
+@triton.jit
 def _tanh(x):
     # 1 - 2 / (exp(2x) + 1): exact in fp32, saturates cleanly, and runs in the interpreter (no libdevice).
     return 1.0 - 2.0 / (tl.exp2(x * (2.0 * LOG2E)) + 1.0)

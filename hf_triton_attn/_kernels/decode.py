@@ -9,7 +9,7 @@ little K/V per program: see ``configs.split_kv_plan``), the split kernel writes 
 import triton
 import triton.language as tl
 
-from .common import _normalized_rows, _plane, _used_length, _visible_span
+from .common import LOG2E, _join_sink, _normalized_rows, _plane, _used_length, _visible_span
 from .fwd import _attn_fwd_inner
 
 
@@ -23,7 +23,7 @@ def _split_workspace(Work, num_splits, BLOCK_R: tl.constexpr, BLOCK_D: tl.conste
 
 @triton.jit
 def _attn_fwd_split(
-    Q, K, V, Work, Out, LSE, KeyMask, SeqUsedK, Mask, MaskSpans,
+    Q, K, V, Work, Out, LSE, KeyMask, SeqUsedK, Mask, MaskSpans, Sinks,
     sm_scale, softcap,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -35,9 +35,10 @@ def _attn_fwd_split(
     H, Hkv, Sq, Skv, GROUP, split_size, num_splits,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, WRITE_OUT: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, WRITE_OUT: tl.constexpr, HAS_SINKS: tl.constexpr,
 ):
-    """WRITE_OUT (a single split): normalise and write Out and LSE here, as the merge kernel would; Work is unused.
+    """WRITE_OUT (a single split): normalise and write Out and LSE here, as the merge kernel would (joining the
+    rows' attention sinks where HAS_SINKS, see _join_sink); Work is unused.
     Otherwise write the split's partial output, row maxima and row sums to Work for the merge. A dense mask
     (MASK_KIND as in the forward) is read per packed row, at the row's own head and query, and the split's key
     blocks outside the span its rows see (``MaskSpans``, see _kernels/mask_range.py) are skipped."""
@@ -86,6 +87,9 @@ def _attn_fwd_split(
         False, False, HAS_KEY_MASK)
 
     if WRITE_OUT:
+        if HAS_SINKS:
+            sink = tl.load(Sinks + head, mask=row_ok, other=0.0).to(tl.float32) * LOG2E
+            acc, l_i, m_i = _join_sink(acc, l_i, m_i, sink)
         out, lse = _normalized_rows(acc, l_i, m_i)
         tl.store(LSE + (pid_b * H + head).to(tl.int64) * Sq + query, lse, mask=row_ok)
         tl.store(Out + pid_b.to(tl.int64) * stride_ob + head[:, None].to(tl.int64) * stride_oh
@@ -101,12 +105,15 @@ def _attn_fwd_split(
 
 @triton.jit
 def _attn_combine_splits(
-    Work, Out, LSE,
+    Work, Out, LSE, Sinks,
     stride_ob, stride_oh, stride_om, stride_od,
     H, Hkv, Sq, GROUP, num_splits,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
 ):
-    """One program per (batch, kv head, packed row): rescale each split by exp2(its max - the overall max)."""
+    """One program per (batch, kv head, packed row): rescale each split by exp2(its max - the overall max). With
+    HAS_SINKS, the row's attention sink (Sinks (H,), one logit per query head) joins the sum as a split with a zero
+    output and a row sum of one at the sink."""
     pid_row = tl.program_id(0)
     pid_bhk = tl.program_id(1)
     pid_b = pid_bhk // Hkv
@@ -121,9 +128,14 @@ def _attn_combine_splits(
     m = tl.load(part_max + part, mask=split_ok, other=float("-inf"))
     l = tl.load(part_sum + part, mask=split_ok, other=0.0)
     m_max = tl.max(m, 0)
+    if HAS_SINKS:
+        sink = tl.load(Sinks + head).to(tl.float32) * LOG2E
+        m_max = tl.maximum(m_max, sink)
     m_shift = tl.where(m_max == float("-inf"), 0.0, m_max)
     weight = tl.exp2(m - m_shift)
     total = tl.sum(l * weight, 0)
+    if HAS_SINKS:
+        total += tl.exp2(sink - m_shift)
     acc = tl.load(part_out + part[:, None] * BLOCK_D + offs_d[None, :], mask=split_ok[:, None], other=0.0)
     acc = tl.sum(acc * weight[:, None], 0)
 

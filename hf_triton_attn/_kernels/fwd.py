@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, _apply_masks, _block_loop, _block_start, _dropout_keep, _key_block_ranges,
+from .common import (LOG2E, _apply_masks, _block_loop, _block_start, _dropout_keep, _join_sink, _key_block_ranges,
                      _normalized_rows, _plane, _scores, _tile_ptrs, _used_length)
 
 
@@ -79,7 +79,7 @@ def _attn_fwd_inner(
 
 @triton.jit
 def _attn_fwd(
-    Q, K, V, DescQ, DescK, DescV, Out, LSE, KeyMask, KeyRange, SeqUsedK, SeqUsedQ, Mask, MaskSpans, Seed,
+    Q, K, V, DescQ, DescK, DescV, Out, LSE, KeyMask, KeyRange, SeqUsedK, SeqUsedQ, Mask, MaskSpans, Seed, Sinks,
     sm_scale, softcap, dropout_p,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -92,12 +92,13 @@ def _attn_fwd(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr, HAS_SINKS: tl.constexpr,
 ):
     """USE_TMA: Q, K and V tiles come through the tensor descriptors DescQ/DescK/DescV (over (B, H, S, D)) rather
     than pointer arithmetic on Q/K/V. SCALE_IN_EXP: the caller guarantees a positive scale, no softcap and no
     additive mask, so the scale can be folded into the exponent (see _attn_fwd_inner). HAS_SEQUSED_Q: query rows
-    from SeqUsedQ[b] on are padding; their output and LSE are zero, and a block of them only skips the key loop."""
+    from SeqUsedQ[b] on are padding; their output and LSE are zero, and a block of them only skips the key loop.
+    HAS_SINKS: Sinks (H,) holds one attention-sink logit per query head (see _join_sink)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_b = pid_bh // H
@@ -151,6 +152,8 @@ def _attn_fwd(
         HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
         DOT_PRECISION, USE_TMA, SCALE_IN_EXP, HAS_KEY_MASK or MASK_KIND != 0)
 
+    if HAS_SINKS:
+        acc, l_i, m_i = _join_sink(acc, l_i, m_i, tl.load(Sinks + pid_h).to(tl.float32) * LOG2E)
     out, lse = _normalized_rows(acc, l_i, m_i)
     if HAS_SEQUSED_Q:
         # The block holding q_end computed its padding rows like the others; whatever they gave is dropped.
