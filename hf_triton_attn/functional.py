@@ -3,6 +3,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import ops
@@ -35,7 +36,10 @@ def attention(
         q: (batch, heads, seqlen_q, head_dim), float16, bfloat16 or float32; any strides.
         k, v: (batch, kv_heads, seqlen_k, head_dim), same dtype and device as ``q``. ``heads`` must be a
             multiple of ``kv_heads`` (MHA, GQA, MQA): query head ``h`` reads kv head ``h // (heads // kv_heads)``,
-            without copying k/v. ``head_dim`` is at most 256 and need not be a power of two.
+            without copying k/v. ``head_dim`` is at most 256 and need not be a power of two. ``v`` may have
+            another head dim (at most 256; multi-head latent attention, e.g. DeepSeek-V3: 192 for q/k, 128 for
+            v): the narrower of q/k and v is then copied with zero columns up to the wider, and the output has
+            v's head dim.
         causal: mask keys after the query, with the diagonal aligned to the bottom-right corner: query ``i``
             sees keys ``j <= i + kv_end - seqlen_q``, where ``kv_end`` is ``seqused_k[b]`` if given, else
             ``seqlen_k``. With seqlen_q=2, seqlen_k=5 (1 = attended)::
@@ -73,13 +77,13 @@ def attention(
             forward saves that launch's host time in every other layer. The caller vouches that it belongs to this
             call's mask and ``seqused_k`` (one of another mask gives wrong results, as a FlexAttention block
             mask of another mask would).
-        sinks: optional (heads,) floating tensor, one attention-sink logit per query head (GPT-OSS's ``sinks``):
-            each row's softmax takes it as one more score (not scaled, softcapped or masked) that has no value,
-            so the weights of the keys sum to less than one. Differentiable. A row with no visible key returns
-            zeros, as without sinks.
+        sinks: optional attention-sink logits, floating: (heads,), one per query head (GPT-OSS's ``sinks``), or
+            (batch or 1, heads or 1, seqlen_q or 1), one per query row: each row's softmax takes its sink as one
+            more score (not scaled, softcapped or masked) that has no value, so the weights of the keys sum to
+            less than one. Differentiable. A row with no visible key returns zeros, as without sinks.
 
     Returns:
-        (batch, heads, seqlen_q, head_dim), same dtype as ``q``. It is a transposed view of a contiguous
+        (batch, heads, seqlen_q, v's head_dim), same dtype as ``q``. It is a transposed view of a contiguous
         (batch, seqlen_q, heads, head_dim) tensor, so ``out.transpose(1, 2)`` costs nothing.
 
     Raises:
@@ -114,6 +118,15 @@ def attention_bshd(
     seqlen_k = k.shape[2]
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim)
+    if v.shape[3] != head_dim:
+        # The kernels take one head dim: the narrower side gets zero columns (zeros change no score, and give
+        # output columns that are cut off).
+        width = max(head_dim, v.shape[3])
+        q, k, v_wide = (F.pad(t, (0, width - t.shape[3])) for t in (q, k, v))
+        out = attention_bshd(q, k, v_wide, causal=causal, scale=scale, attention_mask=attention_mask,
+                             seqused_k=seqused_k, seqused_q=seqused_q, dropout_p=dropout_p, softcap=softcap,
+                             kept_key_ranges=kept_key_ranges, sinks=sinks)
+        return out[..., :v.shape[3]].contiguous()
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}.")
     if dropout_p > 0.0 and seqlen_q * seqlen_k >= 2**31:
@@ -198,9 +211,10 @@ def _qkv_ok(q, k, v) -> bool:
     if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
         return False
     q_shape, k_shape = q.shape, k.shape
-    return (len(q_shape) == 4 and len(k_shape) == 4 and k_shape == v.shape
+    v_shape = v.shape
+    return (len(q_shape) == 4 and len(k_shape) == 4 and len(v_shape) == 4 and k_shape[:3] == v_shape[:3]
             and q.dtype in SUPPORTED_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype
-            and k_shape[0] == q_shape[0] and k_shape[3] == q_shape[3] <= MAX_HEAD_DIM
+            and k_shape[0] == q_shape[0] and k_shape[3] == q_shape[3] <= MAX_HEAD_DIM and v_shape[3] <= MAX_HEAD_DIM
             and k_shape[1] > 0 and q_shape[1] % k_shape[1] == 0
             and (q.is_cuda or (ops.INTERPRET and q.is_cpu)) and q.device == k.device == v.device)
 
@@ -218,17 +232,19 @@ def _explain_bad_qkv(q, k, v) -> None:
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}.")
     _check_device(q.device)
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}.")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k and v must have the same batch, kv heads and seqlen, got {tuple(k.shape)} and "
+                         f"{tuple(v.shape)}.")
     if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
         raise ValueError(f"k/v {tuple(k.shape)} do not match q {tuple(q.shape)} in batch or head_dim.")
     heads, kv_heads = q.shape[1], k.shape[1]
     if kv_heads == 0 or heads % kv_heads != 0:
         raise ValueError(f"the number of query heads ({heads}) must be a multiple of the number of kv heads "
                          f"({kv_heads}).")
-    if q.shape[3] > MAX_HEAD_DIM:
-        raise NotImplementedError(f"head_dim {q.shape[3]} is not supported; the kernels take head_dim <= "
-                                  f"{MAX_HEAD_DIM}.")
+    for name, head_dim in (("head_dim", q.shape[3]), ("value head_dim", v.shape[3])):
+        if head_dim > MAX_HEAD_DIM:
+            raise NotImplementedError(f"{name} {head_dim} is not supported; the kernels take head dims <= "
+                                      f"{MAX_HEAD_DIM}.")
 
 
 def _check_device(device: torch.device) -> None:
@@ -286,15 +302,22 @@ def _check_kept_key_ranges(ranges: torch.Tensor, key_mask: Optional[torch.Tensor
 
 
 def _sinks_arg(sinks: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """The validated sinks, contiguous (the kernels read element h at offset h, in any floating dtype)."""
-    if (not isinstance(sinks, torch.Tensor) or sinks.dim() != 1 or sinks.shape[0] != q.shape[1]
-            or not sinks.is_floating_point()):
-        raise ValueError(f"sinks must be a floating tensor of shape (heads,) = ({q.shape[1]},), one logit per query "
-                         f"head, got {getattr(sinks, 'dtype', type(sinks).__name__)} "
+    """The validated sinks as a (B|1, H|1, Sq|1) view, in any floating dtype and any strides (the kernels read them
+    through their strides)."""
+    batch, heads, seqlen_q, _ = q.shape
+    ok = isinstance(sinks, torch.Tensor) and sinks.is_floating_point()
+    if ok and sinks.dim() == 1:
+        ok = sinks.shape[0] == heads
+    elif ok:
+        ok = sinks.dim() == 3 and all(n in (1, full) for n, full in zip(sinks.shape, (batch, heads, seqlen_q)))
+    if not ok:
+        raise ValueError(f"sinks must be a floating tensor of shape (heads,) = ({heads},), one logit per query head, "
+                         f"or (batch or 1, heads or 1, seqlen_q or 1) = ({batch} or 1, {heads} or 1, {seqlen_q} or 1), "
+                         f"one per query row, got {getattr(sinks, 'dtype', type(sinks).__name__)} "
                          f"{tuple(getattr(sinks, 'shape', ()))}.")
     if sinks.device != q.device:
         raise ValueError(f"sinks is on {sinks.device} but q is on {q.device}.")
-    return sinks.contiguous()
+    return sinks[None, :, None] if sinks.dim() == 1 else sinks
 
 
 def _seqused_arg(seqused: torch.Tensor, q: torch.Tensor, name: str = "seqused_k") -> torch.Tensor:

@@ -38,6 +38,7 @@ def triton_attention_forward(
     softcap: Optional[float] = None,
     position_bias: Optional[torch.Tensor] = None,
     s_aux: Optional[torch.Tensor] = None,
+    sinks: Optional[torch.Tensor] = None,
     output_attentions: bool = False,
     skip_padding_rows: bool = False,
     **kwargs,
@@ -51,8 +52,10 @@ def triton_attention_forward(
     every row: without causality a call whose query and key lengths match may be cross-attention, where key
     padding says nothing about the queries.
 
-    ``s_aux`` (GPT-OSS's attention sinks, one logit per query head) is :func:`attention`'s ``sinks``."""
+    Attention sinks are :func:`attention`'s ``sinks``: ``s_aux`` (GPT-OSS and others: one logit per query head) or
+    ``sinks`` (Inkling 2: one per query token, (B, H, Sq, 1), as its eager attention concatenates them)."""
     _refuse_unsupported(output_attentions, attention_mask, kwargs)
+    sinks = _sinks_of(s_aux, sinks)
     # An explicit is_causal wins over the module's flag (encoders, cross-attention and BERT-as-decoder differ).
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     seqused_k = seqused_q = key_ranges = None
@@ -73,7 +76,7 @@ def triton_attention_forward(
     out = attention_bshd(
         query, key, value,
         causal=causal, scale=scaling, attention_mask=attention_mask, seqused_k=seqused_k, seqused_q=seqused_q,
-        dropout_p=dropout, softcap=softcap, kept_key_ranges=key_ranges, sinks=s_aux,
+        dropout_p=dropout, softcap=softcap, kept_key_ranges=key_ranges, sinks=sinks,
     )
     return out, None
 
@@ -83,6 +86,12 @@ def _refuse_unsupported(output_attentions, attention_mask, kwargs) -> None:
         raise ValueError("attn_implementation='triton' never materialises attention weights, so "
                          "output_attentions=True cannot be honoured; load the model with attn_implementation='eager' "
                          "to inspect attention weights.")
+    for name, what in (("indices", "sparse attention's selected keys (DeepSeek sparse attention)"),
+                       ("block_indices", "block-sparse attention's selected key blocks")):
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"{name} ({what}) reached attn_implementation='triton', which attends to every "
+                                      f"key the mask allows and cannot honour it; use 'eager' or 'sdpa' for this "
+                                      f"model.")
     if kwargs.get("cache") is not None:
         raise NotImplementedError("paged attention caches (continuous batching) are not supported by "
                                   "attn_implementation='triton'.")
@@ -96,6 +105,18 @@ def _refuse_unsupported(output_attentions, attention_mask, kwargs) -> None:
         raise NotImplementedError("a sliding_window reached attn_implementation='triton' without the sliding "
                                   "window mask that Transformers builds for it; create the mask with "
                                   "transformers.masking_utils (create_sliding_window_causal_mask).")
+
+
+def _sinks_of(s_aux: Optional[torch.Tensor], sinks: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The one attention-sink tensor of a call, for :func:`attention`: ``s_aux`` as given, ``sinks`` without its
+    trailing singleton dimension."""
+    if s_aux is not None and sinks is not None:
+        raise ValueError("both s_aux and sinks (attention sinks) were passed to attn_implementation='triton'; a call "
+                         "takes one.")
+    if sinks is not None and (sinks.dim() != 4 or sinks.shape[-1] != 1):
+        raise ValueError(f"sinks passed to attn_implementation='triton' must be (batch, heads, seqlen_q, 1), one "
+                         f"logit per query token, got {tuple(sinks.shape)}.")
+    return s_aux if sinks is None else sinks.squeeze(-1)
 
 
 def _with_position_bias(position_bias: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:

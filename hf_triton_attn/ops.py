@@ -25,9 +25,9 @@ Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the 
 log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B,) keys in use, ``seqused_q`` (B,)
 query rows in use (the rest are padding: zero output and gradients, no work), ``key_range``
 the key mask's (B, 3) :func:`kept_key_ranges`, ``mask`` a dense (B|1, H|1, Sq, Skv) boolean or additive float
-mask, ``seed`` a one-element int64 tensor, ``sinks`` (H,) attention-sink logits (one per query head: a
-logit each row's softmax adds to its denominator, with no value). The kernels join the sinks when they normalise
-the rows, so the LSE includes them and the backward kernels need nothing more; the sinks' own gradient is
+mask, ``seed`` a one-element int64 tensor, ``sinks`` (B|1, H|1, Sq|1) attention-sink logits (one per query row,
+broadcast: a logit the row's softmax adds to its denominator, with no value). The kernels join the sinks when they
+normalise the rows, so the LSE includes them and the backward kernels need nothing more; the sinks' own gradient is
 :func:`_sink_gradient`.
 A dense mask gets its spans of visible keys per row (and of queries per key) and its clear runs from one extra
 launch, so that the kernels skip the blocks it hides and compute without it the blocks it shows in full
@@ -245,7 +245,7 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
         q, k, v, *descriptors, out, lse, key_mask, key_range, seqused_k, seqused_q, mask, spans[0],
         seed, sinks, scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out),
-        *km_strides, *m_strides, *spans[1:],
+        *km_strides, *m_strides, *spans[1:], *_sink_strides(sinks, q),
         heads, sq, skv, heads // hkv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype),
@@ -439,6 +439,13 @@ def _backward_dkdv_hopper(q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_r
         raise _gluon_compile_failure("dK/dV kernel", head_dim) from error
 
 
+def _sink_strides(sinks: Optional[torch.Tensor], q: torch.Tensor) -> tuple[int, int, int]:
+    """The (batch, head, query row) strides of the (B|1, H|1, Sq|1) sinks, 0 along a dimension they broadcast."""
+    if sinks is None:
+        return 0, 0, 0
+    return tuple(stride if size > 1 else 0 for stride, size in zip(sinks.stride(), sinks.shape))
+
+
 def _bhsd_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     """The strides of ``t.transpose(1, 2)`` for a (B, S, H, D) tensor, without building the view (~2 µs)."""
     batch, seq, head, dim = t.stride()
@@ -503,7 +510,7 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causa
         q, k, v, work, out, lse, key_mask, seqused_k, mask, spans[0], sinks,
         scale, softcap,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out), *km_strides, *m_strides, *spans[1:],
-        heads, hkv, sq, skv, group, plan.split_size, plan.num_splits,
+        *_sink_strides(sinks, q), heads, hkv, sq, skv, group, plan.split_size, plan.num_splits,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r, BLOCK_N=plan.block_n,
         IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, HAS_SEQUSED=seqused_k is not None, MASK_KIND=mask_kind,
         HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype), WRITE_OUT=single,
@@ -512,7 +519,7 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causa
     if not single:
         _launch_combine_splits(
             (group * sq, batch * hkv),
-            work, out, lse, sinks, *_bhsd_strides(out),
+            work, out, lse, sinks, *_bhsd_strides(out), *_sink_strides(sinks, q),
             heads, hkv, sq, group, plan.num_splits,
             HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r,
             BLOCK_S=plan.block_s, HAS_SINKS=sinks is not None, num_warps=1 if INTERPRET else 4,
@@ -632,14 +639,15 @@ def _gradients(ctx, grad_out, backward) -> tuple:
 
 
 def _sink_gradient(grad_out: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
-    """d loss / d sinks[h] = -sum over the rows of head h of p_sink * rowsum(dO * O), where p_sink = exp(sink - LSE)
-    is the weight the sink took (the output is the keys' weights times their values, and raising the sink scales
-    all of them down by its own weight). A few elementwise passes in PyTorch, next to the backward kernels."""
+    """d loss / d sink of a row = -p_sink * rowsum(dO * O), where p_sink = exp(sink - LSE) is the weight the sink
+    took (the output is the keys' weights times their values, and raising the sink scales all of them down by its
+    own weight), summed over the rows that share a sink. A few elementwise passes in PyTorch, next to the backward
+    kernels."""
     delta = (grad_out.float() * out.float()).sum(-1).transpose(1, 2)
     # The sink is part of the LSE, so p_sink <= 1; padding rows (seqused_q) have an LSE of 0 and a zero delta, and
     # the clamp keeps exp2 there finite.
-    p_sink = torch.exp2((sinks.float()[None, :, None] * LOG2E.value - lse).clamp(max=0.0))
-    return -(p_sink * delta).sum((0, 2)).to(sinks.dtype)
+    p_sink = torch.exp2((sinks.float() * LOG2E.value - lse).clamp(max=0.0))
+    return (-(p_sink * delta)).sum_to_size(sinks.shape).to(sinks.dtype)
 
 
 def _op_backward(ctx, grad_out, _grad_lse):

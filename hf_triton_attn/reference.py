@@ -45,7 +45,8 @@ def attention_reference(
     scores = scores.masked_fill(~keep, float("-inf"))
     if sinks is not None:
         # As GPT-OSS's eager attention: one more column per row, dropped after the softmax.
-        sink_column = sinks.to(scores.dtype)[None, :, None, None].expand(batch, heads, seqlen_q, 1)
+        sinks = sinks[None, :, None] if sinks.dim() == 1 else sinks
+        sink_column = sinks.to(scores.dtype).expand(batch, heads, seqlen_q)[..., None]
         scores = torch.cat([scores, sink_column], dim=-1)
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     if sinks is not None:

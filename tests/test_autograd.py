@@ -321,15 +321,18 @@ def test_dropout_16_bit_matches_reference(dtype, causal):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(37, 45), (1, 50)], ids=["forward", "split-kv"])
-def test_attention_sinks_backward(dtype, causal, seqlen_q, seqlen_k):
-    """Gradients of q, k, v and of the sinks themselves (held in the inputs' dtype, as a model's parameter is)
-    against the float64 oracle, under a key mask that keeps nothing in one row (whose sink takes all the weight
+@pytest.mark.parametrize("sink_shape", ["head", "row", "batch"])
+def test_attention_sinks_backward(dtype, causal, seqlen_q, seqlen_k, sink_shape):
+    """Gradients of q, k, v and of the sinks themselves (held in the inputs' dtype, as a model's parameter is; one
+    per query head, per query row, or per batch row: the gradient sums over the rows that share a sink) against the
+    float64 oracle, under a key mask that keeps nothing in one row (whose sink takes all the weight
     and whose output stays zero: no gradient there); the forward kernel's case with a seqused_q that leaves padding
     rows out (calls with one never take the split-KV kernel)."""
     q, k, v = random_qkv(3, 4, 2, seqlen_q, seqlen_k, 32, dtype, DEVICE)
     key_mask = torch.rand(3, seqlen_k, device=DEVICE) > 0.3
     key_mask[2] = False
-    sinks = torch.randn(4, device=DEVICE, dtype=dtype) * 2
+    sinks = torch.randn(dict(head=(4,), row=(3, 4, seqlen_q), batch=(3, 1, 1))[sink_shape], device=DEVICE,
+                        dtype=dtype) * 2
     seqused_q = None
     if seqlen_q > 1:
         seqused_q = torch.tensor([seqlen_q, seqlen_q - 9, seqlen_q], device=DEVICE, dtype=torch.int32)
@@ -349,6 +352,33 @@ def test_attention_sinks_backward(dtype, causal, seqlen_q, seqlen_k):
         assert_close_to_reference(a, b, c, factor=3.0, what=name)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seqlen_q, value_dim", [(37, 16), (37, 40), (1, 16)],
+                         ids=["narrower-value", "wider-value", "decoding"])
+def test_value_head_dim_differs_from_query_key(dtype, seqlen_q, value_dim):
+    """Multi-head latent attention (DeepSeek-V3) gives v another head dim than q and k: forward and gradients
+    against the float64 oracle, with GQA, a causal mask and a key-padding mask; the output is contiguous in the
+    (B, Sq, H, Dv) layout that attention_bshd promises."""
+    q, k, _ = random_qkv(2, 4, 2, seqlen_q, 45, 24, dtype, DEVICE)
+    v = torch.randn(2, 2, 45, value_dim, device=DEVICE, dtype=dtype)
+    out = functional.attention_bshd(q, k, v, causal=True)
+    assert out.shape == (2, seqlen_q, 4, value_dim) and out.is_contiguous()
+    grad_out = torch.randn(2, 4, seqlen_q, value_dim, device=DEVICE, dtype=dtype)
+    kwargs = dict(causal=True, attention_mask=padding_mask("left", 2, 45))
+
+    def grads(fn, dtype):
+        inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*inputs, **kwargs)
+        out.backward(grad_out.to(dtype))
+        return [out] + [t.grad for t in inputs]
+
+    ours = grads(attention, dtype)
+    ref64, same = grads(attention_reference, torch.float64), grads(attention_reference, dtype)
+    for name, a, b, c in zip(("out", "dq", "dk", "dv"), ours, ref64, same):
+        assert a.dtype == dtype and a.shape == b.shape
+        assert_close_to_reference(a, b, c, factor=3.0, what=name)
+
+
 def test_gqa_dropout_masks_differ_per_query_head():
     keep = dropout_keep_mask((1, 4, 32, 32), 0.5, seed=3)
     assert not torch.equal(keep[0, 0], keep[0, 1])
@@ -360,7 +390,7 @@ def test_opcheck():
     seed = torch.tensor([5], device=DEVICE)
     ranges = functional.kept_key_ranges(key_mask)
     seqused_q = torch.tensor([9, 17], device=DEVICE, dtype=torch.int32)
-    sinks = torch.randn(4, device=DEVICE, requires_grad=True)
+    sinks = torch.randn(1, 4, 1, device=DEVICE, requires_grad=True)  # the op takes them as (B|1, H|1, Sq|1)
     for args in ((key_mask, None, None, None, None, seed, None, True, 0.25, 0.0, 0.1),
                  (key_mask, None, None, ranges, None, None, None, True, 0.25, 0.0, 0.0),
                  (None, None, None, None, None, None, None, False, 0.25, 2.0, 0.0),

@@ -17,7 +17,7 @@ def qkv(**overrides):
     (dict(q=torch.randn(2, 8, 16)), "q must be a 4D tensor"),
     (dict(q=torch.randn(2, 4, 8, 16, dtype=torch.float64)), "dtype torch.float64"),
     (dict(k=torch.randn(2, 2, 8, 16, dtype=torch.float16)), "share one dtype"),
-    (dict(v=torch.randn(2, 2, 9, 16)), "same shape"),
+    (dict(v=torch.randn(2, 2, 9, 16)), "same batch, kv heads and seqlen"),
     (dict(k=torch.randn(3, 2, 8, 16), v=torch.randn(3, 2, 8, 16)), "batch or head_dim"),
     (dict(k=torch.randn(2, 3, 8, 16), v=torch.randn(2, 3, 8, 16)), "multiple of the number of kv heads"),
 ])

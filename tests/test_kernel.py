@@ -551,26 +551,32 @@ def test_split_kv_single_split_writes_the_output_itself(monkeypatch, dtype, seql
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("seqlen_q, seqlen_k, merged", [(37, 45, False), (1, 50, False), (2, 130, True)],
                          ids=["forward", "split-kv-one-split", "split-kv-several-splits"])
-def test_attention_sinks(monkeypatch, dtype, causal, seqlen_q, seqlen_k, merged):
-    """Attention sinks (one logit per query head joining each row's softmax, with no value) in the forward kernel
-    and in the split-KV kernel with one split and with several (the merge joins them). A row whose key mask keeps
-    nothing has only the sink: zero output, and an LSE that is the sink's. A -inf sink is no sink. The LSE the
-    backward reads includes the sink. The calls count as captured into a CUDA graph, as in
-    test_split_kv_single_split_writes_the_output_itself."""
+@pytest.mark.parametrize("per_row", [False, True], ids=["sink-per-head", "sink-per-row"])
+def test_attention_sinks(monkeypatch, dtype, causal, seqlen_q, seqlen_k, merged, per_row):
+    """Attention sinks (a logit joining each row's softmax, with no value), one per query head or one per query row
+    (a transposed view: read through its strides), in the forward kernel and in the split-KV kernel with one split
+    and with several (the merge joins them). A row whose key mask keeps nothing has only the sink: zero output, and
+    an LSE that is the sink's. A -inf sink is no sink. The LSE the backward reads includes the sink. The calls
+    count as captured into a CUDA graph, as in test_split_kv_single_split_writes_the_output_itself."""
     monkeypatch.setattr(ops, "_capturing", lambda device: True)
     merges = count_calls(monkeypatch, ops, "_launch_combine_splits")
     q, k, v = random_qkv(3, 4, 2, seqlen_q, seqlen_k, 32, dtype, DEVICE)
     key_mask = torch.rand(3, seqlen_k, device=DEVICE) > 0.3
     key_mask[2] = False
-    sinks = torch.randn(4, device=DEVICE, dtype=dtype) * 2
-    sinks[1] = float("-inf")
+    if per_row:
+        sinks = (torch.randn(3, seqlen_q, 4, device=DEVICE, dtype=dtype) * 2).transpose(1, 2)
+        sinks[:, 1] = float("-inf")
+    else:
+        sinks = torch.randn(4, device=DEVICE, dtype=dtype) * 2
+        sinks[1] = float("-inf")
     out = check_forward(q, k, v, causal=causal, attention_mask=key_mask, sinks=sinks)
     assert len(merges) == merged
     assert out[2].abs().max() == 0
     scale = 32 ** -0.5
-    _, lse = ops.forward_impl(q, k, v, key_mask, None, None, None, None, None, sinks, causal, scale, 0.0, 0.0)
+    sinks_3d = sinks if per_row else sinks[None, :, None]
+    _, lse = ops.forward_impl(q, k, v, key_mask, None, None, None, None, None, sinks_3d, causal, scale, 0.0, 0.0)
     plain = ops.forward_impl(q, k, v, key_mask, None, None, None, None, None, None, causal, scale, 0.0, 0.0)[1]
-    sink_log2 = sinks.double()[None, :, None] / math.log(2)
+    sink_log2 = sinks_3d.double() / math.log(2)
     expected = torch.logaddexp2(torch.where(key_mask.any(-1)[:, None, None], plain.double(), float("-inf")), sink_log2)
     expected = torch.where(torch.isinf(expected), 0.0, expected)  # nothing at all: no key and a -inf sink
     assert max_err(lse, expected) < 1e-3

@@ -8,7 +8,8 @@ import torch
 import transformers
 from conftest import DEVICE, ON_GPU
 from helpers import LONG_ROWS, SKIP_WITHOUT_GLUON, count_calls, hopper_with_gluon, take_gluon_as_at
-from tiny_models import COMMON, DECODER_CONFIGS, bert_config, left_padded_batch, load, right_padded_batch, saved_model
+from tiny_models import (COMMON, DECODER_CONFIGS, VOCAB, bert_config, left_padded_batch, load, right_padded_batch,
+                         saved_model)
 from transformers import AutoModelForCausalLM, BertModel
 
 import hf_triton_attn
@@ -261,6 +262,33 @@ def test_backend_contract_and_refusals():
         call_backend(cu_seq_lens_q=torch.tensor([0, 2, 4], device=DEVICE))
     with pytest.raises(NotImplementedError, match="paged"):
         call_backend(cache=object())
+
+
+def test_per_token_sinks_match_eager(tmp_path_factory):
+    """Inkling 2 passes its attention sinks as ``sinks``, one per query token ((B, H, Sq, 1), computed from the hidden
+    states), with a relative position bias and sliding-window layers."""
+    if "inkling2_text" not in transformers.CONFIG_MAPPING:
+        pytest.skip(f"Transformers {transformers.__version__} has no Inkling 2")
+    config = transformers.AutoConfig.for_model(
+        "inkling2_text", hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+        unpadded_vocab_size=VOCAB, swa_num_attention_heads=4, swa_num_key_value_heads=2, swa_head_dim=16,
+        sliding_window_size=6, rel_extent=16, **COMMON)
+    path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, config)
+    ids, mask = left_padded_batch(DEVICE)
+    out = logits_by_impl(path, ids, mask)
+    assert max_diff_on(mask, out["eager"], out["triton"]) <= TOL
+
+
+def test_sparse_attention_indices_are_refused():
+    """DeepSeek sparse attention hands other backends the keys each query keeps, as ``indices``: the kernels
+    attend to every key the mask allows, so that must be an error."""
+    with pytest.raises(NotImplementedError, match="indices"):
+        call_backend(indices=torch.zeros(1, 4, 2, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(NotImplementedError, match="block_indices"):
+        call_backend(block_indices=torch.zeros(1, 4, 2, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match="both s_aux and sinks"):
+        call_backend(s_aux=torch.zeros(2, device=DEVICE), sinks=torch.zeros(1, 2, 4, 1, device=DEVICE))
 
 
 def test_position_bias_matches_t5_eager(tmp_path_factory):

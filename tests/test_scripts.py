@@ -129,3 +129,30 @@ def test_compile_sm90_reads_ptxas_and_the_sass(monkeypatch, capsys):
                       "MUFU.EX2", "MUFU.EX2", "HGMMA gsb0", "WARPGROUP.DEPBAR.LE gsb0, 0x2", "MUFU.EX2", "MUFU.EX2",
                       "BRA", "WARPGROUP.DEPBAR.LE gsb0, 0x0", "HGMMA gsb0", "WARPGROUP.DEPBAR.LE gsb0, 0x1", "HGMMA"])
     assert compile_sm90.exponentials_around_waits(sass) == [(1, 1, 2), (2, 2, 0)]
+
+
+def test_model_sweep_reports_each_model_and_catches_a_dropped_mask(monkeypatch):
+    """`model_sweep.py` checks a tiny model of each architecture against eager: Llama matches, BLOOM never calls the
+    attention function and is reported as such; with the padding mask dropped, Llama's left-padded logits must differ
+    (right padding follows the valid tokens of a causal model: those are unchanged), and the sweep must say so. The
+    check leaves "triton" registered as it found it."""
+    env = dict(os.environ, PYTHONPATH=str(SCRIPTS.parent))
+    result = subprocess.run([sys.executable, str(SCRIPTS / "model_sweep.py"), "--types", "llama", "bloom",
+                             "--jobs", "1"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert re.search(r"llama +ok +left=\S+ right=\S+ generate=same", result.stdout), result.stdout
+    assert re.search(r"bloom +skip +never calls the attention function", result.stdout), result.stdout
+    assert "summary: 1 ok, 0 DIFF, 0 ERROR, 1 skip" in result.stdout
+
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import model_sweep
+    import transformers
+
+    import hf_triton_attn
+    forward = hf_triton_attn.triton_attention_forward
+    monkeypatch.setattr(hf_triton_attn, "triton_attention_forward",
+                        lambda module, q, k, v, attention_mask, **kwargs: forward(module, q, k, v, None, **kwargs))
+    broken = model_sweep.check_one("llama", "causal", 1e-4)
+    assert broken["status"] == "DIFF" and broken["left"] > 1e-3, broken
+    monkeypatch.undo()
+    assert transformers.AttentionInterface._global_mapping["triton"] is hf_triton_attn.triton_attention_forward

@@ -155,6 +155,14 @@ def _normalized_rows(acc, l_i, m_i):
 
 
 @triton.jit
+def _sink_logits(Sinks, pid_b, heads, rows, stride_sb, stride_sh, stride_sm, rows_ok):
+    """The attention-sink logits of batch row ``pid_b``'s query ``heads`` and ``rows`` (broadcast dims have stride
+    0), in the scores' scaled log2 units."""
+    ptrs = Sinks + pid_b.to(tl.int64) * stride_sb + heads.to(tl.int64) * stride_sh + rows.to(tl.int64) * stride_sm
+    return tl.load(ptrs, mask=rows_ok, other=0.0).to(tl.float32) * LOG2E
+
+
+@triton.jit
 def _join_sink(acc, l_i, m_i, sink):
     """An online softmax's state with an attention sink joined: ``sink`` (in the scores' scaled log2 units, per
     row) is one more logit of each row whose value row is zero, so it adds to the row sum and to nothing else."""

@@ -9,7 +9,7 @@ little K/V per program: see ``configs.split_kv_plan``), the split kernel writes 
 import triton
 import triton.language as tl
 
-from .common import LOG2E, _join_sink, _normalized_rows, _plane, _used_length, _visible_span
+from .common import _join_sink, _normalized_rows, _plane, _sink_logits, _used_length, _visible_span
 from .fwd import _attn_fwd_inner
 
 
@@ -32,6 +32,7 @@ def _attn_fwd_split(
     stride_kmb, stride_kmn,
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_msb, stride_msh, stride_msr,
+    stride_sb, stride_sh, stride_sm,
     H, Hkv, Sq, Skv, GROUP, split_size, num_splits,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
@@ -88,7 +89,7 @@ def _attn_fwd_split(
 
     if WRITE_OUT:
         if HAS_SINKS:
-            sink = tl.load(Sinks + head, mask=row_ok, other=0.0).to(tl.float32) * LOG2E
+            sink = _sink_logits(Sinks, pid_b, head, query, stride_sb, stride_sh, stride_sm, row_ok)
             acc, l_i, m_i = _join_sink(acc, l_i, m_i, sink)
         out, lse = _normalized_rows(acc, l_i, m_i)
         tl.store(LSE + (pid_b * H + head).to(tl.int64) * Sq + query, lse, mask=row_ok)
@@ -107,13 +108,14 @@ def _attn_fwd_split(
 def _attn_combine_splits(
     Work, Out, LSE, Sinks,
     stride_ob, stride_oh, stride_om, stride_od,
+    stride_sb, stride_sh, stride_sm,
     H, Hkv, Sq, GROUP, num_splits,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
     HAS_SINKS: tl.constexpr,
 ):
     """One program per (batch, kv head, packed row): rescale each split by exp2(its max - the overall max). With
-    HAS_SINKS, the row's attention sink (Sinks (H,), one logit per query head) joins the sum as a split with a zero
-    output and a row sum of one at the sink."""
+    HAS_SINKS, the row's attention sink (Sinks, strides stride_s* as in the split kernel) joins the sum as a split
+    with a zero output and a row sum of one at the sink."""
     pid_row = tl.program_id(0)
     pid_bhk = tl.program_id(1)
     pid_b = pid_bhk // Hkv
@@ -129,7 +131,7 @@ def _attn_combine_splits(
     l = tl.load(part_sum + part, mask=split_ok, other=0.0)
     m_max = tl.max(m, 0)
     if HAS_SINKS:
-        sink = tl.load(Sinks + head).to(tl.float32) * LOG2E
+        sink = _sink_logits(Sinks, pid_b, head, query, stride_sb, stride_sh, stride_sm, True)
         m_max = tl.maximum(m_max, sink)
     m_shift = tl.where(m_max == float("-inf"), 0.0, m_max)
     weight = tl.exp2(m - m_shift)

@@ -3,7 +3,7 @@ import triton
 import triton.language as tl
 
 from .common import (LOG2E, _apply_masks, _block_loop, _block_start, _dropout_keep, _join_sink, _key_block_ranges,
-                     _normalized_rows, _plane, _scores, _tile_ptrs, _used_length)
+                     _normalized_rows, _plane, _scores, _sink_logits, _tile_ptrs, _used_length)
 
 
 @triton.jit
@@ -88,6 +88,7 @@ def _attn_fwd(
     stride_kmb, stride_kmn,
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_msb, stride_msh, stride_msr,
+    stride_sb, stride_sh, stride_sm,
     H, Sq, Skv, GROUP,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
@@ -98,7 +99,8 @@ def _attn_fwd(
     than pointer arithmetic on Q/K/V. SCALE_IN_EXP: the caller guarantees a positive scale, no softcap and no
     additive mask, so the scale can be folded into the exponent (see _attn_fwd_inner). HAS_SEQUSED_Q: query rows
     from SeqUsedQ[b] on are padding; their output and LSE are zero, and a block of them only skips the key loop.
-    HAS_SINKS: Sinks (H,) holds one attention-sink logit per query head (see _join_sink)."""
+    HAS_SINKS: Sinks holds an attention-sink logit per (batch, query head, query row), strides stride_s* (0 where
+    it broadcasts; see _join_sink)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_b = pid_bh // H
@@ -153,7 +155,8 @@ def _attn_fwd(
         DOT_PRECISION, USE_TMA, SCALE_IN_EXP, HAS_KEY_MASK or MASK_KIND != 0)
 
     if HAS_SINKS:
-        acc, l_i, m_i = _join_sink(acc, l_i, m_i, tl.load(Sinks + pid_h).to(tl.float32) * LOG2E)
+        sink = _sink_logits(Sinks, pid_b, pid_h, offs_m, stride_sb, stride_sh, stride_sm, m_ok)
+        acc, l_i, m_i = _join_sink(acc, l_i, m_i, sink)
     out, lse = _normalized_rows(acc, l_i, m_i)
     if HAS_SEQUSED_Q:
         # The block holding q_end computed its padding rows like the others; whatever they gave is dropped.
