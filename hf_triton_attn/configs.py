@@ -74,6 +74,10 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
     head_dim 64 takes smaller tiles: 242 -> 211 µs (full) and 168 -> 144 µs (causal) at B32 H12 S512."""
     if interpret:
         return LaunchConfig(32, 32, 1, 1)
+    if block_d > 256:
+        # Head dims 257-512 (Gemma 4's global layers), chosen from offline sm_90 compiles, not measured: one stage of
+        # K/V tiles, within Hopper's shared memory (bf16 96 KiB, 20 bytes of spills; float32 96 KiB).
+        return LaunchConfig(64, 32, 8, 1) if itemsize <= 2 else LaunchConfig(32, 16, 4, 1)
     if block_d > 128 and itemsize <= 2:
         # One program of two warp groups per multiprocessor, against 64x64 tiles with 4 warps, B2 H8 S4096 causal
         # 469 -> 350 µs, full 769 -> 542 (with descriptors), B1 H8 S16384 causal 3146 -> 2128 (session 13).
@@ -300,6 +304,12 @@ def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool 
     if interpret:
         # Unequal query and key blocks, so the tests exercise the block arithmetic the GPU shapes rely on.
         return BackwardConfig(LaunchConfig(16, 32, 1, 1), LaunchConfig(32, 16, 1, 1))
+    if block_d > 256:
+        # Head dims 257-512, from offline sm_90 compiles, not measured: bf16 dK/dV 160 KiB of shared memory and no
+        # spills, dQ 160 KiB and 556 bytes of spills; float32 128-130 KiB.
+        if itemsize <= 2:
+            return BackwardConfig(LaunchConfig(32, 32, 8, 1), LaunchConfig(64, 16, 8, 1))
+        return BackwardConfig(LaunchConfig(16, 16, 8, 1), LaunchConfig(16, 16, 8, 1))
     if itemsize > 2:
         if block_d <= 64:
             return BackwardConfig(LaunchConfig(32, 128, 4, 3), LaunchConfig(128, 32, 4, 3))
@@ -388,6 +398,10 @@ def split_kv_plan(rows: int, programs_per_split: int, seqlen_k: int, block_d: in
     else:
         # 32 KiB per key block of K (and as much of V), whatever the head dim and dtype, within 32..128 keys.
         block_n = block_n or min(128, max(32, 32768 // (block_d * itemsize)))
+        if block_d > 256:
+            # Head dims 257-512 (not measured): a 64-row tile's accumulator over 8 warps, one stage of 32-key K/V
+            # blocks (64 KiB at 16 bits, 128 at 32).
+            num_warps, num_stages = 8, 1
         splits = max(1, min(programs_per_sm * sm_count // programs_per_split, cdiv(seqlen_k, block_n)))
         if host_bound and 2 * seqlen_k * block_d * itemsize <= SPLIT_KV_EAGER_SINGLE_BYTES:
             splits = 1

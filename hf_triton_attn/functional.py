@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from . import ops
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
+MAX_HEAD_DIM = 512
 
 
 def attention(
@@ -36,8 +36,8 @@ def attention(
         q: (batch, heads, seqlen_q, head_dim), float16, bfloat16 or float32; any strides.
         k, v: (batch, kv_heads, seqlen_k, head_dim), same dtype and device as ``q``. ``heads`` must be a
             multiple of ``kv_heads`` (MHA, GQA, MQA): query head ``h`` reads kv head ``h // (heads // kv_heads)``,
-            without copying k/v. ``head_dim`` is at most 256 and need not be a power of two. ``v`` may have
-            another head dim (at most 256; multi-head latent attention, e.g. DeepSeek-V3: 192 for q/k, 128 for
+            without copying k/v. ``head_dim`` is at most 512 and need not be a power of two. ``v`` may have
+            another head dim (at most 512; multi-head latent attention, e.g. DeepSeek-V3: 192 for q/k, 128 for
             v): the narrower of q/k and v is then copied with zero columns up to the wider, and the output has
             v's head dim.
         causal: mask keys after the query, with the diagonal aligned to the bottom-right corner: query ``i``
@@ -52,7 +52,7 @@ def attention(
         attention_mask: optional, combined with ``causal`` (a key must pass every mask):
 
             - (batch, seqlen_k) boolean: key-padding mask, True = attend (left, right or holes).
-            - (batch or 1, heads or 1, seqlen_q, seqlen_k) boolean (True = attend) or floating additive
+            - (batch or 1, heads or 1, seqlen_q or 1, seqlen_k) boolean (True = attend) or floating additive
               mask (added to the scaled scores; ``-inf`` masks). Read tile by tile inside the kernel; key
               blocks it hides from a whole tile of queries (``False`` or ``-inf`` throughout) are skipped, and
               blocks inside every row's clear run (a span of ``True``, or of ``0.0``, without holes) are
@@ -278,12 +278,14 @@ def _split_mask(mask: Optional[torch.Tensor], q: torch.Tensor, seqlen_k: int):
         return mask, None
     if mask.dim() == 4:
         b, h, m, n = mask.shape
-        if b not in (1, batch) or h not in (1, heads) or m != seqlen_q or n != seqlen_k:
-            raise ValueError(f"a 4D attention_mask must have shape (batch or 1, heads or 1, seqlen_q, seqlen_k) = "
-                             f"({batch} or 1, {heads} or 1, {seqlen_q}, {seqlen_k}), got {tuple(mask.shape)}.")
+        if b not in (1, batch) or h not in (1, heads) or m not in (1, seqlen_q) or n != seqlen_k:
+            raise ValueError(f"a 4D attention_mask must have shape (batch or 1, heads or 1, seqlen_q or 1, seqlen_k) "
+                             f"= ({batch} or 1, {heads} or 1, {seqlen_q} or 1, {seqlen_k}), got {tuple(mask.shape)}.")
         if mask.requires_grad and torch.is_grad_enabled():
             raise NotImplementedError("gradients with respect to attention_mask are not supported; detach the mask.")
-        return None, mask
+        # One row for every query (the extended masks of older encoders, e.g. LayoutLM): a view, each row read as
+        # the kernels read a full mask's.
+        return None, mask.expand(b, h, seqlen_q, n)
     raise ValueError(f"attention_mask must be 2D (batch, seqlen_k) or 4D (batch, heads, seqlen_q, seqlen_k), "
                      f"got {mask.dim()}D {tuple(mask.shape)}.")
 

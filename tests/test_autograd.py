@@ -48,7 +48,7 @@ def test_backward_shapes_gqa_causal(dtype, heads, causal, seqlens):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("head_dim", [16, 40, 64, 96, 128, 256])
+@pytest.mark.parametrize("head_dim", [16, 40, 64, 96, 128, 256, 512])
 def test_backward_head_dims(dtype, head_dim):
     check_backward(*random_qkv(1, 2, 1, 33, 47, head_dim, dtype, DEVICE), causal=True)
 
@@ -379,6 +379,12 @@ def test_value_head_dim_differs_from_query_key(dtype, seqlen_q, value_dim):
         assert_close_to_reference(a, b, c, factor=3.0, what=name)
 
 
+def test_backward_mask_with_one_row_for_every_query():
+    """A (B, 1, 1, Skv) mask (LayoutLM's extended padding mask) in the backward: per-key spans from a broadcast row."""
+    keep = torch.rand(2, 1, 1, 45, device=DEVICE) > 0.3
+    check_backward(*random_qkv(2, 4, 2, 37, 45, 32, torch.float32, DEVICE), causal=True, attention_mask=keep)
+
+
 def test_gqa_dropout_masks_differ_per_query_head():
     keep = dropout_keep_mask((1, 4, 32, 32), 0.5, seed=3)
     assert not torch.equal(keep[0, 0], keep[0, 1])
@@ -533,7 +539,8 @@ def test_grad_and_dispatch_modes_go_through_the_op():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape, causal", [((2, 16, 4, 1024, 1024, 128), True), ((1, 8, 2, 777, 1500, 64), False),
-                                           ((2, 4, 4, 512, 512, 256), True), ((4, 12, 12, 300, 300, 96), False)])
+                                           ((2, 4, 4, 512, 512, 256), True), ((4, 12, 12, 300, 300, 96), False),
+                                           ((2, 8, 2, 700, 700, 512), True), ((1, 4, 4, 300, 500, 512), False)])
 def test_backward_large_shapes_gpu(dtype, shape, causal):
     check_backward(*random_qkv(*shape, dtype, DEVICE), causal=causal)
 

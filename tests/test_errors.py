@@ -27,17 +27,20 @@ def test_malformed_qkv(inputs, match):
         attention(args["q"], args["k"], args["v"])
 
 
-def test_head_dim_above_256_is_unsupported():
-    q = torch.randn(1, 1, 4, 272, device=DEVICE)
-    with pytest.raises(NotImplementedError, match="head_dim 272"):
+def test_head_dim_above_512_is_unsupported():
+    q = torch.randn(1, 1, 4, 528, device=DEVICE)
+    with pytest.raises(NotImplementedError, match="head_dim 528"):
         attention(q, q, q)
+    with pytest.raises(NotImplementedError, match="value head_dim 528"):
+        attention(q[..., :16], q[..., :16], q)
 
 
 @pytest.mark.parametrize("mask, match", [
     (torch.ones(2, 8, dtype=torch.int64), "boolean .* or floating"),
     (torch.ones(2, 8), "2D attention_mask must be a boolean key-padding mask"),
     (torch.ones(2, 7, dtype=torch.bool), r"shape \(batch, seqlen_k\)"),
-    (torch.ones(3, 1, 8, 8, dtype=torch.bool), r"\(batch or 1, heads or 1, seqlen_q, seqlen_k\)"),
+    (torch.ones(3, 1, 8, 8, dtype=torch.bool), r"\(batch or 1, heads or 1, seqlen_q or 1, seqlen_k\)"),
+    (torch.ones(2, 1, 3, 8, dtype=torch.bool), r"seqlen_q or 1, seqlen_k\) = \(2 or 1, 4 or 1, 8 or 1, 8\)"),
     (torch.ones(2, 8, 8, dtype=torch.bool), "2D .* or 4D"),
 ])
 def test_malformed_masks(mask, match):

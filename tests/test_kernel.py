@@ -34,7 +34,7 @@ def test_shapes_gqa_causal(dtype, seqlens, heads, causal):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("head_dim", [16, 32, 40, 64, 80, 96, 128, 256])
+@pytest.mark.parametrize("head_dim", [16, 32, 40, 64, 80, 96, 128, 256, 320, 512])
 def test_head_dims(dtype, head_dim):
     q, k, v = random_qkv(1, 2, 1, 33, 47, head_dim, dtype, DEVICE)
     check_forward(q, k, v, causal=True)
@@ -453,7 +453,7 @@ def launch_config_mask(mask_kind: str, batch: int, seqlen: int) -> Optional[torc
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", [64, 128, 256, 512])
 @pytest.mark.parametrize("seqlen", [1000, 2100])
 @pytest.mark.parametrize("mask_kind", ["none", "key", "dense"])
 def test_forward_launch_configs_gpu(dtype, head_dim, seqlen, mask_kind):
@@ -471,7 +471,8 @@ def test_forward_launch_configs_gpu(dtype, head_dim, seqlen, mask_kind):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 32, 8, 1, 1024, 128), (2, 8, 8, 1, 70000, 64), (3, 16, 2, 4, 3000, 256),
-                                   (1, 32, 4, 8, 5000, 128), (40, 4, 1, 1, 777, 96), (80, 8, 1, 1, 3000, 64)])
+                                   (1, 32, 4, 8, 5000, 128), (40, 4, 1, 1, 777, 96), (80, 8, 1, 1, 3000, 64),
+                                   (2, 16, 2, 4, 3000, 512)])
 def test_split_kv_plans_gpu(dtype, shape):
     """Decoding shapes across the split-KV plans: one split or many, half-width key blocks on short splits,
     head dims whose blocks narrow to fit shared memory (256, and float32), up to 64 packed rows; with a
@@ -545,6 +546,18 @@ def test_split_kv_single_split_writes_the_output_itself(monkeypatch, dtype, seql
     assert_close_to_reference(out.transpose(1, 2), ref64, same)
     assert out[2].abs().max() == 0
     assert max_err(lse, lse_reference(q, k, key_mask, scale)) < 1e-3
+
+
+@pytest.mark.parametrize("additive", [False, True])
+@pytest.mark.parametrize("seqlen_q", [1, 37])  # the split-KV kernel and the forward kernel
+def test_mask_with_one_row_for_every_query(additive, seqlen_q):
+    """A (B, 1, 1, Skv) mask, as older encoders (LayoutLM) extend a padding mask themselves, applies to every query
+    row, boolean or additive (with -inf and finite entries)."""
+    q, k, v = random_qkv(2, 4, 2, seqlen_q, 45, 32, torch.float32, DEVICE)
+    keep = torch.rand(2, 1, 1, 45, device=DEVICE) > 0.3
+    mask = torch.randn(2, 1, 1, 45, device=DEVICE).masked_fill(~keep, float("-inf")) if additive else keep
+    check_forward(q, k, v, attention_mask=mask)
+    check_forward(q, k, v, causal=True, attention_mask=mask)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -280,6 +280,24 @@ def test_per_token_sinks_match_eager(tmp_path_factory):
     assert max_diff_on(mask, out["eager"], out["triton"]) <= TOL
 
 
+def test_head_dim_512_matches_eager(tmp_path_factory, monkeypatch):
+    """Gemma 4's full-attention layers have head_dim 512 (its sliding-window layers 16 here)."""
+    if "gemma4_text" not in transformers.CONFIG_MAPPING:
+        pytest.skip(f"Transformers {transformers.__version__} has no Gemma 4")
+    config = transformers.AutoConfig.for_model(
+        "gemma4_text", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, global_head_dim=512, sliding_window=6, **COMMON)
+    path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, config)
+    head_dims = []
+    attention_bshd = hf_triton_attn.hf.attention_bshd
+    monkeypatch.setattr(hf_triton_attn.hf, "attention_bshd",
+                        lambda q, *args, **kwargs: head_dims.append(q.shape[3]) or attention_bshd(q, *args, **kwargs))
+    ids, mask = left_padded_batch(DEVICE)
+    out = logits_by_impl(path, ids, mask)
+    assert max_diff_on(mask, out["eager"], out["triton"]) <= TOL
+    assert 512 in head_dims
+
+
 def test_sparse_attention_indices_are_refused():
     """DeepSeek sparse attention hands other backends the keys each query keeps, as ``indices``: the kernels
     attend to every key the mask allows, so that must be an error."""
