@@ -285,7 +285,7 @@ def _split_mask(mask: Optional[torch.Tensor], q: torch.Tensor, seqlen_k: int):
             raise NotImplementedError("gradients with respect to attention_mask are not supported; detach the mask.")
         # One row for every query (the extended masks of older encoders, e.g. LayoutLM): a view, each row read as
         # the kernels read a full mask's.
-        return None, mask.expand(b, h, seqlen_q, n)
+        return None, mask if m == seqlen_q else mask.expand(b, h, seqlen_q, n)
     raise ValueError(f"attention_mask must be 2D (batch, seqlen_k) or 4D (batch, heads, seqlen_q, seqlen_k), "
                      f"got {mask.dim()}D {tuple(mask.shape)}.")
 

@@ -39,6 +39,25 @@ def check_backward(q, k, v, grad_out=None, **kwargs):
         assert_close_to_reference(a, b, c, factor=3.0, what=name)
 
 
+def check_input_gradients(inputs: dict, grad_out, **kwargs):
+    """``attention(**inputs, **kwargs)`` against the float64 oracle: its output and the gradient of every tensor in
+    ``inputs`` (q, k, v and any other differentiable input), each within check_backward's factor of PyTorch's own
+    error in the inputs' dtype."""
+    dtype = inputs["q"].dtype
+
+    def grads(fn, dtype):
+        leaves = {name: t.detach().to(dtype).requires_grad_() for name, t in inputs.items()}
+        out = fn(**leaves, **kwargs)
+        out.backward(grad_out.to(dtype))
+        return [out] + [t.grad for t in leaves.values()]
+
+    ours = grads(attention, dtype)
+    ref64, same = grads(attention_reference, torch.float64), grads(attention_reference, dtype)
+    for name, a, b, c in zip(["out"] + [f"d{name}" for name in inputs], ours, ref64, same):
+        assert a.dtype == dtype and a.shape == b.shape
+        assert_close_to_reference(a, b, c, factor=3.0, what=name)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2), (4, 1)])
 @pytest.mark.parametrize("causal", [False, True])
@@ -336,20 +355,8 @@ def test_attention_sinks_backward(dtype, causal, seqlen_q, seqlen_k, sink_shape)
     seqused_q = None
     if seqlen_q > 1:
         seqused_q = torch.tensor([seqlen_q, seqlen_q - 9, seqlen_q], device=DEVICE, dtype=torch.int32)
-    grad_out = torch.randn_like(q)
-    kwargs = dict(causal=causal, attention_mask=key_mask, seqused_q=seqused_q)
-
-    def grads(fn, dtype):
-        inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v, sinks)]
-        out = fn(*inputs[:3], sinks=inputs[3], **kwargs)
-        out.backward(grad_out.to(dtype))
-        return [out] + [t.grad for t in inputs]
-
-    ours = grads(attention, dtype)
-    ref64, same = grads(attention_reference, torch.float64), grads(attention_reference, dtype)
-    for name, a, b, c in zip(("out", "dq", "dk", "dv", "dsinks"), ours, ref64, same):
-        assert a.dtype == dtype
-        assert_close_to_reference(a, b, c, factor=3.0, what=name)
+    check_input_gradients(dict(q=q, k=k, v=v, sinks=sinks), torch.randn_like(q), causal=causal,
+                          attention_mask=key_mask, seqused_q=seqused_q)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -364,19 +371,7 @@ def test_value_head_dim_differs_from_query_key(dtype, seqlen_q, value_dim):
     out = functional.attention_bshd(q, k, v, causal=True)
     assert out.shape == (2, seqlen_q, 4, value_dim) and out.is_contiguous()
     grad_out = torch.randn(2, 4, seqlen_q, value_dim, device=DEVICE, dtype=dtype)
-    kwargs = dict(causal=True, attention_mask=padding_mask("left", 2, 45))
-
-    def grads(fn, dtype):
-        inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
-        out = fn(*inputs, **kwargs)
-        out.backward(grad_out.to(dtype))
-        return [out] + [t.grad for t in inputs]
-
-    ours = grads(attention, dtype)
-    ref64, same = grads(attention_reference, torch.float64), grads(attention_reference, dtype)
-    for name, a, b, c in zip(("out", "dq", "dk", "dv"), ours, ref64, same):
-        assert a.dtype == dtype and a.shape == b.shape
-        assert_close_to_reference(a, b, c, factor=3.0, what=name)
+    check_input_gradients(dict(q=q, k=k, v=v), grad_out, causal=True, attention_mask=padding_mask("left", 2, 45))
 
 
 def test_backward_mask_with_one_row_for_every_query():
