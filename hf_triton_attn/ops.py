@@ -245,7 +245,7 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
         q, k, v, *descriptors, out, lse, key_mask, key_range, seqused_k, seqused_q, mask, spans[0],
         seed, sinks, scale, softcap, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out),
-        *km_strides, *m_strides, *spans[1:], *_sink_strides(sinks, q),
+        *km_strides, *m_strides, *spans[1:], *_sink_strides(sinks),
         heads, sq, skv, heads // hkv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype),
@@ -439,7 +439,7 @@ def _backward_dkdv_hopper(q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_r
         raise _gluon_compile_failure("dK/dV kernel", head_dim) from error
 
 
-def _sink_strides(sinks: Optional[torch.Tensor], q: torch.Tensor) -> tuple[int, int, int]:
+def _sink_strides(sinks: Optional[torch.Tensor]) -> tuple[int, int, int]:
     """The (batch, head, query row) strides of the (B|1, H|1, Sq|1) sinks, 0 along a dimension they broadcast."""
     if sinks is None:
         return 0, 0, 0
@@ -510,7 +510,7 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causa
         q, k, v, work, out, lse, key_mask, seqused_k, mask, spans[0], sinks,
         scale, softcap,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out), *km_strides, *m_strides, *spans[1:],
-        *_sink_strides(sinks, q), heads, hkv, sq, skv, group, plan.split_size, plan.num_splits,
+        *_sink_strides(sinks), heads, hkv, sq, skv, group, plan.split_size, plan.num_splits,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r, BLOCK_N=plan.block_n,
         IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, HAS_SEQUSED=seqused_k is not None, MASK_KIND=mask_kind,
         HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype), WRITE_OUT=single,
@@ -519,7 +519,7 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causa
     if not single:
         _launch_combine_splits(
             (group * sq, batch * hkv),
-            work, out, lse, sinks, *_bhsd_strides(out), *_sink_strides(sinks, q),
+            work, out, lse, sinks, *_bhsd_strides(out), *_sink_strides(sinks),
             heads, hkv, sq, group, plan.num_splits,
             HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r,
             BLOCK_S=plan.block_s, HAS_SINKS=sinks is not None, num_warps=1 if INTERPRET else 4,
