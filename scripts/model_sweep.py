@@ -68,7 +68,6 @@ def padded_batch(device, side):
 
 def check_one(model_type, kind, tol):
     """Runs in the child process: the model's result as a dict."""
-    import torch
     import transformers
 
     import hf_triton_attn
