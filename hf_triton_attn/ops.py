@@ -8,13 +8,13 @@ decoding step); :class:`EagerAttention` gives eager calls that need gradients th
 dispatcher. Inputs are validated in :mod:`hf_triton_attn.functional`; this layer trusts them.
 
 On Hopper, 16-bit forwards at head_dims 128 and 256 (and 64 on long rows) with no mask but causal and a key-padding
-one (no seqused_q or seqused_k, dropout, softcap or attention sinks) take the persistent warp-specialised Gluon kernel
-of _kernels/fwd_gluon.py (:func:`_hopper_forward_config` says when; ``HF_TRITON_ATTN_GLUON=0`` turns it off); it writes
-the output and log-sum-exp in the Triton forward's layout and units, so the backward is the same. Backwards of the
-same scope (attention sinks allowed: the backward kernels see them only through the LSE) at head_dim 128 compute dQ
-(and Delta) with the Gluon kernel of _kernels/bwd_dq_gluon.py (:func:`_hopper_dq_config`, same switch), and dK/dV
-with the Gluon kernel of _kernels/bwd_dkdv_gluon.py where :func:`_hopper_dkdv_config` takes them (head_dims 64 and
-128), else with the Triton kernels. Every launch goes through
+one (no seqused_q or seqused_k, dropout or softcap; attention sinks allowed) take the persistent warp-specialised
+Gluon kernel of _kernels/fwd_gluon.py (:func:`_hopper_forward_config` says when; ``HF_TRITON_ATTN_GLUON=0`` turns it
+off); it writes the output and log-sum-exp in the Triton forward's layout and units, so the backward is the same.
+Backwards of the same scope (the backward kernels see attention sinks only through the LSE) at head_dim 128 compute
+dQ (and Delta) with the Gluon kernel of _kernels/bwd_dq_gluon.py (:func:`_hopper_dq_config`, same switch), and
+dK/dV with the Gluon kernel of _kernels/bwd_dkdv_gluon.py where :func:`_hopper_dkdv_config` takes them (head_dims
+64 and 128), else with the Triton kernels. Every launch goes through
 :class:`hf_triton_attn.launch.KernelLauncher`. The Triton forward reads Q/K/V tiles, and the Triton dQ kernel K/V
 tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` and
 :func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte aligned, unit stride last), through
@@ -220,14 +220,13 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
     if seqused_q is None and _takes_split_kv(sq, heads // hkv, skv, dropout_p):
         spans = _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causal, scale, softcap)
         return out, lse, MaskSummaries(key_range, spans)
-    if (seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0
-            and sinks is None):
+    if seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
         hopper = _hopper_forward_config(q, k, v, key_mask, causal, scale)
         if hopper is not None:
             key_mask = _as_kernel_mask(key_mask)
             if key_mask is not None and key_range is None:
                 key_range = kept_key_ranges(key_mask, None)
-            _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, hopper)
+            _forward_hopper(q, k, v, out, lse, key_mask, key_range, sinks, causal, scale, hopper)
             return out, lse, MaskSummaries(key_range)
     spans = _visible_spans_of(mask)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
@@ -333,12 +332,13 @@ def _gluon_schedule(q, k, causal: bool, block_mw: int) -> tuple[int, int]:
     return tiles, heads_per_section
 
 
-def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: configs.HopperForwardConfig) -> None:
+def _forward_hopper(q, k, v, out, lse, key_mask, key_range, sinks, causal, scale,
+                    cfg: configs.HopperForwardConfig) -> None:
     """Writes out and lse with the warp-specialised Gluon forward (see _kernels/fwd_gluon.py); ``key_mask`` is the
-    kernels' uint8 view with its :func:`kept_key_ranges` ``key_range``, or both None. One persistent program per SM
-    (at most one tile each when there are fewer tiles), each taking the next tile from a counter as it finishes one;
-    under a causal mask the tiles go in sections of heads whose K/V fit ``configs.GLUON_L2_BYTES`` together. Launched
-    through a :class:`KernelLauncher` like the other kernels."""
+    kernels' uint8 view with its :func:`kept_key_ranges` ``key_range``, or both None; ``sinks`` (B|1, H|1, Sq|1) or
+    None. One persistent program per SM (at most one tile each when there are fewer tiles), each taking the next tile
+    from a counter as it finishes one; under a causal mask the tiles go in sections of heads whose K/V fit
+    ``configs.GLUON_L2_BYTES`` together. Launched through a :class:`KernelLauncher` like the other kernels."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     tiles, heads_per_section = _gluon_schedule(q, k, causal, cfg.block_mw)
@@ -347,10 +347,12 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, causal, scale, cfg: 
             (min(tiles, _sm_count(q.device)),),
             _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
             _gluon_descriptor(out.transpose(1, 2), cfg.block_mw) if cfg.tma_store else None, out, lse, key_mask,
-            key_range, _tile_counter(q.device), scale * LOG2E.value, out.stride(0), out.stride(1), out.stride(2),
-            0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv, tiles, heads_per_section,
+            key_range, sinks, _tile_counter(q.device), scale * LOG2E.value, out.stride(0), out.stride(1),
+            out.stride(2), 0 if key_mask is None else key_mask.stride(0), *_sink_strides(sinks), heads, sq, skv,
+            heads // hkv, tiles, heads_per_section,
             HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
             HAS_KEY_MASK=key_mask is not None, TMA_STORE=cfg.tma_store, Q_SLOTS=cfg.q_slots,
+            HAS_SINKS=sinks is not None,
             CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
         )
     except CompilationError as error:

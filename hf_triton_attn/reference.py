@@ -47,6 +47,8 @@ def attention_reference(
         # As GPT-OSS's eager attention: one more column per row, dropped after the softmax.
         sinks = sinks[None, :, None] if sinks.dim() == 1 else sinks
         sink_column = sinks.to(scores.dtype).expand(batch, heads, seqlen_q)[..., None]
+        # A -inf sink is no sink: masked_fill stops its gradient, which a row that sees nothing at all would make NaN.
+        sink_column = sink_column.masked_fill(sink_column == float("-inf"), float("-inf"))
         scores = torch.cat([scores, sink_column], dim=-1)
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     if sinks is not None:

@@ -3,7 +3,7 @@ at run time, and print what decides its speed: registers, spills, shared memory,
 the operand kinds of its wgmma instructions. With --out DIR, also writes its TTGIR and PTX there.
 
     python scripts/compile_sm90.py dkdv --head-dim 64 --block-m 32 --block-n 128 --warps 4 --stages 3 --grouped
-    python scripts/compile_sm90.py gluon --head-dim 256 --seqlen 4096 [--block-n 32 --stages 3 --tma-store 1]
+    python scripts/compile_sm90.py gluon --head-dim 256 --seqlen 4096 [--block-n 32 --stages 3 --tma-store 1 --sinks]
     python scripts/compile_sm90.py gluon-dkdv --head-dim 64 --seqlen 4096 [--stages 3 --kv-slots 1 --grouped]
     python scripts/compile_sm90.py gluon-dq --head-dim 128 --seqlen 4096 [--block-n 128 --stages 2]
 
@@ -160,10 +160,16 @@ def compile_gluon(args):
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, GROUP=1, HEAD_DIM=args.head_dim, BLOCK_MW=cfg.block_mw,
                   BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=not args.full, HAS_KEY_MASK=False,
-                  TMA_STORE=cfg.tma_store, Q_SLOTS=cfg.q_slots, CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
+                  TMA_STORE=cfg.tma_store, Q_SLOTS=cfg.q_slots, HAS_SINKS=args.sinks,
+                  CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
     sig = dict(desc_q=descriptor(args.head_dim, cfg.block_mw), desc_k=descriptor(args.head_dim, cfg.block_n),
                desc_v=descriptor(args.head_dim, cfg.block_n), desc_o=descriptor(args.head_dim, cfg.block_mw),
                Out="*bf16", LSE="*fp32", TileCounter="*i32", qk_scale="fp32")
+    if args.sinks:  # one sink per query head (GPT-OSS's): batch and row strides 0
+        sig["Sinks"] = "*bf16"
+        consts.update(stride_sb=0, stride_sm=0)
+    else:
+        consts.update(Sinks=None, stride_sb=0, stride_sh=0, stride_sm=0)
     if not cfg.tma_store:  # no output descriptor: the kernel stores by pointer
         consts["desc_o"] = None
     return compile_gluon_source(_attn_fwd_ws, sig, consts, cfg.max_registers), cfg
@@ -238,6 +244,7 @@ def main() -> None:
     parser.add_argument("--stats-in-score-layout", type=int, choices=(0, 1), default=None,
                         help="gluon-dkdv: LSE and Delta loaded in the scores' layout")
     parser.add_argument("--tma-store", type=int, choices=(0, 1), default=None, help="gluon: output through TMA")
+    parser.add_argument("--sinks", action="store_true", help="gluon: one attention sink per query head")
     parser.add_argument("--consumer-regs", type=int, default=None,
                         help="gluon, gluon-dkdv, gluon-dq: registers per consumer thread")
     parser.add_argument("--sass", action="store_true",

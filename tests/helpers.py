@@ -1,4 +1,5 @@
 """Comparison helpers shared by the tests."""
+import pytest
 import torch
 from triton.compiler.errors import CompilationError
 
@@ -29,6 +30,16 @@ def take_gluon_as_at(monkeypatch, seqlen_q: int) -> None:
     def config(head_dim, itemsize, capability, _, causal):
         return default(head_dim, itemsize, capability, seqlen_q, causal)
     monkeypatch.setattr(configs, "hopper_forward_config", config)
+
+
+def gluon_forward_calls(monkeypatch, seqlen_q: int = LONG_ROWS) -> list:
+    """The Gluon forward's GPU tests' start: skips unless it runs here (hopper_with_gluon), makes every call take its
+    configuration for ``seqlen_q`` queries (take_gluon_as_at), and returns the list that records its launches
+    (``ops._forward_hopper``'s calls, count_calls)."""
+    if not hopper_with_gluon():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    take_gluon_as_at(monkeypatch, seqlen_q)
+    return count_calls(monkeypatch, ops, "_forward_hopper")
 
 
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:

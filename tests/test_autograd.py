@@ -5,10 +5,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from triton.compiler.errors import CompilationError
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (LONG_ROWS, SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors,
-                     fail_gluon_launch, hopper_with_gluon, inputs_with_unused_nan_keys, random_qkv, take_gluon_as_at)
+                     fail_gluon_launch, gluon_forward_calls, hopper_with_gluon, inputs_with_unused_nan_keys, random_qkv)
 from test_kernel import (GLUON_SHAPES, PADDING_CASES, STRUCTURED_KINDS, additive_mask, check_forward,
-                         check_kernel_ran, kept_ranges_mask, launch_config_mask, padding_mask, schedule_mask,
-                         structured_mask)
+                         check_kernel_ran, kept_ranges_mask, launch_config_mask, padding_mask, random_sinks,
+                         schedule_mask, structured_mask)
 
 from hf_triton_attn import attention, configs, functional, kept_key_ranges, ops
 from hf_triton_attn.reference import attention_reference
@@ -345,13 +345,15 @@ def test_attention_sinks_backward(dtype, causal, seqlen_q, seqlen_k, sink_shape)
     """Gradients of q, k, v and of the sinks themselves (held in the inputs' dtype, as a model's parameter is; one
     per query head, per query row, or per batch row: the gradient sums over the rows that share a sink) against the
     float64 oracle, under a key mask that keeps nothing in one row (whose sink takes all the weight
-    and whose output stays zero: no gradient there); the forward kernel's case with a seqused_q that leaves padding
-    rows out (calls with one never take the split-KV kernel)."""
+    and whose output stays zero: no gradient there); some sinks -inf (no sink: zero gradient), also in that row, which
+    then has nothing at all; the forward kernel's case with a seqused_q that leaves padding rows out (calls with one
+    never take the split-KV kernel)."""
     q, k, v = random_qkv(3, 4, 2, seqlen_q, seqlen_k, 32, dtype, DEVICE)
     key_mask = torch.rand(3, seqlen_k, device=DEVICE) > 0.3
     key_mask[2] = False
     sinks = torch.randn(dict(head=(4,), row=(3, 4, seqlen_q), batch=(3, 1, 1))[sink_shape], device=DEVICE,
                         dtype=dtype) * 2
+    sinks[dict(head=(1,), row=(slice(None), 1), batch=(2,))[sink_shape]] = float("-inf")
     seqused_q = None
     if seqlen_q > 1:
         seqused_q = torch.tensor([seqlen_q, seqlen_q - 9, seqlen_q], device=DEVICE, dtype=torch.int32)
@@ -593,12 +595,25 @@ def test_backward_padded_large_gpu():
 def test_backward_after_hopper_forward_gpu(monkeypatch, causal, shape, padding, head_dim):
     """The backward kernels take the Gluon forward's output and log-sum-exp (Hopper, head_dims 64, 128 and 256), and
     the key range it computed for a key-padding mask."""
-    if not hopper_with_gluon():
-        pytest.skip(SKIP_WITHOUT_GLUON)
-    take_gluon_as_at(monkeypatch, LONG_ROWS)
-    calls = count_calls(monkeypatch, ops, "_forward_hopper")
+    calls = gluon_forward_calls(monkeypatch)
     mask = None if padding is None else padding_mask(padding, shape[0], shape[4])
     check_backward(*random_qkv(*shape, head_dim, torch.bfloat16, DEVICE), causal=causal, attention_mask=mask)
+    assert len(calls) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("sink_kind", ["head", "row"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_backward_after_hopper_forward_with_sinks_gpu(monkeypatch, causal, sink_kind, head_dim):
+    """The gradients of q, k, v and the sinks when the Gluon forward joined the sinks: the backward kernels read them
+    only through its log-sum-exp, and the sinks' gradient through it and the output. Left padding: under a causal
+    mask some rows see no key, and with a -inf sink (random_sinks) nothing at all."""
+    calls = gluon_forward_calls(monkeypatch)
+    q, k, v = random_qkv(2, 4, 2, 300, 300, head_dim, torch.bfloat16, DEVICE)
+    sinks = random_sinks(sink_kind, 2, 4, 300, torch.bfloat16)
+    check_input_gradients(dict(q=q, k=k, v=v, sinks=sinks), torch.randn_like(q), causal=causal,
+                          attention_mask=padding_mask("left", 2, 300))
     assert len(calls) == 1
 
 

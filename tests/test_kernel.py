@@ -8,8 +8,8 @@ import torch
 from triton.compiler.errors import CompilationError
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (LONG_ROWS, SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors,
-                     fail_gluon_launch, hopper_with_gluon, inputs_with_unused_nan_keys, max_err, qkv_in_layout,
-                     random_qkv, reference_pair, take_gluon_as_at)
+                     fail_gluon_launch, gluon_forward_calls, hopper_with_gluon, inputs_with_unused_nan_keys, max_err,
+                     qkv_in_layout, random_qkv, reference_pair, take_gluon_as_at)
 
 from hf_triton_attn import attention, attention_bshd, configs, kept_key_ranges, ops
 
@@ -560,6 +560,18 @@ def test_mask_with_one_row_for_every_query(additive, seqlen_q):
     check_forward(q, k, v, causal=True, attention_mask=mask)
 
 
+def random_sinks(kind: str, batch: int, heads: int, seqlen_q: int, dtype) -> torch.Tensor:
+    """Attention sinks of ``kind`` "head" (one per query head, GPT-OSS's) or "row" (one per query row, Inkling 2's,
+    a transposed view read through its strides), head 1's set to -inf (no sink)."""
+    if kind == "head":
+        sinks = torch.randn(heads, device=DEVICE, dtype=dtype) * 2
+        sinks[1] = float("-inf")
+        return sinks
+    sinks = (torch.randn(batch, seqlen_q, heads, device=DEVICE, dtype=dtype) * 2).transpose(1, 2)
+    sinks[:, 1] = float("-inf")
+    return sinks
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("seqlen_q, seqlen_k, merged", [(37, 45, False), (1, 50, False), (2, 130, True)],
@@ -576,12 +588,7 @@ def test_attention_sinks(monkeypatch, dtype, causal, seqlen_q, seqlen_k, merged,
     q, k, v = random_qkv(3, 4, 2, seqlen_q, seqlen_k, 32, dtype, DEVICE)
     key_mask = torch.rand(3, seqlen_k, device=DEVICE) > 0.3
     key_mask[2] = False
-    if per_row:
-        sinks = (torch.randn(3, seqlen_q, 4, device=DEVICE, dtype=dtype) * 2).transpose(1, 2)
-        sinks[:, 1] = float("-inf")
-    else:
-        sinks = torch.randn(4, device=DEVICE, dtype=dtype) * 2
-        sinks[1] = float("-inf")
+    sinks = random_sinks("row" if per_row else "head", 3, 4, seqlen_q, dtype)
     out = check_forward(q, k, v, causal=causal, attention_mask=key_mask, sinks=sinks)
     assert len(merges) == merged
     assert out[2].abs().max() == 0
@@ -704,7 +711,7 @@ def test_hopper_forward_compile_failure_names_the_switch(monkeypatch):
     out, lse = torch.empty(2, 200, 4, 128, dtype=torch.float16), torch.empty(2, 4, 200)
     cfg = configs.hopper_forward_config(128, 2, (9, 0), 200, True)
     with pytest.raises(RuntimeError, match="HF_TRITON_ATTN_GLUON=0") as failure:
-        ops._forward_hopper(q, k, v, out, lse, None, None, True, 128 ** -0.5, cfg)
+        ops._forward_hopper(q, k, v, out, lse, None, None, None, True, 128 ** -0.5, cfg)
     assert isinstance(failure.value.__cause__, CompilationError)
 
 
@@ -765,16 +772,32 @@ def test_hopper_forward_persistent_schedule_gpu(monkeypatch, causal, padding, he
     tile to the next, one query slot per consumer at head_dim 256), in causal sections of 4 heads that do not divide
     the 15 (batch, head) pairs, and one batch row with no kept key at all (tiles without key blocks between others)
     among the masks."""
-    if not hopper_with_gluon():
-        pytest.skip(SKIP_WITHOUT_GLUON)
-    take_gluon_as_at(monkeypatch, configured_for)
-    calls = count_calls(monkeypatch, ops, "_forward_hopper")
+    calls = gluon_forward_calls(monkeypatch, configured_for)
     batch, heads, seqlen = 3, 5, 2500
     q, k, v = random_qkv(batch, heads, 1, seqlen, seqlen, head_dim, torch.bfloat16, DEVICE)
     # The K/V bytes of 4 heads; the 5 heads of a batch row share one kv head (MQA), a fifth of it each.
     monkeypatch.setattr(configs, "GLUON_L2_BYTES", 4 * (2 * seqlen * head_dim * 2 // heads))
     assert configs.cdiv(seqlen, 128) * batch * heads > 2 * ops._sm_count(q.device)
     check_forward(q, k, v, causal=causal, attention_mask=schedule_mask(padding, batch, seqlen))
+    assert len(calls) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "left", "holes", "empty_row"])
+@pytest.mark.parametrize("sink_kind", ["head", "row"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_hopper_forward_sinks_gpu(monkeypatch, causal, padding, sink_kind, head_dim):
+    """Attention sinks joined in the Gluon forward's epilogue against the oracle, one per head or per row, with a
+    -inf sink among them, and a batch row whose mask keeps no key ("empty_row": the sink takes all the weight, the
+    output is zero); GQA, lengths off the tiles; and it is the kernel that ran."""
+    calls = gluon_forward_calls(monkeypatch)
+    batch, heads, seqlen = 3, 4, 333
+    q, k, v = random_qkv(batch, heads, 2, seqlen, seqlen, head_dim, torch.bfloat16, DEVICE)
+    sinks = random_sinks(sink_kind, batch, heads, seqlen, torch.bfloat16)
+    out = check_forward(q, k, v, causal=causal, attention_mask=schedule_mask(padding, batch, seqlen), sinks=sinks)
+    if padding == "empty_row":
+        assert out[1].abs().max() == 0
     assert len(calls) == 1
 
 

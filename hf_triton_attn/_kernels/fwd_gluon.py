@@ -13,15 +13,18 @@ overlaps the next tile's work too.
 
 Scope: causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask with its kept key ranges (the
 blocks before the first and after the last kept key skipped; holes masked element by element), no other mask, no
-dropout, no softcap, 16-bit inputs, head_dim 64, 128 or 256, tensors (B, H, S, D) with a unit last stride and 16-byte
-aligned other strides (TMA), any lengths. Rows that see no key give zeros and a log-sum-exp of 0, as the Triton
-forward. The op layer decides when to take it (ops.py). Tested on triton 3.6 (H200); it also compiles for sm_90
-with triton 3.7 and 3.9 (3.9's Gluon renamed the TMA copies, see ``_tma_load`` and ``_tma_store``).
+dropout, no softcap, attention sinks (joined in the epilogue, as the Triton forward joins them), 16-bit inputs,
+head_dim 64, 128 or 256, tensors (B, H, S, D) with a unit last stride and 16-byte aligned other strides (TMA), any
+lengths. Rows that see no key (and no sink) give zeros and a log-sum-exp of 0, as the Triton forward. The op layer
+decides when to take it (ops.py). Tested on triton 3.6 (H200); it also compiles for sm_90 with triton 3.7 and 3.9
+(3.9's Gluon renamed the TMA copies, see ``_tma_load`` and ``_tma_store``).
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
+
+from .common import LOG2E
 
 # Triton 3.6 names the TMA copies async_copy_global_to_shared and async_copy_shared_to_global; later releases renamed
 # them async_load and async_store.
@@ -178,10 +181,10 @@ def _wait_tile(tiles_done, tile_ids, slot_ready, WG: gl.constexpr, SLOTS: gl.con
 
 
 @gluon.jit
-def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, buffers, sizes, strides,
+def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides,
             qk_scale, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
             IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
-            WG: gl.constexpr):
+            HAS_SINKS: gl.constexpr, WG: gl.constexpr):
     """One warp (the partitions share one signature, hence the arguments it does not use): for each tile the
     program takes, once the consumers released a Q slot, the tile's index into that slot's entry of ``tile_ids``
     and its query tiles into the slot, then the K and V tiles of its key blocks into the ring slots the consumers
@@ -228,6 +231,23 @@ def _online_softmax(s, m_i, l_i, qk_scale, MASKED: gl.constexpr):
 
 
 @gluon.jit
+def _join_sink(acc, l_i, m_i, Sinks, sink_strides, pid_b, pid_h, row_first, Sq, BLOCK_MW: gl.constexpr,
+               row_s: gl.constexpr, row_o: gl.constexpr):
+    """The consumer's rows with their attention-sink logits joined, as common._join_sink does for the Triton
+    kernels: one more logit per row (Sinks, strides 0 where it broadcasts) in the row sum and the maximum, with no
+    value."""
+    stride_sb, stride_sh, stride_sm = sink_strides
+    rows = row_first + gl.arange(0, BLOCK_MW, layout=row_s)
+    ptrs = Sinks + pid_b.to(gl.int64) * stride_sb + pid_h.to(gl.int64) * stride_sh + rows.to(gl.int64) * stride_sm
+    sink = gl.load(ptrs, mask=rows < Sq, other=0.0).to(gl.float32) * LOG2E
+    m_new = gl.maximum(m_i, sink)
+    # Both -inf (no key seen, a -inf sink): subtracting 0 instead keeps -inf - -inf = NaN out.
+    m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = gl.exp2(m_i - m_shift)
+    return acc * gl.convert_layout(alpha, row_o)[:, None], l_i * alpha + gl.exp2(sink - m_shift), m_new
+
+
+@gluon.jit
 def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, ring_base, first_block, acc, p_op,
              m_i, l_i, zeros_s, qk_scale, row_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
              BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
@@ -257,17 +277,17 @@ def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, 
 
 
 @gluon.jit
-def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, buffers, sizes, strides,
+def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides,
               qk_scale, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
               IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
-              WG: gl.constexpr):
+              HAS_SINKS: gl.constexpr, WG: gl.constexpr):
     """One warpgroup: for each of the program's tiles, query rows [start_m + WG * BLOCK_MW, + BLOCK_MW) against
     the key blocks the loader streams. The first may be partly masked (the start of the kept keys); then come the
     blocks that need no mask (wholly inside one run of kept keys and left of the row block's causal diagonal), then
     the masked rest (the diagonal, the ragged end, the end of the kept keys, holes)."""
     q_smem, k_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
-    stride_ob, stride_om, stride_oh, stride_kmb = strides
+    stride_ob, stride_om, stride_oh, stride_kmb, sink_strides = strides
     dtype: gl.constexpr = desc_q.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -319,7 +339,11 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileC
             mbarrier.arrive(v_empty.index(last), count=1)
         mbarrier.arrive(q_empty.index(q_index), count=1)
 
-        # Rows that saw no key (left padding under a causal mask, a row whose mask keeps nothing) give 0 and LSE 0.
+        if HAS_SINKS:
+            acc, l_i, m_i = _join_sink(acc, l_i, m_i, Sinks, sink_strides, pid_b, pid_h, row_first, Sq, BLOCK_MW,
+                                       row_s, row_o)
+        # Rows that saw no key (left padding under a causal mask, a row whose mask keeps nothing) and no sink give 0
+        # and LSE 0.
         has_keys = l_i > 0.0
         out = acc / gl.convert_layout(gl.where(has_keys, l_i, 1.0), row_o)[:, None]
         if TMA_STORE:
@@ -345,18 +369,21 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileC
 
 
 @gluon.jit
-def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, qk_scale, stride_ob,
-                 stride_om, stride_oh, stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
-                 HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                 IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
-                 CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, qk_scale,
+                 stride_ob, stride_om, stride_oh, stride_kmb, stride_sb, stride_sh, stride_sm, H, Sq, Skv, GROUP,
+                 n_tiles, HEADS_PER_SECTION, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr,
+                 STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr,
+                 Q_SLOTS: gl.constexpr, HAS_SINKS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                 num_warps: gl.constexpr):
     """Persistent: grid (programs,), each taking tile pid, then the next of the n_tiles =
     cdiv(Sq, CONSUMERS * BLOCK_MW) * B * H from TileCounter (a zeroed int32, left zeroed; see _loader) whenever it
     finishes one (see _tile for their order). q/k/v through 4D descriptors over
     (B, H|Hkv, S, D) with boxes (1, 1, rows, HEAD_DIM); Out is (B, Sq, H, D) with unit last stride, written through
     desc_o (the same memory as (B, H, Sq, D), boxes of BLOCK_MW rows) where TMA_STORE, else by pointer; LSE (B, H, Sq)
     float32, log2 units; qk_scale is the softmax scale times log2(e). HAS_KEY_MASK: KeyMask (B, Skv) uint8
-    keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept ranges (see _kernels/key_range.py)."""
+    keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept ranges (see _kernels/key_range.py).
+    HAS_SINKS: Sinks holds an attention-sink logit per (batch, query head, query row), strides stride_s* (0 where it
+    broadcasts), joined into each row's softmax before it is normalised; the LSE includes it."""
     dtype: gl.constexpr = desc_q.dtype
     tile_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_MW, HEAD_DIM], dtype)
@@ -389,12 +416,15 @@ def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Ti
 
     buffers = (q_smem, k_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
     sizes = (Sq, Skv, H, GROUP, gl.cdiv(Sq, CONSUMERS * BLOCK_MW), n_tiles, HEADS_PER_SECTION)
-    strides = (stride_ob, stride_om, stride_oh, stride_kmb)
+    strides = (stride_ob, stride_om, stride_oh, stride_kmb, (stride_sb, stride_sh, stride_sm))
     gl.warp_specialize([
-        (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, buffers, sizes, strides,
-                     qk_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS, 0)),
-        (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, buffers, sizes, strides,
-                     qk_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS, 1)),
-        (_loader, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, TileCounter, buffers, sizes, strides,
-                   qk_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS, 0))],
+        (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes,
+                     strides, qk_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE,
+                     Q_SLOTS, HAS_SINKS, 0)),
+        (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes,
+                     strides, qk_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE,
+                     Q_SLOTS, HAS_SINKS, 1)),
+        (_loader, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes,
+                   strides, qk_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS,
+                   HAS_SINKS, 0))],
         [4, 1], [CONSUMER_REGS, 24])
