@@ -60,7 +60,7 @@ BF16_POINTERS = {"Q", "K", "V", "Out", "DO", "DQ", "DK", "DV"}
 FLOAT32_POINTERS = {"LSE", "Delta"}
 FLOAT_SCALARS = {"sm_scale", "softcap", "dropout_p"}
 OPTIONAL_TENSORS = {"DescQ", "DescK", "DescV", "KeyMask", "KeyRange", "SeqUsedK", "SeqUsedQ", "Mask", "MaskSpans",
-                    "Seed"}
+                    "Seed", "Sinks"}
 REGISTERS_PER_SM = 65536
 SHARED_BYTES_PER_SM = 228 * 1024
 THREADS_PER_SM = 2048
