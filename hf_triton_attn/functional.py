@@ -38,8 +38,9 @@ def attention(
             multiple of ``kv_heads`` (MHA, GQA, MQA): query head ``h`` reads kv head ``h // (heads // kv_heads)``,
             without copying k/v. ``head_dim`` is at most 512 and need not be a power of two. ``v`` may have
             another head dim (at most 512; multi-head latent attention, e.g. DeepSeek-V3: 192 for q/k, 128 for
-            v): the narrower of q/k and v is then copied with zero columns up to the wider, and the output has
-            v's head dim.
+            v), and the output has v's head dim. Decoding calls that need no gradient (few queries per kv head,
+            more keys than queries: the split-KV kernel) read v as it is; the others copy the narrower of q/k and
+            v with zero columns up to the wider.
         causal: mask keys after the query, with the diagonal aligned to the bottom-right corner: query ``i``
             sees keys ``j <= i + kv_end - seqlen_q``, where ``kv_end`` is ``seqused_k[b]`` if given, else
             ``seqlen_k``. With seqlen_q=2, seqlen_k=5 (1 = attended)::
@@ -118,9 +119,10 @@ def attention_bshd(
     seqlen_k = k.shape[2]
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim)
-    if v.shape[3] != head_dim:
-        # The kernels take one head dim: the narrower side gets zero columns (zeros change no score, and give
-        # output columns that are cut off).
+    if v.shape[3] != head_dim and not (ops.takes_value_head_dim(q, k, seqused_q, dropout_p)
+                                       and not _needs_grad(q, k, v, sinks)):
+        # Only the split-KV (decoding) kernel takes v's own head dim, in inference: for the others the narrower side
+        # gets zero columns (zeros change no score, and give output columns that are cut off).
         width = max(head_dim, v.shape[3])
         q, k, v_wide = (F.pad(t, (0, width - t.shape[3])) for t in (q, k, v))
         out = attention_bshd(q, k, v_wide, causal=causal, scale=scale, attention_mask=attention_mask,
@@ -148,9 +150,7 @@ def attention_bshd(
         seed = torch.randint(0, 2**31 - 1, (1,), device=q.device, dtype=torch.int64)
     if not _runs_eagerly((q, k, v, key_mask, seqused_k, seqused_q, kept_key_ranges, dense_mask, sinks)):
         forward = ops.attention_forward
-    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                      or (sinks is not None and sinks.requires_grad)):
-        # No other input can need a gradient: a mask that does was refused above, the rest are integers.
+    elif _needs_grad(q, k, v, sinks):
         forward = ops.EagerAttention.apply
     else:
         forward = ops.forward_impl
@@ -182,6 +182,13 @@ def kept_key_ranges(attention_mask: torch.Tensor, seqused_k: Optional[torch.Tens
     if seqused_k is not None:
         seqused_k = _seqused_arg(seqused_k, attention_mask)
     return ops.kept_key_ranges(attention_mask, seqused_k)
+
+
+def _needs_grad(q, k, v, sinks) -> bool:
+    """Whether autograd records this call. No other input can need a gradient: a mask that does is refused, the
+    rest are integers."""
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                        or (isinstance(sinks, torch.Tensor) and sinks.requires_grad))
 
 
 def _runs_eagerly(tensors: tuple[Optional[torch.Tensor], ...]) -> bool:

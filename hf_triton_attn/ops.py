@@ -200,7 +200,7 @@ def forward_impl(
     sinks: Optional[torch.Tensor], causal: bool, scale: float, softcap: float, dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``key_range``: the key mask's :func:`kept_key_ranges`, computed beforehand (a model's layers share it), or
-    None."""
+    None. v may have its own head dim only where :func:`takes_value_head_dim` says so."""
     out, lse, _ = _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sinks, causal, scale,
                            softcap, dropout_p)
     return out, lse
@@ -212,7 +212,7 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
     """:func:`forward_impl`'s body; also returns the :class:`MaskSummaries` it computed or was given."""
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
-    out = torch.empty((batch, sq, heads, head_dim), device=q.device, dtype=q.dtype)
+    out = torch.empty((batch, sq, heads, v.shape[3]), device=q.device, dtype=q.dtype)
     lse = torch.empty((batch, heads, sq), device=q.device, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse, MaskSummaries(key_range)
@@ -220,6 +220,10 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
     if seqused_q is None and _takes_split_kv(sq, heads // hkv, skv, dropout_p):
         spans = _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causal, scale, softcap)
         return out, lse, MaskSummaries(key_range, spans)
+    if v.shape[3] != head_dim:
+        raise ValueError(f"v's head dim {v.shape[3]} differs from q's {head_dim}: only the split-KV (decoding) kernel "
+                         "takes that, and this call runs another; pad the narrower with zeros to the wider "
+                         "(hf_triton_attn.attention does).")
     if seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
         hopper = _hopper_forward_config(q, k, v, key_mask, causal, scale)
         if hopper is not None:
@@ -482,6 +486,12 @@ def _takes_split_kv(sq: int, group: int, skv: int, dropout_p: float) -> bool:
             and skv > sq)
 
 
+def takes_value_head_dim(q: torch.Tensor, k: torch.Tensor, seqused_q: Optional[torch.Tensor], dropout_p: float) -> bool:
+    """Whether this call's forward runs the split-KV (decoding) kernel, the one kernel that takes v with a head dim
+    other than q's and k's (multi-head latent attention); the others need v padded to theirs."""
+    return seqused_q is None and _takes_split_kv(q.shape[2], q.shape[1] // k.shape[1], k.shape[2], dropout_p)
+
+
 def _capturing(device: torch.device) -> bool:
     """Whether this call's launches are being captured into a CUDA graph (their host time then is not repeated)."""
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
@@ -497,9 +507,10 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causa
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     group = heads // hkv
+    value_dim = v.shape[3]
     spans = _visible_spans_of(mask)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
-    block_d = configs.padded_head_dim(head_dim)
+    block_d = configs.padded_head_dim(max(head_dim, value_dim))
     plan = configs.split_kv_plan(group * sq, batch * hkv, skv, block_d, q.element_size(), _sm_count(q.device),
                                  INTERPRET, host_bound=not _capturing(q.device))
     # One split writes the output itself: no workspace, no merge launch (host time is what limits short steps).
@@ -513,7 +524,7 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causa
         scale, softcap,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out), *km_strides, *m_strides, *spans[1:],
         *_sink_strides(sinks), heads, hkv, sq, skv, group, plan.split_size, plan.num_splits,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r, BLOCK_N=plan.block_n,
+        HEAD_DIM=head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r, BLOCK_N=plan.block_n,
         IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, HAS_SEQUSED=seqused_k is not None, MASK_KIND=mask_kind,
         HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype), WRITE_OUT=single,
         HAS_SINKS=sinks is not None, num_warps=plan.num_warps, num_stages=plan.num_stages,
@@ -523,7 +534,7 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causa
             (group * sq, batch * hkv),
             work, out, lse, sinks, *_bhsd_strides(out), *_sink_strides(sinks),
             heads, hkv, sq, group, plan.num_splits,
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r,
+            VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r,
             BLOCK_S=plan.block_s, HAS_SINKS=sinks is not None, num_warps=1 if INTERPRET else 4,
         )
     return spans
@@ -531,8 +542,8 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causa
 
 @attention_forward.register_fake
 def _(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sinks, causal, scale, softcap, dropout_p):
-    batch, heads, sq, head_dim = q.shape
-    out = q.new_empty((batch, sq, heads, head_dim))
+    batch, heads, sq, _ = q.shape
+    out = q.new_empty((batch, sq, heads, v.shape[3]))
     lse = q.new_empty((batch, heads, sq), dtype=torch.float32)
     return out, lse
 

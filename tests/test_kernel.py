@@ -602,6 +602,32 @@ def test_attention_sinks(monkeypatch, dtype, causal, seqlen_q, seqlen_k, merged,
     assert max_err(lse, expected) < 1e-3
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("value_dim", [16, 40], ids=["narrower-value", "wider-value"])
+@pytest.mark.parametrize("seqlen_q, seqlen_k, merged", [(1, 50, False), (2, 130, True)],
+                         ids=["one-split", "several-splits"])
+@pytest.mark.parametrize("with_sinks", [False, True], ids=["no-sinks", "sinks"])
+def test_split_kv_reads_value_head_dim(monkeypatch, dtype, value_dim, seqlen_q, seqlen_k, merged, with_sinks):
+    """Multi-head latent attention while decoding (v's head dim other than q's and k's, no gradient): the split-KV
+    kernel reads v as it is, with one split and merged, with and without sinks, under GQA, a causal mask and a key
+    mask, against the oracle; v reaches the kernel uncopied, and the output has v's head dim. Calls that need a
+    gradient, and the forward kernel's, pad v instead (test_autograd's test_value_head_dim_differs_from_query_key)."""
+    monkeypatch.setattr(ops, "_capturing", lambda device: True)
+    merges = count_calls(monkeypatch, ops, "_launch_combine_splits")
+    launched_v = []
+    launch = ops._launch_fwd_split
+    monkeypatch.setattr(ops, "_launch_fwd_split",
+                        lambda grid, *args, **kwargs: launched_v.append(args[2]) or launch(grid, *args, **kwargs))
+    q, k, _ = random_qkv(3, 4, 2, seqlen_q, seqlen_k, 24, dtype, DEVICE)
+    v = torch.randn(3, 2, seqlen_k, value_dim, device=DEVICE, dtype=dtype)
+    key_mask = torch.rand(3, seqlen_k, device=DEVICE) > 0.3
+    sinks = random_sinks("head", 3, 4, seqlen_q, dtype) if with_sinks else None
+    out = check_forward(q, k, v, causal=True, attention_mask=key_mask, sinks=sinks)
+    assert out.shape == (3, 4, seqlen_q, value_dim)
+    assert len(launched_v) == 1 and launched_v[0] is v
+    assert len(merges) == merged
+
+
 @pytest.mark.parametrize("interpret", [False, True])
 def test_split_kv_plan_takes_one_split_for_short_eager_calls(interpret):
     """A host-bound (eager) call whose programs each hold at most SPLIT_KV_EAGER_SINGLE_BYTES of K and V takes one

@@ -34,15 +34,16 @@ def _attn_fwd_split(
     stride_msb, stride_msh, stride_msr,
     stride_sb, stride_sh, stride_sm,
     H, Hkv, Sq, Skv, GROUP, split_size, num_splits,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, WRITE_OUT: tl.constexpr, HAS_SINKS: tl.constexpr,
 ):
     """WRITE_OUT (a single split): normalise and write Out and LSE here, as the merge kernel would (joining the
     rows' attention sinks where HAS_SINKS, see _join_sink); Work is unused.
     Otherwise write the split's partial output, row maxima and row sums to Work for the merge. A dense mask
     (MASK_KIND as in the forward) is read per packed row, at the row's own head and query, and the split's key
-    blocks outside the span its rows see (``MaskSpans``, see _kernels/mask_range.py) are skipped."""
+    blocks outside the span its rows see (``MaskSpans``, see _kernels/mask_range.py) are skipped. q and k have
+    HEAD_DIM columns, v and Out VALUE_DIM (multi-head latent attention's differ), both within BLOCK_D."""
     pid_s = tl.program_id(0)
     pid_bhk = tl.program_id(1)
     pid_b = pid_bhk // Hkv
@@ -84,8 +85,8 @@ def _attn_fwd_split(
         sm_scale, softcap, 0.0, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, False, DOT_PRECISION,
-        False, False, HAS_KEY_MASK)
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, False,
+        DOT_PRECISION, False, False, HAS_KEY_MASK)
 
     if WRITE_OUT:
         if HAS_SINKS:
@@ -95,7 +96,7 @@ def _attn_fwd_split(
         tl.store(LSE + (pid_b * H + head).to(tl.int64) * Sq + query, lse, mask=row_ok)
         tl.store(Out + pid_b.to(tl.int64) * stride_ob + head[:, None].to(tl.int64) * stride_oh
                  + query[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od,
-                 out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+                 out.to(Out.dtype.element_ty), mask=row_ok[:, None] & (offs_d < VALUE_DIM)[None, :])
     else:
         part_out, part_max, part_sum = _split_workspace(Work, num_splits, BLOCK_R, BLOCK_D)
         part = (pid_bhk * num_splits + pid_s).to(tl.int64) * BLOCK_R + rows
@@ -110,12 +111,12 @@ def _attn_combine_splits(
     stride_ob, stride_oh, stride_om, stride_od,
     stride_sb, stride_sh, stride_sm,
     H, Hkv, Sq, GROUP, num_splits,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
+    VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
     HAS_SINKS: tl.constexpr,
 ):
     """One program per (batch, kv head, packed row): rescale each split by exp2(its max - the overall max). With
     HAS_SINKS, the row's attention sink (Sinks, strides stride_s* as in the split kernel) joins the sum as a split
-    with a zero output and a row sum of one at the sink."""
+    with a zero output and a row sum of one at the sink. Out has VALUE_DIM columns (v's head dim)."""
     pid_row = tl.program_id(0)
     pid_bhk = tl.program_id(1)
     pid_b = pid_bhk // Hkv
@@ -146,4 +147,4 @@ def _attn_combine_splits(
     lse = tl.where(has_keys, m_shift + tl.log2(tl.where(has_keys, total, 1.0)), 0.0)
     tl.store(LSE + (pid_b * H + head).to(tl.int64) * Sq + query, lse)
     tl.store(Out + pid_b.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh + query.to(tl.int64) * stride_om
-             + offs_d * stride_od, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+             + offs_d * stride_od, out.to(Out.dtype.element_ty), mask=offs_d < VALUE_DIM)

@@ -13,14 +13,15 @@ def _attn_fwd_inner(
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_kn, stride_kd, stride_vn, stride_vd,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr, HAS_GAP: tl.constexpr,
 ):
     """Online-softmax update over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_loop; with
     HAS_GAP, since a key mask or a dense mask may leave one, otherwise lo == skip_lo). Masking work is compiled in
-    only where the caller asks."""
+    only where the caller asks. q and k have HEAD_DIM columns, v VALUE_DIM (the split-KV kernel's multi-head latent
+    attention; the forward passes HEAD_DIM), both within BLOCK_D; acc's columns past VALUE_DIM stay zero."""
     first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_N, HAS_GAP)
     for start in range(first, end, BLOCK_N):
         start_n = _block_start(start, skip_lo, skip_hi, HAS_GAP)
@@ -68,8 +69,8 @@ def _attn_fwd_inner(
                 v = tl.where(n_ok[:, None], v, 0.0)
         else:
             v_ptrs = v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd
-            if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
-                v = tl.load(v_ptrs, mask=n_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+            if CHECK_BOUNDS or BLOCK_D != VALUE_DIM:
+                v = tl.load(v_ptrs, mask=n_ok[:, None] & (offs_d < VALUE_DIM)[None, :], other=0.0)
             else:
                 v = tl.load(v_ptrs)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -143,7 +144,7 @@ def _attn_fwd(
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION,
+        HEAD_DIM, HEAD_DIM, BLOCK_D, BLOCK_N, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION,
         USE_TMA, SCALE_IN_EXP, False)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
@@ -151,7 +152,7 @@ def _attn_fwd(
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+        HEAD_DIM, HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
         DOT_PRECISION, USE_TMA, SCALE_IN_EXP, HAS_KEY_MASK or MASK_KIND != 0)
 
     if HAS_SINKS:
