@@ -35,8 +35,9 @@ def _attn_fwd_split(
     stride_sb, stride_sh, stride_sm,
     H, Hkv, Sq, Skv, GROUP, split_size, num_splits,
     HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, MASK_KIND: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, WRITE_OUT: tl.constexpr, HAS_SINKS: tl.constexpr,
+    BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr,
+    MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, WRITE_OUT: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
 ):
     """WRITE_OUT (a single split): normalise and write Out and LSE here, as the merge kernel would (joining the
     rows' attention sinks where HAS_SINKS, see _join_sink); Work is unused.
