@@ -124,7 +124,7 @@ def attention_bshd(
         # Only the split-KV (decoding) kernel takes v's own head dim, in inference: for the others the narrower side
         # gets zero columns (zeros change no score, and give output columns that are cut off).
         width = max(head_dim, v.shape[3])
-        q, k, v_wide = (F.pad(t, (0, width - t.shape[3])) for t in (q, k, v))
+        q, k, v_wide = (t if t.shape[3] == width else F.pad(t, (0, width - t.shape[3])) for t in (q, k, v))
         out = attention_bshd(q, k, v_wide, causal=causal, scale=scale, attention_mask=attention_mask,
                              seqused_k=seqused_k, seqused_q=seqused_q, dropout_p=dropout_p, softcap=softcap,
                              kept_key_ranges=kept_key_ranges, sinks=sinks)
