@@ -13,8 +13,9 @@ before timing, except with dropout, where each provider draws its own mask. Time
   "padding rows skipped" cases, where ours takes ``seqused_q`` and FlexAttention a block mask that hides the
   padding rows too (SDPA has no way to skip them and keeps Transformers' mask); only the valid rows are
   compared there;
-- decode (Sq=1): bytes of K and V read once, 2*B*Hkv*L*D*itemsize. "decode" times each eager call, host
-  (Python, dispatch, kernel launches) included; "decode graph" replays the call from a CUDA graph
+- decode (Sq=1): bytes of K and V read once, B*Hkv*L*(D+Dv)*itemsize (v's head dim Dv is D except in the rows
+  of multi-head latent attention, "D192/128"). "decode" times each eager call, host (Python, dispatch, kernel
+  launches) included; "decode graph" replays the call from a CUDA graph
   (``triton.testing.do_bench_cudagraph``), as generation with a static cache under torch.compile does, so
   only the GPU's time counts. "decode window" is a sliding-window layer's decoding step, replayed the same way:
   a dense (B, 1, 1, L) mask that shows the last ``window`` keys, and bytes of the K and V rows inside the window.
@@ -71,6 +72,11 @@ class KernelCase:
     dropout_p: float = 0.0  # forward+backward only; outputs then differ by provider and are not compared
     window: int = 0  # window groups: causal sliding window, as a dense mask (what Transformers builds)
     skip_padding_rows: bool = False  # padded group: providers that can leave out the padding query rows do
+    value_head_dim: int = 0  # v's head dim where it differs from q's and k's (multi-head latent attention)
+
+    @property
+    def v_head_dim(self) -> int:
+        return self.value_head_dim or self.head_dim
 
     @property
     def graph(self) -> bool:
@@ -102,8 +108,9 @@ class KernelCase:
         dtype = str(self.dtype).replace("torch.", "")
         if self.decode:
             window = f" window {self.window}" if self.window else ""
+            value = f"/{self.value_head_dim}" if self.value_head_dim else ""
             return (f"{self.group} B{self.batch} H{self.heads}/{self.kv_heads} L{self.seqlen} D{self.head_dim}"
-                    f"{window} {dtype}")
+                    f"{value}{window} {dtype}")
         heads = f"H{self.heads}" if self.padded else f"H{self.heads}/{self.kv_heads}"
         mask = "causal" if self.causal else "full"
         if self.window:
@@ -152,6 +159,10 @@ def all_cases() -> list[KernelCase]:
         cases.append(KernelCase("decode", batch, 32, 8, cache_len, 128, False))
     for cache_len in (1024, 4096, 32768):
         cases.append(KernelCase("decode graph", 8, 32, 8, cache_len, 128, False))
+    # Multi-head latent attention as Transformers' DeepSeek-V2/V3 layers hand it over (keys and values per head,
+    # q/k head dim 192, v 128), DeepSeek-V2-Lite's 16 heads.
+    for group in ("decode", "decode graph"):
+        cases.append(KernelCase(group, 8, 16, 16, 4096, 192, False, value_head_dim=128))
     for cache_len in (4096, 32768):
         cases.append(KernelCase("decode window", 8, 32, 8, cache_len, 128, True, window=4096))
     return cases
@@ -174,7 +185,7 @@ def case_work(case: KernelCase, lengths: Optional[list[int]]) -> float:
     figure counts."""
     if case.decode:
         keys = min(case.seqlen, case.window) if case.window else case.seqlen
-        return 2.0 * case.batch * case.kv_heads * keys * case.head_dim * case.dtype.itemsize
+        return case.batch * case.kv_heads * keys * (case.head_dim + case.v_head_dim) * case.dtype.itemsize
     causal_factor = 0.5 if case.causal else 1.0
     if case.padded:
         return causal_factor * sum(4.0 * case.heads * length * length * case.head_dim for length in lengths)
@@ -213,12 +224,12 @@ def make_inputs(case: KernelCase, lengths: Optional[list[int]]) -> Inputs:
 
     q = randn(case.batch, case.heads, case.seqlen_q, case.head_dim)
     k = randn(case.batch, case.kv_heads, case.seqlen, case.head_dim)
-    v = randn(case.batch, case.kv_heads, case.seqlen, case.head_dim)
+    v = randn(case.batch, case.kv_heads, case.seqlen, case.v_head_dim)
     grad_out = None
     if case.backward:
         for t in (q, k, v):
             t.requires_grad_(True)
-        grad_out = randn(case.batch, case.heads, case.seqlen_q, case.head_dim)
+        grad_out = randn(case.batch, case.heads, case.seqlen_q, case.v_head_dim)
     key_padding_mask = sdpa_mask = seqused_q = None
     if case.skip_padding_rows:
         seqused_q = torch.tensor(lengths, device=DEVICE, dtype=torch.int32)
