@@ -7,7 +7,8 @@ Every provider's output (and, for forward+backward, its gradients) is checked ag
 before timing, except with dropout, where each provider draws its own mask. Times are the median of
 ``triton.testing.do_bench`` (which clears the L2 cache before each call). Throughput counts:
 
-- dense: 4*B*H*Sq*Skv*D FLOP, halved when causal, times 3.5 for forward+backward;
+- dense: 4*B*H*Sq*Skv*D FLOP (2*B*H*Sq*Skv*(D+Dv) in the rows of multi-head latent attention, whose v head dim
+  Dv differs), halved when causal, times 3.5 for forward+backward;
 - padded: useful FLOP only, the sum over sequences of 4*H*len^2*D, halved when causal. Right padding, as a
   training batch has: every provider computes the padding query rows as eager attention does, except in the
   "padding rows skipped" cases, where ours takes ``seqused_q`` and FlexAttention a block mask that hides the
@@ -117,7 +118,8 @@ class KernelCase:
             mask = f"window {self.window}"
         dropout = f" dropout {self.dropout_p}" if self.dropout_p else ""
         skipped = ", padding rows skipped" if self.skip_padding_rows else ""
-        return (f"{self.group} B{self.batch} {heads} S{self.seqlen} D{self.head_dim} {mask}{dropout} {dtype}"
+        value = f"/{self.value_head_dim}" if self.value_head_dim else ""
+        return (f"{self.group} B{self.batch} {heads} S{self.seqlen} D{self.head_dim}{value} {mask}{dropout} {dtype}"
                 f"{skipped}")
 
     @property
@@ -147,6 +149,9 @@ def all_cases() -> list[KernelCase]:
         # BERT-base training, without and with its attention dropout (FlexAttention has no dropout: n/a).
         KernelCase("dense fwdbwd", 32, 12, 12, 512, 64, False),
         KernelCase("dense fwdbwd", 32, 12, 12, 512, 64, False, dropout_p=0.1),
+        # Multi-head latent attention's prefill and training as Transformers' DeepSeek-V3 layers hand them over.
+        KernelCase("dense fwd", 4, 16, 16, 4096, 192, True, value_head_dim=128),
+        KernelCase("dense fwdbwd", 4, 16, 16, 4096, 192, True, value_head_dim=128),
         KernelCase("padded fwd", 16, 16, 16, 2048, 128, True),
         KernelCase("padded fwd", 16, 12, 12, 512, 64, False),
         KernelCase("padded fwd", 16, 16, 16, 2048, 128, True, skip_padding_rows=True),
@@ -190,11 +195,12 @@ def case_work(case: KernelCase, lengths: Optional[list[int]]) -> float:
     if case.padded:
         return causal_factor * sum(4.0 * case.heads * length * length * case.head_dim for length in lengths)
     backward_factor = 3.5 if case.backward else 1.0
+    # Per (query, key) pair: 2*D FLOP for the score, 2*Dv for the value product (4*D where they are equal).
+    pair_flop = 2.0 * (case.head_dim + case.v_head_dim)
     if case.window:
         pairs = sum(min(query + 1, case.window) for query in range(case.seqlen))
-        return 4.0 * case.batch * case.heads * pairs * case.head_dim * backward_factor
-    return (4.0 * case.batch * case.heads * case.seqlen_q * case.seqlen * case.head_dim
-            * causal_factor * backward_factor)
+        return pair_flop * case.batch * case.heads * pairs * backward_factor
+    return pair_flop * case.batch * case.heads * case.seqlen_q * case.seqlen * causal_factor * backward_factor
 
 
 def throughput(case: KernelCase, work: float, ms: float) -> float:

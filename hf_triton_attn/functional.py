@@ -3,7 +3,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import ops
@@ -38,9 +37,8 @@ def attention(
             multiple of ``kv_heads`` (MHA, GQA, MQA): query head ``h`` reads kv head ``h // (heads // kv_heads)``,
             without copying k/v. ``head_dim`` is at most 512 and need not be a power of two. ``v`` may have
             another head dim (at most 512; multi-head latent attention, e.g. DeepSeek-V3: 192 for q/k, 128 for
-            v), and the output has v's head dim. Decoding calls that need no gradient (few queries per kv head,
-            more keys than queries: the split-KV kernel) read v as it is; the others copy the narrower of q/k and
-            v with zero columns up to the wider.
+            v), and the output has v's head dim; every kernel reads v as it is, without a copy (on Hopper such
+            calls take the Triton kernels, not the Gluon ones).
         causal: mask keys after the query, with the diagonal aligned to the bottom-right corner: query ``i``
             sees keys ``j <= i + kv_end - seqlen_q``, where ``kv_end`` is ``seqused_k[b]`` if given, else
             ``seqlen_k``. With seqlen_q=2, seqlen_k=5 (1 = attended)::
@@ -119,16 +117,6 @@ def attention_bshd(
     seqlen_k = k.shape[2]
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim)
-    if v.shape[3] != head_dim and not (ops.takes_value_head_dim(q, k, seqused_q, dropout_p)
-                                       and not _needs_grad(q, k, v, sinks)):
-        # Only the split-KV (decoding) kernel takes v's own head dim, in inference: for the others the narrower side
-        # gets zero columns (zeros change no score, and give output columns that are cut off).
-        width = max(head_dim, v.shape[3])
-        q, k, v_wide = (t if t.shape[3] == width else F.pad(t, (0, width - t.shape[3])) for t in (q, k, v))
-        out = attention_bshd(q, k, v_wide, causal=causal, scale=scale, attention_mask=attention_mask,
-                             seqused_k=seqused_k, seqused_q=seqused_q, dropout_p=dropout_p, softcap=softcap,
-                             kept_key_ranges=kept_key_ranges, sinks=sinks)
-        return out[..., :v.shape[3]].contiguous()
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}.")
     if dropout_p > 0.0 and seqlen_q * seqlen_k >= 2**31:

@@ -18,10 +18,13 @@ dK/dV with the Gluon kernel of _kernels/bwd_dkdv_gluon.py where :func:`_hopper_d
 :class:`hf_triton_attn.launch.KernelLauncher`. The Triton forward reads Q/K/V tiles, and the Triton dQ kernel K/V
 tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` and
 :func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte aligned, unit stride last), through
-pointer arithmetic otherwise; the split-KV (decoding) kernel always through pointers.
+pointer arithmetic otherwise; the split-KV (decoding) kernel always through pointers. A v whose head dim differs
+from q's and k's (multi-head latent attention) is read at its own head dim by the Triton kernels, which take such
+calls; the Gluon kernels take one head dim.
 
-Tensor conventions: q (B, H, Sq, D), k/v (B, Hkv, Skv, D) with any strides; the output is allocated as
-(B, Sq, H, D), the layout Transformers reshapes to (B, Sq, H*D) without a copy; LSE is (B, H, Sq) float32 in
+Tensor conventions: q (B, H, Sq, D), k (B, Hkv, Skv, D), v (B, Hkv, Skv, Dv) with any strides (Dv = D but in
+multi-head latent attention); the output is allocated as (B, Sq, H, Dv), the layout Transformers reshapes to
+(B, Sq, H*Dv) without a copy; LSE is (B, H, Sq) float32 in
 log2 units. Optional tensors: ``key_mask`` (B, Skv) keep-flags, ``seqused_k`` (B,) keys in use, ``seqused_q`` (B,)
 query rows in use (the rest are padding: zero output and gradients, no work), ``key_range``
 the key mask's (B, 3) :func:`kept_key_ranges`, ``mask`` a dense (B|1, H|1, Sq, Skv) boolean or additive float
@@ -200,7 +203,7 @@ def forward_impl(
     sinks: Optional[torch.Tensor], causal: bool, scale: float, softcap: float, dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``key_range``: the key mask's :func:`kept_key_ranges`, computed beforehand (a model's layers share it), or
-    None. v may have its own head dim only where :func:`takes_value_head_dim` says so."""
+    None. v's head dim may differ from q's and k's (multi-head latent attention); the output has v's."""
     out, lse, _ = _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sinks, causal, scale,
                            softcap, dropout_p)
     return out, lse
@@ -220,11 +223,9 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
     if seqused_q is None and _takes_split_kv(sq, heads // hkv, skv, dropout_p):
         spans = _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causal, scale, softcap)
         return out, lse, MaskSummaries(key_range, spans)
-    if v.shape[3] != head_dim:
-        raise ValueError(f"v's head dim {v.shape[3]} differs from q's {head_dim}: only the split-KV (decoding) kernel "
-                         "takes that, and this call runs another; pad the narrower with zeros to the wider "
-                         "(hf_triton_attn.attention does).")
-    if seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
+    value_dim = v.shape[3]
+    if (seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0
+            and value_dim == head_dim):
         hopper = _hopper_forward_config(q, k, v, key_mask, causal, scale)
         if hopper is not None:
             key_mask = _as_kernel_mask(key_mask)
@@ -236,9 +237,11 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     if key_range is None:
         key_range = kept_key_ranges(key_mask, seqused_k)
-    block_d = configs.padded_head_dim(head_dim)
-    tma = configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET) and _tma_compatible(q, k, v)
-    cfg = configs.forward_config(block_d, causal, q.element_size(), INTERPRET, tma, dropout_p > 0.0,
+    block_d, block_dv = configs.padded_head_dim(head_dim), configs.padded_head_dim(value_dim)
+    tma = (configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET)
+           and configs.forward_uses_tma(value_dim, q.element_size(), INTERPRET) and _tma_compatible(q, k, v))
+    # Tiles as for the wider of the two head dims.
+    cfg = configs.forward_config(max(block_d, block_dv), causal, q.element_size(), INTERPRET, tma, dropout_p > 0.0,
                                  key_mask is not None, skv)
     descriptors = ((_descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n))
                    if tma else (None, None, None))
@@ -250,8 +253,8 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out),
         *km_strides, *m_strides, *spans[1:], *_sink_strides(sinks),
         heads, sq, skv, heads // hkv,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype),
+        HEAD_DIM=head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n, **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype),
         USE_TMA=tma, SCALE_IN_EXP=scale > 0.0 and softcap == 0.0 and mask_kind != 2, HAS_SINKS=sinks is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.max_registers,
     )
@@ -486,12 +489,6 @@ def _takes_split_kv(sq: int, group: int, skv: int, dropout_p: float) -> bool:
             and skv > sq)
 
 
-def takes_value_head_dim(q: torch.Tensor, k: torch.Tensor, seqused_q: Optional[torch.Tensor], dropout_p: float) -> bool:
-    """Whether this call's forward runs the split-KV (decoding) kernel, the one kernel that takes v with a head dim
-    other than q's and k's (multi-head latent attention); the others need v padded to theirs."""
-    return seqused_q is None and _takes_split_kv(q.shape[2], q.shape[1] // k.shape[1], k.shape[2], dropout_p)
-
-
 def _capturing(device: torch.device) -> bool:
     """Whether this call's launches are being captured into a CUDA graph (their host time then is not repeated)."""
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
@@ -575,22 +572,26 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
         query_spans = _visible_spans_of(mask)
     key_spans = _visible_spans_of(mask, by_key=True, group=heads // hkv)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
-    block_d = configs.padded_head_dim(head_dim)
-    cfg = configs.backward_config(block_d, q.element_size(), INTERPRET, dropout_p > 0.0, causal, skv)
+    value_dim = v.shape[3]
+    block_d, block_dv = configs.padded_head_dim(head_dim), configs.padded_head_dim(value_dim)
+    # Tiles as for the wider of the two head dims.
+    cfg = configs.backward_config(max(block_d, block_dv), q.element_size(), INTERPRET, dropout_p > 0.0, causal, skv)
 
     delta = torch.empty_like(lse)  # rowsum(O * dO), written by the dQ kernel for the dK/dV kernel
     if key_range is None:
         key_range = kept_key_ranges(key_mask, seqused_k)
-    flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
+    flags = dict(HEAD_DIM=head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_DV=block_dv,
                  **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype))
     hopper_dq = hopper_dkdv = None
-    if seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
+    if (seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0
+            and value_dim == head_dim):
         hopper_dq = _hopper_dq_config(q, k, v, out, grad_out, key_mask, causal, scale)
         hopper_dkdv = _hopper_dkdv_config(q, k, v, grad_out, key_mask, causal, scale)
     if hopper_dq is not None:
         _backward_dq_hopper(q, k, v, out, grad_out, dq, lse, delta, key_mask, key_range, causal, scale, hopper_dq)
     else:
-        tma = configs.dq_uses_tma(head_dim, q.element_size(), INTERPRET, skv) and _tma_compatible(k, v)
+        tma = (configs.dq_uses_tma(head_dim, q.element_size(), INTERPRET, skv)
+               and configs.dq_uses_tma(value_dim, q.element_size(), INTERPRET, skv) and _tma_compatible(k, v))
         kv_descriptors = (_descriptor(k, cfg.dq.block_n), _descriptor(v, cfg.dq.block_n)) if tma else (None, None)
         _launch_bwd_dq(
             (configs.cdiv(sq, cfg.dq.block_m), batch * heads),

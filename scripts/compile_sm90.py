@@ -3,6 +3,7 @@ at run time, and print what decides its speed: registers, spills, shared memory,
 the operand kinds of its wgmma instructions. With --out DIR, also writes its TTGIR and PTX there.
 
     python scripts/compile_sm90.py dkdv --head-dim 64 --block-m 32 --block-n 128 --warps 4 --stages 3 --grouped
+    python scripts/compile_sm90.py fwd --head-dim 192 --value-head-dim 128 --block-m 128 --block-n 64 --warps 8
     python scripts/compile_sm90.py gluon --head-dim 256 --seqlen 4096 [--block-n 32 --stages 3 --tma-store 1 --sinks]
     python scripts/compile_sm90.py gluon-dkdv --head-dim 64 --seqlen 4096 [--stages 3 --kv-slots 1 --grouped]
     python scripts/compile_sm90.py gluon-dq --head-dim 128 --seqlen 4096 [--block-n 128 --stages 2]
@@ -68,7 +69,9 @@ THREADS_PER_SM = 2048
 
 def constants(args) -> dict:
     """The constexpr flags of a plain bf16 call; any flag a kernel does not take is ignored."""
-    return dict(HEAD_DIM=args.head_dim, BLOCK_D=args.head_dim, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
+    value_dim = args.value_head_dim or args.head_dim
+    return dict(HEAD_DIM=args.head_dim, VALUE_DIM=value_dim, BLOCK_D=configs.padded_head_dim(args.head_dim),
+                BLOCK_DV=configs.padded_head_dim(value_dim), BLOCK_M=args.block_m, BLOCK_N=args.block_n,
                 IS_CAUSAL=not args.full, GROUPED=args.grouped, KEY_BLOCKS_OUTER=not args.full, HAS_KEY_MASK=False,
                 HAS_SEQUSED=False, HAS_SEQUSED_Q=False, MASK_KIND=0, HAS_SOFTCAP=False, HAS_DROPOUT=False,
                 DOT_PRECISION="tf32", USE_TMA=False, SCALE_IN_EXP=True, HAS_SINKS=False)
@@ -227,6 +230,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kernel", choices=sorted(KERNELS) + sorted(GLUON_KERNELS))
     parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--value-head-dim", type=int, default=None,
+                        help="fwd, dq, dkdv: v's head dim where it differs from q's and k's (multi-head latent "
+                             "attention)")
     parser.add_argument("--block-m", type=int, default=32)
     parser.add_argument("--block-n", type=int, default=None, help=f"default {TRITON_DEFAULTS['block_n']}, or the "
                                                                   "Gluon configuration's")
@@ -277,7 +283,8 @@ def main() -> None:
     per_sm = min(REGISTERS_PER_SM // (-(-registers // 8) * 8 * threads), SHARED_BYTES_PER_SM // (shared + 1024),
                  THREADS_PER_SM // threads)
     wgmma = re.findall(r"wgmma\.mma_async\.\S+\s+\{[^}]*\},\s*(\{|%rd)", ptx)
-    print(f"{args.kernel} head_dim {args.head_dim} {args.block_m}x{args.block_n} warps {args.warps} stages "
+    value = f"/{args.value_head_dim}" if args.value_head_dim else ""
+    print(f"{args.kernel} head_dim {args.head_dim}{value} {args.block_m}x{args.block_n} warps {args.warps} stages "
           f"{args.stages} (triton {triton.__version__}): {registers} registers, {spills} bytes of spill stores, "
           f"{shared} bytes of shared memory, {per_sm} programs per multiprocessor; wgmma A operands: "
           f"{wgmma.count('{')} in registers, {wgmma.count('%rd')} in shared memory")

@@ -362,18 +362,50 @@ def test_attention_sinks_backward(dtype, causal, seqlen_q, seqlen_k, sink_shape)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("seqlen_q, value_dim", [(37, 16), (37, 40), (1, 16)],
-                         ids=["narrower-value", "wider-value", "decoding"])
-def test_value_head_dim_differs_from_query_key(dtype, seqlen_q, value_dim):
+@pytest.mark.parametrize("seqlen_q, head_dim, value_dim", [(37, 24, 16), (37, 24, 40), (1, 24, 16), (37, 32, 16)],
+                         ids=["narrower-value", "wider-value", "decoding", "powers-of-two"])
+@pytest.mark.parametrize("mask", ["key", "dense"])
+def test_value_head_dim_differs_from_query_key(monkeypatch, dtype, seqlen_q, head_dim, value_dim, mask):
     """Multi-head latent attention (DeepSeek-V3) gives v another head dim than q and k: forward and gradients
-    against the float64 oracle, with GQA, a causal mask and a key-padding mask; the output is contiguous in the
-    (B, Sq, H, Dv) layout that attention_bshd promises."""
-    q, k, _ = random_qkv(2, 4, 2, seqlen_q, 45, 24, dtype, DEVICE)
+    against the float64 oracle, with GQA, a causal mask and a key-padding or dense mask, and every kernel launched
+    with v at its own head dim (no zero-column copy; in 16-bit, head dims that are powers of two load through
+    tensor descriptors in the interpreter). The output is contiguous in the (B, Sq, H, Dv) layout that
+    attention_bshd promises."""
+    launched_value_dims = []
+    for name in ("_launch_fwd", "_launch_fwd_split", "_launch_bwd_dq", "_launch_bwd_dkdv"):
+        def recording(grid, *args, _launch=getattr(ops, name), _name=name, **kwargs):
+            launched_value_dims.append((_name, args[2].shape[3]))
+            return _launch(grid, *args, **kwargs)
+        monkeypatch.setattr(ops, name, recording)
+    descriptors = count_descriptors(monkeypatch, ops)
+    q, k, _ = random_qkv(2, 4, 2, seqlen_q, 45, head_dim, dtype, DEVICE)
     v = torch.randn(2, 2, 45, value_dim, device=DEVICE, dtype=dtype)
     out = functional.attention_bshd(q, k, v, causal=True)
     assert out.shape == (2, seqlen_q, 4, value_dim) and out.is_contiguous()
+    attention_mask = (padding_mask("left", 2, 45) if mask == "key"
+                      else torch.rand(2, 1, seqlen_q, 45, device=DEVICE) > 0.3)
     grad_out = torch.randn(2, 4, seqlen_q, value_dim, device=DEVICE, dtype=dtype)
-    check_input_gradients(dict(q=q, k=k, v=v), grad_out, causal=True, attention_mask=padding_mask("left", 2, 45))
+    check_input_gradients(dict(q=q, k=k, v=v), grad_out, causal=True, attention_mask=attention_mask)
+    forward = "_launch_fwd_split" if seqlen_q == 1 else "_launch_fwd"
+    assert {name for name, _ in launched_value_dims} == {forward, "_launch_bwd_dq", "_launch_bwd_dkdv"}
+    assert all(dim == value_dim for _, dim in launched_value_dims), launched_value_dims
+    assert bool(descriptors) == (seqlen_q > 1 and all(configs.forward_uses_tma(dim, q.element_size(), ops.INTERPRET)
+                                                      for dim in (head_dim, value_dim)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dim, value_dim", [(192, 128), (128, 64)], ids=["deepseek", "gluon-head-dim"])
+def test_value_head_dim_at_model_sizes_gpu(monkeypatch, head_dim, value_dim):
+    """bf16 multi-head latent attention at DeepSeek-V3's head dims, and a q/k head dim the Gluon kernels take: the
+    forward, dQ and dK/dV run the Triton kernels (the Gluon ones take one head dim), against the float64 oracle."""
+    gluon_launches = [count_calls(monkeypatch, ops, name) for name in
+                      ("_launch_fwd_gluon", "_launch_bwd_dq_gluon", "_launch_bwd_dkdv_gluon")
+                      if getattr(ops, name) is not None]
+    q, k, _ = random_qkv(2, 8, 8, 1100, 1100, head_dim, torch.bfloat16, DEVICE)
+    v = torch.randn(2, 8, 1100, value_dim, device=DEVICE, dtype=torch.bfloat16)
+    grad_out = torch.randn(2, 8, 1100, value_dim, device=DEVICE, dtype=torch.bfloat16)
+    check_input_gradients(dict(q=q, k=k, v=v), grad_out, causal=True, attention_mask=padding_mask("left", 2, 1100))
+    assert all(calls == [] for calls in gluon_launches)
 
 
 def test_backward_mask_with_one_row_for_every_query():

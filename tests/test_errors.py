@@ -4,7 +4,7 @@ import torch
 from conftest import DEVICE
 from helpers import random_qkv
 
-from hf_triton_attn import attention, kept_key_ranges, ops
+from hf_triton_attn import attention, kept_key_ranges
 from hf_triton_attn.hf import triton_attention_forward
 
 
@@ -105,12 +105,3 @@ def test_position_bias_gradient_is_refused():
     bias = torch.zeros(1, 2, 4, 4, device=DEVICE, requires_grad=True)
     with pytest.raises(NotImplementedError, match="position_bias"):
         triton_attention_forward(torch.nn.Module(), q, q, q, None, position_bias=bias)
-
-
-def test_value_head_dim_outside_the_split_kv_kernel_is_refused_by_the_op():
-    """Only the split-KV kernel takes v with its own head dim; the op called directly with one elsewhere says so and
-    names the fix (attention() pads v there itself)."""
-    q, k, _ = random_qkv(1, 2, 2, 37, 37, 24, torch.float32, DEVICE)
-    v = torch.randn(1, 2, 37, 16, device=DEVICE)
-    with pytest.raises(ValueError, match="only the split-KV .* pad the narrower"):
-        ops.forward_impl(q, k, v, None, None, None, None, None, None, None, True, 24 ** -0.5, 0.0, 0.0)

@@ -610,8 +610,8 @@ def test_attention_sinks(monkeypatch, dtype, causal, seqlen_q, seqlen_k, merged,
 def test_split_kv_reads_value_head_dim(monkeypatch, dtype, value_dim, seqlen_q, seqlen_k, merged, with_sinks):
     """Multi-head latent attention while decoding (v's head dim other than q's and k's, no gradient): the split-KV
     kernel reads v as it is, with one split and merged, with and without sinks, under GQA, a causal mask and a key
-    mask, against the oracle; v reaches the kernel uncopied, and the output has v's head dim. Calls that need a
-    gradient, and the forward kernel's, pad v instead (test_autograd's test_value_head_dim_differs_from_query_key)."""
+    mask, against the oracle; v reaches the kernel uncopied, and the output has v's head dim. The other kernels read
+    it the same way (test_autograd's test_value_head_dim_differs_from_query_key)."""
     monkeypatch.setattr(ops, "_capturing", lambda device: True)
     merges = count_calls(monkeypatch, ops, "_launch_combine_splits")
     launched_v = []

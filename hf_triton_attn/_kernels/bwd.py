@@ -57,11 +57,11 @@ def _probs_and_dscores(
 @triton.jit
 def _attn_bwd_dkdv_step(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m,
-    offs_m0, start_n, offs_n, offs_d, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
+    offs_m0, start_n, offs_n, offs_d, offs_dv, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_qm, stride_qd, stride_dom, stride_dod,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -73,8 +73,8 @@ def _attn_bwd_dkdv_step(
     d_ok = offs_d < HEAD_DIM
     q_t = tl.load(q_base + offs_m[None, :].to(tl.int64) * stride_qm + offs_d[:, None] * stride_qd,
                   mask=m_ok[None, :] & d_ok[:, None], other=0.0)
-    do = tl.load(do_base + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :] * stride_dod,
-                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    do = tl.load(do_base + offs_m[:, None].to(tl.int64) * stride_dom + offs_dv[None, :] * stride_dod,
+                 mask=m_ok[:, None] & (offs_dv < VALUE_DIM)[None, :], other=0.0)
     lse = tl.load(lse_base + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -92,11 +92,12 @@ def _attn_bwd_dkdv_step(
 @triton.jit
 def _attn_bwd_dkdv_inner(
     dk, dv, k, v, Q, DO, LSE, Delta, lo, hi, skip_lo, skip_hi,
-    offs_m0, start_n, offs_n, offs_d, kv_end, q_start, q_end, pid_b, pid_hk, seed,
+    offs_m0, start_n, offs_n, offs_d, offs_dv, kv_end, q_start, q_end, pid_b, pid_hk, seed,
     sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
     stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUPED: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_GAP: tl.constexpr,
 ):
@@ -121,10 +122,10 @@ def _attn_bwd_dkdv_inner(
         for _ in range(0, GROUP * ((end - first + BLOCK_M - 1) // BLOCK_M)):
             dk, dv = _attn_bwd_dkdv_step(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, _block_start(start, skip_lo, skip_hi, HAS_GAP),
-                offs_m0, start_n, offs_n, offs_d, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
+                offs_m0, start_n, offs_n, offs_d, offs_dv, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
                 sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
                 KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-                HEAD_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
+                HEAD_DIM, VALUE_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
                 HAS_DROPOUT, DOT_PRECISION)
             # On to the next query block, or to the next head's first: bases stepped, not recomputed (the
             # recomputation made the loop ~10% longer in instructions).
@@ -141,10 +142,10 @@ def _attn_bwd_dkdv_inner(
         for start in range(first, end, BLOCK_M):
             dk, dv = _attn_bwd_dkdv_step(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, _block_start(start, skip_lo, skip_hi, HAS_GAP),
-                offs_m0, start_n, offs_n, offs_d, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
+                offs_m0, start_n, offs_n, offs_d, offs_dv, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
                 sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
                 KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-                HEAD_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
+                HEAD_DIM, VALUE_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
                 HAS_DROPOUT, DOT_PRECISION)
     return dk, dv
 
@@ -163,15 +164,16 @@ def _attn_bwd_dkdv(
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_msb, stride_msh, stride_msr,
     H, Hkv, Sq, Skv, GROUP,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    GROUPED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPED: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     KEY_BLOCKS_OUTER: tl.constexpr,
 ):
     """GROUPED: GROUP > 1 query heads share each kv head. HAS_SEQUSED_Q: query rows from SeqUsedQ[b] on are padding
     (zero output in the forward), which the query loops stop before. KEY_BLOCKS_OUTER: the grid is (B * Hkv, key
-    blocks) rather than (key blocks, B * Hkv), so programs start in key-block order across every (batch, kv head)."""
+    blocks) rather than (key blocks, B * Hkv), so programs start in key-block order across every (batch, kv head).
+    V, dO and dV have VALUE_DIM columns (padded to BLOCK_DV), Q, K and dK HEAD_DIM (padded to BLOCK_D)."""
     if KEY_BLOCKS_OUTER:
         pid_n = tl.program_id(1)
         pid_bhk = tl.program_id(0)
@@ -189,20 +191,22 @@ def _attn_bwd_dkdv(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
+    dv_ok = offs_dv < VALUE_DIM
     n_ok = offs_n < kv_end
 
     k = tl.load(_tile_ptrs(_plane(K, pid_b, pid_hk, stride_kb, stride_kh), offs_n, offs_d, stride_kn, stride_kd),
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    v = tl.load(_tile_ptrs(_plane(V, pid_b, pid_hk, stride_vb, stride_vh), offs_n, offs_d, stride_vn, stride_vd),
-                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    v = tl.load(_tile_ptrs(_plane(V, pid_b, pid_hk, stride_vb, stride_vh), offs_n, offs_dv, stride_vn, stride_vd),
+                mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
 
     seed = 0
     if HAS_DROPOUT:
         seed = tl.load(Seed)
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
 
     # Query blocks [lo, masked_end) need the bounds/causal masks, [masked_end, q_end) do not. A ragged key block
     # (past kv_end) is masked throughout.
@@ -239,19 +243,19 @@ def _attn_bwd_dkdv(
         skip_hi = clean_end
     dk, dv = _attn_bwd_dkdv_inner(
         dk, dv, k, v, Q, DO, LSE, Delta, lo, masked_hi, skip_lo, skip_hi,
-        offs_m0, start_n, offs_n, offs_d, kv_end, q_start, q_end, pid_b, pid_hk, seed,
+        offs_m0, start_n, offs_n, offs_d, offs_dv, kv_end, q_start, q_end, pid_b, pid_hk, seed,
         sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_M, BLOCK_N, GROUPED, IS_CAUSAL, True, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
+        HEAD_DIM, VALUE_DIM, BLOCK_M, BLOCK_N, GROUPED, IS_CAUSAL, True, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
         DOT_PRECISION, MASK_KIND != 0)
     dk, dv = _attn_bwd_dkdv_inner(
         dk, dv, k, v, Q, DO, LSE, Delta, clean_lo, clean_end, clean_lo, clean_lo,
-        offs_m0, start_n, offs_n, offs_d, kv_end, q_start, q_end, pid_b, pid_hk, seed,
+        offs_m0, start_n, offs_n, offs_d, offs_dv, kv_end, q_start, q_end, pid_b, pid_hk, seed,
         sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_M, BLOCK_N, GROUPED, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT,
+        HEAD_DIM, VALUE_DIM, BLOCK_M, BLOCK_N, GROUPED, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT,
         DOT_PRECISION, False)
 
     dk *= sm_scale
@@ -263,21 +267,22 @@ def _attn_bwd_dkdv(
         kept = tl.load(KeyMask + pid_b.to(tl.int64) * stride_kmb + offs_n * stride_kmn, mask=n_ok, other=0) != 0
         dk = tl.where(kept[:, None], dk, 0.0)
         dv = tl.where(kept[:, None], dv, 0.0)
-    out_ok = (offs_n[:, None] < Skv) & d_ok[None, :]
+    row_ok = offs_n[:, None] < Skv
     tl.store(_tile_ptrs(_plane(DK, pid_b, pid_hk, stride_dkb, stride_dkh), offs_n, offs_d, stride_dkn, stride_dkd),
-             dk.to(DK.dtype.element_ty), mask=out_ok)
-    tl.store(_tile_ptrs(_plane(DV, pid_b, pid_hk, stride_dvb, stride_dvh), offs_n, offs_d, stride_dvn, stride_dvd),
-             dv.to(DV.dtype.element_ty), mask=out_ok)
+             dk.to(DK.dtype.element_ty), mask=row_ok & d_ok[None, :])
+    tl.store(_tile_ptrs(_plane(DV, pid_b, pid_hk, stride_dvb, stride_dvh), offs_n, offs_dv, stride_dvn, stride_dvd),
+             dv.to(DV.dtype.element_ty), mask=row_ok & dv_ok[None, :])
 
 
 @triton.jit
 def _attn_bwd_dq_inner(
     dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi, skip_lo, skip_hi,
-    start_m, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+    start_m, offs_m, offs_n0, offs_d, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_kn, stride_kd, stride_vn, stride_vd,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     HAS_GAP: tl.constexpr,
@@ -290,7 +295,7 @@ def _attn_bwd_dq_inner(
         offs_n = start_n + offs_n0
         if USE_TMA:
             k_t = tl.trans(DescK.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
-            v_t = tl.trans(DescV.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
+            v_t = tl.trans(DescV.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_DV))
             if CHECK_BOUNDS:
                 # Rows past Skv arrive as zeros, but unused cache rows in [kv_end, Skv) may hold anything, NaN
                 # included, and 0 * NaN would reach dQ.
@@ -299,11 +304,11 @@ def _attn_bwd_dq_inner(
                 v_t = tl.where(n_ok, v_t, 0.0)
         else:
             k_ptrs = k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
-            v_ptrs = v_base + offs_n[None, :].to(tl.int64) * stride_vn + offs_d[:, None] * stride_vd
-            if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
-                ok = (offs_n[None, :] < kv_end) & (offs_d[:, None] < HEAD_DIM)
-                k_t = tl.load(k_ptrs, mask=ok, other=0.0)
-                v_t = tl.load(v_ptrs, mask=ok, other=0.0)
+            v_ptrs = v_base + offs_n[None, :].to(tl.int64) * stride_vn + offs_dv[:, None] * stride_vd
+            if CHECK_BOUNDS or BLOCK_D != HEAD_DIM or BLOCK_DV != VALUE_DIM:
+                n_ok = offs_n[None, :] < kv_end
+                k_t = tl.load(k_ptrs, mask=n_ok & (offs_d[:, None] < HEAD_DIM), other=0.0)
+                v_t = tl.load(v_ptrs, mask=n_ok & (offs_dv[:, None] < VALUE_DIM), other=0.0)
             else:
                 k_t = tl.load(k_ptrs)
                 v_t = tl.load(v_ptrs)
@@ -332,14 +337,16 @@ def _attn_bwd_dq(
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_msb, stride_msh, stride_msr,
     H, Sq, Skv, GROUP,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
 ):
     """USE_TMA: the K and V tiles of the key loop come through the tensor descriptors DescK/DescV (over
     (B, Hkv, S, D)), as in the forward. HAS_SEQUSED_Q: query rows from SeqUsedQ[b] on are padding: their dQ and
-    Delta are zero, and a block of them only skips the key loop."""
+    Delta are zero, and a block of them only skips the key loop. V, Out and dO have VALUE_DIM columns (padded to
+    BLOCK_DV), Q, K and dQ HEAD_DIM (padded to BLOCK_D)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_b = pid_bh // H
@@ -353,18 +360,19 @@ def _attn_bwd_dq(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < Sq
     # Padding rows (from q_end on) load as zeros, so their dQ and Delta come out zero (dO = 0).
     row_used = offs_m < q_end
 
-    row_tile = row_used[:, None] & d_ok[None, :]
     q = tl.load(_tile_ptrs(_plane(Q, pid_b, pid_h, stride_qb, stride_qh), offs_m, offs_d, stride_qm, stride_qd),
-                mask=row_tile, other=0.0)
-    do = tl.load(_tile_ptrs(_plane(DO, pid_b, pid_h, stride_dob, stride_doh), offs_m, offs_d, stride_dom, stride_dod),
-                 mask=row_tile, other=0.0)
-    o = tl.load(_tile_ptrs(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, offs_d, stride_om, stride_od),
-                mask=row_tile, other=0.0)
+                mask=row_used[:, None] & d_ok[None, :], other=0.0)
+    value_tile = row_used[:, None] & (offs_dv < VALUE_DIM)[None, :]
+    do = tl.load(_tile_ptrs(_plane(DO, pid_b, pid_h, stride_dob, stride_doh), offs_m, offs_dv, stride_dom,
+                            stride_dod), mask=value_tile, other=0.0)
+    o = tl.load(_tile_ptrs(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, offs_dv, stride_om, stride_od),
+                mask=value_tile, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + pid_bh.to(tl.int64) * Sq + offs_m, delta, mask=m_ok)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * Sq + offs_m, mask=row_used, other=0.0)
@@ -383,18 +391,18 @@ def _attn_bwd_dq(
                                                     HAS_SEQUSED_Q)
     dq = _attn_bwd_dq_inner(
         dq, q, do, lse, delta, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
-        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT,
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT,
         DOT_PRECISION, USE_TMA, False)
     dq = _attn_bwd_dq_inner(
         dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
-        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION, USE_TMA, HAS_KEY_MASK or MASK_KIND != 0)
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND,
+        HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION, USE_TMA, HAS_KEY_MASK or MASK_KIND != 0)
 
     dq *= sm_scale
     tl.store(_tile_ptrs(_plane(DQ, pid_b, pid_h, stride_dqb, stride_dqh), offs_m, offs_d, stride_dqm, stride_dqd),

@@ -9,19 +9,20 @@ from .common import (LOG2E, _apply_masks, _block_loop, _block_start, _dropout_ke
 @triton.jit
 def _attn_fwd_inner(
     acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, hi, skip_lo, skip_hi,
-    start_m, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+    start_m, offs_m, offs_n0, offs_d, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_kn, stride_kd, stride_vn, stride_vd,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+    MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr, HAS_GAP: tl.constexpr,
 ):
     """Online-softmax update over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_loop; with
     HAS_GAP, since a key mask or a dense mask may leave one, otherwise lo == skip_lo). Masking work is compiled in
-    only where the caller asks. q and k have HEAD_DIM columns, v VALUE_DIM (the split-KV kernel's multi-head latent
-    attention; the forward passes HEAD_DIM), both within BLOCK_D; acc's columns past VALUE_DIM stay zero."""
+    only where the caller asks. q and k have HEAD_DIM columns (offs_d, within BLOCK_D), v VALUE_DIM (offs_dv, within
+    BLOCK_DV; multi-head latent attention's differs from HEAD_DIM); acc's columns past VALUE_DIM stay zero."""
     first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_N, HAS_GAP)
     for start in range(first, end, BLOCK_N):
         start_n = _block_start(start, skip_lo, skip_hi, HAS_GAP)
@@ -63,14 +64,14 @@ def _attn_fwd_inner(
             keep = _dropout_keep(seed, pid_bh, start_m, start_n, Skv, dropout_p, q.shape[0], BLOCK_N, False)
             p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)  # a scalar division, not one per element
         if USE_TMA:
-            v = DescV.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+            v = DescV.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_DV)
             if CHECK_BOUNDS:
                 # Unused cache rows may hold anything, NaN included, and 0 * NaN would reach the output.
                 v = tl.where(n_ok[:, None], v, 0.0)
         else:
-            v_ptrs = v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd
-            if CHECK_BOUNDS or BLOCK_D != VALUE_DIM:
-                v = tl.load(v_ptrs, mask=n_ok[:, None] & (offs_d < VALUE_DIM)[None, :], other=0.0)
+            v_ptrs = v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_dv[None, :] * stride_vd
+            if CHECK_BOUNDS or BLOCK_DV != VALUE_DIM:
+                v = tl.load(v_ptrs, mask=n_ok[:, None] & (offs_dv < VALUE_DIM)[None, :], other=0.0)
             else:
                 v = tl.load(v_ptrs)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -91,7 +92,8 @@ def _attn_fwd(
     stride_msb, stride_msh, stride_msr,
     stride_sb, stride_sh, stride_sm,
     H, Sq, Skv, GROUP,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr, HAS_SINKS: tl.constexpr,
@@ -101,7 +103,8 @@ def _attn_fwd(
     additive mask, so the scale can be folded into the exponent (see _attn_fwd_inner). HAS_SEQUSED_Q: query rows
     from SeqUsedQ[b] on are padding; their output and LSE are zero, and a block of them only skips the key loop.
     HAS_SINKS: Sinks holds an attention-sink logit per (batch, query head, query row), strides stride_s* (0 where
-    it broadcasts; see _join_sink)."""
+    it broadcasts; see _join_sink). Q and K have HEAD_DIM columns, V and Out VALUE_DIM (multi-head latent
+    attention's v head dim; HEAD_DIM otherwise), padded to BLOCK_D and BLOCK_DV."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_b = pid_bh // H
@@ -115,6 +118,7 @@ def _attn_fwd(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < Sq
 
@@ -132,7 +136,7 @@ def _attn_fwd(
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
 
     lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, q_end, KeyRange, pid_b,
                                                     pid_h, Sq, MaskSpans, stride_msb, stride_msh, stride_msr,
@@ -140,20 +144,20 @@ def _attn_fwd(
                                                     HAS_SEQUSED_Q)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
-        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, HEAD_DIM, BLOCK_D, BLOCK_N, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION,
-        USE_TMA, SCALE_IN_EXP, False)
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT,
+        DOT_PRECISION, USE_TMA, SCALE_IN_EXP, False)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
-        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
         sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, HEAD_DIM, BLOCK_D, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION, USE_TMA, SCALE_IN_EXP, HAS_KEY_MASK or MASK_KIND != 0)
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
+        HAS_DROPOUT, DOT_PRECISION, USE_TMA, SCALE_IN_EXP, HAS_KEY_MASK or MASK_KIND != 0)
 
     if HAS_SINKS:
         sink = _sink_logits(Sinks, pid_b, pid_h, offs_m, stride_sb, stride_sh, stride_sm, m_ok)
@@ -165,5 +169,5 @@ def _attn_fwd(
         out = tl.where(row_used[:, None], out, 0.0)
         lse = tl.where(row_used, lse, 0.0)
     tl.store(LSE + pid_bh.to(tl.int64) * Sq + offs_m, lse, mask=m_ok)
-    tl.store(_tile_ptrs(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, offs_d, stride_om, stride_od),
-             out.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    tl.store(_tile_ptrs(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, offs_dv, stride_om, stride_od),
+             out.to(Out.dtype.element_ty), mask=m_ok[:, None] & (offs_dv < VALUE_DIM)[None, :])
