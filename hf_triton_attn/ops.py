@@ -507,13 +507,14 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causa
     value_dim = v.shape[3]
     spans = _visible_spans_of(mask)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
-    block_d = configs.padded_head_dim(max(head_dim, value_dim))
-    plan = configs.split_kv_plan(group * sq, batch * hkv, skv, block_d, q.element_size(), _sm_count(q.device),
-                                 INTERPRET, host_bound=not _capturing(q.device))
+    block_d, block_dv = configs.padded_head_dim(head_dim), configs.padded_head_dim(value_dim)
+    # Planned as for the wider of the two head dims.
+    plan = configs.split_kv_plan(group * sq, batch * hkv, skv, max(block_d, block_dv), q.element_size(),
+                                 _sm_count(q.device), INTERPRET, host_bound=not _capturing(q.device))
     # One split writes the output itself: no workspace, no merge launch (host time is what limits short steps).
     single = plan.num_splits == 1
     # Per (batch * kv head, split, packed row): a partial output row, its max and its sum.
-    work = None if single else torch.empty(batch * hkv * plan.num_splits * plan.block_r * (block_d + 2),
+    work = None if single else torch.empty(batch * hkv * plan.num_splits * plan.block_r * (block_dv + 2),
                                            device=q.device, dtype=torch.float32)
     _launch_fwd_split(
         (plan.num_splits, batch * hkv),
@@ -521,9 +522,9 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causa
         scale, softcap,
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out), *km_strides, *m_strides, *spans[1:],
         *_sink_strides(sinks), heads, hkv, sq, skv, group, plan.split_size, plan.num_splits,
-        HEAD_DIM=head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r, BLOCK_N=plan.block_n,
-        IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, HAS_SEQUSED=seqused_k is not None, MASK_KIND=mask_kind,
-        HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype), WRITE_OUT=single,
+        HEAD_DIM=head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_R=plan.block_r,
+        BLOCK_N=plan.block_n, IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, HAS_SEQUSED=seqused_k is not None,
+        MASK_KIND=mask_kind, HAS_SOFTCAP=softcap > 0.0, DOT_PRECISION=_dot_precision(q.dtype), WRITE_OUT=single,
         HAS_SINKS=sinks is not None, num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     if not single:
@@ -531,7 +532,7 @@ def _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causa
             (group * sq, batch * hkv),
             work, out, lse, sinks, *_bhsd_strides(out), *_sink_strides(sinks),
             heads, hkv, sq, group, plan.num_splits,
-            VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_R=plan.block_r,
+            VALUE_DIM=value_dim, BLOCK_DV=block_dv, BLOCK_R=plan.block_r,
             BLOCK_S=plan.block_s, HAS_SINKS=sinks is not None, num_warps=1 if INTERPRET else 4,
         )
     return spans
