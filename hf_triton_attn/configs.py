@@ -34,6 +34,19 @@ def padded_head_dim(head_dim: int) -> int:
     return max(16, next_power_of_2(head_dim))
 
 
+def head_dim_tiles(head_dim: int) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_D_TAIL) of the forward's q and k: the head dim in one tile padded to a power of two
+    (BLOCK_D_TAIL 0), or, where two power-of-two tiles cover it with fewer columns, the largest power of two below it
+    and one for the rest (192: 128 + 64, 96: 64 + 32, 80: 64 + 16, rather than 256, 128, 128): the scores' products
+    then multiply fewer zero columns. Tiles have at least 16 columns (a tensor-core product's depth)."""
+    padded = padded_head_dim(head_dim)
+    low = padded // 2
+    tail = padded_head_dim(head_dim - low) if head_dim > low else 0
+    if low >= 16 and 0 < tail and low + tail < padded:
+        return low, tail
+    return padded, 0
+
+
 def forward_uses_tma(head_dim: int, itemsize: int, interpret: bool) -> bool:
     """Whether the forward loads Q/K/V tiles through tensor descriptors (TMA) when the tensors allow it.
 

@@ -237,12 +237,13 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     if key_range is None:
         key_range = kept_key_ranges(key_mask, seqused_k)
-    block_d, block_dv = configs.padded_head_dim(head_dim), configs.padded_head_dim(value_dim)
+    block_d, block_d_tail = configs.head_dim_tiles(head_dim)
+    block_dv = configs.padded_head_dim(value_dim)
     tma = (configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET)
            and configs.forward_uses_tma(value_dim, q.element_size(), INTERPRET) and _tma_compatible(q, k, v))
-    # Tiles as for the wider of the two head dims.
-    cfg = configs.forward_config(max(block_d, block_dv), causal, q.element_size(), INTERPRET, tma, dropout_p > 0.0,
-                                 key_mask is not None, skv)
+    # Tiles as for the wider of the two head dims, padded.
+    cfg = configs.forward_config(configs.padded_head_dim(max(head_dim, value_dim)), causal, q.element_size(),
+                                 INTERPRET, tma, dropout_p > 0.0, key_mask is not None, skv)
     descriptors = ((_descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n))
                    if tma else (None, None, None))
     grid = (configs.cdiv(sq, cfg.block_m), batch * heads)
@@ -253,8 +254,9 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
         *q.stride(), *k.stride(), *v.stride(), *_bhsd_strides(out),
         *km_strides, *m_strides, *spans[1:], *_sink_strides(sinks),
         heads, sq, skv, heads // hkv,
-        HEAD_DIM=head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n, **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype),
+        HEAD_DIM=head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_D_TAIL=block_d_tail, BLOCK_DV=block_dv,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype),
         USE_TMA=tma, SCALE_IN_EXP=scale > 0.0 and softcap == 0.0 and mask_kind != 2, HAS_SINKS=sinks is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.max_registers,
     )

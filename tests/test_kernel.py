@@ -34,10 +34,33 @@ def test_shapes_gqa_causal(dtype, seqlens, heads, causal):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("head_dim", [16, 32, 40, 64, 80, 96, 128, 256, 320, 512])
+@pytest.mark.parametrize("head_dim", [16, 32, 40, 64, 80, 96, 128, 192, 256, 320, 512])
 def test_head_dims(dtype, head_dim):
     q, k, v = random_qkv(1, 2, 1, 33, 47, head_dim, dtype, DEVICE)
     check_forward(q, k, v, causal=True)
+
+
+def test_head_dim_tiles_cover_the_head_dim_with_fewer_columns():
+    """The forward's q/k tiles: one power of two, or two whose sum covers the head dim with fewer columns than the
+    padded one tile (the cases that take a tail run in test_head_dims: 40, 80, 96, 192, 320)."""
+    assert [configs.head_dim_tiles(d) for d in (40, 80, 96, 112, 128, 160, 192, 200, 320)] == [
+        (32, 16), (64, 16), (64, 32), (128, 0), (128, 0), (128, 32), (128, 64), (256, 0), (256, 64)]
+    for head_dim in range(1, 513):
+        block_d, tail = configs.head_dim_tiles(head_dim)
+        padded = configs.padded_head_dim(head_dim)
+        if tail:
+            assert block_d < head_dim <= block_d + tail < padded and tail >= 16
+        else:
+            assert block_d == padded
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_head_dim_tail_with_softcap_scale_and_masks(dtype):
+    """A head dim taken in two tiles (96: 64 + 32) where the scores are scaled in the kernel rather than in the
+    exponent (softcap, a negative scale) and under key-padding and dense masks."""
+    q, k, v = random_qkv(2, 4, 2, 33, 45, 96, dtype, DEVICE)
+    check_forward(q, k, v, causal=True, softcap=2.5, scale=0.3, attention_mask=padding_mask("left", 2, 45))
+    check_forward(q, k, v, scale=-0.2, attention_mask=torch.rand(2, 1, 33, 45, device=DEVICE) > 0.3)
 
 
 def padding_mask(kind: str, batch: int, seqlen: int) -> torch.Tensor:

@@ -3,26 +3,29 @@ import triton
 import triton.language as tl
 
 from .common import (LOG2E, _apply_masks, _block_loop, _block_start, _dropout_keep, _join_sink, _key_block_ranges,
-                     _normalized_rows, _plane, _scores, _sink_logits, _tile_ptrs, _used_length)
+                     _normalized_rows, _plane, _scaled_scores, _sink_logits, _tile_ptrs, _used_length)
 
 
 @triton.jit
 def _attn_fwd_inner(
-    acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, hi, skip_lo, skip_hi,
-    start_m, offs_m, offs_n0, offs_d, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+    acc, l_i, m_i, q, q_tail, k_base, v_base, DescK, DescV, lo, hi, skip_lo, skip_hi,
+    start_m, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_kn, stride_kd, stride_vn, stride_vd,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-    MASK_KIND: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr, HAS_GAP: tl.constexpr,
 ):
     """Online-softmax update over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_loop; with
     HAS_GAP, since a key mask or a dense mask may leave one, otherwise lo == skip_lo). Masking work is compiled in
-    only where the caller asks. q and k have HEAD_DIM columns (offs_d, within BLOCK_D), v VALUE_DIM (offs_dv, within
-    BLOCK_DV; multi-head latent attention's differs from HEAD_DIM); acc's columns past VALUE_DIM stay zero."""
+    only where the caller asks. q and k have HEAD_DIM columns: offs_d (BLOCK_D of them, padded past HEAD_DIM), and
+    with BLOCK_D_TAIL > 0 the columns past BLOCK_D in a second tile (q_tail, offs_d_tail, padded past HEAD_DIM): a
+    head dim such as 192 or 96 multiplies 128 + 64 or 64 + 32 columns rather than 256 or 128. v has VALUE_DIM
+    (offs_dv, within BLOCK_DV; multi-head latent attention's differs from HEAD_DIM); acc's columns past VALUE_DIM
+    stay zero."""
     first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_N, HAS_GAP)
     for start in range(first, end, BLOCK_N):
         start_n = _block_start(start, skip_lo, skip_hi, HAS_GAP)
@@ -33,16 +36,19 @@ def _attn_fwd_inner(
             k_t = tl.trans(DescK.load([pid_b, pid_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
         else:
             k_ptrs = k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
-            if CHECK_BOUNDS or BLOCK_D != HEAD_DIM:
+            if CHECK_BOUNDS or BLOCK_D > HEAD_DIM:
                 k_t = tl.load(k_ptrs, mask=n_ok[None, :] & (offs_d < HEAD_DIM)[:, None], other=0.0)
             else:
                 k_t = tl.load(k_ptrs)
-        if SCALE_IN_EXP:
-            # Masks on the raw products; the scale goes into the exponent's multiply-add below. A positive
-            # scale leaves the row maximum where it was, so max(s) * scale is the scaled scores' maximum.
-            s = tl.dot(q, k_t, input_precision=DOT_PRECISION)
-        else:
-            s, _ = _scores(q, k_t, sm_scale, softcap, DOT_PRECISION, HAS_SOFTCAP)
+        s = tl.dot(q, k_t, input_precision=DOT_PRECISION)
+        if BLOCK_D_TAIL > 0:
+            k_tail_ptrs = k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d_tail[:, None] * stride_kd
+            k_tail = tl.load(k_tail_ptrs, mask=n_ok[None, :] & (offs_d_tail < HEAD_DIM)[:, None], other=0.0)
+            s = tl.dot(q_tail, k_tail, s, input_precision=DOT_PRECISION)
+        # With SCALE_IN_EXP the masks apply to the raw products and the scale goes into the exponent's multiply-add
+        # below: a positive scale leaves the row maximum where it was, so max(s) * scale is the scaled scores' maximum.
+        if not SCALE_IN_EXP:
+            s, _ = _scaled_scores(s, sm_scale, softcap, HAS_SOFTCAP)
         s = _apply_masks(s, offs_m[:, None], offs_n[None, :], kv_end, q_start, pid_b, pid_h,
                          KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
                          IS_CAUSAL, HAS_KEY_MASK, MASK_KIND, CHECK_BOUNDS)
@@ -92,8 +98,8 @@ def _attn_fwd(
     stride_msb, stride_msh, stride_msr,
     stride_sb, stride_sh, stride_sm,
     H, Sq, Skv, GROUP,
-    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr, HAS_SINKS: tl.constexpr,
@@ -103,8 +109,9 @@ def _attn_fwd(
     additive mask, so the scale can be folded into the exponent (see _attn_fwd_inner). HAS_SEQUSED_Q: query rows
     from SeqUsedQ[b] on are padding; their output and LSE are zero, and a block of them only skips the key loop.
     HAS_SINKS: Sinks holds an attention-sink logit per (batch, query head, query row), strides stride_s* (0 where
-    it broadcasts; see _join_sink). Q and K have HEAD_DIM columns, V and Out VALUE_DIM (multi-head latent
-    attention's v head dim; HEAD_DIM otherwise), padded to BLOCK_D and BLOCK_DV."""
+    it broadcasts; see _join_sink). Q and K have HEAD_DIM columns, in a tile of BLOCK_D and, where BLOCK_D_TAIL > 0,
+    one of BLOCK_D_TAIL past it (see _attn_fwd_inner); V and Out have VALUE_DIM (multi-head latent attention's v head
+    dim; HEAD_DIM otherwise), padded to BLOCK_DV."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_b = pid_bh // H
@@ -122,11 +129,18 @@ def _attn_fwd(
     d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < Sq
 
+    q_plane = _plane(Q, pid_b, pid_h, stride_qb, stride_qh)
     if USE_TMA:
         q = DescQ.load([pid_b, pid_h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
     else:
-        q = tl.load(_tile_ptrs(_plane(Q, pid_b, pid_h, stride_qb, stride_qh), offs_m, offs_d, stride_qm, stride_qd),
-                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        q = tl.load(_tile_ptrs(q_plane, offs_m, offs_d, stride_qm, stride_qd), mask=m_ok[:, None] & d_ok[None, :],
+                    other=0.0)
+    offs_d_tail = offs_d
+    q_tail = q
+    if BLOCK_D_TAIL > 0:
+        offs_d_tail = BLOCK_D + tl.arange(0, BLOCK_D_TAIL)
+        q_tail = tl.load(_tile_ptrs(q_plane, offs_m, offs_d_tail, stride_qm, stride_qd),
+                         mask=m_ok[:, None] & (offs_d_tail < HEAD_DIM)[None, :], other=0.0)
     k_base = _plane(K, pid_b, pid_hk, stride_kb, stride_kh)
     v_base = _plane(V, pid_b, pid_hk, stride_vb, stride_vh)
 
@@ -143,21 +157,21 @@ def _attn_fwd(
                                                     BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, MASK_KIND,
                                                     HAS_SEQUSED_Q)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
-        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
-        sm_scale, softcap, dropout_p, Sq, Skv,
+        acc, l_i, m_i, q, q_tail, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh,
+        seed, sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION, USE_TMA, SCALE_IN_EXP, False)
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_DV, BLOCK_N, False, False, False, 0, HAS_SOFTCAP,
+        HAS_DROPOUT, DOT_PRECISION, USE_TMA, SCALE_IN_EXP, False)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
-        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
-        sm_scale, softcap, dropout_p, Sq, Skv,
+        acc, l_i, m_i, q, q_tail, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh,
+        seed, sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
-        HAS_DROPOUT, DOT_PRECISION, USE_TMA, SCALE_IN_EXP, HAS_KEY_MASK or MASK_KIND != 0)
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_DV, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND,
+        HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION, USE_TMA, SCALE_IN_EXP, HAS_KEY_MASK or MASK_KIND != 0)
 
     if HAS_SINKS:
         sink = _sink_logits(Sinks, pid_b, pid_h, offs_m, stride_sb, stride_sh, stride_sm, m_ok)
