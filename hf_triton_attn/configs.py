@@ -35,10 +35,11 @@ def padded_head_dim(head_dim: int) -> int:
 
 
 def head_dim_tiles(head_dim: int) -> tuple[int, int]:
-    """(BLOCK_D, BLOCK_D_TAIL) of the forward's q and k: the head dim in one tile padded to a power of two
-    (BLOCK_D_TAIL 0), or, where two power-of-two tiles cover it with fewer columns, the largest power of two below it
-    and one for the rest (192: 128 + 64, 96: 64 + 32, 80: 64 + 16, rather than 256, 128, 128): the scores' products
-    then multiply fewer zero columns. Tiles have at least 16 columns (a tensor-core product's depth)."""
+    """(BLOCK_D, BLOCK_D_TAIL) of q and k (and dQ, dK) in the Triton forward, dQ and dK/dV kernels: the head dim in
+    one tile padded to a power of two (BLOCK_D_TAIL 0), or, where two power-of-two tiles cover it with fewer columns,
+    the largest power of two below it and one for the rest (192: 128 + 64, 96: 64 + 32, 80: 64 + 16, rather than 256,
+    128, 128): the products over the head dim then multiply fewer zero columns. Tiles have at least 16 columns (a
+    tensor-core product's depth)."""
     padded = padded_head_dim(head_dim)
     low = padded // 2
     tail = padded_head_dim(head_dim - low) if head_dim > low else 0

@@ -576,14 +576,16 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
     key_spans = _visible_spans_of(mask, by_key=True, group=heads // hkv)
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     value_dim = v.shape[3]
-    block_d, block_dv = configs.padded_head_dim(head_dim), configs.padded_head_dim(value_dim)
-    # Tiles as for the wider of the two head dims.
-    cfg = configs.backward_config(max(block_d, block_dv), q.element_size(), INTERPRET, dropout_p > 0.0, causal, skv)
+    block_d, block_d_tail = configs.head_dim_tiles(head_dim)
+    block_dv = configs.padded_head_dim(value_dim)
+    # Tiles as for the wider of the two head dims, padded.
+    cfg = configs.backward_config(configs.padded_head_dim(max(head_dim, value_dim)), q.element_size(), INTERPRET,
+                                  dropout_p > 0.0, causal, skv)
 
     delta = torch.empty_like(lse)  # rowsum(O * dO), written by the dQ kernel for the dK/dV kernel
     if key_range is None:
         key_range = kept_key_ranges(key_mask, seqused_k)
-    flags = dict(HEAD_DIM=head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_DV=block_dv,
+    flags = dict(HEAD_DIM=head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_D_TAIL=block_d_tail, BLOCK_DV=block_dv,
                  **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype))
     hopper_dq = hopper_dkdv = None
     if (seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0

@@ -70,9 +70,7 @@ THREADS_PER_SM = 2048
 def constants(args) -> dict:
     """The constexpr flags of a plain bf16 call; any flag a kernel does not take is ignored."""
     value_dim = args.value_head_dim or args.head_dim
-    # The forward takes q and k in one or two tiles (configs.head_dim_tiles), the backward kernels in one.
-    block_d, block_d_tail = (configs.head_dim_tiles(args.head_dim) if args.kernel == "fwd"
-                             else (configs.padded_head_dim(args.head_dim), 0))
+    block_d, block_d_tail = configs.head_dim_tiles(args.head_dim)
     return dict(HEAD_DIM=args.head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_D_TAIL=block_d_tail,
                 BLOCK_DV=configs.padded_head_dim(value_dim), BLOCK_M=args.block_m, BLOCK_N=args.block_n,
                 IS_CAUSAL=not args.full, GROUPED=args.grouped, KEY_BLOCKS_OUTER=not args.full, HAS_KEY_MASK=False,

@@ -67,9 +67,19 @@ def test_backward_shapes_gqa_causal(dtype, heads, causal, seqlens):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("head_dim", [16, 40, 64, 96, 128, 256, 512])
+@pytest.mark.parametrize("head_dim", [16, 40, 64, 80, 96, 128, 192, 256, 512])
 def test_backward_head_dims(dtype, head_dim):
     check_backward(*random_qkv(1, 2, 1, 33, 47, head_dim, dtype, DEVICE), causal=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_head_dim_tail_with_softcap_scale_and_masks(dtype):
+    """q, k, dQ and dK in two tiles (96: 64 + 32, configs.head_dim_tiles) where the scores are scaled in the kernels
+    (softcap, a negative scale), under GQA and key-padding or dense masks (the dK/dV kernel zeroes a dropped key's
+    rows in both tiles)."""
+    q, k, v = random_qkv(2, 4, 2, 33, 45, 96, dtype, DEVICE)
+    check_backward(q, k, v, causal=True, softcap=2.5, scale=0.3, attention_mask=padding_mask("left", 2, 45))
+    check_backward(q, k, v, scale=-0.2, attention_mask=torch.rand(2, 1, 33, 45, device=DEVICE) > 0.3)
 
 
 @pytest.mark.parametrize("kind", ["left", "right", "holes", "one_hole"])
@@ -302,11 +312,12 @@ def test_dropout_zero_is_exactly_no_dropout():
 
 
 @pytest.mark.parametrize("causal, seqlen_k", [(False, 64), (True, 64), (False, 61), (True, 77)])
-def test_dropout_forward_and_backward_match_reference(causal, seqlen_k):
+@pytest.mark.parametrize("head_dim", [64, 96])  # 96: q/k in two tiles
+def test_dropout_forward_and_backward_match_reference(causal, seqlen_k, head_dim):
     """The same keep-mask, applied by the oracle, must give our output and gradients (ragged key counts too)."""
     shape, dropout_p, seed = (2, 4, 48, seqlen_k), 0.3, 11
     keep = dropout_keep_mask(shape, dropout_p, seed, causal=causal)
-    q, k, v = random_qkv(2, 4, 4, 48, seqlen_k, 64, torch.float32, DEVICE)
+    q, k, v = random_qkv(2, 4, 4, 48, seqlen_k, head_dim, torch.float32, DEVICE)
     grad_out = torch.randn_like(q)
     torch.manual_seed(seed)
     ours = grads_of(lambda a, b, c: attention(a, b, c, dropout_p=dropout_p, causal=causal), q, k, v, grad_out)

@@ -16,20 +16,20 @@ import triton
 import triton.language as tl
 
 from .common import (_apply_masks, _block_loop, _block_start, _dropout_keep, _kept_key_range, _key_block_ranges,
-                     _plane, _scores, _tile_ptrs, _used_length, _visible_span, _within_clear_run)
+                     _plane, _scaled_scores, _tile_ptrs, _used_length, _visible_span, _within_clear_run)
 
 
 @triton.jit
 def _probs_and_dscores(
-    a, b, dp, lse, delta, start_m, offs_m, start_n, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh,
+    qk, dp, lse, delta, start_m, offs_m, start_n, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh,
     sm_scale, softcap, dropout_p, seed, Skv,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEY_MAJOR: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr,
 ):
-    """Return (probabilities after dropout, gradient w.r.t. the pre-softmax scores qk * scale) of the tile
-    ``a @ b`` of queries ``offs_m`` and keys ``offs_n`` (= start_n + arange(BLOCK_N)), key-major (keys along
+    """Return (probabilities after dropout, gradient w.r.t. the pre-softmax scores qk * scale) of the tile of raw
+    products ``qk`` of queries ``offs_m`` and keys ``offs_n`` (= start_n + arange(BLOCK_N)), key-major (keys along
     rows) when KEY_MAJOR; ``dp`` is dO V^T and ``lse``/``delta`` come broadcast to the tile."""
     if KEY_MAJOR:
         rows = offs_m[None, :]
@@ -37,7 +37,7 @@ def _probs_and_dscores(
     else:
         rows = offs_m[:, None]
         cols = offs_n[None, :]
-    s, t = _scores(a, b, sm_scale, softcap, DOT_PRECISION, HAS_SOFTCAP)
+    s, t = _scaled_scores(qk, sm_scale, softcap, HAS_SOFTCAP)
     s = _apply_masks(s, rows, cols, kv_end, q_start, pid_b, pid_h,
                      KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq,
                      IS_CAUSAL, HAS_KEY_MASK, MASK_KIND, CHECK_BOUNDS)
@@ -55,49 +55,65 @@ def _probs_and_dscores(
 
 
 @triton.jit
+def _products(a, b, a_tail, b_tail, BLOCK_D_TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``a @ b`` over the head dim's columns, taken in one tile or, where BLOCK_D_TAIL > 0, two (the forward's
+    tiles: configs.head_dim_tiles)."""
+    products = tl.dot(a, b, input_precision=DOT_PRECISION)
+    if BLOCK_D_TAIL > 0:
+        products = tl.dot(a_tail, b_tail, products, input_precision=DOT_PRECISION)
+    return products
+
+
+@triton.jit
 def _attn_bwd_dkdv_step(
-    dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m,
-    offs_m0, start_n, offs_n, offs_d, offs_dv, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
+    dk, dk_tail, dv, k, k_tail, v, q_base, do_base, lse_base, delta_base, start_m,
+    offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_qm, stride_qd, stride_dom, stride_dod,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D_TAIL: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Add the query block at ``start_m`` of one query head to dK/dV. Query rows from q_end on (past Sq, or
-    padding rows ``seqused_q`` leaves out) load as zeros with lse = delta = 0, so they add exactly nothing
-    (dO = 0)."""
+    """Add the query block at ``start_m`` of one query head to dK/dV (and to the tail columns' dK, see
+    _attn_bwd_dkdv). Query rows from q_end on (past Sq, or padding rows ``seqused_q`` leaves out) load as zeros with
+    lse = delta = 0, so they add exactly nothing (dO = 0)."""
     offs_m = start_m + offs_m0
     m_ok = offs_m < q_end
     d_ok = offs_d < HEAD_DIM
     q_t = tl.load(q_base + offs_m[None, :].to(tl.int64) * stride_qm + offs_d[:, None] * stride_qd,
                   mask=m_ok[None, :] & d_ok[:, None], other=0.0)
+    q_tail_t = q_t
+    if BLOCK_D_TAIL > 0:
+        q_tail_t = tl.load(q_base + offs_m[None, :].to(tl.int64) * stride_qm + offs_d_tail[:, None] * stride_qd,
+                           mask=m_ok[None, :] & (offs_d_tail < HEAD_DIM)[:, None], other=0.0)
     do = tl.load(do_base + offs_m[:, None].to(tl.int64) * stride_dom + offs_dv[None, :] * stride_dod,
                  mask=m_ok[:, None] & (offs_dv < VALUE_DIM)[None, :], other=0.0)
     lse = tl.load(lse_base + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
     p_t, ds_t = _probs_and_dscores(
-        k, q_t, dp_t, lse[None, :], delta[None, :], start_m, offs_m, start_n, offs_n,
-        kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed, Skv,
-        KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_M, BLOCK_N,
-        True,
-        IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+        _products(k, q_t, k_tail, q_tail_t, BLOCK_D_TAIL, DOT_PRECISION), dp_t, lse[None, :], delta[None, :],
+        start_m, offs_m, start_n, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed,
+        Skv, KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_M, BLOCK_N,
+        True, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT)
     dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
     dk += tl.dot(ds_t.to(q_t.dtype), tl.trans(q_t), input_precision=DOT_PRECISION)
-    return dk, dv
+    if BLOCK_D_TAIL > 0:
+        dk_tail += tl.dot(ds_t.to(q_t.dtype), tl.trans(q_tail_t), input_precision=DOT_PRECISION)
+    return dk, dk_tail, dv
 
 
 @triton.jit
 def _attn_bwd_dkdv_inner(
-    dk, dv, k, v, Q, DO, LSE, Delta, lo, hi, skip_lo, skip_hi,
-    offs_m0, start_n, offs_n, offs_d, offs_dv, kv_end, q_start, q_end, pid_b, pid_hk, seed,
+    dk, dk_tail, dv, k, k_tail, v, Q, DO, LSE, Delta, lo, hi, skip_lo, skip_hi,
+    offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, kv_end, q_start, q_end, pid_b, pid_hk, seed,
     sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
     stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    GROUPED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D_TAIL: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, GROUPED: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_GAP: tl.constexpr,
 ):
@@ -120,13 +136,14 @@ def _attn_bwd_dkdv_inner(
     if GROUPED:
         start = first
         for _ in range(0, GROUP * ((end - first + BLOCK_M - 1) // BLOCK_M)):
-            dk, dv = _attn_bwd_dkdv_step(
-                dk, dv, k, v, q_base, do_base, lse_base, delta_base, _block_start(start, skip_lo, skip_hi, HAS_GAP),
-                offs_m0, start_n, offs_n, offs_d, offs_dv, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
-                sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
+            dk, dk_tail, dv = _attn_bwd_dkdv_step(
+                dk, dk_tail, dv, k, k_tail, v, q_base, do_base, lse_base, delta_base,
+                _block_start(start, skip_lo, skip_hi, HAS_GAP),
+                offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, kv_end, q_start, q_end, pid_b, pid_h, pid_bh,
+                seed, sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
                 KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-                HEAD_DIM, VALUE_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
-                HAS_DROPOUT, DOT_PRECISION)
+                HEAD_DIM, VALUE_DIM, BLOCK_D_TAIL, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND,
+                HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
             # On to the next query block, or to the next head's first: bases stepped, not recomputed (the
             # recomputation made the loop ~10% longer in instructions).
             start += BLOCK_M
@@ -140,14 +157,15 @@ def _attn_bwd_dkdv_inner(
             delta_base += tl.where(next_head, Sq, 0)
     else:
         for start in range(first, end, BLOCK_M):
-            dk, dv = _attn_bwd_dkdv_step(
-                dk, dv, k, v, q_base, do_base, lse_base, delta_base, _block_start(start, skip_lo, skip_hi, HAS_GAP),
-                offs_m0, start_n, offs_n, offs_d, offs_dv, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
-                sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
+            dk, dk_tail, dv = _attn_bwd_dkdv_step(
+                dk, dk_tail, dv, k, k_tail, v, q_base, do_base, lse_base, delta_base,
+                _block_start(start, skip_lo, skip_hi, HAS_GAP),
+                offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, kv_end, q_start, q_end, pid_b, pid_h, pid_bh,
+                seed, sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
                 KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-                HEAD_DIM, VALUE_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
-                HAS_DROPOUT, DOT_PRECISION)
-    return dk, dv
+                HEAD_DIM, VALUE_DIM, BLOCK_D_TAIL, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND,
+                HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+    return dk, dk_tail, dv
 
 
 @triton.jit
@@ -164,8 +182,8 @@ def _attn_bwd_dkdv(
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_msb, stride_msh, stride_msr,
     H, Hkv, Sq, Skv, GROUP,
-    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPED: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     KEY_BLOCKS_OUTER: tl.constexpr,
@@ -173,7 +191,8 @@ def _attn_bwd_dkdv(
     """GROUPED: GROUP > 1 query heads share each kv head. HAS_SEQUSED_Q: query rows from SeqUsedQ[b] on are padding
     (zero output in the forward), which the query loops stop before. KEY_BLOCKS_OUTER: the grid is (B * Hkv, key
     blocks) rather than (key blocks, B * Hkv), so programs start in key-block order across every (batch, kv head).
-    V, dO and dV have VALUE_DIM columns (padded to BLOCK_DV), Q, K and dK HEAD_DIM (padded to BLOCK_D)."""
+    V, dO and dV have VALUE_DIM columns (padded to BLOCK_DV), Q, K and dK HEAD_DIM, in a tile of BLOCK_D and, where
+    BLOCK_D_TAIL > 0, one of BLOCK_D_TAIL past it (the forward's tiles: configs.head_dim_tiles)."""
     if KEY_BLOCKS_OUTER:
         pid_n = tl.program_id(1)
         pid_bhk = tl.program_id(0)
@@ -196,8 +215,17 @@ def _attn_bwd_dkdv(
     dv_ok = offs_dv < VALUE_DIM
     n_ok = offs_n < kv_end
 
-    k = tl.load(_tile_ptrs(_plane(K, pid_b, pid_hk, stride_kb, stride_kh), offs_n, offs_d, stride_kn, stride_kd),
-                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    k_plane = _plane(K, pid_b, pid_hk, stride_kb, stride_kh)
+    k = tl.load(_tile_ptrs(k_plane, offs_n, offs_d, stride_kn, stride_kd), mask=n_ok[:, None] & d_ok[None, :],
+                other=0.0)
+    offs_d_tail = offs_d
+    k_tail = k
+    dk_tail = 0.0
+    if BLOCK_D_TAIL > 0:
+        offs_d_tail = BLOCK_D + tl.arange(0, BLOCK_D_TAIL)
+        k_tail = tl.load(_tile_ptrs(k_plane, offs_n, offs_d_tail, stride_kn, stride_kd),
+                         mask=n_ok[:, None] & (offs_d_tail < HEAD_DIM)[None, :], other=0.0)
+        dk_tail = tl.zeros([BLOCK_N, BLOCK_D_TAIL], tl.float32)
     v = tl.load(_tile_ptrs(_plane(V, pid_b, pid_hk, stride_vb, stride_vh), offs_n, offs_dv, stride_vn, stride_vd),
                 mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
 
@@ -241,24 +269,26 @@ def _attn_bwd_dkdv(
         clean_lo, clean_end = _within_clear_run(clean_lo, clean_end, clear_lo, clear_end, lo, BLOCK_M)
         skip_lo = clean_lo
         skip_hi = clean_end
-    dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, Q, DO, LSE, Delta, lo, masked_hi, skip_lo, skip_hi,
-        offs_m0, start_n, offs_n, offs_d, offs_dv, kv_end, q_start, q_end, pid_b, pid_hk, seed,
+    dk, dk_tail, dv = _attn_bwd_dkdv_inner(
+        dk, dk_tail, dv, k, k_tail, v, Q, DO, LSE, Delta, lo, masked_hi, skip_lo, skip_hi,
+        offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, kv_end, q_start, q_end, pid_b, pid_hk, seed,
         sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_M, BLOCK_N, GROUPED, IS_CAUSAL, True, False, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION, MASK_KIND != 0)
-    dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, Q, DO, LSE, Delta, clean_lo, clean_end, clean_lo, clean_lo,
-        offs_m0, start_n, offs_n, offs_d, offs_dv, kv_end, q_start, q_end, pid_b, pid_hk, seed,
+        HEAD_DIM, VALUE_DIM, BLOCK_D_TAIL, BLOCK_M, BLOCK_N, GROUPED, IS_CAUSAL, True, False, MASK_KIND, HAS_SOFTCAP,
+        HAS_DROPOUT, DOT_PRECISION, MASK_KIND != 0)
+    dk, dk_tail, dv = _attn_bwd_dkdv_inner(
+        dk, dk_tail, dv, k, k_tail, v, Q, DO, LSE, Delta, clean_lo, clean_end, clean_lo, clean_lo,
+        offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, kv_end, q_start, q_end, pid_b, pid_hk, seed,
         sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_M, BLOCK_N, GROUPED, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT,
+        HEAD_DIM, VALUE_DIM, BLOCK_D_TAIL, BLOCK_M, BLOCK_N, GROUPED, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT,
         DOT_PRECISION, False)
 
     dk *= sm_scale
+    if BLOCK_D_TAIL > 0:
+        dk_tail *= sm_scale
     if HAS_KEY_MASK:
         # The loops leave the key mask out: a dropped key's probabilities are zero for every query, so its rows of
         # dK and dV are zero, and nothing else depends on them (each row sums over its own key's column of P and
@@ -267,28 +297,35 @@ def _attn_bwd_dkdv(
         kept = tl.load(KeyMask + pid_b.to(tl.int64) * stride_kmb + offs_n * stride_kmn, mask=n_ok, other=0) != 0
         dk = tl.where(kept[:, None], dk, 0.0)
         dv = tl.where(kept[:, None], dv, 0.0)
+        if BLOCK_D_TAIL > 0:
+            dk_tail = tl.where(kept[:, None], dk_tail, 0.0)
     row_ok = offs_n[:, None] < Skv
-    tl.store(_tile_ptrs(_plane(DK, pid_b, pid_hk, stride_dkb, stride_dkh), offs_n, offs_d, stride_dkn, stride_dkd),
-             dk.to(DK.dtype.element_ty), mask=row_ok & d_ok[None, :])
+    dk_plane = _plane(DK, pid_b, pid_hk, stride_dkb, stride_dkh)
+    tl.store(_tile_ptrs(dk_plane, offs_n, offs_d, stride_dkn, stride_dkd), dk.to(DK.dtype.element_ty),
+             mask=row_ok & d_ok[None, :])
+    if BLOCK_D_TAIL > 0:
+        tl.store(_tile_ptrs(dk_plane, offs_n, offs_d_tail, stride_dkn, stride_dkd),
+                 dk_tail.to(DK.dtype.element_ty), mask=row_ok & (offs_d_tail < HEAD_DIM)[None, :])
     tl.store(_tile_ptrs(_plane(DV, pid_b, pid_hk, stride_dvb, stride_dvh), offs_n, offs_dv, stride_dvn, stride_dvd),
              dv.to(DV.dtype.element_ty), mask=row_ok & dv_ok[None, :])
 
 
 @triton.jit
 def _attn_bwd_dq_inner(
-    dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi, skip_lo, skip_hi,
-    start_m, offs_m, offs_n0, offs_d, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+    dq, dq_tail, q, q_tail, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi, skip_lo, skip_hi,
+    start_m, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_kn, stride_kd, stride_vn, stride_vd,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     HAS_GAP: tl.constexpr,
 ):
-    """Accumulate dQ over the key blocks of [lo, hi) outside [skip_lo, skip_hi) (see _block_loop; with HAS_GAP,
-    since a key mask or a dense mask may leave one, otherwise lo == skip_lo)."""
+    """Accumulate dQ (and the tail columns' dQ, see _attn_bwd_dq) over the key blocks of [lo, hi) outside
+    [skip_lo, skip_hi) (see _block_loop; with HAS_GAP, since a key mask or a dense mask may leave one, otherwise
+    lo == skip_lo)."""
     first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_N, HAS_GAP)
     for start in range(first, end, BLOCK_N):
         start_n = _block_start(start, skip_lo, skip_hi, HAS_GAP)
@@ -305,22 +342,27 @@ def _attn_bwd_dq_inner(
         else:
             k_ptrs = k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
             v_ptrs = v_base + offs_n[None, :].to(tl.int64) * stride_vn + offs_dv[:, None] * stride_vd
-            if CHECK_BOUNDS or BLOCK_D != HEAD_DIM or BLOCK_DV != VALUE_DIM:
+            if CHECK_BOUNDS or BLOCK_D > HEAD_DIM or BLOCK_DV != VALUE_DIM:
                 n_ok = offs_n[None, :] < kv_end
                 k_t = tl.load(k_ptrs, mask=n_ok & (offs_d[:, None] < HEAD_DIM), other=0.0)
                 v_t = tl.load(v_ptrs, mask=n_ok & (offs_dv[:, None] < VALUE_DIM), other=0.0)
             else:
                 k_t = tl.load(k_ptrs)
                 v_t = tl.load(v_ptrs)
+        k_tail_t = k_t
+        if BLOCK_D_TAIL > 0:
+            k_tail_t = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d_tail[:, None] * stride_kd,
+                               mask=(offs_n[None, :] < kv_end) & (offs_d_tail[:, None] < HEAD_DIM), other=0.0)
         dp = tl.dot(do, v_t, input_precision=DOT_PRECISION)
         _, ds = _probs_and_dscores(
-            q, k_t, dp, lse[:, None], delta[:, None], start_m, offs_m, start_n, offs_n,
-            kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed, Skv,
-            KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_M, BLOCK_N,
-            False,
-            IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+            _products(q, k_t, q_tail, k_tail_t, BLOCK_D_TAIL, DOT_PRECISION), dp, lse[:, None], delta[:, None],
+            start_m, offs_m, start_n, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed,
+            Skv, KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_M,
+            BLOCK_N, False, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT)
         dq += tl.dot(ds.to(k_t.dtype), tl.trans(k_t), input_precision=DOT_PRECISION)
-    return dq
+        if BLOCK_D_TAIL > 0:
+            dq_tail += tl.dot(ds.to(k_t.dtype), tl.trans(k_tail_t), input_precision=DOT_PRECISION)
+    return dq, dq_tail
 
 
 @triton.jit
@@ -337,8 +379,8 @@ def _attn_bwd_dq(
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_msb, stride_msh, stride_msr,
     H, Sq, Skv, GROUP,
-    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
@@ -346,7 +388,8 @@ def _attn_bwd_dq(
     """USE_TMA: the K and V tiles of the key loop come through the tensor descriptors DescK/DescV (over
     (B, Hkv, S, D)), as in the forward. HAS_SEQUSED_Q: query rows from SeqUsedQ[b] on are padding: their dQ and
     Delta are zero, and a block of them only skips the key loop. V, Out and dO have VALUE_DIM columns (padded to
-    BLOCK_DV), Q, K and dQ HEAD_DIM (padded to BLOCK_D)."""
+    BLOCK_DV), Q, K and dQ HEAD_DIM, in a tile of BLOCK_D and, where BLOCK_D_TAIL > 0, one of BLOCK_D_TAIL past it
+    (the forward's tiles: configs.head_dim_tiles)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_b = pid_bh // H
@@ -366,8 +409,17 @@ def _attn_bwd_dq(
     # Padding rows (from q_end on) load as zeros, so their dQ and Delta come out zero (dO = 0).
     row_used = offs_m < q_end
 
-    q = tl.load(_tile_ptrs(_plane(Q, pid_b, pid_h, stride_qb, stride_qh), offs_m, offs_d, stride_qm, stride_qd),
-                mask=row_used[:, None] & d_ok[None, :], other=0.0)
+    q_plane = _plane(Q, pid_b, pid_h, stride_qb, stride_qh)
+    q = tl.load(_tile_ptrs(q_plane, offs_m, offs_d, stride_qm, stride_qd), mask=row_used[:, None] & d_ok[None, :],
+                other=0.0)
+    offs_d_tail = offs_d
+    q_tail = q
+    dq_tail = 0.0
+    if BLOCK_D_TAIL > 0:
+        offs_d_tail = BLOCK_D + tl.arange(0, BLOCK_D_TAIL)
+        q_tail = tl.load(_tile_ptrs(q_plane, offs_m, offs_d_tail, stride_qm, stride_qd),
+                         mask=row_used[:, None] & (offs_d_tail < HEAD_DIM)[None, :], other=0.0)
+        dq_tail = tl.zeros([BLOCK_M, BLOCK_D_TAIL], tl.float32)
     value_tile = row_used[:, None] & (offs_dv < VALUE_DIM)[None, :]
     do = tl.load(_tile_ptrs(_plane(DO, pid_b, pid_h, stride_dob, stride_doh), offs_m, offs_dv, stride_dom,
                             stride_dod), mask=value_tile, other=0.0)
@@ -389,21 +441,26 @@ def _attn_bwd_dq(
                                                     pid_h, Sq, MaskSpans, stride_msb, stride_msh, stride_msr,
                                                     BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, MASK_KIND,
                                                     HAS_SEQUSED_Q)
-    dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
-        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
-        sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
+    dq, dq_tail = _attn_bwd_dq_inner(
+        dq, dq_tail, q, q_tail, do, lse, delta, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh,
+        seed, sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION, USE_TMA, False)
-    dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
-        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
-        sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_DV, BLOCK_M, BLOCK_N, False, False, False, 0, HAS_SOFTCAP,
+        HAS_DROPOUT, DOT_PRECISION, USE_TMA, False)
+    dq, dq_tail = _attn_bwd_dq_inner(
+        dq, dq_tail, q, q_tail, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh,
+        seed, sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND,
-        HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION, USE_TMA, HAS_KEY_MASK or MASK_KIND != 0)
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_DV, BLOCK_M, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK,
+        MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION, USE_TMA, HAS_KEY_MASK or MASK_KIND != 0)
 
     dq *= sm_scale
-    tl.store(_tile_ptrs(_plane(DQ, pid_b, pid_h, stride_dqb, stride_dqh), offs_m, offs_d, stride_dqm, stride_dqd),
-             dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    dq_plane = _plane(DQ, pid_b, pid_h, stride_dqb, stride_dqh)
+    tl.store(_tile_ptrs(dq_plane, offs_m, offs_d, stride_dqm, stride_dqd), dq.to(DQ.dtype.element_ty),
+             mask=m_ok[:, None] & d_ok[None, :])
+    if BLOCK_D_TAIL > 0:
+        dq_tail *= sm_scale
+        tl.store(_tile_ptrs(dq_plane, offs_m, offs_d_tail, stride_dqm, stride_dqd), dq_tail.to(DQ.dtype.element_ty),
+                 mask=m_ok[:, None] & (offs_d_tail < HEAD_DIM)[None, :])
