@@ -15,7 +15,8 @@ applies a key-padding mask once, to its key block's rows of dK and dV, not per t
 import triton
 import triton.language as tl
 
-from .common import (_apply_masks, _block_loop, _block_start, _dropout_keep, _kept_key_range, _key_block_ranges,
+from .common import (_apply_masks, _block_loop, _block_start, _dropout_keep, _head_dim_tiles, _kept_key_range,
+                     _key_block_ranges,
                      _plane, _scaled_scores, _tile_ptrs, _used_length, _visible_span, _within_clear_run)
 
 
@@ -215,16 +216,10 @@ def _attn_bwd_dkdv(
     dv_ok = offs_dv < VALUE_DIM
     n_ok = offs_n < kv_end
 
-    k_plane = _plane(K, pid_b, pid_hk, stride_kb, stride_kh)
-    k = tl.load(_tile_ptrs(k_plane, offs_n, offs_d, stride_kn, stride_kd), mask=n_ok[:, None] & d_ok[None, :],
-                other=0.0)
-    offs_d_tail = offs_d
-    k_tail = k
+    k, k_tail, offs_d_tail = _head_dim_tiles(_plane(K, pid_b, pid_hk, stride_kb, stride_kh), offs_n, n_ok, stride_kn,
+                                             stride_kd, HEAD_DIM, BLOCK_D, BLOCK_D_TAIL)
     dk_tail = 0.0
     if BLOCK_D_TAIL > 0:
-        offs_d_tail = BLOCK_D + tl.arange(0, BLOCK_D_TAIL)
-        k_tail = tl.load(_tile_ptrs(k_plane, offs_n, offs_d_tail, stride_kn, stride_kd),
-                         mask=n_ok[:, None] & (offs_d_tail < HEAD_DIM)[None, :], other=0.0)
         dk_tail = tl.zeros([BLOCK_N, BLOCK_D_TAIL], tl.float32)
     v = tl.load(_tile_ptrs(_plane(V, pid_b, pid_hk, stride_vb, stride_vh), offs_n, offs_dv, stride_vn, stride_vd),
                 mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
@@ -409,16 +404,10 @@ def _attn_bwd_dq(
     # Padding rows (from q_end on) load as zeros, so their dQ and Delta come out zero (dO = 0).
     row_used = offs_m < q_end
 
-    q_plane = _plane(Q, pid_b, pid_h, stride_qb, stride_qh)
-    q = tl.load(_tile_ptrs(q_plane, offs_m, offs_d, stride_qm, stride_qd), mask=row_used[:, None] & d_ok[None, :],
-                other=0.0)
-    offs_d_tail = offs_d
-    q_tail = q
+    q, q_tail, offs_d_tail = _head_dim_tiles(_plane(Q, pid_b, pid_h, stride_qb, stride_qh), offs_m, row_used,
+                                             stride_qm, stride_qd, HEAD_DIM, BLOCK_D, BLOCK_D_TAIL)
     dq_tail = 0.0
     if BLOCK_D_TAIL > 0:
-        offs_d_tail = BLOCK_D + tl.arange(0, BLOCK_D_TAIL)
-        q_tail = tl.load(_tile_ptrs(q_plane, offs_m, offs_d_tail, stride_qm, stride_qd),
-                         mask=row_used[:, None] & (offs_d_tail < HEAD_DIM)[None, :], other=0.0)
         dq_tail = tl.zeros([BLOCK_M, BLOCK_D_TAIL], tl.float32)
     value_tile = row_used[:, None] & (offs_dv < VALUE_DIM)[None, :]
     do = tl.load(_tile_ptrs(_plane(DO, pid_b, pid_h, stride_dob, stride_doh), offs_m, offs_dv, stride_dom,

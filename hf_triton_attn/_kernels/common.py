@@ -23,6 +23,24 @@ def _tile_ptrs(plane, rows, cols, stride_row, stride_col):
 
 
 @triton.jit
+def _head_dim_tiles(plane, rows, rows_ok, stride_row, stride_col, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                    BLOCK_D_TAIL: tl.constexpr):
+    """The ``rows`` of a plane of HEAD_DIM columns as (tile, tail tile, the tail's column offsets): columns [0,
+    BLOCK_D) and, where BLOCK_D_TAIL > 0, [BLOCK_D, BLOCK_D + BLOCK_D_TAIL) (see configs.head_dim_tiles), zero past
+    HEAD_DIM and in rows not ``rows_ok``. Without a tail, the first tile and its offsets stand in for it."""
+    offs_d = tl.arange(0, BLOCK_D)
+    tile = tl.load(_tile_ptrs(plane, rows, offs_d, stride_row, stride_col),
+                   mask=rows_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    tail = tile
+    offs_tail = offs_d
+    if BLOCK_D_TAIL > 0:
+        offs_tail = BLOCK_D + tl.arange(0, BLOCK_D_TAIL)
+        tail = tl.load(_tile_ptrs(plane, rows, offs_tail, stride_row, stride_col),
+                       mask=rows_ok[:, None] & (offs_tail < HEAD_DIM)[None, :], other=0.0)
+    return tile, tail, offs_tail
+
+
+@triton.jit
 def _used_length(SeqUsed, pid_b, S, HAS_SEQUSED: tl.constexpr):
     """end: positions [0, end) of batch row ``pid_b`` are in use, keys (``seqused_k``) or queries
     (``seqused_q``); all S without the tensor."""

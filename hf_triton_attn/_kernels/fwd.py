@@ -2,8 +2,9 @@
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, _apply_masks, _block_loop, _block_start, _dropout_keep, _join_sink, _key_block_ranges,
-                     _normalized_rows, _plane, _scaled_scores, _sink_logits, _tile_ptrs, _used_length)
+from .common import (LOG2E, _apply_masks, _block_loop, _block_start, _dropout_keep, _head_dim_tiles, _join_sink,
+                     _key_block_ranges, _normalized_rows, _plane, _scaled_scores, _sink_logits, _tile_ptrs,
+                     _used_length)
 
 
 @triton.jit
@@ -126,21 +127,15 @@ def _attn_fwd(
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < Sq
 
-    q_plane = _plane(Q, pid_b, pid_h, stride_qb, stride_qh)
-    if USE_TMA:
+    if USE_TMA:  # head dims that are powers of two: no tail
         q = DescQ.load([pid_b, pid_h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
+        q_tail = q
+        offs_d_tail = offs_d
     else:
-        q = tl.load(_tile_ptrs(q_plane, offs_m, offs_d, stride_qm, stride_qd), mask=m_ok[:, None] & d_ok[None, :],
-                    other=0.0)
-    offs_d_tail = offs_d
-    q_tail = q
-    if BLOCK_D_TAIL > 0:
-        offs_d_tail = BLOCK_D + tl.arange(0, BLOCK_D_TAIL)
-        q_tail = tl.load(_tile_ptrs(q_plane, offs_m, offs_d_tail, stride_qm, stride_qd),
-                         mask=m_ok[:, None] & (offs_d_tail < HEAD_DIM)[None, :], other=0.0)
+        q, q_tail, offs_d_tail = _head_dim_tiles(_plane(Q, pid_b, pid_h, stride_qb, stride_qh), offs_m, m_ok,
+                                                 stride_qm, stride_qd, HEAD_DIM, BLOCK_D, BLOCK_D_TAIL)
     k_base = _plane(K, pid_b, pid_hk, stride_kb, stride_kh)
     v_base = _plane(V, pid_b, pid_hk, stride_vb, stride_vh)
 
