@@ -198,12 +198,6 @@ def _tanh(x):
 
 
 @triton.jit
-def _scores(a, b, sm_scale, softcap, DOT_PRECISION: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
-    """Return (log2-domain scores of ``a @ b``, tanh of the capped scores or None)."""
-    return _scaled_scores(tl.dot(a, b, input_precision=DOT_PRECISION), sm_scale, softcap, HAS_SOFTCAP)
-
-
-@triton.jit
 def _scaled_scores(s, sm_scale, softcap, HAS_SOFTCAP: tl.constexpr):
     """Return (log2-domain scores of the raw products ``s``, tanh of the capped scores or None)."""
     if HAS_SOFTCAP:
