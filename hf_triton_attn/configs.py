@@ -34,6 +34,7 @@ def padded_head_dim(head_dim: int) -> int:
     return max(16, next_power_of_2(head_dim))
 
 
+@functools.lru_cache(maxsize=None)  # called on every forward and backward
 def head_dim_tiles(head_dim: int) -> tuple[int, int]:
     """(BLOCK_D, BLOCK_D_TAIL) of q and k (and dQ, dK) in the Triton forward, dQ and dK/dV kernels: the head dim in
     one tile padded to a power of two (BLOCK_D_TAIL 0), or, where two power-of-two tiles cover it with fewer columns,
