@@ -382,7 +382,8 @@ def test_non_contiguous_inputs(layout, dtype):
         v = randn(batch, 2 * kv_heads, seqlen, head_dim)[:, ::2]
     else:  # a head_dim slice of a fused qkv projection, last stride 1 but rows strided
         fused = randn(batch, heads, seqlen, 3 * head_dim)
-        q, k, v = fused[..., :head_dim], fused[:, :kv_heads, :, head_dim:2 * head_dim], fused[:, :kv_heads, :, 2 * head_dim:]
+        q = fused[..., :head_dim]
+        k, v = fused[:, :kv_heads, :, head_dim:2 * head_dim], fused[:, :kv_heads, :, 2 * head_dim:]
     assert not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous())
     check_forward(q, k, v, causal=True)
 
