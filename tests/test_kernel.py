@@ -41,8 +41,8 @@ def test_head_dims(dtype, head_dim):
 
 
 def test_head_dim_tiles_cover_the_head_dim_with_fewer_columns():
-    """The forward's q/k tiles: one power of two, or two whose sum covers the head dim with fewer columns than the
-    padded one tile (the cases that take a tail run in test_head_dims: 40, 80, 96, 192, 320)."""
+    """The Triton kernels' q/k tiles: one power of two, or two whose sum covers the head dim with fewer columns than
+    the padded one tile (the cases that take a tail run in test_head_dims: 40, 80, 96, 192, 320)."""
     assert [configs.head_dim_tiles(d) for d in (40, 80, 96, 112, 128, 160, 192, 200, 320)] == [
         (32, 16), (64, 16), (64, 32), (128, 0), (128, 0), (128, 32), (128, 64), (256, 0), (256, 64)]
     for head_dim in range(1, 513):
