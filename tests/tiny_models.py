@@ -21,10 +21,11 @@ DECODER_CONFIGS = {
     "gpt_oss_sliding_sinks": lambda: transformers.GptOssConfig(
         hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=6, **COMMON),
-    # Multi-head latent attention: queries and keys of 24 dims (16 + 8 rotary), values of 16.
+    # Multi-head latent attention: queries and keys of 40 dims (32 + 8 rotary; the kernels' two tiles, 32 + 16), values
+    # of 24.
     "deepseek_v3_mla": lambda: transformers.DeepseekV3Config(
         hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, kv_lora_rank=32,
+        num_key_value_heads=4, qk_rope_head_dim=8, qk_nope_head_dim=32, v_head_dim=24, kv_lora_rank=32,
         q_lora_rank=32, n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1,
         **COMMON),
 }
