@@ -64,7 +64,7 @@ def test_bert_classifier_steps_match_eager(tmp_path_factory):
     assert_same_training(*results, tol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "deepseek_v3_mla"])
 @pytest.mark.parametrize("impl", ["triton", "triton_skip_padding"])
 def test_causal_lm_steps_match_eager(tmp_path_factory, family, impl):
     """With "triton_skip_padding" the right padding's rows are left out: its loss terms are ignored (-100), so the
