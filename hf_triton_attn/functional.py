@@ -138,7 +138,9 @@ def attention_bshd(
         seed = torch.randint(0, 2**31 - 1, (1,), device=q.device, dtype=torch.int64)
     if not _runs_eagerly((q, k, v, key_mask, seqused_k, seqused_q, kept_key_ranges, dense_mask, sinks)):
         forward = ops.attention_forward
-    elif _needs_grad(q, k, v, sinks):
+    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                      or (sinks is not None and sinks.requires_grad)):
+        # No other input can need a gradient: a mask that does was refused above, the rest are integers.
         forward = ops.EagerAttention.apply
     else:
         forward = ops.forward_impl
@@ -170,13 +172,6 @@ def kept_key_ranges(attention_mask: torch.Tensor, seqused_k: Optional[torch.Tens
     if seqused_k is not None:
         seqused_k = _seqused_arg(seqused_k, attention_mask)
     return ops.kept_key_ranges(attention_mask, seqused_k)
-
-
-def _needs_grad(q, k, v, sinks) -> bool:
-    """Whether autograd records this call. No other input can need a gradient: a mask that does is refused, the
-    rest are integers."""
-    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                        or (isinstance(sinks, torch.Tensor) and sinks.requires_grad))
 
 
 def _runs_eagerly(tensors: tuple[Optional[torch.Tensor], ...]) -> bool:
