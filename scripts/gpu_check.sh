@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one command (device time is scarce): versions, then the named steps in order; full logs
 # go to $OUT, short tables to stdout, and a last line per step with its exit code and duration.
-#   bash scripts/gpu_check.sh [tests|examples|tune|bench-quick|bench|models|train-memory|ncu]...
+#   bash scripts/gpu_check.sh [tests|examples|tune|bench-quick|bench|head-dims|models|train-memory|ncu]...
 # The examples step needs the fp16 MiniLM copy, made here (no GPU) and carried along:
 #   python examples/make_minilm_fp16.py .carry/minilm-fp16   (then run with carry=[".carry"])
 set -uo pipefail
@@ -28,6 +28,8 @@ for step in "$@"; do
       tail -n 12 "$OUT/models.log" ;;
     bench-quick) python benchmarks/bench_kernels.py --quick --out "$OUT" > "$OUT/bench.log" 2>&1; rc=$?; tail -n 40 "$OUT/bench.log" ;;
     bench) python benchmarks/bench_kernels.py --out "$OUT" > "$OUT/bench.log" 2>&1; rc=$?; tail -n 60 "$OUT/bench.log" ;;
+    head-dims) python benchmarks/bench_head_dims.py --rounds 3 --out "$OUT" > "$OUT/head_dims.log" 2>&1; rc=$?
+      tail -n 30 "$OUT/head_dims.log" ;;
     models) python benchmarks/bench_models.py --out "$OUT" > "$OUT/models.log" 2>&1; rc=$?; tail -n 40 "$OUT/models.log" ;;
     ncu) bash scripts/ncu_profile.sh > "$OUT/ncu.log" 2>&1; rc=$?; tail -n 40 "$OUT/ncu.log" ;;
     *) echo "unknown step $step"; rc=2 ;;

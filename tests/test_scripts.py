@@ -78,6 +78,40 @@ def test_bench_kernels_keeps_each_providers_best_round(monkeypatch):
         bench_kernels.parse_args(["--rounds", "0"])
 
 
+def test_bench_head_dims_variants_run_what_they_name(monkeypatch):
+    """`bench_head_dims.py`'s variants of our call: "one tile" launches the Triton kernels with q and k in one
+    padded tile (no tail) and "v padded" with v at q's head dim, both matching ours (gradients included) on a
+    multi-head latent attention case; the summary divides each variant's time by ours. Run on the CPU with the GPU
+    timer replaced by a fixed sequence of times."""
+    monkeypatch.syspath_prepend(str(SCRIPTS.parent / "benchmarks"))
+    import bench_head_dims
+    import bench_kernels
+
+    from hf_triton_attn import ops
+
+    launches = []
+    for name in ("_launch_fwd", "_launch_bwd_dq", "_launch_bwd_dkdv"):
+        def recording(grid, *args, _launch=getattr(ops, name), _name=name, **kwargs):
+            launches.append((_name, kwargs["BLOCK_D"], kwargs["BLOCK_D_TAIL"], args[2].shape[3]))
+            return _launch(grid, *args, **kwargs)
+        monkeypatch.setattr(ops, name, recording)
+    monkeypatch.setattr(bench_kernels, "DEVICE", "cpu")
+    times = iter([2.0, 3.0, 4.0])  # ours, one tile, v padded
+    monkeypatch.setattr(bench_kernels.triton.testing, "do_bench", lambda *args, **kwargs: next(times))
+    monkeypatch.setattr(bench_kernels, "PROVIDERS", {"ours": bench_kernels.make_ours, **bench_head_dims.VARIANTS})
+    case = bench_kernels.KernelCase("dense fwdbwd", 1, 2, 2, 32, 40, True, torch.float32, value_head_dim=24)
+    record = bench_kernels.run_case(case)
+    # One call per provider (the timer is replaced): a forward, a dQ and a dK/dV launch each.
+    assert [name for name, *_ in launches] == ["_launch_fwd", "_launch_bwd_dq", "_launch_bwd_dkdv"] * 3
+    tiles = {name: {launch[1:] for launch in launches[3 * index:3 * index + 3]}
+             for index, name in enumerate(("ours", "ours one tile", "ours v padded"))}
+    assert tiles == {"ours": {(32, 16, 24)}, "ours one tile": {(64, 0, 24)}, "ours v padded": {(32, 16, 40)}}
+    for name in bench_head_dims.VARIANTS:
+        assert not record["results"][name]["mismatch"], record["results"][name]
+    last_row = bench_head_dims.variant_ratios([record]).splitlines()[-1]
+    assert [cell.strip() for cell in last_row.split("|")[2:4]] == ["1.500", "2.000"]
+
+
 @pytest.mark.parametrize("kernel, args, fields", [
     ("gluon", ["--head-dim", "256", "--seqlen", "4096", "--sass"], "block_n=64, stages=2"),
     ("gluon", ["--head-dim", "128", "--full", "--block-n", "64", "--stages", "3", "--tma-store", "0"],
