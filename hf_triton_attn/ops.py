@@ -464,12 +464,13 @@ def _bhsd_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def _tma_compatible(*tensors: torch.Tensor) -> bool:
-    """Whether every tensor can have a tensor descriptor: a 16-byte aligned base, unit stride in the last dim and
-    the other strides positive multiples of 16 bytes. Plain loops: this runs on every call, and nested generators
-    took ~4 µs for three tensors on the CPU machine."""
+    """Whether every tensor can have a tensor descriptor: no empty dim (no keys: cross-attention over an empty
+    context), a 16-byte aligned base, unit stride in the last dim and the other strides positive multiples of 16
+    bytes. Plain loops: this runs on every call, and nested generators took ~4 µs for three tensors on the CPU
+    machine."""
     for t in tensors:
         *outer, last = t.stride()
-        if last != 1 or t.data_ptr() % 16:
+        if last != 1 or t.data_ptr() % 16 or 0 in t.shape:
             return False
         itemsize = t.element_size()
         for stride in outer:

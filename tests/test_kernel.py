@@ -450,9 +450,21 @@ def test_deterministic():
     assert torch.equal(first, attention(q, k, v, causal=True, attention_mask=mask))
 
 
-def test_empty_inputs():
-    q, k, v = random_qkv(2, 2, 2, 0, 5, 16, torch.float32, DEVICE)
-    assert attention(q, k, v).shape == (2, 2, 0, 16)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("seqlen_q, seqlen_k", [(0, 5), (5, 0), (0, 0)], ids=["no-queries", "no-keys", "neither"])
+@pytest.mark.parametrize("mask", [None, "key", "dense"])
+def test_empty_inputs(dtype, seqlen_q, seqlen_k, mask):
+    """No queries, or no keys (cross-attention over an empty context): the output has the right shape, rows with no
+    key are zeros, and so are the gradients, in 16-bit too (whose power-of-two head dims load through tensor
+    descriptors, which cannot describe an empty tensor)."""
+    q, k, v = random_qkv(2, 4, 2, seqlen_q, seqlen_k, 64, dtype, DEVICE, requires_grad=True)
+    attention_mask = {None: None, "key": torch.ones(2, seqlen_k, dtype=torch.bool, device=DEVICE),
+                      "dense": torch.ones(2, 1, seqlen_q, seqlen_k, dtype=torch.bool, device=DEVICE)}[mask]
+    for causal in (False, True):
+        out = attention(q, k, v, causal=causal, attention_mask=attention_mask)
+        assert out.shape == (2, 4, seqlen_q, 64) and not out.any()
+        out.sum().backward()
+        assert all(t.grad.shape == t.shape and not t.grad.any() for t in (q, k, v))
 
 
 @pytest.mark.gpu
