@@ -98,7 +98,7 @@ def fail_gluon_launch(monkeypatch, launcher: str) -> None:
     def launch(grid, *args, **kwargs):
         raise CompilationError(None, None, "a Gluon builtin this Triton does not have")
     monkeypatch.setattr(ops, launcher, launch)
-    monkeypatch.setattr(ops, "_gluon_descriptor", lambda t, rows: None)
+    monkeypatch.setattr(ops, "_gluon_descriptor", lambda *args: None)
     monkeypatch.setattr(ops, "_tile_counter", lambda device: None)
 
 

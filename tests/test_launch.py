@@ -326,3 +326,29 @@ def test_launches_go_to_the_tensors_device(monkeypatch):
     body(None)
     body(torch.zeros(1))
     assert entered == [torch.device("cuda", 1)]
+
+
+def _descriptor_fields(descriptor) -> tuple:
+    return (type(descriptor), descriptor.base.data_ptr(), descriptor.base.dtype, descriptor.shape, descriptor.strides,
+            descriptor.block_shape, descriptor.padding, getattr(descriptor, "round_f32_to_tf32", False),
+            getattr(descriptor, "layout", None))
+
+
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_ops_descriptors_equal_the_checked_constructors(layout):
+    """The op layer builds its tensor descriptors without the constructors' checks (its own compatibility check
+    comes first): what Triton's launcher reads of them equals what the constructors build, for tensors in both
+    layouts, and for the Gluon kernels' (B, S, H, D) outputs seen as (B, H, S, D) without the transposed view."""
+    q = torch.randn(2, 3, 40, 64, dtype=torch.float16)
+    if layout == "bshd":
+        q = torch.randn(2, 40, 3, 64, dtype=torch.float16).transpose(1, 2)
+    assert ops._tma_compatible(q)
+    checked = TensorDescriptor(q, list(q.shape), list(q.stride()), [1, 1, 32, 64])
+    assert _descriptor_fields(ops._descriptor(q, 32)) == _descriptor_fields(checked)
+    if GluonTensorDescriptor is None:
+        return
+    layout_32 = ops._gluon_layout(32, 64, q.dtype)
+    checked = GluonTensorDescriptor(q, list(q.shape), list(q.stride()), [1, 1, 32, 64], layout_32)
+    assert _descriptor_fields(ops._gluon_descriptor(q, 32)) == _descriptor_fields(checked)
+    bshd = q.transpose(1, 2)
+    assert _descriptor_fields(ops._gluon_descriptor_bshd(bshd, 32)) == _descriptor_fields(checked)
