@@ -8,7 +8,10 @@ Decoders also generate a few greedy tokens from the left-padded batch with the d
 child process with a time limit, so one that hangs or crashes does not stop the sweep. Without a GPU the kernels
 run in the Triton interpreter (float32).
 
-    PYTHONPATH=. python scripts/model_sweep.py [--types llama bert ...] [--jobs 2] [--out sweep.json]
+    PYTHONPATH=. python scripts/model_sweep.py [--types llama bert ...] [--jobs 2] [--head-dim 40] [--out sweep.json]
+
+``--head-dim`` sets the tiny models' head dim (hidden size four times it): 16 by default; 40, say, to run the
+kernels' two head-dim tiles (32 + 16, ``configs.head_dim_tiles``) through every architecture.
 
 Statuses: ``ok`` (within --tol), ``DIFF`` (outputs differ), ``ERROR`` (triton raised where eager did not; the
 message says whether it is one of the backend's deliberate refusals), ``skip`` (the tiny model could not be built or
@@ -51,9 +54,10 @@ def model_types():
     return [(t, "causal") for t in causal] + [(t, "masked") for t in masked]
 
 
-def tiny_config(model_type):
+def tiny_config(model_type, head_dim=TINY["head_dim"]):
     from transformers import CONFIG_MAPPING
-    return CONFIG_MAPPING[model_type](**{**TINY, **OVERRIDES.get(model_type, {})})
+    sizes = dict(head_dim=head_dim, hidden_size=TINY["num_attention_heads"] * head_dim)
+    return CONFIG_MAPPING[model_type](**{**TINY, **sizes, **OVERRIDES.get(model_type, {})})
 
 
 def padded_batch(device, side):
@@ -66,7 +70,7 @@ def padded_batch(device, side):
     return (ids, mask) if side == "left" else (ids.flip(-1), mask.flip(-1))
 
 
-def check_one(model_type, kind, tol):
+def check_one(model_type, kind, tol, head_dim=TINY["head_dim"]):
     """Runs in the child process: the model's result as a dict."""
     import transformers
 
@@ -80,19 +84,19 @@ def check_one(model_type, kind, tol):
 
     transformers.AttentionInterface.register("triton", counted)
     try:
-        return _compare(model_type, kind, tol, calls)
+        return _compare(model_type, kind, tol, head_dim, calls)
     finally:
         hf_triton_attn.register()
 
 
-def _compare(model_type, kind, tol, calls):
+def _compare(model_type, kind, tol, head_dim, calls):
     import torch
     import transformers
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModelForMaskedLM
     try:
-        config = tiny_config(model_type)
+        config = tiny_config(model_type, head_dim)
         torch.manual_seed(0)
         model = auto.from_config(config, attn_implementation="eager", dtype=torch.float32).to(device).eval()
     except Exception as error:  # noqa: BLE001  (any failure to build is reported, not raised)
@@ -137,8 +141,8 @@ def _compare(model_type, kind, tol, calls):
     return result
 
 
-def run_child(model_type, kind, tol, timeout):
-    command = [sys.executable, __file__, "--child", model_type, kind, "--tol", str(tol)]
+def run_child(model_type, kind, tol, head_dim, timeout):
+    command = [sys.executable, __file__, "--child", model_type, kind, "--tol", str(tol), "--head-dim", str(head_dim)]
     env = dict(os.environ)
     env.setdefault("TRITON_INTERPRET", "0" if _has_cuda() else "1")
     start = time.time()
@@ -175,11 +179,13 @@ def main():
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--tol", type=float, default=1e-4, help="largest relative difference called ok")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--head-dim", type=int, default=TINY["head_dim"],
+                        help="the tiny models' head dim (hidden size: four times it)")
     parser.add_argument("--out", help="write every result as JSON here")
     parser.add_argument("--child", nargs=2, metavar=("TYPE", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(check_one(*args.child, args.tol)), flush=True)
+        print("RESULT " + json.dumps(check_one(*args.child, args.tol, args.head_dim)), flush=True)
         return
 
     todo = model_types()
@@ -192,7 +198,7 @@ def main():
 
     def check(item):
         model_type, kind = item
-        result = run_child(model_type, kind, args.tol, args.timeout)
+        result = run_child(model_type, kind, args.tol, args.head_dim, args.timeout)
         results[model_type] = dict(kind=kind, **result)
         figures = " ".join(f"{key}={result[key]:.1e}" if isinstance(result[key], float) else f"{key}={result[key]}"
                            for key in ("left", "right", "generate") if key in result)
