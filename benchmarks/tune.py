@@ -44,7 +44,8 @@ DECODE_CASES = [(8, 32, 8, 1024, 128), (8, 32, 8, 4096, 128), (8, 32, 8, 32768, 
 def forward_candidates(head_dim: int) -> list[configs.LaunchConfig]:
     blocks = [(64, 64), (64, 128), (128, 64), (128, 128)]
     schedules = [(4, 3), (8, 3), (8, 4), (4, 4)]
-    return [configs.LaunchConfig(m, n, warps, stages) for (m, n), (warps, stages) in itertools.product(blocks, schedules)
+    return [configs.LaunchConfig(m, n, warps, stages)
+            for (m, n), (warps, stages) in itertools.product(blocks, schedules)
             if head_dim <= 128 or m * n <= 64 * 128]  # 256-wide tiles: keep blocks small enough to fit
 
 
@@ -54,7 +55,8 @@ def backward_candidates(head_dim: int, kernel: str) -> list[configs.LaunchConfig
     if kernel == "dq":
         blocks = [(n, m) for m, n in blocks]
     schedules = [(4, 3), (8, 2), (8, 3)]
-    return [configs.LaunchConfig(m, n, warps, stages) for (m, n), (warps, stages) in itertools.product(blocks, schedules)
+    return [configs.LaunchConfig(m, n, warps, stages)
+            for (m, n), (warps, stages) in itertools.product(blocks, schedules)
             if head_dim <= 128 or m * n <= 64 * 64]
 
 

@@ -13,7 +13,8 @@ hands its result, unchanged, to every attention layer as ``attention_mask``. It 
 from typing import Optional, Union
 
 import torch
-from transformers.masking_utils import bidirectional_mask_function, causal_mask_function, prepare_padding_mask, sdpa_mask
+from transformers.masking_utils import (bidirectional_mask_function, causal_mask_function, prepare_padding_mask,
+                                       sdpa_mask)
 
 from .functional import kept_key_ranges
 

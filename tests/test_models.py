@@ -20,7 +20,8 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module", params=list(DECODER_CONFIGS))
 def decoder(request, tmp_path_factory):
-    return request.param, saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, DECODER_CONFIGS[request.param]())
+    config = DECODER_CONFIGS[request.param]()
+    return request.param, saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, config)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,8 @@ def test_registered_in_both_interfaces():
     assert transformers.AttentionInterface._global_mapping["triton"] is triton_attention_forward
     skipping = transformers.AttentionInterface._global_mapping["triton_skip_padding"]
     assert skipping.func is triton_attention_forward and skipping.keywords == {"skip_padding_rows": True}
-    assert transformers.masking_utils.AttentionMaskInterface._global_mapping["triton_skip_padding"] is triton_attention_mask
+    mask_functions = transformers.masking_utils.AttentionMaskInterface._global_mapping
+    assert mask_functions["triton_skip_padding"] is triton_attention_mask
 
 
 @pytest.mark.parametrize("padding", ["left", "right"])
@@ -93,7 +95,8 @@ def test_bert_right_padded_matches_eager(bert_path):
     hidden = {}
     for impl in ("eager", "triton"):
         with torch.no_grad():
-            hidden[impl] = load(BertModel, bert_path, impl, DEVICE)(input_ids=ids, attention_mask=mask).last_hidden_state
+            model = load(BertModel, bert_path, impl, DEVICE)
+            hidden[impl] = model(input_ids=ids, attention_mask=mask).last_hidden_state
     assert max_diff_on(mask, hidden["eager"], hidden["triton"]) <= TOL
 
 

@@ -13,7 +13,8 @@ import torch
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
-@pytest.mark.parametrize("args", [["dkdv", "--grouped"], ["fwd", "--block-m", "128", "--block-n", "64", "--warps", "8"]])
+@pytest.mark.parametrize("args", [["dkdv", "--grouped"],
+                                  ["fwd", "--block-m", "128", "--block-n", "64", "--warps", "8"]])
 def test_compile_sm90_reports_the_compiled_kernel(args):
     """An offline sm_90 compile (the JIT's specialisations, no GPU) reports registers, shared memory, programs per
     multiprocessor and wgmma operands; a kernel argument the script has no value for would stop it with a message."""
