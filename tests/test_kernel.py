@@ -352,6 +352,27 @@ def test_strided_seqused_tensors(seqlen_q):
     assert kept_key_ranges(mask, columns[:, 0]).equal(kept_key_ranges(mask, columns[:, 0].contiguous()))
 
 
+@pytest.mark.parametrize("seqlen_q", [1, 40])  # the split-KV kernel and the forward kernel
+@pytest.mark.parametrize("mask", [None, "left"])
+def test_seqused_as_int64(seqlen_q, mask):
+    """seqused_k and seqused_q as int64 (allowed, as int32 is), in float16 at a power-of-two head dim, whose tiles
+    load through tensor descriptors (which refuse the 64-bit offsets an int64 length would make): the oracle's
+    output, and the same output and gradients as with int32."""
+    q, k, v = random_qkv(3, 4, 2, seqlen_q, 40, 32, torch.float16, DEVICE, requires_grad=True)
+    grad_out = torch.randn_like(q)
+    attention_mask = None if mask is None else padding_mask(mask, 3, 40)
+    results = []
+    for dtype in (torch.int64, torch.int32):
+        kwargs = dict(causal=True, attention_mask=attention_mask,
+                      seqused_k=torch.tensor([40, 17, 9], device=DEVICE, dtype=dtype))
+        if seqlen_q > 1:
+            kwargs["seqused_q"] = torch.tensor([40, 0, 20], device=DEVICE, dtype=dtype)
+        out = check_forward(q, k, v, **kwargs)
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad_out)))
+    for int64_result, int32_result in zip(*results):
+        assert torch.equal(int64_result, int32_result)
+
+
 def test_seqused_q_takes_the_forward_kernel_for_short_queries(monkeypatch):
     """The split-KV kernel would compute padding rows: a call with seqused_q takes the forward kernel."""
     q, k, v = random_qkv(2, 4, 2, 1, 90, 32, torch.float32, DEVICE)

@@ -43,10 +43,11 @@ def _head_dim_tiles(plane, rows, rows_ok, stride_row, stride_col, HEAD_DIM: tl.c
 @triton.jit
 def _used_length(SeqUsed, pid_b, S, HAS_SEQUSED: tl.constexpr):
     """end: positions [0, end) of batch row ``pid_b`` are in use, keys (``seqused_k``) or queries
-    (``seqused_q``); all S without the tensor."""
+    (``seqused_q``); all S without the tensor. Always int32: an int64 ``seqused`` would make every offset derived
+    from it 64-bit, which tensor-descriptor loads refuse."""
     end = S
     if HAS_SEQUSED:
-        end = tl.minimum(tl.load(SeqUsed + pid_b), S)
+        end = tl.minimum(tl.load(SeqUsed + pid_b), S).to(tl.int32)
     return end
 
 
