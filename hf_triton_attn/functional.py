@@ -35,7 +35,7 @@ def attention(
         q: (batch, heads, seqlen_q, head_dim), float16, bfloat16 or float32; any strides.
         k, v: (batch, kv_heads, seqlen_k, head_dim), same dtype and device as ``q``. ``heads`` must be a
             multiple of ``kv_heads`` (MHA, GQA, MQA): query head ``h`` reads kv head ``h // (heads // kv_heads)``,
-            without copying k/v. ``head_dim`` is at most 512 and need not be a power of two. ``v`` may have
+            without copying k/v. ``head_dim`` is 1 to 512 and need not be a power of two. ``v`` may have
             another head dim (at most 512; multi-head latent attention, e.g. DeepSeek-V3: 192 for q/k, 128 for
             v), and the output has v's head dim; every kernel reads v as it is, without a copy (on Hopper such
             calls take the Triton kernels, not the Gluon ones).
@@ -47,12 +47,13 @@ def attention(
                 1 1 1 1 1
 
             so decoding with a cache (seqlen_q=1) sees every key.
-        scale: multiplies ``q @ k^T``; default ``1 / sqrt(head_dim)``.
+        scale: multiplies ``q @ k^T``, finite; default ``1 / sqrt(head_dim)``.
         attention_mask: optional, combined with ``causal`` (a key must pass every mask):
 
             - (batch, seqlen_k) boolean: key-padding mask, True = attend (left, right or holes).
             - (batch or 1, heads or 1, seqlen_q or 1, seqlen_k) boolean (True = attend) or floating additive
-              mask (added to the scaled scores; ``-inf`` masks). Read tile by tile inside the kernel; key
+              mask (added to the scaled scores; ``-inf`` masks, and so do values below about -2.4e38, such as
+              float32's lowest, which Transformers' eager masks use). Read tile by tile inside the kernel; key
               blocks it hides from a whole tile of queries (``False`` or ``-inf`` throughout) are skipped, and
               blocks inside every row's clear run (a span of ``True``, or of ``0.0``, without holes) are
               computed without reading it.
@@ -117,6 +118,8 @@ def attention_bshd(
     seqlen_k = k.shape[2]
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim)
+    elif not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale}.")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}.")
     if dropout_p > 0.0 and seqlen_q * seqlen_k >= 2**31:
@@ -204,7 +207,7 @@ def _qkv_ok(q, k, v) -> bool:
     v_shape = v.shape
     return (len(q_shape) == 4 and len(k_shape) == 4 and len(v_shape) == 4 and k_shape[:3] == v_shape[:3]
             and q.dtype in SUPPORTED_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype
-            and k_shape[0] == q_shape[0] and k_shape[3] == q_shape[3] <= MAX_HEAD_DIM and v_shape[3] <= MAX_HEAD_DIM
+            and k_shape[0] == q_shape[0] and 0 < k_shape[3] == q_shape[3] <= MAX_HEAD_DIM and v_shape[3] <= MAX_HEAD_DIM
             and k_shape[1] > 0 and q_shape[1] % k_shape[1] == 0
             and (q.is_cuda or (ops.INTERPRET and q.is_cpu)) and q.device == k.device == v.device)
 
@@ -227,6 +230,8 @@ def _explain_bad_qkv(q, k, v) -> None:
                          f"{tuple(v.shape)}.")
     if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
         raise ValueError(f"k/v {tuple(k.shape)} do not match q {tuple(q.shape)} in batch or head_dim.")
+    if q.shape[3] == 0:
+        raise ValueError(f"q and k have head_dim 0 ({tuple(q.shape)}); attention needs a head_dim of at least 1.")
     heads, kv_heads = q.shape[1], k.shape[1]
     if kv_heads == 0 or heads % kv_heads != 0:
         raise ValueError(f"the number of query heads ({heads}) must be a multiple of the number of kv heads "

@@ -20,6 +20,7 @@ def qkv(**overrides):
     (dict(v=torch.randn(2, 2, 9, 16)), "same batch, kv heads and seqlen"),
     (dict(k=torch.randn(3, 2, 8, 16), v=torch.randn(3, 2, 8, 16)), "batch or head_dim"),
     (dict(k=torch.randn(2, 3, 8, 16), v=torch.randn(2, 3, 8, 16)), "multiple of the number of kv heads"),
+    (dict(q=torch.randn(2, 4, 8, 0), k=torch.randn(2, 2, 8, 0)), "head_dim of at least 1"),
 ])
 def test_malformed_qkv(inputs, match):
     args = qkv(**{name: t.to(DEVICE) for name, t in inputs.items()})
@@ -59,6 +60,8 @@ def test_mask_gradient_is_refused():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(dropout_p=1.0), r"dropout_p must be in \[0, 1\)"),
     (dict(softcap=-1.0), "softcap must be positive"),
+    (dict(scale=float("nan")), "scale must be a finite number, got nan"),
+    (dict(scale=float("-inf")), "scale must be a finite number, got -inf"),
     (dict(seqused_k=torch.tensor([8.0, 8.0])), "seqused_k must be an int32/int64 tensor"),
     (dict(seqused_k=torch.tensor([8])), r"shape \(batch,\)"),
     (dict(seqused_q=torch.tensor([8.0, 8.0])), "seqused_q must be an int32/int64 tensor"),

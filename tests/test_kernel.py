@@ -295,6 +295,25 @@ def test_very_negative_scores_after_a_fully_masked_block():
     check_forward(q, k, v, attention_mask=mask)
 
 
+@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("seqlen_q", [1, 16])  # the split-KV kernel and the forward kernel
+def test_lowest_float_in_an_additive_mask_masks_like_minus_inf(mask_dtype, seqlen_q):
+    """The lowest float32 or bfloat16 (what Transformers' eager masks hold where they hide a key) masks as -inf does:
+    a row it hides entirely returns zeros with zero gradients (eager attention would average v there), the other
+    rows match the oracle given -inf in its place."""
+    q, k, v = random_qkv(2, 2, 2, seqlen_q, 40, 32, torch.float32, DEVICE, requires_grad=True)
+    lowest = torch.finfo(mask_dtype).min
+    mask = torch.zeros(2, 1, seqlen_q, 40, device=DEVICE, dtype=mask_dtype)
+    mask[0, :, :, 10:] = lowest
+    mask[1] = lowest
+    out = attention(q, k, v, attention_mask=mask)
+    ref64, same = reference_pair(q, k, v, attention_mask=mask.float().masked_fill(mask == lowest, float("-inf")))
+    assert_close_to_reference(out, ref64, same)
+    assert not out[1].any()
+    grad_q, grad_k, grad_v = torch.autograd.grad(out.sum(), (q, k, v))
+    assert not grad_q[1].any() and not grad_k[1].any() and not grad_v[1].any() and grad_v[0].any()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ramp", ["growing", "shrinking", "steps"])
 def test_row_maxima_moving_along_the_keys(dtype, ramp):
