@@ -5,7 +5,8 @@ hands its result, unchanged, to every attention layer as ``attention_mask``. It 
 
 - ``None``: every key is valid; causality comes from the layer's ``is_causal``.
 - a (batch, kv_length) boolean key-validity mask: padding (left, right, holes) and the unwritten tail of a
-  static cache. Layers that need it derive the causal alignment from it (:func:`keys_in_use`).
+  static cache. Layers with fewer queries than keys (a cache) align the causal diagonal to the cache position that
+  this function records for the mask it returns (:func:`keys_in_use_cached`), as eager's mask does.
 - a (batch, 1, q_length, kv_length) boolean mask whenever the composed ``mask_function`` is anything but
   plain causal or bidirectional (sliding windows, packed sequences, image-token overlays, chunks, blocks):
   built by Transformers' own ``sdpa_mask`` with every shortcut disabled and applied by the kernel as given.
@@ -45,21 +46,42 @@ def triton_attention_mask(
         # A static cache (tensor q_offset) holds kv_length slots of which only q_offset + q_length are written:
         # since Transformers 5.18 generate() drops an all-ones 2D mask, so the tail is masked from the offsets.
         written = torch.arange(kv_offset, kv_offset + kv_length, device=device) < q_offset + q_length
-        return written.expand(batch_size, kv_length)
+        return _with_query_positions(written.expand(batch_size, kv_length), mask_function, q_length, q_offset,
+                                     kv_offset)
     key_valid = prepare_padding_mask(attention_mask.to(device=device, dtype=torch.bool), kv_length, kv_offset)
     key_valid = key_valid[:, kv_offset: kv_offset + kv_length]
     no_tail = isinstance(q_offset, int) and q_offset + q_length == kv_offset + kv_length
     if no_tail and not _is_tracing() and bool(key_valid.all()):
         return None
+    return _with_query_positions(key_valid, mask_function, q_length, q_offset, kv_offset)
+
+
+def _with_query_positions(key_valid: torch.Tensor, mask_function, q_length: int, q_offset: Union[int, torch.Tensor],
+                          kv_offset: int) -> torch.Tensor:
+    """``key_valid``, with one past each row's newest query among the keys recorded for it where a causal mask has
+    fewer queries than keys (a cache): the cache position ``q_offset + q_length - kv_offset``, the same for every row.
+    The layers take it as ``seqused_k`` (:func:`keys_in_use_cached`), so that query i sees the keys up to its own
+    position, as in eager's mask, whatever the padding. The mask alone cannot say where that is: a right-padded
+    prompt written into a static cache ends in padding and then in the unwritten tail. While tracing nothing is
+    recorded, and the layers fall back on :func:`keys_in_use`."""
+    batch_size, kv_length = key_valid.shape
+    if mask_function is causal_mask_function and q_length != kv_length and not _is_tracing():
+        newest = q_offset + (q_length - kv_offset)
+        if isinstance(newest, torch.Tensor):
+            in_use = newest.to(device=key_valid.device, dtype=torch.int32).reshape(1).repeat(batch_size)
+        else:
+            in_use = torch.full((batch_size,), newest, device=key_valid.device, dtype=torch.int32)
+        _remember("keys_in_use", key_valid, None, in_use)
     return key_valid
 
 
 def keys_in_use(key_valid: torch.Tensor) -> torch.Tensor:
-    """Per row, one past the last valid key: where the newest query sits when continuing from a cache.
+    """Per row, one past the last valid key: where the newest query sits when continuing from a cache, for masks
+    without a recorded position (:func:`_with_query_positions`: while tracing, or a mask this module did not make).
 
-    With a cache, queries are the newest tokens, so the last valid key of a row is the last query's own key
-    (left padding and a static cache's unwritten tail both lie elsewhere). Right padding while continuing
-    from a cache has no such anchor and is not supported, as with FlashAttention-2.
+    With a cache, queries are the newest tokens, so the last valid key of a row is the last query's own key when
+    the padding is on the left (it and a static cache's unwritten tail both lie elsewhere). Right padding has no
+    such anchor, as with FlashAttention-2.
     """
     positions = torch.arange(1, key_valid.shape[-1] + 1, device=key_valid.device, dtype=torch.int32)
     return (key_valid.to(torch.int32) * positions).amax(dim=-1)
@@ -83,19 +105,29 @@ def _once_per_mask(kind: str, key_valid: torch.Tensor, other: Optional[torch.Ten
     object alone decides. That is safe for the masks this module's mask function returns: it makes a new tensor on
     every forward, and nothing writes to it between the layers.
     """
-    version = None if key_valid.is_inference() else key_valid._version
-    latest = _latest_summaries.setdefault(kind, [])
-    for mask, mask_version, mask_other, result in latest:
+    version = _version(key_valid)
+    for mask, mask_version, mask_other, result in _latest_summaries.get(kind, ()):
         if mask is key_valid and mask_version == version and mask_other is other:
             return result
-    result = summarise()
-    latest.insert(0, (key_valid, version, other, result))
+    return _remember(kind, key_valid, other, summarise())
+
+
+def _version(key_valid: torch.Tensor) -> Optional[int]:
+    return None if key_valid.is_inference() else key_valid._version
+
+
+def _remember(kind: str, key_valid: torch.Tensor, other: Optional[torch.Tensor], result):
+    """Keeps ``result`` as the ``kind`` summary of ``key_valid`` (and ``other``) for :func:`_once_per_mask`."""
+    latest = _latest_summaries.setdefault(kind, [])
+    latest.insert(0, (key_valid, _version(key_valid), other, result))
     del latest[_MASKS_KEPT:]
     return result
 
 
 def keys_in_use_cached(key_valid: torch.Tensor) -> torch.Tensor:
-    """:func:`keys_in_use`, once per mask (see :func:`_once_per_mask`); on every call while tracing."""
+    """One past each row's newest query among the keys: the cache position :func:`triton_attention_mask` recorded
+    for this mask, else :func:`keys_in_use`, once per mask (see :func:`_once_per_mask`); on every call while
+    tracing."""
     if _is_tracing():
         return keys_in_use(key_valid)
     return _once_per_mask("keys_in_use", key_valid, None, lambda: keys_in_use(key_valid))

@@ -184,6 +184,28 @@ def test_greedy_generation_matches_eager(decoder, cache, padded):
     assert torch.equal(tokens["eager"], tokens["triton"]), name
 
 
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_right_padding_written_into_a_cache_matches_eager(tmp_path_factory, cache):
+    """A right-padded prompt written into an empty static cache (more keys than queries: the unwritten tail), and a
+    right-padded second chunk continuing from a dynamic cache: query i sees the keys up to its own cache position,
+    as in eager's mask, not up to its row's last valid key (which right padding moves). Logits on valid positions."""
+    config = DECODER_CONFIGS["llama"]()
+    path = saved_model(tmp_path_factory, AutoModelForCausalLM.from_config, config)
+    ids, mask = right_padded_batch(DEVICE)
+    logits = {}
+    for impl in ("eager", "triton"):
+        model = load(AutoModelForCausalLM, path, impl, DEVICE)
+        with torch.no_grad():
+            if cache == "static":
+                past = transformers.StaticCache(config=model.config, max_cache_len=ids.shape[1] + 6)
+                logits[impl] = model(input_ids=ids, attention_mask=mask, past_key_values=past).logits
+            else:
+                past = model(input_ids=ids[:, :5], attention_mask=mask[:, :5], use_cache=True).past_key_values
+                logits[impl] = model(input_ids=ids[:, 5:], attention_mask=mask, past_key_values=past).logits
+    valid = mask if cache == "static" else mask[:, 5:]
+    assert max_diff_on(valid, logits["eager"], logits["triton"]) <= TOL
+
+
 def test_generation_under_inference_mode_matches_eager(tmp_path_factory):
     """Pipelines generate under torch.inference_mode(), whose tensors have no version counter (the layers share
     one cached keys_in_use per mask)."""
