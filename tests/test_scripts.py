@@ -113,6 +113,23 @@ def test_bench_head_dims_variants_run_what_they_name(monkeypatch):
     assert [cell.strip() for cell in last_row.split("|")[2:4]] == ["1.500", "2.000"]
 
 
+def test_fuzz_attention_calls_match_the_oracle_and_a_wrong_result_is_reported(monkeypatch):
+    """`fuzz_attention.py`'s random calls match the float64 oracle (seed 1197 among them: int64 seqused_k with a key
+    mask through tensor descriptors, which failed to compile before session 37's fix), and an output off by 1% is
+    reported."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fuzz_attention
+
+    for seed in [*range(8), 1197]:
+        assert fuzz_attention.problems(seed) == [], seed
+    attention = fuzz_attention.hf_triton_attn.attention
+
+    def one_percent_off(*args, **kwargs):
+        return 1.01 * attention(*args, **kwargs)
+    monkeypatch.setattr(fuzz_attention.hf_triton_attn, "attention", one_percent_off)
+    assert any(problem.startswith("out: error") for problem in fuzz_attention.problems(0))
+
+
 @pytest.mark.parametrize("kernel, args, fields", [
     ("gluon", ["--head-dim", "256", "--seqlen", "4096", "--sass"], "block_n=64, stages=2"),
     ("gluon", ["--head-dim", "128", "--full", "--block-n", "64", "--stages", "3", "--tma-store", "0"],
