@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 import bench_kernels
 from bench_kernels import KernelCase, make_ours
-from common import add_common_arguments, environment_info, format_table, print_environment, require_cuda, selected
-from common import write_json
+from common import (add_common_arguments, environment_info, format_table, print_environment, require_cuda, selected,
+                    write_json)
 
 HEAD_DIMS = ((80, 0), (96, 0), (192, 0), (192, 128))  # (q/k head dim, v head dim where it differs)
 
