@@ -20,7 +20,8 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from .functional import attention_bshd
-from .masks import kept_key_ranges_cached, keys_in_use_cached, triton_attention_mask
+from .masks import (bidirectional_mask_keeps_every_key, kept_key_ranges_cached, keys_in_use_cached,
+                    triton_attention_mask)
 
 ATTN_IMPLEMENTATION = "triton"
 SKIP_PADDING_ATTN_IMPLEMENTATION = "triton_skip_padding"
@@ -56,8 +57,12 @@ def triton_attention_forward(
     ``sinks`` (Inkling 2: one per query token, (B, H, Sq, 1), as its eager attention concatenates them)."""
     _refuse_unsupported(output_attentions, attention_mask, kwargs)
     sinks = _sinks_of(s_aux, sinks)
-    # An explicit is_causal wins over the module's flag (encoders, cross-attention and BERT-as-decoder differ).
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    keeps_every_key = bidirectional_mask_keeps_every_key(attention_mask)
+    # An explicit is_causal wins over the module's flag (encoders, cross-attention and BERT-as-decoder differ); a
+    # module without one is causal (Transformers' default) unless its mask was made bidirectional.
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", keeps_every_key is None)
+    if keeps_every_key:
+        attention_mask = None
     seqused_k = seqused_q = key_ranges = None
     if attention_mask is not None and attention_mask.dim() == 4:
         # A dense mask from the mask function already holds causality, windows and overlays, as eager's does.

@@ -3,7 +3,9 @@
 Transformers calls :func:`triton_attention_mask` (through ``AttentionMaskInterface``) once per forward and
 hands its result, unchanged, to every attention layer as ``attention_mask``. It returns:
 
-- ``None``: every key is valid; causality comes from the layer's ``is_causal``.
+- ``None``: every key is valid; causality comes from the layer's ``is_causal``. A bidirectional mask function's
+  result is never None (while not tracing) but an all-True mask recorded as such, which layers hand the kernels as
+  None: a module that does not say whether it is causal takes the mask's kind (:func:`_as_bidirectional`).
 - a (batch, kv_length) boolean key-validity mask: padding (left, right, holes) and the unwritten tail of a
   static cache. Layers with fewer queries than keys (a cache) align the causal diagonal to the cache position that
   this function records for the mask it returns (:func:`keys_in_use_cached`), as eager's mask does.
@@ -40,23 +42,55 @@ def triton_attention_mask(
             mask_function=mask_function, attention_mask=attention_mask, allow_is_causal_skip=False,
             allow_is_bidirectional_skip=False, use_vmap=use_vmap, device=device,
         )
+    key_valid = _key_validity(batch_size, q_length, kv_length, q_offset, kv_offset, attention_mask, device)
+    if mask_function is bidirectional_mask_function:
+        return _as_bidirectional(key_valid, batch_size, kv_length, device)
+    if key_valid is None:
+        return None
+    return _with_query_positions(key_valid, q_length, q_offset, kv_offset)
+
+
+def _key_validity(batch_size, q_length, kv_length, q_offset, kv_offset, attention_mask, device):
+    """The (batch, kv_length) key-validity mask, or None where every key is valid."""
     if attention_mask is None:
         if isinstance(q_offset, int) and q_offset + q_length == kv_offset + kv_length:
             return None
         # A static cache (tensor q_offset) holds kv_length slots of which only q_offset + q_length are written:
         # since Transformers 5.18 generate() drops an all-ones 2D mask, so the tail is masked from the offsets.
         written = torch.arange(kv_offset, kv_offset + kv_length, device=device) < q_offset + q_length
-        return _with_query_positions(written.expand(batch_size, kv_length), mask_function, q_length, q_offset,
-                                     kv_offset)
+        return written.expand(batch_size, kv_length)
     key_valid = prepare_padding_mask(attention_mask.to(device=device, dtype=torch.bool), kv_length, kv_offset)
     key_valid = key_valid[:, kv_offset: kv_offset + kv_length]
     no_tail = isinstance(q_offset, int) and q_offset + q_length == kv_offset + kv_length
     if no_tail and not _is_tracing() and bool(key_valid.all()):
         return None
-    return _with_query_positions(key_valid, mask_function, q_length, q_offset, kv_offset)
+    return key_valid
 
 
-def _with_query_positions(key_valid: torch.Tensor, mask_function, q_length: int, q_offset: Union[int, torch.Tensor],
+def _as_bidirectional(key_valid: Optional[torch.Tensor], batch_size: int, kv_length: int, device):
+    """A bidirectional mask function's result: its key-validity mask, recorded as bidirectional, and where every key
+    is valid an all-True one recorded as such (not None, which says nothing of the mask function). A layer whose
+    module does not say whether it is causal (some encoders: Splinter, ALIGN's and CLAP's text towers) then takes
+    the mask's kind, as eager does, rather than Transformers' default of causal; the all-True mask reaches the
+    kernels as None (:func:`bidirectional_mask_keeps_every_key`). Nothing is recorded while tracing."""
+    if _is_tracing():
+        return key_valid
+    keeps_every_key = key_valid is None
+    if keeps_every_key:
+        key_valid = torch.ones(batch_size, kv_length, dtype=torch.bool, device=device)
+    _remember("bidirectional", key_valid, None, keeps_every_key)
+    return key_valid
+
+
+def bidirectional_mask_keeps_every_key(attention_mask: Optional[torch.Tensor]) -> Optional[bool]:
+    """For a mask :func:`triton_attention_mask` made for a bidirectional mask function: whether it keeps every key;
+    None for any other mask (a causal one, a 4D one, None, or one made while tracing)."""
+    if attention_mask is None or attention_mask.dim() != 2 or _is_tracing():
+        return None
+    return _recall("bidirectional", attention_mask, None)
+
+
+def _with_query_positions(key_valid: torch.Tensor, q_length: int, q_offset: Union[int, torch.Tensor],
                           kv_offset: int) -> torch.Tensor:
     """``key_valid``, with one past each row's newest query among the keys recorded for it where a causal mask has
     fewer queries than keys (a cache): the cache position ``q_offset + q_length - kv_offset``, the same for every row.
@@ -65,7 +99,7 @@ def _with_query_positions(key_valid: torch.Tensor, mask_function, q_length: int,
     prompt written into a static cache ends in padding and then in the unwritten tail. While tracing nothing is
     recorded, and the layers fall back on :func:`keys_in_use`."""
     batch_size, kv_length = key_valid.shape
-    if mask_function is causal_mask_function and q_length != kv_length and not _is_tracing():
+    if q_length != kv_length and not _is_tracing():
         newest = q_offset + (q_length - kv_offset)
         if isinstance(newest, torch.Tensor):
             in_use = newest.to(device=key_valid.device, dtype=torch.int32).reshape(1).repeat(batch_size)
@@ -105,11 +139,17 @@ def _once_per_mask(kind: str, key_valid: torch.Tensor, other: Optional[torch.Ten
     object alone decides. That is safe for the masks this module's mask function returns: it makes a new tensor on
     every forward, and nothing writes to it between the layers.
     """
+    result = _recall(kind, key_valid, other)
+    return _remember(kind, key_valid, other, summarise()) if result is None else result
+
+
+def _recall(kind: str, key_valid: torch.Tensor, other: Optional[torch.Tensor]):
+    """The ``kind`` summary kept for ``key_valid`` (and ``other``) by :func:`_remember`, or None."""
     version = _version(key_valid)
     for mask, mask_version, mask_other, result in _latest_summaries.get(kind, ()):
         if mask is key_valid and mask_version == version and mask_other is other:
             return result
-    return _remember(kind, key_valid, other, summarise())
+    return None
 
 
 def _version(key_valid: torch.Tensor) -> Optional[int]:

@@ -3,7 +3,8 @@ import torch
 from transformers.masking_utils import (bidirectional_mask_function, causal_mask_function,
                                         sliding_window_causal_mask_function)
 
-from hf_triton_attn.masks import keys_in_use, keys_in_use_cached, triton_attention_mask
+from hf_triton_attn.masks import (bidirectional_mask_keeps_every_key, keys_in_use, keys_in_use_cached,
+                                  triton_attention_mask)
 
 
 def mask_for(**kwargs):
@@ -12,10 +13,23 @@ def mask_for(**kwargs):
     return triton_attention_mask(**{**args, **kwargs})
 
 
-def test_no_padding_and_no_cache_gives_none():
+def test_no_padding_and_no_cache_gives_none_or_a_bidirectional_mask_of_every_key():
+    """Causal: None. Bidirectional: an all-True mask recorded as such, which layers hand the kernels as None, so that a
+    module that does not say whether it is causal still learns that its mask is bidirectional."""
     assert mask_for() is None
-    assert mask_for(mask_function=bidirectional_mask_function) is None
     assert mask_for(attention_mask=torch.ones(2, 4, dtype=torch.bool)) is None
+    for attention_mask in (None, torch.ones(2, 4, dtype=torch.bool)):
+        every_key = mask_for(mask_function=bidirectional_mask_function, attention_mask=attention_mask)
+        assert every_key.shape == (2, 4) and every_key.all()
+        assert bidirectional_mask_keeps_every_key(every_key) is True
+
+
+def test_only_bidirectional_masks_are_recorded_as_such():
+    padding = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    assert bidirectional_mask_keeps_every_key(mask_for(mask_function=bidirectional_mask_function,
+                                                       attention_mask=padding)) is False
+    assert bidirectional_mask_keeps_every_key(mask_for(attention_mask=padding)) is None
+    assert bidirectional_mask_keeps_every_key(padding) is None
 
 
 def test_padding_gives_key_validity():

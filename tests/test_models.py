@@ -144,6 +144,26 @@ def test_encoder_decoder_padding_matches_eager_with_one_key_range_launch_per_mas
     assert len(launches) == 3  # the encoder's mask, the decoder's and the cross-attention's
 
 
+@pytest.mark.parametrize("padded", [True, False])
+def test_encoder_whose_attention_does_not_say_it_is_bidirectional_matches_eager(padded):
+    """Splinter's self-attention (like ALIGN's and CLAP's text towers) has no is_causal, and Transformers' default is
+    causal; its mask comes from a bidirectional mask function, which eager follows, and so do we (padded or not)."""
+    config = transformers.SplinterConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=128, question_token_id=5, **COMMON)
+    torch.manual_seed(0)
+    model = transformers.SplinterModel(config).to(DEVICE).eval()
+    assert not hasattr(model.encoder.layer[0].attention.self, "is_causal")
+    ids, mask = right_padded_batch(DEVICE)
+    if not padded:
+        mask = torch.ones_like(mask)
+    hidden = {}
+    for impl in ("eager", "triton"):
+        model.set_attn_implementation(impl)
+        with torch.no_grad():
+            hidden[impl] = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert max_diff_on(mask, hidden["eager"], hidden["triton"]) <= TOL
+
+
 def test_without_mask_registration_padding_would_be_lost(bert_path, monkeypatch):
     """Guards the test above: with only the attention function registered, Transformers drops the mask."""
     monkeypatch.delitem(transformers.masking_utils.AttentionMaskInterface._global_mapping, "triton")
