@@ -22,6 +22,10 @@ from transformers.masking_utils import (bidirectional_mask_function, causal_mask
 from .functional import kept_key_ranges
 
 _COMPACT_MASK_FUNCTIONS = (causal_mask_function, bidirectional_mask_function)
+# Model types whose own attention code (it calls no attention function) applies the mask made for the model's
+# attn_implementation, adding it to its scores as eager's additive mask: ours is for our kernels only. Found by
+# scripts/model_sweep.py (a model that never calls the attention function, yet differs from eager).
+_OWN_ATTENTION_READS_THE_MASK = {"git": "GIT's text layers"}
 
 
 def triton_attention_mask(
@@ -36,6 +40,13 @@ def triton_attention_mask(
     use_vmap: bool = False,
     **kwargs,
 ) -> Optional[torch.Tensor]:
+    model_type = getattr(kwargs.get("config"), "model_type", None)
+    if model_type in _OWN_ATTENTION_READS_THE_MASK:
+        raise NotImplementedError(
+            f"{_OWN_ATTENTION_READS_THE_MASK[model_type]} compute attention in their own code, which adds the attention "
+            f"mask to the scores as eager's additive mask; the mask attn_implementation='triton' makes is for its "
+            f"kernels and would silently lose causality and padding there. Load this model with "
+            f"attn_implementation='eager'.")
     if mask_function not in _COMPACT_MASK_FUNCTIONS:
         return sdpa_mask(
             batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,

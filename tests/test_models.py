@@ -343,6 +343,20 @@ def test_head_dim_512_matches_eager(tmp_path_factory, monkeypatch):
     assert 512 in head_dims
 
 
+def test_a_model_whose_own_attention_code_reads_the_mask_is_refused():
+    """GIT's text layers add the mask to their scores in their own code (they call no attention function): our mask
+    is for our kernels, and there it would lose causality and padding silently (2e-2 from eager), so it is refused.
+    (Built with "triton", GIT's text layers raise a KeyError of their own; switched to it after, they would run.)"""
+    config = transformers.GitConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                    vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                       intermediate_size=64, image_size=32, patch_size=16), **COMMON)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").to(DEVICE).eval()
+    model.set_attn_implementation("triton")
+    ids, mask = left_padded_batch(DEVICE)
+    with pytest.raises(NotImplementedError, match="GIT's text layers .* attn_implementation='eager'"):
+        model(input_ids=ids, attention_mask=mask)
+
+
 def test_sparse_attention_indices_are_refused():
     """DeepSeek sparse attention hands other backends the keys each query keeps, as ``indices``: the kernels
     attend to every key the mask allows, so that must be an error."""
