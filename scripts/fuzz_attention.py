@@ -102,8 +102,7 @@ def draw_call(seed: int) -> tuple[dict, dict, bool]:
         if rng.random() < 0.4:
             kwargs[name] = torch.tensor([rng.randint(0, length) for _ in range(batch)],
                                         dtype=rng.choice([torch.int32, torch.int64]))
-    if mask_kind == "key" and rng.random() < 0.4:
-        kwargs["kept_key_ranges"] = hf_triton_attn.kept_key_ranges(kwargs["attention_mask"], kwargs.get("seqused_k"))
+    with_kept_key_ranges = mask_kind == "key" and rng.random() < 0.4
     if rng.random() < 0.4:
         sinks = 2 * torch.randn(*rng.choice([(heads,), (1, heads, 1), (batch, 1, seqlen_q)]), generator=gen)
         if rng.random() < 0.3:
@@ -112,6 +111,8 @@ def draw_call(seed: int) -> tuple[dict, dict, bool]:
     sinks_need_grad = rng.random() < 0.5
     on_device = {name: t.to(DEVICE) for name, t in tensors.items()}
     kwargs = {name: value.to(DEVICE) if isinstance(value, torch.Tensor) else value for name, value in kwargs.items()}
+    if with_kept_key_ranges:  # from the tensors on DEVICE: it refuses CPU tensors outside the interpreter
+        kwargs["kept_key_ranges"] = hf_triton_attn.kept_key_ranges(kwargs["attention_mask"], kwargs.get("seqused_k"))
     if "sinks" in kwargs:
         kwargs["sinks"].requires_grad_(sinks_need_grad)
     return on_device, kwargs, rng.random() < 0.5

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import DEVICE
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -96,7 +97,7 @@ def test_bench_head_dims_variants_run_what_they_name(monkeypatch):
             launches.append((_name, kwargs["BLOCK_D"], kwargs["BLOCK_D_TAIL"], args[2].shape[3]))
             return _launch(grid, *args, **kwargs)
         monkeypatch.setattr(ops, name, recording)
-    monkeypatch.setattr(bench_kernels, "DEVICE", "cpu")
+    monkeypatch.setattr(bench_kernels, "DEVICE", DEVICE.type)
     times = iter([2.0, 3.0, 4.0])  # ours, one tile, v padded
     monkeypatch.setattr(bench_kernels.triton.testing, "do_bench", lambda *args, **kwargs: next(times))
     monkeypatch.setattr(bench_kernels, "PROVIDERS", {"ours": bench_kernels.make_ours, **bench_head_dims.VARIANTS})
