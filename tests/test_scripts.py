@@ -209,3 +209,15 @@ def test_model_sweep_reports_each_model_and_catches_a_dropped_mask(monkeypatch):
     assert broken["status"] == "DIFF" and broken["left"] > 1e-3, broken
     monkeypatch.undo()
     assert transformers.AttentionInterface._global_mapping["triton"] is hf_triton_attn.triton_attention_forward
+
+
+@pytest.mark.parametrize("patch", sorted((SCRIPTS.parent / "benchmarks" / "pending").glob("*.patch")),
+                         ids=lambda path: path.name)
+def test_pending_patches_still_apply(patch):
+    """Work written but not yet run on a GPU waits in benchmarks/pending as patches against main (benchmarks/NOTES.md
+    says how to run each): they must keep applying as main changes."""
+    root = SCRIPTS.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    result = subprocess.run(["git", "apply", "--check", str(patch)], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
