@@ -9,6 +9,9 @@ Our variants (not peers: the ratio column still compares "ours" with the best pe
 - "ours one tile": q and k in one tile padded to a power of two (192 -> 256), where ``configs.head_dim_tiles``
   splits them in two (192 = 128 + 64, 96 = 64 + 32, 80 = 64 + 16). Where this wins on a GPU, head_dim_tiles needs
   a rule that keeps one tile there.
+- "ours v two tiles": v and the output in two tiles in the Triton forward where v's head dim is not a power of two
+  (80 = 64 + 16, 96 = 64 + 32, 192 = 128 + 64), as ``configs.value_dim_tiles`` takes them in the interpreter only
+  until this measures them on a GPU.
 - "ours v padded": v padded with zero columns to q's head dim and the output sliced back (rows of multi-head latent
   attention only), as attention() did before the kernels read v at its own head dim.
 
@@ -36,21 +39,41 @@ def all_cases() -> list[KernelCase]:
 
 
 @contextlib.contextmanager
+def configs_replaced(name: str, value):
+    """``hf_triton_attn.configs.<name>`` is ``value`` while inside."""
+    from hf_triton_attn import configs
+
+    kept = getattr(configs, name)
+    setattr(configs, name, value)
+    try:
+        yield
+    finally:
+        setattr(configs, name, kept)
+
+
 def one_head_dim_tile():
     """The Triton kernels take q and k in one padded tile while inside."""
     from hf_triton_attn import configs
 
-    split = configs.head_dim_tiles
-    configs.head_dim_tiles = lambda head_dim: (configs.padded_head_dim(head_dim), 0)
-    try:
-        yield
-    finally:
-        configs.head_dim_tiles = split
+    return configs_replaced("head_dim_tiles", lambda head_dim: (configs.padded_head_dim(head_dim), 0))
+
+
+def value_in_two_tiles():
+    """The Triton forward takes v in two tiles, as it does in the interpreter, while inside."""
+    from hf_triton_attn import configs
+
+    tiles = configs.value_dim_tiles
+    return configs_replaced("value_dim_tiles", lambda value_dim, interpret: tiles(value_dim, True))
 
 
 def make_ours_one_tile(case: KernelCase, inputs):
     _, forward = make_ours(case, inputs)
     return one_head_dim_tile, forward
+
+
+def make_ours_value_in_two_tiles(case: KernelCase, inputs):
+    _, forward = make_ours(case, inputs)
+    return value_in_two_tiles, forward
 
 
 def make_ours_v_padded(case: KernelCase, inputs):
@@ -65,7 +88,8 @@ def make_ours_v_padded(case: KernelCase, inputs):
     return contextlib.nullcontext, forward
 
 
-VARIANTS = {"ours one tile": make_ours_one_tile, "ours v padded": make_ours_v_padded}
+VARIANTS = {"ours one tile": make_ours_one_tile, "ours v two tiles": make_ours_value_in_two_tiles,
+            "ours v padded": make_ours_v_padded}
 
 
 def variant_ratios(records: list[dict]) -> str:

@@ -238,7 +238,7 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
     if key_range is None:
         key_range = kept_key_ranges(key_mask, seqused_k)
     block_d, block_d_tail = configs.head_dim_tiles(head_dim)
-    block_dv = configs.padded_head_dim(value_dim)
+    block_dv, block_dv_tail = configs.value_dim_tiles(value_dim, INTERPRET)
     tma = (configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET)
            and configs.forward_uses_tma(value_dim, q.element_size(), INTERPRET) and _tma_compatible(q, k, v))
     # Tiles as for the wider of the two head dims, padded.
@@ -255,7 +255,7 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
         *km_strides, *m_strides, *spans[1:], *_sink_strides(sinks),
         heads, sq, skv, heads // hkv,
         HEAD_DIM=head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_D_TAIL=block_d_tail, BLOCK_DV=block_dv,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_DV_TAIL=block_dv_tail, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype),
         USE_TMA=tma, SCALE_IN_EXP=scale > 0.0 and softcap == 0.0 and mask_kind != 2, HAS_SINKS=sinks is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.max_registers,

@@ -71,8 +71,9 @@ def constants(args) -> dict:
     """The constexpr flags of a plain bf16 call; any flag a kernel does not take is ignored."""
     value_dim = args.value_head_dim or args.head_dim
     block_d, block_d_tail = configs.head_dim_tiles(args.head_dim)
+    block_dv, block_dv_tail = configs.value_dim_tiles(value_dim, args.value_tiles)
     return dict(HEAD_DIM=args.head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_D_TAIL=block_d_tail,
-                BLOCK_DV=configs.padded_head_dim(value_dim), BLOCK_M=args.block_m, BLOCK_N=args.block_n,
+                BLOCK_DV=block_dv, BLOCK_DV_TAIL=block_dv_tail, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
                 IS_CAUSAL=not args.full, GROUPED=args.grouped, KEY_BLOCKS_OUTER=not args.full, HAS_KEY_MASK=False,
                 HAS_SEQUSED=False, HAS_SEQUSED_Q=False, MASK_KIND=0, HAS_SOFTCAP=False, HAS_DROPOUT=False,
                 DOT_PRECISION="tf32", USE_TMA=False, SCALE_IN_EXP=True, HAS_SINKS=False)
@@ -231,6 +232,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kernel", choices=sorted(KERNELS) + sorted(GLUON_KERNELS))
     parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--value-tiles", action="store_true",
+                        help="fwd: v in two tiles where its head dim is not a power of two (configs.value_dim_tiles, "
+                             "taken in the interpreter only for now)")
     parser.add_argument("--value-head-dim", type=int, default=None,
                         help="fwd, dq, dkdv: v's head dim where it differs from q's and k's (multi-head latent "
                              "attention)")

@@ -40,6 +40,31 @@ def test_head_dims(dtype, head_dim):
     check_forward(q, k, v, causal=True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim, value_dim", [(80, 80), (24, 40)])
+def test_value_head_dim_in_two_tiles(monkeypatch, dtype, head_dim, value_dim):
+    """v and the output in two tiles (configs.value_dim_tiles: 64 + 16 and 32 + 16 columns, taken in the interpreter;
+    a GPU keeps one padded tile until the split is measured there) with what touches both accumulators: attention
+    sinks (their rescale), padding query rows (seqused_q: both tiles zeroed), a key mask and GQA, against the
+    oracle."""
+    launched = []
+
+    def recording(grid, *args, _launch=ops._launch_fwd, **kwargs):
+        launched.append((kwargs["BLOCK_DV"], kwargs["BLOCK_DV_TAIL"]))
+        return _launch(grid, *args, **kwargs)
+    monkeypatch.setattr(ops, "_launch_fwd", recording)
+    q, k, _ = random_qkv(2, 4, 2, 37, 45, head_dim, dtype, DEVICE)
+    v = torch.randn(2, 2, 45, value_dim, device=DEVICE, dtype=dtype)
+    sinks = torch.randn(4, device=DEVICE, dtype=torch.float32) * 2
+    seqused_q = torch.tensor([37, 30], device=DEVICE, dtype=torch.int32)
+    out = check_forward(q, k, v, causal=True, attention_mask=padding_mask("left", 2, 45), sinks=sinks,
+                        seqused_q=seqused_q)
+    assert out[1, :, 30:].abs().max() == 0
+    assert launched == [configs.value_dim_tiles(value_dim, ops.INTERPRET)]
+    if ops.INTERPRET:
+        assert launched[0][1] == 16
+
+
 def test_head_dim_tiles_cover_the_head_dim_with_fewer_columns():
     """The Triton kernels' q/k tiles: one power of two, or two whose sum covers the head dim with fewer columns than
     the padded one tile (the cases that take a tail run in test_head_dims: 40, 80, 96, 192, 320)."""

@@ -82,13 +82,13 @@ def _attn_fwd_split(
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_DV], tl.float32)
-    acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, q, k_base, v_base, None, None, lo, hi, lo, lo,
-        0, query, tl.arange(0, BLOCK_N), offs_d, offs_d, offs_dv, kv_end, q_start, pid_b, mask_head[:, None], pid_hk,
-        0, 0, sm_scale, softcap, 0.0, Sq, Skv,
+    acc, _, l_i, m_i = _attn_fwd_inner(
+        acc, acc, l_i, m_i, q, q, k_base, v_base, None, None, lo, hi, lo, lo,
+        0, query, tl.arange(0, BLOCK_N), offs_d, offs_d, offs_dv, offs_dv, kv_end, q_start, pid_b, mask_head[:, None],
+        pid_hk, 0, 0, sm_scale, softcap, 0.0, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_D, 0, BLOCK_DV, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
+        HEAD_DIM, VALUE_DIM, BLOCK_D, 0, BLOCK_DV, 0, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP,
         False, DOT_PRECISION, False, False, HAS_KEY_MASK)
 
     if WRITE_OUT:

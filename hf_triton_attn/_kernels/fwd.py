@@ -9,13 +9,14 @@ from .common import (LOG2E, _apply_masks, _block_loop, _block_start, _dropout_ke
 
 @triton.jit
 def _attn_fwd_inner(
-    acc, l_i, m_i, q, q_tail, k_base, v_base, DescK, DescV, lo, hi, skip_lo, skip_hi,
-    start_m, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
-    sm_scale, softcap, dropout_p, Sq, Skv,
+    acc, acc_tail, l_i, m_i, q, q_tail, k_base, v_base, DescK, DescV, lo, hi, skip_lo, skip_hi,
+    start_m, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, offs_dv_tail, kv_end, q_start, pid_b, pid_h, pid_hk,
+    pid_bh, seed, sm_scale, softcap, dropout_p, Sq, Skv,
     stride_kn, stride_kd, stride_vn, stride_vd,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
     HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
-    BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_DV_TAIL: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    CHECK_BOUNDS: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr, HAS_GAP: tl.constexpr,
@@ -25,8 +26,9 @@ def _attn_fwd_inner(
     only where the caller asks. q and k have HEAD_DIM columns: offs_d (BLOCK_D of them, padded past HEAD_DIM), and
     with BLOCK_D_TAIL > 0 the columns past BLOCK_D in a second tile (q_tail, offs_d_tail, padded past HEAD_DIM): a
     head dim such as 192 or 96 multiplies 128 + 64 or 64 + 32 columns rather than 256 or 128. v has VALUE_DIM
-    (offs_dv, within BLOCK_DV; multi-head latent attention's differs from HEAD_DIM); acc's columns past VALUE_DIM
-    stay zero."""
+    (offs_dv, within BLOCK_DV; multi-head latent attention's differs from HEAD_DIM), and with BLOCK_DV_TAIL > 0 the
+    columns past BLOCK_DV in a second tile (offs_dv_tail) whose products accumulate in acc_tail (else acc_tail is
+    passed through); the accumulators' columns past VALUE_DIM stay zero."""
     first, end = _block_loop(lo, hi, skip_lo, skip_hi, BLOCK_N, HAS_GAP)
     for start in range(first, end, BLOCK_N):
         start_n = _block_start(start, skip_lo, skip_hi, HAS_GAP)
@@ -82,8 +84,12 @@ def _attn_fwd_inner(
             else:
                 v = tl.load(v_ptrs)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        if BLOCK_DV_TAIL > 0:
+            v_tail = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_dv_tail[None, :] * stride_vd,
+                             mask=n_ok[:, None] & (offs_dv_tail < VALUE_DIM)[None, :], other=0.0)
+            acc_tail = acc_tail * alpha[:, None] + tl.dot(p.to(v_tail.dtype), v_tail, input_precision=DOT_PRECISION)
         m_i = m_new
-    return acc, l_i, m_i
+    return acc, acc_tail, l_i, m_i
 
 
 @triton.jit
@@ -100,7 +106,7 @@ def _attn_fwd(
     stride_sb, stride_sh, stride_sm,
     H, Sq, Skv, GROUP,
     HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
-    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_DV_TAIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_IN_EXP: tl.constexpr, HAS_SINKS: tl.constexpr,
@@ -112,7 +118,7 @@ def _attn_fwd(
     HAS_SINKS: Sinks holds an attention-sink logit per (batch, query head, query row), strides stride_s* (0 where
     it broadcasts; see _join_sink). Q and K have HEAD_DIM columns, in a tile of BLOCK_D and, where BLOCK_D_TAIL > 0,
     one of BLOCK_D_TAIL past it (see _attn_fwd_inner); V and Out have VALUE_DIM (multi-head latent attention's v head
-    dim; HEAD_DIM otherwise), padded to BLOCK_DV."""
+    dim; HEAD_DIM otherwise), in a tile of BLOCK_DV and, where BLOCK_DV_TAIL > 0, one of BLOCK_DV_TAIL past it."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_b = pid_bh // H
@@ -146,30 +152,37 @@ def _attn_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    acc_tail = acc  # passed through unchanged without a tail
+    offs_dv_tail = offs_dv
+    if BLOCK_DV_TAIL > 0:
+        acc_tail = tl.zeros([BLOCK_M, BLOCK_DV_TAIL], tl.float32)
+        offs_dv_tail = BLOCK_DV + tl.arange(0, BLOCK_DV_TAIL)
 
     lo, clean_lo, clean_end, hi = _key_block_ranges(pid_m * BLOCK_M, q_start, kv_end, q_end, KeyRange, pid_b,
                                                     pid_h, Sq, MaskSpans, stride_msb, stride_msh, stride_msr,
                                                     BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, MASK_KIND,
                                                     HAS_SEQUSED_Q)
-    acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, q_tail, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
-        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh,
-        seed, sm_scale, softcap, dropout_p, Sq, Skv,
+    acc, acc_tail, l_i, m_i = _attn_fwd_inner(
+        acc, acc_tail, l_i, m_i, q, q_tail, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, offs_dv_tail, kv_end, q_start, pid_b, pid_h,
+        pid_hk, pid_bh, seed, sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_DV, BLOCK_N, False, False, False, 0, HAS_SOFTCAP,
-        HAS_DROPOUT, DOT_PRECISION, USE_TMA, SCALE_IN_EXP, False)
-    acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, q_tail, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
-        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh,
-        seed, sm_scale, softcap, dropout_p, Sq, Skv,
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_DV, BLOCK_DV_TAIL, BLOCK_N, False, False, False, 0,
+        HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION, USE_TMA, SCALE_IN_EXP, False)
+    acc, acc_tail, l_i, m_i = _attn_fwd_inner(
+        acc, acc_tail, l_i, m_i, q, q_tail, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, offs_dv_tail, kv_end, q_start, pid_b, pid_h,
+        pid_hk, pid_bh, seed, sm_scale, softcap, dropout_p, Sq, Skv,
         stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_DV, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK, MASK_KIND,
-        HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION, USE_TMA, SCALE_IN_EXP, HAS_KEY_MASK or MASK_KIND != 0)
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_DV, BLOCK_DV_TAIL, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK,
+        MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION, USE_TMA, SCALE_IN_EXP, HAS_KEY_MASK or MASK_KIND != 0)
 
     if HAS_SINKS:
         sink = _sink_logits(Sinks, pid_b, pid_h, offs_m, stride_sb, stride_sh, stride_sm, m_ok)
+        if BLOCK_DV_TAIL > 0:
+            acc_tail, _, _ = _join_sink(acc_tail, l_i, m_i, sink)  # the same rescale; the row state joins below
         acc, l_i, m_i = _join_sink(acc, l_i, m_i, sink)
     out, lse = _normalized_rows(acc, l_i, m_i)
     if HAS_SEQUSED_Q:
@@ -180,3 +193,10 @@ def _attn_fwd(
     tl.store(LSE + pid_bh.to(tl.int64) * Sq + offs_m, lse, mask=m_ok)
     tl.store(_tile_ptrs(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, offs_dv, stride_om, stride_od),
              out.to(Out.dtype.element_ty), mask=m_ok[:, None] & (offs_dv < VALUE_DIM)[None, :])
+    if BLOCK_DV_TAIL > 0:
+        out_tail, _ = _normalized_rows(acc_tail, l_i, m_i)
+        if HAS_SEQUSED_Q:
+            out_tail = tl.where(row_used[:, None], out_tail, 0.0)
+        tl.store(_tile_ptrs(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, offs_dv_tail, stride_om,
+                            stride_od),
+                 out_tail.to(Out.dtype.element_ty), mask=m_ok[:, None] & (offs_dv_tail < VALUE_DIM)[None, :])
