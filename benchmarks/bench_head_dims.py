@@ -9,9 +9,9 @@ Our variants (not peers: the ratio column still compares "ours" with the best pe
 - "ours one tile": q and k in one tile padded to a power of two (192 -> 256), where ``configs.head_dim_tiles``
   splits them in two (192 = 128 + 64, 96 = 64 + 32, 80 = 64 + 16). Where this wins on a GPU, head_dim_tiles needs
   a rule that keeps one tile there.
-- "ours v two tiles": v and the output in two tiles in the Triton forward where v's head dim is not a power of two
-  (80 = 64 + 16, 96 = 64 + 32, 192 = 128 + 64), as ``configs.value_dim_tiles`` takes them in the interpreter only
-  until this measures them on a GPU.
+- "ours v two tiles": v, the output and their gradients in two tiles in the Triton kernels where v's head dim is not
+  a power of two (80 = 64 + 16, 96 = 64 + 32, 192 = 128 + 64), as ``configs.value_dim_tiles`` takes them in the
+  interpreter only until this measures them on a GPU.
 - "ours v padded": v padded with zero columns to q's head dim and the output sliced back (rows of multi-head latent
   attention only), as attention() did before the kernels read v at its own head dim.
 
@@ -59,7 +59,7 @@ def one_head_dim_tile():
 
 
 def value_in_two_tiles():
-    """The Triton forward takes v in two tiles, as it does in the interpreter, while inside."""
+    """The Triton kernels take v in two tiles, as they do in the interpreter, while inside."""
     from hf_triton_attn import configs
 
     tiles = configs.value_dim_tiles

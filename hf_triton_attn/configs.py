@@ -51,11 +51,11 @@ def head_dim_tiles(head_dim: int) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=None)  # called on every forward
 def value_dim_tiles(value_dim: int, interpret: bool) -> tuple[int, int]:
-    """(BLOCK_DV, BLOCK_DV_TAIL) of v and the output in the Triton forward: v in two power-of-two tiles as
-    :func:`head_dim_tiles` splits q and k (80: 64 + 16, 96: 64 + 32, 192: 128 + 64), in the interpreter only for
-    now, so that the CPU tests cover the split; on a GPU one tile padded to a power of two (80, 96 -> 128, 192 ->
-    256) until the split is measured there (benchmarks/NOTES.md, session 38: ``bench_head_dims.py``'s "ours v two
-    tiles")."""
+    """(BLOCK_DV, BLOCK_DV_TAIL) of v, the output and their gradients in the Triton forward, dQ and dK/dV kernels
+    (the split-KV kernel keeps one tile): v in two power-of-two tiles as :func:`head_dim_tiles` splits q and k (80:
+    64 + 16, 96: 64 + 32, 192: 128 + 64), in the interpreter only for now, so that the CPU tests cover the split; on
+    a GPU one tile padded to a power of two (80, 96 -> 128, 192 -> 256) until the split is measured there
+    (benchmarks/NOTES.md, session 38: ``bench_head_dims.py``'s "ours v two tiles")."""
     if interpret:
         return head_dim_tiles(value_dim)
     return padded_head_dim(value_dim), 0

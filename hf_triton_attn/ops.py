@@ -600,7 +600,7 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     value_dim = v.shape[3]
     block_d, block_d_tail = configs.head_dim_tiles(head_dim)
-    block_dv = configs.padded_head_dim(value_dim)
+    block_dv, block_dv_tail = configs.value_dim_tiles(value_dim, INTERPRET)
     # Tiles as for the wider of the two head dims, padded.
     cfg = configs.backward_config(configs.padded_head_dim(max(head_dim, value_dim)), q.element_size(), INTERPRET,
                                   dropout_p > 0.0, causal, skv)
@@ -609,6 +609,7 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
     if key_range is None:
         key_range = kept_key_ranges(key_mask, seqused_k)
     flags = dict(HEAD_DIM=head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_D_TAIL=block_d_tail, BLOCK_DV=block_dv,
+                 BLOCK_DV_TAIL=block_dv_tail,
                  **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype))
     hopper_dq = hopper_dkdv = None
     if (seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0

@@ -404,6 +404,33 @@ def test_value_head_dim_differs_from_query_key(monkeypatch, dtype, seqlen_q, hea
                                                       for dim in (head_dim, value_dim)))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim, value_dim", [(80, 80), (24, 40)])
+def test_value_head_dim_in_two_tiles_gradients(monkeypatch, dtype, head_dim, value_dim):
+    """v, dO and dV in two tiles in the dQ and dK/dV kernels (configs.value_dim_tiles: 64 + 16 and 32 + 16 columns,
+    taken in the interpreter; a GPU keeps one padded tile until the split is measured there), forward and gradients
+    against the float64 oracle with what touches both tiles: Delta over both (padding query rows through seqused_q),
+    dV's rows of dropped keys (a key mask), GQA sums, and attention sinks (in the LSE the backward reads)."""
+    launched = []
+    for name in ("_launch_fwd", "_launch_bwd_dq", "_launch_bwd_dkdv"):
+        def recording(grid, *args, _launch=getattr(ops, name), _name=name, **kwargs):
+            launched.append((_name, kwargs["BLOCK_DV"], kwargs["BLOCK_DV_TAIL"]))
+            return _launch(grid, *args, **kwargs)
+        monkeypatch.setattr(ops, name, recording)
+    q, k, _ = random_qkv(2, 4, 2, 37, 45, head_dim, dtype, DEVICE)
+    v = torch.randn(2, 2, 45, value_dim, device=DEVICE, dtype=dtype)
+    sinks = torch.randn(4, device=DEVICE, dtype=torch.float32) * 2
+    grad_out = torch.randn(2, 4, 37, value_dim, device=DEVICE, dtype=dtype)
+    check_input_gradients(dict(q=q, k=k, v=v), grad_out, causal=True, sinks=sinks,
+                          attention_mask=padding_mask("holes", 2, 45),
+                          seqused_q=torch.tensor([37, 30], device=DEVICE, dtype=torch.int32))
+    tiles = configs.value_dim_tiles(value_dim, ops.INTERPRET)
+    assert {name for name, *_ in launched} == {"_launch_fwd", "_launch_bwd_dq", "_launch_bwd_dkdv"}
+    assert {tuple(launch[1:]) for launch in launched} == {tiles}
+    if ops.INTERPRET:
+        assert tiles[1] == 16
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("head_dim, value_dim", [(192, 128), (128, 64)], ids=["deepseek", "gluon-head-dim"])
 def test_value_head_dim_at_model_sizes_gpu(monkeypatch, head_dim, value_dim):

@@ -67,17 +67,17 @@ def _products(a, b, a_tail, b_tail, BLOCK_D_TAIL: tl.constexpr, DOT_PRECISION: t
 
 @triton.jit
 def _attn_bwd_dkdv_step(
-    dk, dk_tail, dv, k, k_tail, v, q_base, do_base, lse_base, delta_base, start_m,
-    offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, kv_end, q_start, q_end, pid_b, pid_h, pid_bh, seed,
-    sm_scale, softcap, dropout_p, Sq, Skv,
+    dk, dk_tail, dv, dv_tail, k, k_tail, v, v_tail, q_base, do_base, lse_base, delta_base, start_m,
+    offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, offs_dv_tail, kv_end, q_start, q_end, pid_b, pid_h, pid_bh,
+    seed, sm_scale, softcap, dropout_p, Sq, Skv,
     stride_qm, stride_qd, stride_dom, stride_dod,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D_TAIL: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D_TAIL: tl.constexpr, BLOCK_DV_TAIL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Add the query block at ``start_m`` of one query head to dK/dV (and to the tail columns' dK, see
+    """Add the query block at ``start_m`` of one query head to dK/dV (and to the tail columns' dK and dV, see
     _attn_bwd_dkdv). Query rows from q_end on (past Sq, or padding rows ``seqused_q`` leaves out) load as zeros with
     lse = delta = 0, so they add exactly nothing (dO = 0)."""
     offs_m = start_m + offs_m0
@@ -94,27 +94,34 @@ def _attn_bwd_dkdv_step(
     lse = tl.load(lse_base + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+    do_tail = do
+    if BLOCK_DV_TAIL > 0:
+        do_tail = tl.load(do_base + offs_m[:, None].to(tl.int64) * stride_dom + offs_dv_tail[None, :] * stride_dod,
+                          mask=m_ok[:, None] & (offs_dv_tail < VALUE_DIM)[None, :], other=0.0)
+        dp_t = tl.dot(v_tail, tl.trans(do_tail), dp_t, input_precision=DOT_PRECISION)
     p_t, ds_t = _probs_and_dscores(
         _products(k, q_t, k_tail, q_tail_t, BLOCK_D_TAIL, DOT_PRECISION), dp_t, lse[None, :], delta[None, :],
         start_m, offs_m, start_n, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed,
         Skv, KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn, Sq, BLOCK_M, BLOCK_N,
         True, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT)
     dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+    if BLOCK_DV_TAIL > 0:
+        dv_tail += tl.dot(p_t.to(do.dtype), do_tail, input_precision=DOT_PRECISION)
     dk += tl.dot(ds_t.to(q_t.dtype), tl.trans(q_t), input_precision=DOT_PRECISION)
     if BLOCK_D_TAIL > 0:
         dk_tail += tl.dot(ds_t.to(q_t.dtype), tl.trans(q_tail_t), input_precision=DOT_PRECISION)
-    return dk, dk_tail, dv
+    return dk, dk_tail, dv, dv_tail
 
 
 @triton.jit
 def _attn_bwd_dkdv_inner(
-    dk, dk_tail, dv, k, k_tail, v, Q, DO, LSE, Delta, lo, hi, skip_lo, skip_hi,
-    offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, kv_end, q_start, q_end, pid_b, pid_hk, seed,
+    dk, dk_tail, dv, dv_tail, k, k_tail, v, v_tail, Q, DO, LSE, Delta, lo, hi, skip_lo, skip_hi,
+    offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, offs_dv_tail, kv_end, q_start, q_end, pid_b, pid_hk, seed,
     sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
     stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D_TAIL: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, GROUPED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D_TAIL: tl.constexpr, BLOCK_DV_TAIL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPED: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_GAP: tl.constexpr,
 ):
@@ -137,14 +144,14 @@ def _attn_bwd_dkdv_inner(
     if GROUPED:
         start = first
         for _ in range(0, GROUP * ((end - first + BLOCK_M - 1) // BLOCK_M)):
-            dk, dk_tail, dv = _attn_bwd_dkdv_step(
-                dk, dk_tail, dv, k, k_tail, v, q_base, do_base, lse_base, delta_base,
+            dk, dk_tail, dv, dv_tail = _attn_bwd_dkdv_step(
+                dk, dk_tail, dv, dv_tail, k, k_tail, v, v_tail, q_base, do_base, lse_base, delta_base,
                 _block_start(start, skip_lo, skip_hi, HAS_GAP),
-                offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, kv_end, q_start, q_end, pid_b, pid_h, pid_bh,
-                seed, sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
-                KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-                HEAD_DIM, VALUE_DIM, BLOCK_D_TAIL, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND,
-                HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+                offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, offs_dv_tail, kv_end, q_start, q_end, pid_b,
+                pid_h, pid_bh, seed, sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom,
+                stride_dod, KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+                HEAD_DIM, VALUE_DIM, BLOCK_D_TAIL, BLOCK_DV_TAIL, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS,
+                HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
             # On to the next query block, or to the next head's first: bases stepped, not recomputed (the
             # recomputation made the loop ~10% longer in instructions).
             start += BLOCK_M
@@ -158,15 +165,15 @@ def _attn_bwd_dkdv_inner(
             delta_base += tl.where(next_head, Sq, 0)
     else:
         for start in range(first, end, BLOCK_M):
-            dk, dk_tail, dv = _attn_bwd_dkdv_step(
-                dk, dk_tail, dv, k, k_tail, v, q_base, do_base, lse_base, delta_base,
+            dk, dk_tail, dv, dv_tail = _attn_bwd_dkdv_step(
+                dk, dk_tail, dv, dv_tail, k, k_tail, v, v_tail, q_base, do_base, lse_base, delta_base,
                 _block_start(start, skip_lo, skip_hi, HAS_GAP),
-                offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, kv_end, q_start, q_end, pid_b, pid_h, pid_bh,
-                seed, sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom, stride_dod,
-                KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-                HEAD_DIM, VALUE_DIM, BLOCK_D_TAIL, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS, HAS_KEY_MASK, MASK_KIND,
-                HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
-    return dk, dk_tail, dv
+                offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, offs_dv_tail, kv_end, q_start, q_end, pid_b,
+                pid_h, pid_bh, seed, sm_scale, softcap, dropout_p, Sq, Skv, stride_qm, stride_qd, stride_dom,
+                stride_dod, KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
+                HEAD_DIM, VALUE_DIM, BLOCK_D_TAIL, BLOCK_DV_TAIL, BLOCK_M, BLOCK_N, IS_CAUSAL, CHECK_BOUNDS,
+                HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION)
+    return dk, dk_tail, dv, dv_tail
 
 
 @triton.jit
@@ -184,7 +191,8 @@ def _attn_bwd_dkdv(
     stride_msb, stride_msh, stride_msr,
     H, Hkv, Sq, Skv, GROUP,
     HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
-    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPED: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_DV_TAIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUPED: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     KEY_BLOCKS_OUTER: tl.constexpr,
@@ -192,8 +200,9 @@ def _attn_bwd_dkdv(
     """GROUPED: GROUP > 1 query heads share each kv head. HAS_SEQUSED_Q: query rows from SeqUsedQ[b] on are padding
     (zero output in the forward), which the query loops stop before. KEY_BLOCKS_OUTER: the grid is (B * Hkv, key
     blocks) rather than (key blocks, B * Hkv), so programs start in key-block order across every (batch, kv head).
-    V, dO and dV have VALUE_DIM columns (padded to BLOCK_DV), Q, K and dK HEAD_DIM, in a tile of BLOCK_D and, where
-    BLOCK_D_TAIL > 0, one of BLOCK_D_TAIL past it (the forward's tiles: configs.head_dim_tiles)."""
+    V, dO and dV have VALUE_DIM columns, in a tile of BLOCK_DV and, where BLOCK_DV_TAIL > 0, one of BLOCK_DV_TAIL
+    past it (configs.value_dim_tiles); Q, K and dK HEAD_DIM, in a tile of BLOCK_D and, where BLOCK_D_TAIL > 0, one
+    of BLOCK_D_TAIL past it (the forward's tiles: configs.head_dim_tiles)."""
     if KEY_BLOCKS_OUTER:
         pid_n = tl.program_id(1)
         pid_bhk = tl.program_id(0)
@@ -223,6 +232,14 @@ def _attn_bwd_dkdv(
         dk_tail = tl.zeros([BLOCK_N, BLOCK_D_TAIL], tl.float32)
     v = tl.load(_tile_ptrs(_plane(V, pid_b, pid_hk, stride_vb, stride_vh), offs_n, offs_dv, stride_vn, stride_vd),
                 mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+    v_tail = v
+    offs_dv_tail = offs_dv
+    dv_tail = 0.0
+    if BLOCK_DV_TAIL > 0:
+        offs_dv_tail = BLOCK_DV + tl.arange(0, BLOCK_DV_TAIL)
+        v_tail = tl.load(_tile_ptrs(_plane(V, pid_b, pid_hk, stride_vb, stride_vh), offs_n, offs_dv_tail, stride_vn,
+                                    stride_vd), mask=n_ok[:, None] & (offs_dv_tail < VALUE_DIM)[None, :], other=0.0)
+        dv_tail = tl.zeros([BLOCK_N, BLOCK_DV_TAIL], tl.float32)
 
     seed = 0
     if HAS_DROPOUT:
@@ -264,22 +281,24 @@ def _attn_bwd_dkdv(
         clean_lo, clean_end = _within_clear_run(clean_lo, clean_end, clear_lo, clear_end, lo, BLOCK_M)
         skip_lo = clean_lo
         skip_hi = clean_end
-    dk, dk_tail, dv = _attn_bwd_dkdv_inner(
-        dk, dk_tail, dv, k, k_tail, v, Q, DO, LSE, Delta, lo, masked_hi, skip_lo, skip_hi,
-        offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, kv_end, q_start, q_end, pid_b, pid_hk, seed,
+    dk, dk_tail, dv, dv_tail = _attn_bwd_dkdv_inner(
+        dk, dk_tail, dv, dv_tail, k, k_tail, v, v_tail, Q, DO, LSE, Delta, lo, masked_hi, skip_lo, skip_hi,
+        offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, offs_dv_tail, kv_end, q_start, q_end, pid_b, pid_hk,
+        seed,
         sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_D_TAIL, BLOCK_M, BLOCK_N, GROUPED, IS_CAUSAL, True, False, MASK_KIND, HAS_SOFTCAP,
-        HAS_DROPOUT, DOT_PRECISION, MASK_KIND != 0)
-    dk, dk_tail, dv = _attn_bwd_dkdv_inner(
-        dk, dk_tail, dv, k, k_tail, v, Q, DO, LSE, Delta, clean_lo, clean_end, clean_lo, clean_lo,
-        offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, kv_end, q_start, q_end, pid_b, pid_hk, seed,
+        HEAD_DIM, VALUE_DIM, BLOCK_D_TAIL, BLOCK_DV_TAIL, BLOCK_M, BLOCK_N, GROUPED, IS_CAUSAL, True, False, MASK_KIND,
+        HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION, MASK_KIND != 0)
+    dk, dk_tail, dv, dv_tail = _attn_bwd_dkdv_inner(
+        dk, dk_tail, dv, dv_tail, k, k_tail, v, v_tail, Q, DO, LSE, Delta, clean_lo, clean_end, clean_lo, clean_lo,
+        offs_m0, start_n, offs_n, offs_d, offs_d_tail, offs_dv, offs_dv_tail, kv_end, q_start, q_end, pid_b, pid_hk,
+        seed,
         sm_scale, softcap, dropout_p, H, Sq, Skv, GROUP,
         stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_D_TAIL, BLOCK_M, BLOCK_N, GROUPED, False, False, False, 0, HAS_SOFTCAP, HAS_DROPOUT,
-        DOT_PRECISION, False)
+        HEAD_DIM, VALUE_DIM, BLOCK_D_TAIL, BLOCK_DV_TAIL, BLOCK_M, BLOCK_N, GROUPED, False, False, False, 0,
+        HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION, False)
 
     dk *= sm_scale
     if BLOCK_D_TAIL > 0:
@@ -294,6 +313,8 @@ def _attn_bwd_dkdv(
         dv = tl.where(kept[:, None], dv, 0.0)
         if BLOCK_D_TAIL > 0:
             dk_tail = tl.where(kept[:, None], dk_tail, 0.0)
+        if BLOCK_DV_TAIL > 0:
+            dv_tail = tl.where(kept[:, None], dv_tail, 0.0)
     row_ok = offs_n[:, None] < Skv
     dk_plane = _plane(DK, pid_b, pid_hk, stride_dkb, stride_dkh)
     tl.store(_tile_ptrs(dk_plane, offs_n, offs_d, stride_dkn, stride_dkd), dk.to(DK.dtype.element_ty),
@@ -303,17 +324,22 @@ def _attn_bwd_dkdv(
                  dk_tail.to(DK.dtype.element_ty), mask=row_ok & (offs_d_tail < HEAD_DIM)[None, :])
     tl.store(_tile_ptrs(_plane(DV, pid_b, pid_hk, stride_dvb, stride_dvh), offs_n, offs_dv, stride_dvn, stride_dvd),
              dv.to(DV.dtype.element_ty), mask=row_ok & dv_ok[None, :])
+    if BLOCK_DV_TAIL > 0:
+        tl.store(_tile_ptrs(_plane(DV, pid_b, pid_hk, stride_dvb, stride_dvh), offs_n, offs_dv_tail, stride_dvn,
+                            stride_dvd), dv_tail.to(DV.dtype.element_ty),
+                 mask=row_ok & (offs_dv_tail < VALUE_DIM)[None, :])
 
 
 @triton.jit
 def _attn_bwd_dq_inner(
-    dq, dq_tail, q, q_tail, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi, skip_lo, skip_hi,
-    start_m, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh, seed,
+    dq, dq_tail, q, q_tail, do, do_tail, lse, delta, k_base, v_base, DescK, DescV, lo, hi, skip_lo, skip_hi,
+    start_m, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, offs_dv_tail, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh,
+    seed,
     sm_scale, softcap, dropout_p, Sq, Skv,
     stride_kn, stride_kd, stride_vn, stride_vd,
     KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
     HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
-    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_DV_TAIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, CHECK_BOUNDS: tl.constexpr, HAS_KEY_MASK: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     HAS_GAP: tl.constexpr,
@@ -349,6 +375,10 @@ def _attn_bwd_dq_inner(
             k_tail_t = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kn + offs_d_tail[:, None] * stride_kd,
                                mask=(offs_n[None, :] < kv_end) & (offs_d_tail[:, None] < HEAD_DIM), other=0.0)
         dp = tl.dot(do, v_t, input_precision=DOT_PRECISION)
+        if BLOCK_DV_TAIL > 0:
+            v_tail_t = tl.load(v_base + offs_n[None, :].to(tl.int64) * stride_vn + offs_dv_tail[:, None] * stride_vd,
+                               mask=(offs_n[None, :] < kv_end) & (offs_dv_tail[:, None] < VALUE_DIM), other=0.0)
+            dp = tl.dot(do_tail, v_tail_t, dp, input_precision=DOT_PRECISION)
         _, ds = _probs_and_dscores(
             _products(q, k_t, q_tail, k_tail_t, BLOCK_D_TAIL, DOT_PRECISION), dp, lse[:, None], delta[:, None],
             start_m, offs_m, start_n, offs_n, kv_end, q_start, pid_b, pid_h, pid_bh, sm_scale, softcap, dropout_p, seed,
@@ -375,15 +405,16 @@ def _attn_bwd_dq(
     stride_msb, stride_msh, stride_msr,
     H, Sq, Skv, GROUP,
     HEAD_DIM: tl.constexpr, VALUE_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
-    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_DV_TAIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, HAS_SEQUSED: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     MASK_KIND: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
 ):
     """USE_TMA: the K and V tiles of the key loop come through the tensor descriptors DescK/DescV (over
     (B, Hkv, S, D)), as in the forward. HAS_SEQUSED_Q: query rows from SeqUsedQ[b] on are padding: their dQ and
-    Delta are zero, and a block of them only skips the key loop. V, Out and dO have VALUE_DIM columns (padded to
-    BLOCK_DV), Q, K and dQ HEAD_DIM, in a tile of BLOCK_D and, where BLOCK_D_TAIL > 0, one of BLOCK_D_TAIL past it
+    Delta are zero, and a block of them only skips the key loop. V, Out and dO have VALUE_DIM columns (in a tile of
+    BLOCK_DV and, where BLOCK_DV_TAIL > 0, one of BLOCK_DV_TAIL past it: configs.value_dim_tiles), Q, K and dQ
+    HEAD_DIM, in a tile of BLOCK_D and, where BLOCK_D_TAIL > 0, one of BLOCK_D_TAIL past it
     (the forward's tiles: configs.head_dim_tiles)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -415,6 +446,16 @@ def _attn_bwd_dq(
     o = tl.load(_tile_ptrs(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, offs_dv, stride_om, stride_od),
                 mask=value_tile, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    do_tail = do
+    offs_dv_tail = offs_dv
+    if BLOCK_DV_TAIL > 0:
+        offs_dv_tail = BLOCK_DV + tl.arange(0, BLOCK_DV_TAIL)
+        tail_tile = row_used[:, None] & (offs_dv_tail < VALUE_DIM)[None, :]
+        do_tail = tl.load(_tile_ptrs(_plane(DO, pid_b, pid_h, stride_dob, stride_doh), offs_m, offs_dv_tail,
+                                     stride_dom, stride_dod), mask=tail_tile, other=0.0)
+        o_tail = tl.load(_tile_ptrs(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, offs_dv_tail, stride_om,
+                                    stride_od), mask=tail_tile, other=0.0)
+        delta += tl.sum(o_tail.to(tl.float32) * do_tail.to(tl.float32), 1)
     tl.store(Delta + pid_bh.to(tl.int64) * Sq + offs_m, delta, mask=m_ok)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * Sq + offs_m, mask=row_used, other=0.0)
     k_base = _plane(K, pid_b, pid_hk, stride_kb, stride_kh)
@@ -431,19 +472,20 @@ def _attn_bwd_dq(
                                                     BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK, MASK_KIND,
                                                     HAS_SEQUSED_Q)
     dq, dq_tail = _attn_bwd_dq_inner(
-        dq, dq_tail, q, q_tail, do, lse, delta, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo, clean_lo,
-        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh,
-        seed, sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
+        dq, dq_tail, q, q_tail, do, do_tail, lse, delta, k_base, v_base, DescK, DescV, clean_lo, clean_end, clean_lo,
+        clean_lo,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, offs_dv_tail, kv_end, q_start, pid_b, pid_h,
+        pid_hk, pid_bh, seed, sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_DV, BLOCK_M, BLOCK_N, False, False, False, 0, HAS_SOFTCAP,
-        HAS_DROPOUT, DOT_PRECISION, USE_TMA, False)
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_DV, BLOCK_DV_TAIL, BLOCK_M, BLOCK_N, False, False, False, 0,
+        HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION, USE_TMA, False)
     dq, dq_tail = _attn_bwd_dq_inner(
-        dq, dq_tail, q, q_tail, do, lse, delta, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
-        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, kv_end, q_start, pid_b, pid_h, pid_hk, pid_bh,
-        seed, sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
+        dq, dq_tail, q, q_tail, do, do_tail, lse, delta, k_base, v_base, DescK, DescV, lo, hi, clean_lo, clean_end,
+        pid_m * BLOCK_M, offs_m, offs_n0, offs_d, offs_d_tail, offs_dv, offs_dv_tail, kv_end, q_start, pid_b, pid_h,
+        pid_hk, pid_bh, seed, sm_scale, softcap, dropout_p, Sq, Skv, stride_kn, stride_kd, stride_vn, stride_vd,
         KeyMask, stride_kmb, stride_kmn, Mask, stride_mb, stride_mh, stride_mm, stride_mn,
-        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_DV, BLOCK_M, BLOCK_N, IS_CAUSAL, True, HAS_KEY_MASK,
-        MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION, USE_TMA, HAS_KEY_MASK or MASK_KIND != 0)
+        HEAD_DIM, VALUE_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_DV, BLOCK_DV_TAIL, BLOCK_M, BLOCK_N, IS_CAUSAL, True,
+        HAS_KEY_MASK, MASK_KIND, HAS_SOFTCAP, HAS_DROPOUT, DOT_PRECISION, USE_TMA, HAS_KEY_MASK or MASK_KIND != 0)
 
     dq *= sm_scale
     dq_plane = _plane(DQ, pid_b, pid_h, stride_dqb, stride_dqh)
