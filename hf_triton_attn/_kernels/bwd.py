@@ -230,15 +230,10 @@ def _attn_bwd_dkdv(
     dk_tail = 0.0
     if BLOCK_D_TAIL > 0:
         dk_tail = tl.zeros([BLOCK_N, BLOCK_D_TAIL], tl.float32)
-    v = tl.load(_tile_ptrs(_plane(V, pid_b, pid_hk, stride_vb, stride_vh), offs_n, offs_dv, stride_vn, stride_vd),
-                mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
-    v_tail = v
-    offs_dv_tail = offs_dv
+    v, v_tail, offs_dv_tail = _head_dim_tiles(_plane(V, pid_b, pid_hk, stride_vb, stride_vh), offs_n, n_ok, stride_vn,
+                                              stride_vd, VALUE_DIM, BLOCK_DV, BLOCK_DV_TAIL)
     dv_tail = 0.0
     if BLOCK_DV_TAIL > 0:
-        offs_dv_tail = BLOCK_DV + tl.arange(0, BLOCK_DV_TAIL)
-        v_tail = tl.load(_tile_ptrs(_plane(V, pid_b, pid_hk, stride_vb, stride_vh), offs_n, offs_dv_tail, stride_vn,
-                                    stride_vd), mask=n_ok[:, None] & (offs_dv_tail < VALUE_DIM)[None, :], other=0.0)
         dv_tail = tl.zeros([BLOCK_N, BLOCK_DV_TAIL], tl.float32)
 
     seed = 0
@@ -440,21 +435,12 @@ def _attn_bwd_dq(
     dq_tail = 0.0
     if BLOCK_D_TAIL > 0:
         dq_tail = tl.zeros([BLOCK_M, BLOCK_D_TAIL], tl.float32)
-    value_tile = row_used[:, None] & (offs_dv < VALUE_DIM)[None, :]
-    do = tl.load(_tile_ptrs(_plane(DO, pid_b, pid_h, stride_dob, stride_doh), offs_m, offs_dv, stride_dom,
-                            stride_dod), mask=value_tile, other=0.0)
-    o = tl.load(_tile_ptrs(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, offs_dv, stride_om, stride_od),
-                mask=value_tile, other=0.0)
+    do, do_tail, offs_dv_tail = _head_dim_tiles(_plane(DO, pid_b, pid_h, stride_dob, stride_doh), offs_m, row_used,
+                                                stride_dom, stride_dod, VALUE_DIM, BLOCK_DV, BLOCK_DV_TAIL)
+    o, o_tail, _ = _head_dim_tiles(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, row_used, stride_om,
+                                   stride_od, VALUE_DIM, BLOCK_DV, BLOCK_DV_TAIL)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    do_tail = do
-    offs_dv_tail = offs_dv
     if BLOCK_DV_TAIL > 0:
-        offs_dv_tail = BLOCK_DV + tl.arange(0, BLOCK_DV_TAIL)
-        tail_tile = row_used[:, None] & (offs_dv_tail < VALUE_DIM)[None, :]
-        do_tail = tl.load(_tile_ptrs(_plane(DO, pid_b, pid_h, stride_dob, stride_doh), offs_m, offs_dv_tail,
-                                     stride_dom, stride_dod), mask=tail_tile, other=0.0)
-        o_tail = tl.load(_tile_ptrs(_plane(Out, pid_b, pid_h, stride_ob, stride_oh), offs_m, offs_dv_tail, stride_om,
-                                    stride_od), mask=tail_tile, other=0.0)
         delta += tl.sum(o_tail.to(tl.float32) * do_tail.to(tl.float32), 1)
     tl.store(Delta + pid_bh.to(tl.int64) * Sq + offs_m, delta, mask=m_ok)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * Sq + offs_m, mask=row_used, other=0.0)
