@@ -233,8 +233,8 @@ def main() -> None:
     parser.add_argument("kernel", choices=sorted(KERNELS) + sorted(GLUON_KERNELS))
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--value-tiles", action="store_true",
-                        help="fwd: v in two tiles where its head dim is not a power of two (configs.value_dim_tiles, "
-                             "taken in the interpreter only for now)")
+                        help="fwd, dq, dkdv: v in two tiles where its head dim is not a power of two "
+                             "(configs.value_dim_tiles, taken in the interpreter only for now)")
     parser.add_argument("--value-head-dim", type=int, default=None,
                         help="fwd, dq, dkdv: v's head dim where it differs from q's and k's (multi-head latent "
                              "attention)")
