@@ -6,9 +6,12 @@ the same inputs (bench_kernels.py's cases, checks and timing).
 
 Our variants (not peers: the ratio column still compares "ours" with the best peer):
 
-- "ours one tile": q and k in one tile padded to a power of two (192 -> 256), where ``configs.head_dim_tiles``
-  splits them in two (192 = 128 + 64, 96 = 64 + 32, 80 = 64 + 16). Where this wins on a GPU, head_dim_tiles needs
-  a rule that keeps one tile there.
+- "ours triton fwd": the forward in the Triton kernel where the Gluon one takes the call (multi-head latent
+  attention's 192/128 on Hopper), as before the Gluon forward took that pair.
+- "ours one tile": the Triton kernels with q and k in one tile padded to a power of two (192 -> 256), where
+  ``configs.head_dim_tiles`` splits them in two (192 = 128 + 64, 96 = 64 + 32, 80 = 64 + 16). Where this wins on a
+  GPU, head_dim_tiles needs a rule that keeps one tile there (it lost everywhere on an H100 in session 38:
+  benchmarks/RESULTS.md).
 - "ours v two tiles": v, the output and their gradients in two tiles in the Triton kernels where v's head dim is not
   a power of two (80 = 64 + 16, 96 = 64 + 32, 192 = 128 + 64), as ``configs.value_dim_tiles`` takes them in the
   interpreter only until this measures them on a GPU.
@@ -51,11 +54,19 @@ def configs_replaced(name: str, value):
         setattr(configs, name, kept)
 
 
+def triton_forward():
+    """The forward runs the Triton kernel while inside, wherever the Gluon one would take the call."""
+    return configs_replaced("GLUON_FORWARD", False)
+
+
+@contextlib.contextmanager
 def one_head_dim_tile():
-    """The Triton kernels take q and k in one padded tile while inside."""
+    """The Triton kernels take q and k in one padded tile while inside (the forward too: the Gluon one is off)."""
     from hf_triton_attn import configs
 
-    return configs_replaced("head_dim_tiles", lambda head_dim: (configs.padded_head_dim(head_dim), 0))
+    with configs_replaced("head_dim_tiles", lambda head_dim: (configs.padded_head_dim(head_dim), 0)):
+        with triton_forward():
+            yield
 
 
 def value_in_two_tiles():
@@ -64,6 +75,11 @@ def value_in_two_tiles():
 
     tiles = configs.value_dim_tiles
     return configs_replaced("value_dim_tiles", lambda value_dim, interpret: tiles(value_dim, True))
+
+
+def make_ours_triton_forward(case: KernelCase, inputs):
+    _, forward = make_ours(case, inputs)
+    return triton_forward, forward
 
 
 def make_ours_one_tile(case: KernelCase, inputs):
@@ -88,7 +104,8 @@ def make_ours_v_padded(case: KernelCase, inputs):
     return contextlib.nullcontext, forward
 
 
-VARIANTS = {"ours one tile": make_ours_one_tile, "ours v two tiles": make_ours_value_in_two_tiles,
+VARIANTS = {"ours triton fwd": make_ours_triton_forward, "ours one tile": make_ours_one_tile,
+            "ours v two tiles": make_ours_value_in_two_tiles,
             "ours v padded": make_ours_v_padded}
 
 

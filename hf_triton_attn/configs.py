@@ -54,8 +54,10 @@ def value_dim_tiles(value_dim: int, interpret: bool) -> tuple[int, int]:
     """(BLOCK_DV, BLOCK_DV_TAIL) of v, the output and their gradients in the Triton forward, dQ and dK/dV kernels
     (the split-KV kernel keeps one tile): v in two power-of-two tiles as :func:`head_dim_tiles` splits q and k (80:
     64 + 16, 96: 64 + 32, 192: 128 + 64), in the interpreter only for now, so that the CPU tests cover the split; on
-    a GPU one tile padded to a power of two (80, 96 -> 128, 192 -> 256) until the split is measured there
-    (benchmarks/NOTES.md, session 38: ``bench_head_dims.py``'s "ours v two tiles")."""
+    a GPU one tile padded to a power of two (80, 96 -> 128, 192 -> 256). On an H100 the split made forward+backward
+    1.14-1.17x faster at 80, 96 and 192, but the GPU tests found wrong outputs at 40 (32 + 16, the tail partly past
+    v's end) and a dense-mask forward at 96 out of shared memory (benchmarks/RESULTS.md, session 39): GPUs take it
+    once both are fixed."""
     if interpret:
         return head_dim_tiles(value_dim)
     return padded_head_dim(value_dim), 0
@@ -163,11 +165,13 @@ class HopperForwardConfig:
 
 
 @functools.lru_cache(maxsize=64)
-def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: int,
-                          causal: bool) -> Optional[HopperForwardConfig]:
+def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: int, causal: bool,
+                          value_dim: Optional[int] = None) -> Optional[HopperForwardConfig]:
     """The Gluon forward's configuration, or None where the Triton kernel (fwd.py) stays faster or the Gluon one
     does not apply. Only on Hopper (sm_90), 16-bit; head_dims 128 and 256 from GLUON_MIN_QUERIES queries, head_dim
-    64 from GLUON_D64_MIN_QUERIES.
+    64 from GLUON_D64_MIN_QUERIES, and multi-head latent attention's q/k head dim 192 with v's 128 (``value_dim``;
+    None: v's head dim is q's) from GLUON_MIN_QUERIES, q and k in tiles of 128 and 64 columns
+    (:func:`head_dim_tiles`).
 
     Measured on an H200 (benchmarks/RESULTS.md), bf16, TFLOP/s. Head_dim 128, session 19: the kernel against the
     Triton one in two alternating rounds, B4 H16 S4096 full 513/505 -> 582/526, causal 436/426 -> 507/482; session
@@ -187,6 +191,15 @@ def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqle
     full 355 -> 421 -> 435, B8 S1024 causal 305 -> 359 -> 365, full 424 -> 462 -> 529, B4 S2048 causal 379 -> 423
     -> 474, B2 H8 S4096 causal 394 -> 473 -> 573 (cuDNN 519), B1 S16384 causal 507 -> 511 -> 651."""
     if capability != (9, 0) or itemsize != 2:
+        return None
+    if value_dim is not None and value_dim != head_dim:
+        if (head_dim, value_dim) == (192, 128) and seqlen_q >= GLUON_MIN_QUERIES:
+            # Two query slots of 64 x (128 + 64) columns per consumer and two stages of 64-key K (128 + 64) and V
+            # tiles, the output through TMA: 213 KiB of shared memory (offline compile). Fastest of four
+            # configurations on three of four rows (benchmarks/RESULTS.md, session 39, table 1): 1.02x cuDNN at
+            # B4 H16 S4096 causal; 128-key blocks with one query slot were 4.5% faster on the full row only.
+            return HopperForwardConfig(block_mw=64, block_n=64, stages=2, consumer_regs=240, max_registers=168,
+                                       tma_store=True)
         return None
     if head_dim == 128 and seqlen_q >= GLUON_MIN_QUERIES:
         return HopperForwardConfig(block_mw=64, block_n=128, stages=2, consumer_regs=240, max_registers=168)

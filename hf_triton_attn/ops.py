@@ -224,8 +224,7 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
         spans = _forward_split_kv(q, k, v, out, lse, key_mask, seqused_k, mask, sinks, causal, scale, softcap)
         return out, lse, MaskSummaries(key_range, spans)
     value_dim = v.shape[3]
-    if (seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0
-            and value_dim == head_dim):
+    if seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
         hopper = _hopper_forward_config(q, k, v, key_mask, causal, scale)
         if hopper is not None:
             key_mask = _as_kernel_mask(key_mask)
@@ -284,7 +283,8 @@ def _hopper_forward_config(q, k, v, key_mask, causal, scale) -> Optional[configs
     stride along the keys, and tensors a TMA descriptor can describe."""
     if not _gluon_may_take(_attn_fwd_ws, configs.GLUON_FORWARD, q, k, key_mask, scale):
         return None
-    cfg = configs.hopper_forward_config(q.shape[3], q.element_size(), _capability(q.device), q.shape[2], causal)
+    cfg = configs.hopper_forward_config(q.shape[3], q.element_size(), _capability(q.device), q.shape[2], causal,
+                                        v.shape[3])
     if cfg is None or (causal and k.shape[2] < q.shape[2]) or not _tma_compatible(q, k, v):
         return None
     return cfg
@@ -304,13 +304,14 @@ def _gluon_compile_failure(kernel: str, head_dim: int) -> RuntimeError:
         f"for every call, or use triton 3.6.")
 
 
-def _gluon_descriptor(t: torch.Tensor, rows: int, shape=None, strides=None):
+def _gluon_descriptor(t: torch.Tensor, rows: int, shape=None, strides=None, columns=None):
     """A Gluon descriptor over the (B, H, S, D) tensor ``t`` (or over ``t`` seen with ``shape`` and ``strides``) whose
-    loads are ``rows`` positions of one head, built as :func:`_descriptor` is."""
+    loads are ``rows`` positions of one head, all D columns or ``columns`` of them, built as :func:`_descriptor` is."""
     shape = list(t.shape) if shape is None else shape
     strides = list(t.stride()) if strides is None else strides
-    return _unchecked(GluonTensorDescriptor, base=t, shape=shape, strides=strides, block_shape=[1, 1, rows, shape[3]],
-                      layout=_gluon_layout(rows, shape[3], t.dtype))
+    columns = shape[3] if columns is None else columns
+    return _unchecked(GluonTensorDescriptor, base=t, shape=shape, strides=strides, block_shape=[1, 1, rows, columns],
+                      layout=_gluon_layout(rows, columns, t.dtype))
 
 
 def _gluon_descriptor_bshd(t: torch.Tensor, rows: int):
@@ -361,15 +362,23 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, sinks, causal, scale
     batch, heads, sq, head_dim = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     tiles, heads_per_section = _gluon_schedule(q, k, causal, cfg.block_mw)
+    block_d, block_d_tail = configs.head_dim_tiles(head_dim)
+    desc_q = _gluon_descriptor(q, cfg.block_mw, columns=block_d)
+    desc_k = _gluon_descriptor(k, cfg.block_n, columns=block_d)
+    desc_q_tail = desc_k_tail = None  # q and k in one tile each
+    if block_d_tail:
+        desc_q_tail = _gluon_descriptor(q, cfg.block_mw, columns=block_d_tail)
+        desc_k_tail = _gluon_descriptor(k, cfg.block_n, columns=block_d_tail)
     try:
         _launch_fwd_gluon(
             (min(tiles, _sm_count(q.device)),),
-            _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
+            desc_q, desc_q_tail, desc_k, desc_k_tail, _gluon_descriptor(v, cfg.block_n),
             _gluon_descriptor_bshd(out, cfg.block_mw) if cfg.tma_store else None, out, lse, key_mask,
             key_range, sinks, _tile_counter(q.device), scale * LOG2E.value, out.stride(0), out.stride(1),
             out.stride(2), 0 if key_mask is None else key_mask.stride(0), *_sink_strides(sinks), heads, sq, skv,
             heads // hkv, tiles, heads_per_section,
-            HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
+            HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail, VALUE_DIM=v.shape[3], BLOCK_MW=cfg.block_mw,
+            BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
             HAS_KEY_MASK=key_mask is not None, TMA_STORE=cfg.tma_store, Q_SLOTS=cfg.q_slots,
             HAS_SINKS=sinks is not None,
             CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,

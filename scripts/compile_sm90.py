@@ -5,6 +5,7 @@ the operand kinds of its wgmma instructions. With --out DIR, also writes its TTG
     python scripts/compile_sm90.py dkdv --head-dim 64 --block-m 32 --block-n 128 --warps 4 --stages 3 --grouped
     python scripts/compile_sm90.py fwd --head-dim 192 --value-head-dim 128 --block-m 128 --block-n 64 --warps 8
     python scripts/compile_sm90.py gluon --head-dim 256 --seqlen 4096 [--block-n 32 --stages 3 --tma-store 1 --sinks]
+    python scripts/compile_sm90.py gluon --head-dim 192 --value-head-dim 128 --seqlen 4096
     python scripts/compile_sm90.py gluon-dkdv --head-dim 64 --seqlen 4096 [--stages 3 --kv-slots 1 --grouped]
     python scripts/compile_sm90.py gluon-dq --head-dim 128 --seqlen 4096 [--block-n 128 --stages 2]
 
@@ -156,20 +157,27 @@ def compile_gluon(args):
     """(compiled kernel, its HopperForwardConfig) of the Gluon forward, bf16, no key mask, (B, H, S, D) inputs."""
     _, _, descriptor = gluon_api()
     from hf_triton_attn._kernels.fwd_gluon import _attn_fwd_ws
-    cfg = configs.hopper_forward_config(args.head_dim, 2, (9, 0), args.seqlen, not args.full)
+    value_dim = args.value_head_dim or args.head_dim
+    cfg = configs.hopper_forward_config(args.head_dim, 2, (9, 0), args.seqlen, not args.full, value_dim)
     if cfg is None:
-        raise SystemExit(f"the Gluon forward does not take head_dim {args.head_dim} at {args.seqlen} queries")
+        raise SystemExit(f"the Gluon forward does not take head_dim {args.head_dim}/{value_dim} at {args.seqlen} "
+                         f"queries")
     overrides = {"block_n": args.block_n, "stages": args.stages, "q_slots": args.q_slots,
                  "tma_store": None if args.tma_store is None else bool(args.tma_store),
                  "consumer_regs": args.consumer_regs}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, GROUP=1, HEAD_DIM=args.head_dim, BLOCK_MW=cfg.block_mw,
-                  BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=not args.full, HAS_KEY_MASK=False,
-                  TMA_STORE=cfg.tma_store, Q_SLOTS=cfg.q_slots, HAS_SINKS=args.sinks,
-                  CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
-    sig = dict(desc_q=descriptor(args.head_dim, cfg.block_mw), desc_k=descriptor(args.head_dim, cfg.block_n),
-               desc_v=descriptor(args.head_dim, cfg.block_n), desc_o=descriptor(args.head_dim, cfg.block_mw),
+    block_d, block_d_tail = configs.head_dim_tiles(args.head_dim)
+    consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, GROUP=1, HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail,
+                  VALUE_DIM=value_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages,
+                  IS_CAUSAL=not args.full, HAS_KEY_MASK=False, TMA_STORE=cfg.tma_store, Q_SLOTS=cfg.q_slots,
+                  HAS_SINKS=args.sinks, CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
+    sig = dict(desc_q=descriptor(block_d, cfg.block_mw), desc_k=descriptor(block_d, cfg.block_n),
+               desc_v=descriptor(value_dim, cfg.block_n), desc_o=descriptor(value_dim, cfg.block_mw),
                Out="*bf16", LSE="*fp32", TileCounter="*i32", qk_scale="fp32")
+    if block_d_tail:
+        sig.update(desc_q_tail=descriptor(block_d_tail, cfg.block_mw), desc_k_tail=descriptor(block_d_tail, cfg.block_n))
+    else:  # q and k in one tile each, as the op layer launches it
+        consts.update(desc_q_tail=None, desc_k_tail=None)
     if args.sinks:  # one sink per query head (GPT-OSS's): batch and row strides 0
         sig["Sinks"] = "*bf16"
         consts.update(stride_sb=0, stride_sm=0)

@@ -27,8 +27,8 @@ def take_gluon_as_at(monkeypatch, seqlen_q: int) -> None:
     GLUON_D256_WIDE_MIN_QUERIES."""
     default = configs.hopper_forward_config
 
-    def config(head_dim, itemsize, capability, _, causal):
-        return default(head_dim, itemsize, capability, seqlen_q, causal)
+    def config(head_dim, itemsize, capability, _, causal, value_dim=None):
+        return default(head_dim, itemsize, capability, seqlen_q, causal, value_dim)
     monkeypatch.setattr(configs, "hopper_forward_config", config)
 
 
@@ -98,7 +98,7 @@ def fail_gluon_launch(monkeypatch, launcher: str) -> None:
     def launch(grid, *args, **kwargs):
         raise CompilationError(None, None, "a Gluon builtin this Triton does not have")
     monkeypatch.setattr(ops, launcher, launch)
-    monkeypatch.setattr(ops, "_gluon_descriptor", lambda *args: None)
+    monkeypatch.setattr(ops, "_gluon_descriptor", lambda *args, **kwargs: None)
     monkeypatch.setattr(ops, "_tile_counter", lambda device: None)
 
 

@@ -796,13 +796,19 @@ def test_padded_large_gpu():
 
 def test_hopper_forward_config_applies_only_where_measured():
     """The Gluon forward is Hopper-only and 16-bit: head_dims 128 and 256 from GLUON_MIN_QUERIES queries, head_dim 64
-    from GLUON_D64_MIN_QUERIES; anything else keeps the Triton kernel, and so does every call in the interpreter or on
-    the CPU. Its tiles and output path where measured."""
+    from GLUON_D64_MIN_QUERIES, q/k 192 with v 128 (multi-head latent attention) from GLUON_MIN_QUERIES; anything
+    else keeps the Triton kernel (other value head dims too), and so does every call in the interpreter or on the
+    CPU. Its tiles and output path where measured."""
     hopper = (9, 0)
     for causal in (False, True):
         assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, causal) is not None
         assert configs.hopper_forward_config(256, 2, hopper, configs.GLUON_MIN_QUERIES, causal) is not None
         assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_QUERIES, causal) is not None
+        assert configs.hopper_forward_config(192, 2, hopper, configs.GLUON_MIN_QUERIES, causal, 128) is not None
+        assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, causal, 128) is not None
+        for head_dim, value_dim, seqlen_q in [(192, 128, configs.GLUON_MIN_QUERIES - 1), (192, 192, 4096),
+                                              (192, 64, 4096), (128, 64, 4096), (64, 128, 16384)]:
+            assert configs.hopper_forward_config(head_dim, 2, hopper, seqlen_q, causal, value_dim) is None
     for head_dim, itemsize, capability, seqlen_q, causal in [
             (32, 2, hopper, 4096, False), (128, 4, hopper, 4096, False), (256, 4, hopper, 4096, True),
             (64, 4, hopper, 16384, False), (128, 2, (8, 0), 4096, False), (128, 2, (10, 0), 4096, True),
@@ -922,6 +928,44 @@ def test_hopper_forward_sinks_gpu(monkeypatch, causal, padding, sink_kind, head_
     batch, heads, seqlen = 3, 4, 333
     q, k, v = random_qkv(batch, heads, 2, seqlen, seqlen, head_dim, torch.bfloat16, DEVICE)
     sinks = random_sinks(sink_kind, batch, heads, seqlen, torch.bfloat16)
+    out = check_forward(q, k, v, causal=causal, attention_mask=schedule_mask(padding, batch, seqlen), sinks=sinks)
+    if padding == "empty_row":
+        assert out[1].abs().max() == 0
+    assert len(calls) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+@pytest.mark.parametrize("shape", GLUON_SHAPES)
+@pytest.mark.parametrize("padding", [None, "right", "left", "holes"])
+def test_hopper_forward_value_head_dim_gpu(monkeypatch, dtype, causal, layout, shape, padding):
+    """Multi-head latent attention's head dims in the Gluon forward (q and k at 192, in tiles of 128 and 64 columns;
+    v and the output at 128) against the oracle, with the test shapes of test_hopper_forward_gpu and key-padding
+    masks; and it is the kernel that ran."""
+    calls = gluon_forward_calls(monkeypatch)
+    batch, heads, kv_heads, seqlen_q, seqlen_k = shape
+    q, k, _ = qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, 192, dtype, DEVICE)
+    v = qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, 128, dtype, DEVICE)[2]
+    mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
+    out = check_forward(q, k, v, causal=causal, attention_mask=mask)
+    assert out.shape == (batch, heads, seqlen_q, 128)
+    assert len(calls) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "empty_row"])
+def test_hopper_forward_value_head_dim_schedule_and_sinks_gpu(monkeypatch, causal, padding):
+    """Multi-head latent attention's head dims in the Gluon forward with more tiles than SMs (rings and slots carried
+    from tile to tile), MQA, one attention sink per head and a batch row that keeps no key."""
+    calls = gluon_forward_calls(monkeypatch)
+    batch, heads, seqlen = 3, 5, 2500
+    q, k, _ = random_qkv(batch, heads, 1, seqlen, seqlen, 192, torch.bfloat16, DEVICE)
+    v = torch.randn(batch, 1, seqlen, 128, device=DEVICE, dtype=torch.bfloat16)
+    assert configs.cdiv(seqlen, 128) * batch * heads > 2 * ops._sm_count(q.device)
+    sinks = random_sinks("head", batch, heads, seqlen, torch.bfloat16)
     out = check_forward(q, k, v, causal=causal, attention_mask=schedule_mask(padding, batch, seqlen), sinks=sinks)
     if padding == "empty_row":
         assert out[1].abs().max() == 0

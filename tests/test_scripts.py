@@ -81,9 +81,10 @@ def test_bench_kernels_keeps_each_providers_best_round(monkeypatch):
 
 
 def test_bench_head_dims_variants_run_what_they_name(monkeypatch):
-    """`bench_head_dims.py`'s variants of our call: "one tile" launches the Triton kernels with q and k in one
-    padded tile (no tail), "v two tiles" the forward with v in two tiles (v at 40 here: 32 + 16) and "v padded" with
-    v at q's head dim, all matching ours (gradients included) on a multi-head latent attention case; the summary
+    """`bench_head_dims.py`'s variants of our call: "triton fwd" launches the Triton kernels as ours does here (the
+    Gluon forward never runs in the interpreter), "one tile" with q and k in one padded tile (no tail), "v two tiles"
+    the forward with v in two tiles and "v padded" with v at q's head dim (v at 40: 32 + 16 where value_dim_tiles
+    splits), all matching ours (gradients included) on a multi-head latent attention case; the summary
     divides each variant's time by ours. Run with the GPU timer replaced by a fixed sequence of times."""
     monkeypatch.syspath_prepend(str(SCRIPTS.parent / "benchmarks"))
     import bench_head_dims
@@ -99,26 +100,28 @@ def test_bench_head_dims_variants_run_what_they_name(monkeypatch):
             return _launch(grid, *args, **kwargs)
         monkeypatch.setattr(ops, name, recording)
     monkeypatch.setattr(bench_kernels, "DEVICE", DEVICE.type)
-    times = iter([2.0, 3.0, 4.0, 5.0])  # ours, one tile, v two tiles, v padded
+    times = iter([2.0, 3.0, 4.0, 5.0, 6.0])  # ours, triton fwd, one tile, v two tiles, v padded
     monkeypatch.setattr(bench_kernels.triton.testing, "do_bench", lambda *args, **kwargs: next(times))
     monkeypatch.setattr(bench_kernels, "PROVIDERS", {"ours": bench_kernels.make_ours, **bench_head_dims.VARIANTS})
     case = bench_kernels.KernelCase("dense fwdbwd", 1, 2, 2, 32, 40, True, torch.float32, value_head_dim=24)
     record = bench_kernels.run_case(case)
     # One call per provider (the timer is replaced): a forward, a dQ and a dK/dV launch each.
-    assert [name for name, *_ in launches] == ["_launch_fwd", "_launch_bwd_dq", "_launch_bwd_dkdv"] * 4
+    assert [name for name, *_ in launches] == ["_launch_fwd", "_launch_bwd_dq", "_launch_bwd_dkdv"] * 5
     tiles = {name: {launch[1:] for launch in launches[3 * index:3 * index + 3]}
-             for index, name in enumerate(("ours", "ours one tile", "ours v two tiles", "ours v padded"))}
+             for index, name in enumerate(("ours", "ours triton fwd", "ours one tile", "ours v two tiles",
+                                           "ours v padded"))}
     # v at 24 is one tile of 32 columns; padded to 40, the kernels take it as 32 + 16 where value_dim_tiles splits.
     padded_v_tail = configs.value_dim_tiles(40, ops.INTERPRET)[1]
-    assert tiles == {"ours": {(32, 16, 24, 0)}, "ours one tile": {(64, 0, 24, 0)},
-                     "ours v two tiles": {(32, 16, 24, 0)}, "ours v padded": {(32, 16, 40, padded_v_tail)}}
+    assert tiles == {"ours": {(32, 16, 24, 0)}, "ours triton fwd": {(32, 16, 24, 0)},
+                     "ours one tile": {(64, 0, 24, 0)}, "ours v two tiles": {(32, 16, 24, 0)},
+                     "ours v padded": {(32, 16, 40, padded_v_tail)}}
     assert configs.value_dim_tiles(80, False) == (128, 0)
     with bench_head_dims.value_in_two_tiles():
         assert configs.value_dim_tiles(80, False) == (64, 16)
     for name in bench_head_dims.VARIANTS:
         assert not record["results"][name]["mismatch"], record["results"][name]
     last_row = bench_head_dims.variant_ratios([record]).splitlines()[-1]
-    assert [cell.strip() for cell in last_row.split("|")[2:5]] == ["1.500", "2.000", "2.500"]
+    assert [cell.strip() for cell in last_row.split("|")[2:6]] == ["1.500", "2.000", "2.500", "3.000"]
 
 
 def test_fuzz_attention_calls_match_the_oracle_and_a_wrong_result_is_reported(monkeypatch):

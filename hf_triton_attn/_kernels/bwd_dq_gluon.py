@@ -50,8 +50,8 @@ def _loader(desc_q, desc_k, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask, Ke
             _tma_load(desc_q, [pid_b, pid_h, row, 0], q_ready.index(w), _tma_view(q_smem, w, BLOCK_MW, HEAD_DIM))
             _tma_load(desc_o, [pid_b, pid_h, row, 0], q_ready.index(w), _tma_view(o_smem, w, BLOCK_MW, HEAD_DIM))
             _tma_load(desc_do, [pid_b, pid_h, row, 0], q_ready.index(w), _tma_view(do_smem, w, BLOCK_MW, HEAD_DIM))
-        loaded = _load_key_blocks(desc_k, desc_v, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pid_b, pid_hk,
-                                  first_block, n_blocks, loaded, HEAD_DIM, BLOCK_N, STAGES)
+        loaded = _load_key_blocks(desc_k, None, desc_v, k_smem, None, v_smem, k_ready, k_empty, v_ready, v_empty,
+                                  pid_b, pid_hk, first_block, n_blocks, loaded, HEAD_DIM, 0, HEAD_DIM, BLOCK_N, STAGES)
         t = _next_tile(TileCounter, programs)
         tiles_done += 1
     _stop_consumers(t, n_tiles, programs, TileCounter, tiles_done, tile_ids, q_empty, q_ready, 1)

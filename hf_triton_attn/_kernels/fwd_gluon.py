@@ -14,10 +14,11 @@ overlaps the next tile's work too.
 Scope: causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask with its kept key ranges (the
 blocks before the first and after the last kept key skipped; holes masked element by element), no other mask, no
 dropout, no softcap, attention sinks (joined in the epilogue, as the Triton forward joins them), 16-bit inputs,
-head_dim 64, 128 or 256, tensors (B, H, S, D) with a unit last stride and 16-byte aligned other strides (TMA), any
-lengths. Rows that see no key (and no sink) give zeros and a log-sum-exp of 0, as the Triton forward. The op layer
-decides when to take it (ops.py). Tested on triton 3.6 (H200); it also compiles for sm_90 with triton 3.7 and 3.9
-(3.9's Gluon renamed the TMA copies, see ``_tma_load`` and ``_tma_store``).
+head_dim 64, 128 or 256, or q/k in two tiles (192 as 128 + 64) with v at its own head dim (multi-head latent
+attention's 192/128; ``HEAD_DIM_TAIL``, ``VALUE_DIM``), tensors (B, H, S, D) with a unit last stride and 16-byte
+aligned other strides (TMA), any lengths. Rows that see no key (and no sink) give zeros and a log-sum-exp of 0, as
+the Triton forward. The op layer decides when to take it (ops.py). Tested on triton 3.6 (H200); it also compiles
+for sm_90 with triton 3.7 and 3.9 (3.9's Gluon renamed the TMA copies, see ``_tma_load`` and ``_tma_store``).
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -39,6 +40,31 @@ CONSUMERS = gl.constexpr(2)
 def _tma_view(buffers, index, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr):
     """Slot ``index`` of a ring of (BLOCK, HEAD_DIM) tiles as the (1, 1, BLOCK, HEAD_DIM) box a 4D descriptor writes."""
     return buffers.index(index).reshape([1, 1, BLOCK, HEAD_DIM])
+
+
+@gluon.jit
+def _load_rows(desc, desc_tail, coords, bar, smem, tail_smem, index, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
+               HEAD_DIM_TAIL: gl.constexpr):
+    """Rows ``coords`` (batch, head, first row) of a q or k tile into slot ``index``: the first HEAD_DIM columns
+    into ``smem`` and, where HEAD_DIM_TAIL > 0, the next HEAD_DIM_TAIL into ``tail_smem``, both arriving on ``bar``."""
+    pid_b, pid_h, row = coords
+    if HEAD_DIM_TAIL > 0:
+        mbarrier.expect(bar, desc.block_type.nbytes + desc_tail.block_type.nbytes)
+    else:
+        mbarrier.expect(bar, desc.block_type.nbytes)
+    _tma_load(desc, [pid_b, pid_h, row, 0], bar, _tma_view(smem, index, ROWS, HEAD_DIM))
+    if HEAD_DIM_TAIL > 0:
+        _tma_load(desc_tail, [pid_b, pid_h, row, HEAD_DIM], bar, _tma_view(tail_smem, index, ROWS, HEAD_DIM_TAIL))
+
+
+@gluon.jit
+def _scores(q, q_tail, k_smem, k_tail_smem, slot, zeros_s, HEAD_DIM_TAIL: gl.constexpr, IS_ASYNC: gl.constexpr):
+    """S = Q K^T of the K tile in ring slot ``slot``, over the tail tiles too where HEAD_DIM_TAIL > 0: a token to
+    wait on where IS_ASYNC (one product group per tile), else the scores."""
+    s = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=IS_ASYNC)
+    if HEAD_DIM_TAIL > 0:
+        s = warpgroup_mma(q_tail, k_tail_smem.index(slot).permute((1, 0)), s, is_async=IS_ASYNC)
+    return s
 
 
 @gluon.jit
@@ -102,20 +128,22 @@ def _tile(t, sizes, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_
 
 
 @gluon.jit
-def _load_key_blocks(desc_k, desc_v, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pid_b, pid_hk, first_block,
-                     n_blocks, loaded, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+def _load_key_blocks(desc_k, desc_k_tail, desc_v, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                     pid_b, pid_hk, first_block, n_blocks, loaded, HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr,
+                     VALUE_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
     """The loader's K and V tiles of key blocks [first_block, + n_blocks) into the ring, from ring position
-    ``loaded`` on, each into a slot once the consumers released it; returns the ring position after them."""
+    ``loaded`` on, each into a slot once the consumers released it; returns the ring position after them. K's
+    columns past HEAD_DIM go into ``k_tail_smem`` where HEAD_DIM_TAIL > 0 (else the tail arguments are unused)."""
     for i in range(n_blocks):
         slot = loaded % STAGES
         free_phase = ((loaded // STAGES) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
         start_n = (first_block + i) * BLOCK_N
         mbarrier.wait(k_empty.index(slot), free_phase)
-        mbarrier.expect(k_ready.index(slot), desc_k.block_type.nbytes)
-        _tma_load(desc_k, [pid_b, pid_hk, start_n, 0], k_ready.index(slot), _tma_view(k_smem, slot, BLOCK_N, HEAD_DIM))
+        _load_rows(desc_k, desc_k_tail, (pid_b, pid_hk, start_n), k_ready.index(slot), k_smem, k_tail_smem, slot,
+                   BLOCK_N, HEAD_DIM, HEAD_DIM_TAIL)
         mbarrier.wait(v_empty.index(slot), free_phase)
         mbarrier.expect(v_ready.index(slot), desc_v.block_type.nbytes)
-        _tma_load(desc_v, [pid_b, pid_hk, start_n, 0], v_ready.index(slot), _tma_view(v_smem, slot, BLOCK_N, HEAD_DIM))
+        _tma_load(desc_v, [pid_b, pid_hk, start_n, 0], v_ready.index(slot), _tma_view(v_smem, slot, BLOCK_N, VALUE_DIM))
         loaded += 1
     return loaded
 
@@ -181,10 +209,10 @@ def _wait_tile(tiles_done, tile_ids, slot_ready, WG: gl.constexpr, SLOTS: gl.con
 
 
 @gluon.jit
-def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides,
-            qk_scale, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-            IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
-            HAS_SINKS: gl.constexpr, WG: gl.constexpr):
+def _loader(descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides, qk_scale,
+            HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr, BLOCK_MW: gl.constexpr,
+            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
+            TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr, HAS_SINKS: gl.constexpr, WG: gl.constexpr):
     """One warp (the partitions share one signature, hence the arguments it does not use): for each tile the
     program takes, once the consumers released a Q slot, the tile's index into that slot's entry of ``tile_ids``
     and its query tiles into the slot, then the K and V tiles of its key blocks into the ring slots the consumers
@@ -195,7 +223,9 @@ def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, 
     loads are issued) until it runs past n_tiles; an index past n_tiles in the tile slot then tells the consumers
     to stop. Each program fetches once more than it has tiles after its first, so the fetches number n_tiles in
     all, and the last one (which reads n_tiles - 1) sets the counter back to zero for the next launch."""
-    q_smem, k_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
+    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o = descs
+    q_smem, q_tail_smem, k_smem, k_tail_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, \
+        v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     programs = gl.num_programs(0)
     loaded = 0
@@ -206,11 +236,12 @@ def _loader(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, 
             t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
         q_slot = _publish_tile(t, tiles_done, tile_ids, q_empty, Q_SLOTS)
         for w in gl.static_range(CONSUMERS):
-            mbarrier.expect(q_ready.index(q_slot * CONSUMERS + w), desc_q.block_type.nbytes)
-            _tma_load(desc_q, [pid_b, pid_h, start_m + w * BLOCK_MW, 0], q_ready.index(q_slot * CONSUMERS + w),
-                      _tma_view(q_smem, q_slot * CONSUMERS + w, BLOCK_MW, HEAD_DIM))
-        loaded = _load_key_blocks(desc_k, desc_v, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pid_b, pid_hk,
-                                  first_block, n_blocks, loaded, HEAD_DIM, BLOCK_N, STAGES)
+            index = q_slot * CONSUMERS + w
+            _load_rows(desc_q, desc_q_tail, (pid_b, pid_h, start_m + w * BLOCK_MW), q_ready.index(index), q_smem,
+                       q_tail_smem, index, BLOCK_MW, HEAD_DIM, HEAD_DIM_TAIL)
+        loaded = _load_key_blocks(desc_k, desc_k_tail, desc_v, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready,
+                                  v_empty, pid_b, pid_hk, first_block, n_blocks, loaded, HEAD_DIM, HEAD_DIM_TAIL,
+                                  VALUE_DIM, BLOCK_N, STAGES)
         t = _next_tile(TileCounter, programs)
         tiles_done += 1
     _stop_consumers(t, n_tiles, programs, TileCounter, tiles_done, tile_ids, q_empty, q_ready, Q_SLOTS)
@@ -248,11 +279,11 @@ def _join_sink(acc, l_i, m_i, Sinks, sink_strides, pid_b, pid_h, row_first, Sq, 
 
 
 @gluon.jit
-def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, ring_base, first_block, acc, p_op,
-             m_i, l_i, zeros_s, qk_scale, row_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
-             BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
-             p_layout: gl.constexpr, row_o: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
-             MASKED: gl.constexpr):
+def _consume(q, q_tail, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, ring_base,
+             first_block, acc, p_op, m_i, l_i, zeros_s, qk_scale, row_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
+             HEAD_DIM_TAIL: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+             s_layout: gl.constexpr, p_layout: gl.constexpr, row_o: gl.constexpr, IS_CAUSAL: gl.constexpr,
+             HAS_KEY_MASK: gl.constexpr, MASKED: gl.constexpr):
     """The tile's key blocks [i_lo, i_hi) (key block first_block + i, ring position ring_base + i): issue
     S_i = Q K_i^T and P_{i-1} V_{i-1} together, take the softmax of S_i while the second runs, then rescale the
     output by the new maxima."""
@@ -260,10 +291,10 @@ def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, 
         slot = (ring_base + i) % STAGES
         prev = (ring_base + i - 1) % STAGES
         mbarrier.wait(k_ready.index(slot), ((ring_base + i) // STAGES) & 1)
-        s_token = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
+        s_token = _scores(q, q_tail, k_smem, k_tail_smem, slot, zeros_s, HEAD_DIM_TAIL, True)
         mbarrier.wait(v_ready.index(prev), ((ring_base + i - 1) // STAGES) & 1)
         acc_token = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
-        s = warpgroup_mma_wait(1, deps=(s_token,))
+        s = warpgroup_mma_wait(1, deps=(s_token,))  # the scores' groups done, P_{i-1} V_{i-1} running
         mbarrier.arrive(k_empty.index(slot), count=1)
         if MASKED:
             s = _masked(s, row_first, (first_block + i) * BLOCK_N, q_start, Skv, KeyMask, stride_kmb, pid_b,
@@ -277,22 +308,24 @@ def _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, 
 
 
 @gluon.jit
-def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides,
-              qk_scale, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
-              HAS_SINKS: gl.constexpr, WG: gl.constexpr):
+def _consumer(descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides, qk_scale,
+              HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr, BLOCK_MW: gl.constexpr,
+              BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
+              TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr, HAS_SINKS: gl.constexpr, WG: gl.constexpr):
     """One warpgroup: for each of the program's tiles, query rows [start_m + WG * BLOCK_MW, + BLOCK_MW) against
     the key blocks the loader streams. The first may be partly masked (the start of the kept keys); then come the
     blocks that need no mask (wholly inside one run of kept keys and left of the row block's causal diagonal), then
     the masked rest (the diagonal, the ragged end, the end of the kept keys, holes)."""
-    q_smem, k_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
+    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o = descs
+    q_smem, q_tail_smem, k_smem, k_tail_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, \
+        v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     stride_ob, stride_om, stride_oh, stride_kmb, sink_strides = strides
     dtype: gl.constexpr = desc_q.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+                                                       instr_shape=[16, VALUE_DIM, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
@@ -308,14 +341,15 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks
         row_first = start_m + WG * BLOCK_MW
         clean_lo, clean_hi = _clean_blocks(row_first, q_start, Skv, first_block, key_lo, key_hi, one_run, BLOCK_N,
                                            IS_CAUSAL, HAS_KEY_MASK)
-        acc = gl.zeros([BLOCK_MW, HEAD_DIM], gl.float32, layout=o_layout)
+        acc = gl.zeros([BLOCK_MW, VALUE_DIM], gl.float32, layout=o_layout)
         m_i = gl.full([BLOCK_MW], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([BLOCK_MW], gl.float32, layout=row_s)
         if n_blocks > 0:
             q = q_smem.index(q_index)
+            q_tail = q_tail_smem.index(q_index)
             slot = consumed % STAGES
             mbarrier.wait(k_ready.index(slot), (consumed // STAGES) & 1)
-            s = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False)
+            s = _scores(q, q_tail, k_smem, k_tail_smem, slot, zeros_s, HEAD_DIM_TAIL, False)
             mbarrier.arrive(k_empty.index(slot), count=1)
             if (clean_lo > 0) | (clean_hi < 1):
                 s = _masked(s, row_first, first_block * BLOCK_N, q_start, Skv, KeyMask, stride_kmb, pid_b, BLOCK_MW,
@@ -324,14 +358,16 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks
             p_op = gl.convert_layout(p.to(dtype), p_layout)
 
             clean_stop = gl.maximum(gl.minimum(clean_hi, n_blocks), 1)
-            acc, p_op, m_i, l_i = _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, 1, clean_stop,
-                                           consumed, first_block, acc, p_op, m_i, l_i, zeros_s, qk_scale, row_first,
-                                           q_start, Skv, KeyMask, stride_kmb, pid_b, BLOCK_MW, BLOCK_N, STAGES,
-                                           s_layout, p_layout, row_o, IS_CAUSAL, HAS_KEY_MASK, False)
-            acc, p_op, m_i, l_i = _consume(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, clean_stop,
-                                           n_blocks, consumed, first_block, acc, p_op, m_i, l_i, zeros_s, qk_scale,
-                                           row_first, q_start, Skv, KeyMask, stride_kmb, pid_b, BLOCK_MW, BLOCK_N,
-                                           STAGES, s_layout, p_layout, row_o, IS_CAUSAL, HAS_KEY_MASK, True)
+            acc, p_op, m_i, l_i = _consume(q, q_tail, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                                           1, clean_stop, consumed, first_block, acc, p_op, m_i, l_i, zeros_s,
+                                           qk_scale, row_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
+                                           HEAD_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES, s_layout, p_layout, row_o,
+                                           IS_CAUSAL, HAS_KEY_MASK, False)
+            acc, p_op, m_i, l_i = _consume(q, q_tail, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                                           clean_stop, n_blocks, consumed, first_block, acc, p_op, m_i, l_i, zeros_s,
+                                           qk_scale, row_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
+                                           HEAD_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES, s_layout, p_layout, row_o,
+                                           IS_CAUSAL, HAS_KEY_MASK, True)
             consumed += n_blocks
             last = (consumed - 1) % STAGES
             mbarrier.wait(v_ready.index(last), ((consumed - 1) // STAGES) & 1)
@@ -352,10 +388,10 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks
             tma.store_wait(0)
             o_smem.index(WG).store(out.to(dtype))
             fence_async_shared()
-            _tma_store(desc_o, [pid_b, pid_h, row_first, 0], _tma_view(o_smem, WG, BLOCK_MW, HEAD_DIM))
+            _tma_store(desc_o, [pid_b, pid_h, row_first, 0], _tma_view(o_smem, WG, BLOCK_MW, VALUE_DIM))
         else:
             rows = row_first + gl.arange(0, BLOCK_MW, layout=row_o)
-            cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+            cols = gl.arange(0, VALUE_DIM, layout=gl.SliceLayout(0, o_layout))
             o_ptrs = (Out + pid_b.to(gl.int64) * stride_ob + pid_h.to(gl.int64) * stride_oh
                       + rows[:, None].to(gl.int64) * stride_om + cols[None, :])
             gl.store(o_ptrs, out.to(dtype), mask=(rows < Sq)[:, None])
@@ -369,33 +405,49 @@ def _consumer(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks
 
 
 @gluon.jit
-def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, qk_scale,
-                 stride_ob, stride_om, stride_oh, stride_kmb, stride_sb, stride_sh, stride_sm, H, Sq, Skv, GROUP,
-                 n_tiles, HEADS_PER_SECTION, HEAD_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr,
+def _attn_fwd_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks,
+                 TileCounter, qk_scale, stride_ob, stride_om, stride_oh, stride_kmb, stride_sb, stride_sh, stride_sm, H,
+                 Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION, HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr,
+                 VALUE_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr,
                  STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr,
                  Q_SLOTS: gl.constexpr, HAS_SINKS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                  num_warps: gl.constexpr):
     """Persistent: grid (programs,), each taking tile pid, then the next of the n_tiles =
     cdiv(Sq, CONSUMERS * BLOCK_MW) * B * H from TileCounter (a zeroed int32, left zeroed; see _loader) whenever it
     finishes one (see _tile for their order). q/k/v through 4D descriptors over
-    (B, H|Hkv, S, D) with boxes (1, 1, rows, HEAD_DIM); Out is (B, Sq, H, D) with unit last stride, written through
-    desc_o (the same memory as (B, H, Sq, D), boxes of BLOCK_MW rows) where TMA_STORE, else by pointer; LSE (B, H, Sq)
+    (B, H|Hkv, S, D) with boxes (1, 1, rows, HEAD_DIM) for q and k and (1, 1, rows, VALUE_DIM) for v; where
+    HEAD_DIM_TAIL > 0, q and k have HEAD_DIM + HEAD_DIM_TAIL columns and desc_q_tail/desc_k_tail (boxes of
+    HEAD_DIM_TAIL columns over the same tensors) bring the columns past HEAD_DIM into tiles of their own, each product
+    over the head dim taken as two (else those two are unused). Out is (B, Sq, H, VALUE_DIM) with unit last stride,
+    written through desc_o (the same memory as (B, H, Sq, VALUE_DIM), boxes of BLOCK_MW rows) where TMA_STORE, else by
+    pointer; LSE (B, H, Sq)
     float32, log2 units; qk_scale is the softmax scale times log2(e). HAS_KEY_MASK: KeyMask (B, Skv) uint8
     keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept ranges (see _kernels/key_range.py).
     HAS_SINKS: Sinks holds an attention-sink logit per (batch, query head, query row), strides stride_s* (0 where it
     broadcasts), joined into each row's softmax before it is normalised; the LSE includes it."""
     dtype: gl.constexpr = desc_q.dtype
-    tile_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
+    k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
+    v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, VALUE_DIM], dtype)
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_MW, HEAD_DIM], dtype)
+    out_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_MW, VALUE_DIM], dtype)
 
     # With two Q slots per consumer the loader fetches the next tile's queries while the consumers finish this one.
     # One output slot per consumer (used where TMA_STORE); at head_dim 128 all of it is 224 KiB of the 227 a program
     # may have.
     q_smem = gl.allocate_shared_memory(dtype, [Q_SLOTS * CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], tile_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_layout)
+    if HEAD_DIM_TAIL > 0:
+        q_tail_smem = gl.allocate_shared_memory(
+            dtype, [Q_SLOTS * CONSUMERS, BLOCK_MW, HEAD_DIM_TAIL],
+            gl.NVMMASharedLayout.get_default_for([BLOCK_MW, HEAD_DIM_TAIL], dtype))
+        k_tail_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM_TAIL],
+                                                gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM_TAIL], dtype))
+    else:  # never read
+        q_tail_smem = q_smem
+        k_tail_smem = k_smem
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, VALUE_DIM], v_layout)
     if TMA_STORE:
-        o_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
+        o_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, VALUE_DIM], out_layout)
     else:
         o_smem = q_smem  # never written: the consumers store by pointer
     tile_ids = gl.allocate_shared_memory(gl.int32, [Q_SLOTS, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
@@ -414,17 +466,19 @@ def _attn_fwd_ws(desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Si
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
-    buffers = (q_smem, k_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
+    descs = (desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o)
+    buffers = (q_smem, q_tail_smem, k_smem, k_tail_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty,
+               v_ready, v_empty)
     sizes = (Sq, Skv, H, GROUP, gl.cdiv(Sq, CONSUMERS * BLOCK_MW), n_tiles, HEADS_PER_SECTION)
     strides = (stride_ob, stride_om, stride_oh, stride_kmb, (stride_sb, stride_sh, stride_sm))
     gl.warp_specialize([
-        (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes,
-                     strides, qk_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE,
+        (_consumer, (descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides, qk_scale,
+                     HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE,
                      Q_SLOTS, HAS_SINKS, 0)),
-        (_consumer, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes,
-                     strides, qk_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE,
+        (_consumer, (descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides, qk_scale,
+                     HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE,
                      Q_SLOTS, HAS_SINKS, 1)),
-        (_loader, (desc_q, desc_k, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes,
-                   strides, qk_scale, HEAD_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE, Q_SLOTS,
-                   HAS_SINKS, 0))],
+        (_loader, (descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides, qk_scale,
+                   HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE,
+                   Q_SLOTS, HAS_SINKS, 0))],
         [4, 1], [CONSUMER_REGS, 24])
