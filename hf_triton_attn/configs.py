@@ -50,16 +50,21 @@ def head_dim_tiles(head_dim: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=None)  # called on every forward
-def value_dim_tiles(value_dim: int, interpret: bool) -> tuple[int, int]:
+def value_dim_tiles(value_dim: int) -> tuple[int, int]:
     """(BLOCK_DV, BLOCK_DV_TAIL) of v, the output and their gradients in the Triton forward, dQ and dK/dV kernels
-    (the split-KV kernel keeps one tile): v in two power-of-two tiles as :func:`head_dim_tiles` splits q and k (80:
-    64 + 16, 96: 64 + 32, 192: 128 + 64), in the interpreter only for now, so that the CPU tests cover the split; on
-    a GPU one tile padded to a power of two (80, 96 -> 128, 192 -> 256). On an H100 the split made forward+backward
-    1.14-1.17x faster at 80, 96 and 192, but the GPU tests found wrong outputs at 40 (32 + 16, the tail partly past
-    v's end) and a dense-mask forward at 96 out of shared memory (benchmarks/RESULTS.md, session 39): GPUs take it
-    once both are fixed."""
-    if interpret:
-        return head_dim_tiles(value_dim)
+    (the split-KV kernel keeps one tile): v in the two power-of-two tiles :func:`head_dim_tiles` gives q and k where
+    they cover it exactly, the first of at least 64 columns, up to 256 (80: 64 + 16, 96: 64 + 32, 144, 160, 192: 128
+    + 64), otherwise one tile padded to a power of two.
+
+    On an H100 (benchmarks/RESULTS.md, session 39), against one padded tile, B4 H16 S4096 causal bf16:
+    forward+backward 1.14-1.17x faster at 80, 96 and 192; the forward alone 1.06x at 80, 1.01x at 192, 0.97x at 96.
+    On an H200, 80, 96 and 192 matched the oracle in nine kinds of call (forward and backward), but 40 (32 + 16, the
+    tail reaching past v's end) gave wrong outputs and illegal memory accesses in every one: not understood (q and k
+    take such tails without fault), so neither a 32-column first tile nor a partial tail is taken. Head dims past 256
+    (tiles of 256 + 64 or more) never ran split on a GPU."""
+    tiles = head_dim_tiles(value_dim)
+    if tiles[0] >= 64 and sum(tiles) == value_dim <= 256:
+        return tiles
     return padded_head_dim(value_dim), 0
 
 
@@ -96,11 +101,13 @@ def dq_uses_tma(head_dim: int, itemsize: int, interpret: bool, seqlen_k: int) ->
 
 @functools.lru_cache(maxsize=1024)  # called on every forward; building a LaunchConfig costs ~1 µs
 def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, tma: bool = False,
-                   dropout: bool = False, key_mask: bool = False, seqlen_k: Optional[int] = None) -> LaunchConfig:
+                   dropout: bool = False, key_mask: bool = False, seqlen_k: Optional[int] = None,
+                   dense_mask: bool = False) -> LaunchConfig:
     """Measured on an H100 with benchmarks/tune.py (bf16, S=4096) and alternating probes (benchmarks/NOTES.md).
     ``seqlen_k`` (None: long) picks smaller tiles for short causal rows. float32 (a correctness path, not a fast
     one) gets fewer pipeline stages at head_dim 256, where its tiles would not fit in shared memory. Dropout at
-    head_dim 64 takes smaller tiles: 242 -> 211 µs (full) and 168 -> 144 µs (causal) at B32 H12 S512."""
+    head_dim 64 takes smaller tiles: 242 -> 211 µs (full) and 168 -> 144 µs (causal) at B32 H12 S512. A dense mask
+    (``dense_mask``) keeps 64-key blocks at head dims 65-128 read by pointer (see below)."""
     if interpret:
         return LaunchConfig(32, 32, 1, 1)
     if block_d > 256:
@@ -127,8 +134,13 @@ def forward_config(block_d: int, causal: bool, itemsize: int, interpret: bool, t
         return LaunchConfig(128, 64, 8, 3, max_registers=128 if key_mask else None)
     if block_d <= 128:
         # Causal rows end on the diagonal: narrower key blocks waste less of the last one. float32 takes them too:
-        # its 128x128 tiles need 384 KiB of shared memory, beyond Hopper's 227.
-        return LaunchConfig(128, 64, 8, 3) if causal or itemsize > 2 else LaunchConfig(128, 128, 8, 3)
+        # its 128x128 tiles need 384 KiB of shared memory, beyond Hopper's 227. So does a dense mask, whose tiles
+        # are pipelined with K and V: at head dim 96 with v in two tiles, 128x128 tiles need 232 KiB (over Hopper's
+        # limit on an H200, session 39) and 128x64 ones 112 KiB; at 80 they spill 2936 bytes against none (offline
+        # compiles, triton 3.6). Not timed.
+        if causal or itemsize > 2 or dense_mask:
+            return LaunchConfig(128, 64, 8, 3)
+        return LaunchConfig(128, 128, 8, 3)
     return LaunchConfig(64, 64, 8, 2)
 
 

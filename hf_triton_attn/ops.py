@@ -237,12 +237,12 @@ def _forward(q, k, v, key_mask, seqused_k, seqused_q, key_range, mask, seed, sin
     if key_range is None:
         key_range = kept_key_ranges(key_mask, seqused_k)
     block_d, block_d_tail = configs.head_dim_tiles(head_dim)
-    block_dv, block_dv_tail = configs.value_dim_tiles(value_dim, INTERPRET)
+    block_dv, block_dv_tail = configs.value_dim_tiles(value_dim)
     tma = (configs.forward_uses_tma(head_dim, q.element_size(), INTERPRET)
            and configs.forward_uses_tma(value_dim, q.element_size(), INTERPRET) and _tma_compatible(q, k, v))
     # Tiles as for the wider of the two head dims, padded.
     cfg = configs.forward_config(configs.padded_head_dim(max(head_dim, value_dim)), causal, q.element_size(),
-                                 INTERPRET, tma, dropout_p > 0.0, key_mask is not None, skv)
+                                 INTERPRET, tma, dropout_p > 0.0, key_mask is not None, skv, mask is not None)
     descriptors = ((_descriptor(q, cfg.block_m), _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n))
                    if tma else (None, None, None))
     grid = (configs.cdiv(sq, cfg.block_m), batch * heads)
@@ -609,7 +609,7 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
     key_mask, mask, km_strides, m_strides, mask_kind = _mask_args(key_mask, mask, q, sq, skv)
     value_dim = v.shape[3]
     block_d, block_d_tail = configs.head_dim_tiles(head_dim)
-    block_dv, block_dv_tail = configs.value_dim_tiles(value_dim, INTERPRET)
+    block_dv, block_dv_tail = configs.value_dim_tiles(value_dim)
     # Tiles as for the wider of the two head dims, padded.
     cfg = configs.backward_config(configs.padded_head_dim(max(head_dim, value_dim)), q.element_size(), INTERPRET,
                                   dropout_p > 0.0, causal, skv)

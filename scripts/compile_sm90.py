@@ -72,7 +72,8 @@ def constants(args) -> dict:
     """The constexpr flags of a plain bf16 call; any flag a kernel does not take is ignored."""
     value_dim = args.value_head_dim or args.head_dim
     block_d, block_d_tail = configs.head_dim_tiles(args.head_dim)
-    block_dv, block_dv_tail = configs.value_dim_tiles(value_dim, args.value_tiles)
+    block_dv, block_dv_tail = ((configs.padded_head_dim(value_dim), 0) if args.value_padded
+                               else configs.value_dim_tiles(value_dim))
     return dict(HEAD_DIM=args.head_dim, VALUE_DIM=value_dim, BLOCK_D=block_d, BLOCK_D_TAIL=block_d_tail,
                 BLOCK_DV=block_dv, BLOCK_DV_TAIL=block_dv_tail, BLOCK_M=args.block_m, BLOCK_N=args.block_n,
                 IS_CAUSAL=not args.full, GROUPED=args.grouped, KEY_BLOCKS_OUTER=not args.full, HAS_KEY_MASK=False,
@@ -240,9 +241,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kernel", choices=sorted(KERNELS) + sorted(GLUON_KERNELS))
     parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--value-tiles", action="store_true",
-                        help="fwd, dq, dkdv: v in two tiles where its head dim is not a power of two "
-                             "(configs.value_dim_tiles, taken in the interpreter only for now)")
+    parser.add_argument("--value-padded", action="store_true",
+                        help="fwd, dq, dkdv: v in one tile padded to a power of two where configs.value_dim_tiles "
+                             "takes two (as before session 39)")
     parser.add_argument("--value-head-dim", type=int, default=None,
                         help="fwd, dq, dkdv: v's head dim where it differs from q's and k's (multi-head latent "
                              "attention)")

@@ -41,12 +41,11 @@ def test_head_dims(dtype, head_dim):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("head_dim, value_dim", [(80, 80), (24, 40)])
+@pytest.mark.parametrize("head_dim, value_dim", [(80, 80), (40, 96)])
 def test_value_head_dim_in_two_tiles(monkeypatch, dtype, head_dim, value_dim):
-    """v and the output in two tiles (configs.value_dim_tiles: 64 + 16 and 32 + 16 columns, taken in the interpreter;
-    a GPU keeps one padded tile until the split is measured there) with what touches both accumulators: attention
-    sinks (their rescale), padding query rows (seqused_q: both tiles zeroed), a key mask and GQA, against the
-    oracle."""
+    """v and the output in two tiles (configs.value_dim_tiles: 64 + 16 and 64 + 32 columns) with what touches both
+    accumulators: attention sinks (their rescale), padding query rows (seqused_q: both tiles zeroed), a key mask and
+    GQA, against the oracle."""
     launched = []
 
     def recording(grid, *args, _launch=ops._launch_fwd, **kwargs):
@@ -60,9 +59,15 @@ def test_value_head_dim_in_two_tiles(monkeypatch, dtype, head_dim, value_dim):
     out = check_forward(q, k, v, causal=True, attention_mask=padding_mask("left", 2, 45), sinks=sinks,
                         seqused_q=seqused_q)
     assert out[1, :, 30:].abs().max() == 0
-    assert launched == [configs.value_dim_tiles(value_dim, ops.INTERPRET)]
-    if ops.INTERPRET:
-        assert launched[0][1] == 16
+    assert launched == [{80: (64, 16), 96: (64, 32)}[value_dim]]
+
+
+def test_value_dim_tiles_split_only_whole_tiles_from_64_columns():
+    """v's tiles: q/k's two tiles where they cover v exactly with a first tile of at least 64 columns, up to 256
+    (what ran split on a GPU); otherwise one padded tile (40's partial tail and first tile of 32 failed on an H200)."""
+    assert [configs.value_dim_tiles(d) for d in (16, 40, 48, 64, 80, 96, 112, 144, 160, 192, 200, 256, 320)] == [
+        (16, 0), (64, 0), (64, 0), (64, 0), (64, 16), (64, 32), (128, 0), (128, 16), (128, 32), (128, 64), (256, 0),
+        (256, 0), (512, 0)]
 
 
 def test_head_dim_tiles_cover_the_head_dim_with_fewer_columns():

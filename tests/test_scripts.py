@@ -82,10 +82,10 @@ def test_bench_kernels_keeps_each_providers_best_round(monkeypatch):
 
 def test_bench_head_dims_variants_run_what_they_name(monkeypatch):
     """`bench_head_dims.py`'s variants of our call: "triton fwd" launches the Triton kernels as ours does here (the
-    Gluon forward never runs in the interpreter), "one tile" with q and k in one padded tile (no tail), "v two tiles"
-    the forward with v in two tiles and "v padded" with v at q's head dim (v at 40: 32 + 16 where value_dim_tiles
-    splits), all matching ours (gradients included) on a multi-head latent attention case; the summary
-    divides each variant's time by ours. Run with the GPU timer replaced by a fixed sequence of times."""
+    Gluon forward never runs in the interpreter), "one tile" with q and k in one padded tile (no tail), "v one tile"
+    with v in one padded tile and "v padded" with v at q's head dim, all matching ours (gradients included) on a
+    multi-head latent attention case (q/k 96 = 64 + 32, v 80 = 64 + 16); the summary divides each variant's time by
+    ours. Run with the GPU timer replaced by a fixed sequence of times."""
     monkeypatch.syspath_prepend(str(SCRIPTS.parent / "benchmarks"))
     import bench_head_dims
     import bench_kernels
@@ -100,24 +100,22 @@ def test_bench_head_dims_variants_run_what_they_name(monkeypatch):
             return _launch(grid, *args, **kwargs)
         monkeypatch.setattr(ops, name, recording)
     monkeypatch.setattr(bench_kernels, "DEVICE", DEVICE.type)
-    times = iter([2.0, 3.0, 4.0, 5.0, 6.0])  # ours, triton fwd, one tile, v two tiles, v padded
+    times = iter([2.0, 3.0, 4.0, 5.0, 6.0])  # ours, triton fwd, one tile, v one tile, v padded
     monkeypatch.setattr(bench_kernels.triton.testing, "do_bench", lambda *args, **kwargs: next(times))
     monkeypatch.setattr(bench_kernels, "PROVIDERS", {"ours": bench_kernels.make_ours, **bench_head_dims.VARIANTS})
-    case = bench_kernels.KernelCase("dense fwdbwd", 1, 2, 2, 32, 40, True, torch.float32, value_head_dim=24)
+    case = bench_kernels.KernelCase("dense fwdbwd", 1, 2, 2, 32, 96, True, torch.float32, value_head_dim=80)
     record = bench_kernels.run_case(case)
     # One call per provider (the timer is replaced): a forward, a dQ and a dK/dV launch each.
     assert [name for name, *_ in launches] == ["_launch_fwd", "_launch_bwd_dq", "_launch_bwd_dkdv"] * 5
     tiles = {name: {launch[1:] for launch in launches[3 * index:3 * index + 3]}
-             for index, name in enumerate(("ours", "ours triton fwd", "ours one tile", "ours v two tiles",
+             for index, name in enumerate(("ours", "ours triton fwd", "ours one tile", "ours v one tile",
                                            "ours v padded"))}
-    # v at 24 is one tile of 32 columns; padded to 40, the kernels take it as 32 + 16 where value_dim_tiles splits.
-    padded_v_tail = configs.value_dim_tiles(40, ops.INTERPRET)[1]
-    assert tiles == {"ours": {(32, 16, 24, 0)}, "ours triton fwd": {(32, 16, 24, 0)},
-                     "ours one tile": {(64, 0, 24, 0)}, "ours v two tiles": {(32, 16, 24, 0)},
-                     "ours v padded": {(32, 16, 40, padded_v_tail)}}
-    assert configs.value_dim_tiles(80, False) == (128, 0)
-    with bench_head_dims.value_in_two_tiles():
-        assert configs.value_dim_tiles(80, False) == (64, 16)
+    assert tiles == {"ours": {(64, 32, 80, 16)}, "ours triton fwd": {(64, 32, 80, 16)},
+                     "ours one tile": {(128, 0, 80, 16)}, "ours v one tile": {(64, 32, 80, 0)},
+                     "ours v padded": {(64, 32, 96, 32)}}
+    with bench_head_dims.value_in_one_tile():
+        assert configs.value_dim_tiles(80) == (128, 0)
+    assert configs.value_dim_tiles(80) == (64, 16)
     for name in bench_head_dims.VARIANTS:
         assert not record["results"][name]["mismatch"], record["results"][name]
     last_row = bench_head_dims.variant_ratios([record]).splitlines()[-1]

@@ -1,6 +1,6 @@
-"""Which calls go wrong on a GPU when v, the output and their gradients are taken in two tiles
-(`configs.value_dim_tiles` forced to split, as the interpreter does; benchmarks/NOTES.md, session 39): each case in
-its own process, since an illegal memory access poisons the CUDA context of the process that made it.
+"""Which calls go wrong on a GPU when v, the output and their gradients are taken in two tiles wherever
+`configs.head_dim_tiles` splits q and k (`configs.value_dim_tiles` takes fewer: benchmarks/NOTES.md, session 39): each
+case in its own process, since an illegal memory access poisons the CUDA context of the process that made it.
 
     PYTHONPATH=. python benchmarks/pending/diag_value_split.py
 """
@@ -10,16 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-CASES = ["plain", "softcap", "negscale", "leftpad", "dense", "big", "nocausal", "gqa"]
-VALUE_DIMS = [96, 80, 192, 40]
+CASES = ["plain", "backward", "softcap", "negscale", "leftpad", "dense", "big", "nocausal", "gqa"]
+VALUE_DIMS = [40, 48, 144, 160, 320, 80, 96, 192]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL_GQA = (2, 4, 2, 33, 45)  # batch, heads, kv heads, queries, keys
 
 
 def run_case(case: str, dim: int, dtype_name: str) -> None:
     sys.path.insert(0, "tests")
     from hf_triton_attn import configs, ops
-    configs.value_dim_tiles = lambda value_dim, interpret: configs.head_dim_tiles(value_dim)
+    configs.value_dim_tiles = configs.head_dim_tiles
     from helpers import random_qkv
+    from test_autograd import check_backward
     from test_kernel import check_forward, padding_mask
 
     launches = []
@@ -30,20 +32,21 @@ def run_case(case: str, dim: int, dtype_name: str) -> None:
                          ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "BLOCK_DV", "BLOCK_DV_TAIL", "USE_TMA")})
         return launch(grid, *args, **kwargs)
     ops._launch_fwd = recording
-    shape = {"big": (1, 2, 2, 512, 512), "plain": (1, 2, 1, 33, 47), "nocausal": (1, 2, 1, 33, 47)}.get(case, SMALL_GQA)
-    q, k, v = random_qkv(*shape, dim, getattr(torch, dtype_name), "cuda")
+    small = (1, 2, 1, 33, 47)
+    shape = {"big": (1, 2, 2, 512, 512), "plain": small, "backward": small, "nocausal": small}.get(case, SMALL_GQA)
+    q, k, v = random_qkv(*shape, dim, getattr(torch, dtype_name), DEVICE, requires_grad=case == "backward")
     kwargs = {"causal": case != "nocausal"}
     if case == "softcap":
         kwargs.update(softcap=2.5, scale=0.3)
     if case == "negscale":
         kwargs.update(scale=-0.2)
     if case == "leftpad":
-        kwargs.update(attention_mask=padding_mask("left", 2, 45).cuda())
+        kwargs.update(attention_mask=padding_mask("left", 2, 45).to(DEVICE))
     if case == "dense":
-        kwargs = {"attention_mask": torch.rand(2, 1, 33, 45, device="cuda") > 0.3}
+        kwargs = {"attention_mask": torch.rand(2, 1, 33, 45, device=DEVICE) > 0.3}
     try:
-        check_forward(q, k, v, **kwargs)
-        torch.cuda.synchronize()
+        (check_backward if case == "backward" else check_forward)(q, k, v, **kwargs)
+        torch.cuda.is_available() and torch.cuda.synchronize()
         print(f"PASS {case} {dim} {dtype_name} {launches}")
     except Exception as error:  # reported, not raised: the driver collects every case
         print(f"FAIL {case} {dim} {dtype_name} {launches} {str(error).splitlines()[0][:150]}")
@@ -65,6 +68,6 @@ if __name__ == "__main__":
         run_case(sys.argv[1], int(sys.argv[2]), sys.argv[3])
     else:
         jobs = [(case, dim, dtype) for dim in VALUE_DIMS for case in CASES for dtype in ("float16", "bfloat16")]
-        with ThreadPoolExecutor(8) as pool:
+        with ThreadPoolExecutor(14) as pool:
             for line in pool.map(run_in_own_process, jobs):
                 print(line, flush=True)
