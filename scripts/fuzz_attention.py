@@ -31,7 +31,7 @@ from hf_triton_attn.reference import attention_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HEAD_DIMS = [8, 16, 24, 32, 40, 64, 80, 96, 128]
-MLA_HEAD_DIMS = [(40, 24), (24, 40), (64, 32), (16, 8)]
+MLA_HEAD_DIMS = [(40, 24), (24, 40), (64, 32), (16, 8), (96, 80)]
 FLOORS = {torch.float16: 1e-3, torch.float32: 1e-5}
 
 
