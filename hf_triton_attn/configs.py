@@ -49,22 +49,25 @@ def head_dim_tiles(head_dim: int) -> tuple[int, int]:
     return padded, 0
 
 
+# v's head dims that the Triton kernels take in two tiles (value_dim_tiles): those where the split ran on a GPU.
+VALUE_DIM_SPLITS = (80, 96, 192)
+
+
 @functools.lru_cache(maxsize=None)  # called on every forward
 def value_dim_tiles(value_dim: int) -> tuple[int, int]:
     """(BLOCK_DV, BLOCK_DV_TAIL) of v, the output and their gradients in the Triton forward, dQ and dK/dV kernels
-    (the split-KV kernel keeps one tile): v in the two power-of-two tiles :func:`head_dim_tiles` gives q and k where
-    they cover it exactly, the first of at least 64 columns, up to 256 (80: 64 + 16, 96: 64 + 32, 144, 160, 192: 128
-    + 64), otherwise one tile padded to a power of two.
+    (the split-KV kernel keeps one tile): at the head dims of VALUE_DIM_SPLITS, v in the two power-of-two tiles
+    :func:`head_dim_tiles` gives q and k, which cover them exactly (80: 64 + 16, 96: 64 + 32, 192: 128 + 64);
+    otherwise one tile padded to a power of two.
 
     On an H100 (benchmarks/RESULTS.md, session 39), against one padded tile, B4 H16 S4096 causal bf16:
     forward+backward 1.14-1.17x faster at 80, 96 and 192; the forward alone 1.06x at 80, 1.01x at 192, 0.97x at 96.
     On an H200, 80, 96 and 192 matched the oracle in nine kinds of call (forward and backward), but 40 (32 + 16, the
     tail reaching past v's end) gave wrong outputs and illegal memory accesses in every one: not understood (q and k
-    take such tails without fault), so neither a 32-column first tile nor a partial tail is taken. Head dims past 256
-    (tiles of 256 + 64 or more) never ran split on a GPU."""
-    tiles = head_dim_tiles(value_dim)
-    if tiles[0] >= 64 and sum(tiles) == value_dim <= 256:
-        return tiles
+    take such tails without fault). Others that two tiles would cover exactly (48, 144, 160, 320, ...) never ran split
+    on a GPU (benchmarks/pending/diag_value_split.py forces them)."""
+    if value_dim in VALUE_DIM_SPLITS:
+        return head_dim_tiles(value_dim)
     return padded_head_dim(value_dim), 0
 
 

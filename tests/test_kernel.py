@@ -62,12 +62,15 @@ def test_value_head_dim_in_two_tiles(monkeypatch, dtype, head_dim, value_dim):
     assert launched == [{80: (64, 16), 96: (64, 32)}[value_dim]]
 
 
-def test_value_dim_tiles_split_only_whole_tiles_from_64_columns():
-    """v's tiles: q/k's two tiles where they cover v exactly with a first tile of at least 64 columns, up to 256
-    (what ran split on a GPU); otherwise one padded tile (40's partial tail and first tile of 32 failed on an H200)."""
+def test_value_dim_tiles_split_only_where_it_ran_on_a_gpu():
+    """v's tiles: q/k's two tiles at 80, 96 and 192 (whole tiles, what ran split on a GPU); otherwise one padded tile
+    (40's partial tail failed on an H200; 48, 144, 160 never ran split there)."""
     assert [configs.value_dim_tiles(d) for d in (16, 40, 48, 64, 80, 96, 112, 144, 160, 192, 200, 256, 320)] == [
-        (16, 0), (64, 0), (64, 0), (64, 0), (64, 16), (64, 32), (128, 0), (128, 16), (128, 32), (128, 64), (256, 0),
+        (16, 0), (64, 0), (64, 0), (64, 0), (64, 16), (64, 32), (128, 0), (256, 0), (256, 0), (128, 64), (256, 0),
         (256, 0), (512, 0)]
+    for value_dim in configs.VALUE_DIM_SPLITS:  # two tiles that cover v exactly
+        block_dv, tail = configs.value_dim_tiles(value_dim)
+        assert tail and block_dv + tail == value_dim
 
 
 def test_head_dim_tiles_cover_the_head_dim_with_fewer_columns():
