@@ -19,8 +19,9 @@ dK/dV with the Gluon kernel of _kernels/bwd_dkdv_gluon.py where :func:`_hopper_d
 tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` and
 :func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte aligned, unit stride last), through
 pointer arithmetic otherwise; the split-KV (decoding) kernel always through pointers. A v whose head dim differs
-from q's and k's (multi-head latent attention) is read at its own head dim by the Triton kernels, which take such
-calls; the Gluon kernels take one head dim.
+from q's and k's (multi-head latent attention) is read at its own head dim by the Triton kernels, and by the Gluon
+forward at DeepSeek's 192/128 on Hopper (q and k in tiles of 128 and 64 columns); the Gluon backward kernels take
+one head dim.
 
 Tensor conventions: q (B, H, Sq, D), k (B, Hkv, Skv, D), v (B, Hkv, Skv, Dv) with any strides (Dv = D but in
 multi-head latent attention); the output is allocated as (B, Sq, H, Dv), the layout Transformers reshapes to
