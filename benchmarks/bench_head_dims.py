@@ -6,8 +6,9 @@ the same inputs (bench_kernels.py's cases, checks and timing).
 
 Our variants (not peers: the ratio column still compares "ours" with the best peer):
 
-- "ours triton fwd": the forward in the Triton kernel where the Gluon one takes the call (multi-head latent
-  attention's 192/128 on Hopper), as before the Gluon forward took that pair.
+- "ours triton": the Triton kernels throughout, where the Gluon ones take the call (on Hopper from
+  GLUON_MIN_QUERIES: the forward at 80, 96, 192 and 192/128, dQ and dK/dV at 192/128). The two variants below run
+  the Triton kernels too, so compare them with this one.
 - "ours one tile": the Triton kernels with q and k in one tile padded to a power of two (192 -> 256), where
   ``configs.head_dim_tiles`` splits them in two (192 = 128 + 64, 96 = 64 + 32, 80 = 64 + 16). Where this wins on a
   GPU, head_dim_tiles needs a rule that keeps one tile there (it lost everywhere on an H100 in session 38:
@@ -54,31 +55,39 @@ def configs_replaced(name: str, value):
         setattr(configs, name, kept)
 
 
-def triton_forward():
-    """The forward runs the Triton kernel while inside, wherever the Gluon one would take the call."""
-    return configs_replaced("GLUON_FORWARD", False)
+@contextlib.contextmanager
+def triton_kernels_only():
+    """The forward and both backward kernels run the Triton ones while inside, wherever a Gluon one would take the
+    call (the tile overrides below are the Triton kernels': the Gluon ones take only the tiles their configurations
+    were built for)."""
+    with configs_replaced("GLUON_FORWARD", False), configs_replaced("GLUON_DQ", False), \
+            configs_replaced("GLUON_DKDV", False):
+        yield
 
 
 @contextlib.contextmanager
 def one_head_dim_tile():
-    """The Triton kernels take q and k in one padded tile while inside (the forward too: the Gluon one is off)."""
+    """The Triton kernels take q and k in one padded tile while inside (the Gluon kernels are off)."""
     from hf_triton_attn import configs
 
     with configs_replaced("head_dim_tiles", lambda head_dim: (configs.padded_head_dim(head_dim), 0)):
-        with triton_forward():
+        with triton_kernels_only():
             yield
 
 
+@contextlib.contextmanager
 def value_in_one_tile():
-    """The Triton kernels take v in one padded tile while inside."""
+    """The Triton kernels take v in one padded tile while inside (the Gluon kernels are off)."""
     from hf_triton_attn import configs
 
-    return configs_replaced("value_dim_tiles", lambda value_dim: (configs.padded_head_dim(value_dim), 0))
+    with configs_replaced("value_dim_tiles", lambda value_dim: (configs.padded_head_dim(value_dim), 0)):
+        with triton_kernels_only():
+            yield
 
 
-def make_ours_triton_forward(case: KernelCase, inputs):
+def make_ours_triton(case: KernelCase, inputs):
     _, forward = make_ours(case, inputs)
-    return triton_forward, forward
+    return triton_kernels_only, forward
 
 
 def make_ours_one_tile(case: KernelCase, inputs):
@@ -103,7 +112,7 @@ def make_ours_v_padded(case: KernelCase, inputs):
     return contextlib.nullcontext, forward
 
 
-VARIANTS = {"ours triton fwd": make_ours_triton_forward, "ours one tile": make_ours_one_tile,
+VARIANTS = {"ours triton": make_ours_triton, "ours one tile": make_ours_one_tile,
             "ours v one tile": make_ours_value_in_one_tile,
             "ours v padded": make_ours_v_padded}
 

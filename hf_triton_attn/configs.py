@@ -218,6 +218,21 @@ def hopper_forward_config(head_dim: int, itemsize: int, capability: tuple, seqle
         return None
     if head_dim == 128 and seqlen_q >= GLUON_MIN_QUERIES:
         return HopperForwardConfig(block_mw=64, block_n=128, stages=2, consumer_regs=240, max_registers=168)
+    if head_dim in (80, 96) and seqlen_q >= GLUON_MIN_QUERIES:
+        # q/k, v and the output in tiles of 64 + 16 or 64 + 32 columns (head_dim_tiles, value_dim_tiles), as head_dim
+        # 128 takes them: two query slots, two stages of 128-key K/V tiles, the output through TMA. H100, bf16, µs
+        # (benchmarks/RESULTS.md, session 40): D80 B4 H16 S4096 causal 598 (Triton) -> 425 (cuDNN 520), full 1004 ->
+        # 733 (902), B16 S1024 causal 212 -> 154 (155); D96 660 -> 498 (524), 1035 -> 789 (933), 232 -> 173 (158).
+        # Within 1% of the best of four configurations but at D96 S4096 causal (plain stores 3% faster there, 2-11%
+        # slower elsewhere).
+        return HopperForwardConfig(block_mw=64, block_n=128, stages=2, consumer_regs=240, max_registers=168)
+    if head_dim == 192 and seqlen_q >= GLUON_MIN_QUERIES:
+        # Tiles of 128 + 64 columns; one query slot per consumer and two stages of 64-key K/V tiles, the output
+        # through TMA: fastest of four configurations on all three rows, H100, bf16, µs (benchmarks/RESULTS.md,
+        # session 40): B4 H16 S4096 causal 1054 (Triton) -> 731 (cuDNN 798), full 1896 -> 1357 (1373), B16 S1024
+        # causal 383 -> 260 (241).
+        return HopperForwardConfig(block_mw=64, block_n=64, stages=2, consumer_regs=240, max_registers=168,
+                                   q_slots=1)
     if head_dim == 64 and seqlen_q >= GLUON_D64_MIN_QUERIES:
         return HopperForwardConfig(block_mw=64, block_n=128, stages=3, consumer_regs=240, max_registers=168,
                                    tma_store=causal)
@@ -250,16 +265,26 @@ class HopperDQConfig:
 
 
 @functools.lru_cache(maxsize=64)
-def hopper_dq_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: int) -> Optional[HopperDQConfig]:
+def hopper_dq_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: int,
+                     value_dim: Optional[int] = None) -> Optional[HopperDQConfig]:
     """The Gluon dQ kernel's configuration, or None where the Triton dQ kernel (bwd.py) serves the call: only on
-    Hopper (sm_90), 16-bit, head_dim 128, from GLUON_MIN_QUERIES queries.
+    Hopper (sm_90), 16-bit, head_dim 128 and multi-head latent attention's q/k 192 with v 128 (``value_dim``; None:
+    v's head dim is q's), from GLUON_MIN_QUERIES queries.
 
     H200, bf16, the dQ kernel's GPU time (torch.profiler, µs per backward; benchmarks/RESULTS.md, session 30), Triton
     kernel -> this one: B16 H16 S1024 causal 306 -> 238, full 437 -> 326, B32 S512 causal 225 -> 170, B8 S2048 causal
     480 -> 349, B4 S4096 causal 795 -> 582, B4 H32/8 S4096 causal 1546 -> 1152. At head_dim 64 it ties at best (B4
     H32/8 S4096 causal 740 against 738-885 over five tiles, B16 H32 S1024 causal 273 against 288, full B4 S4096 1392
     against 1469), so head_dim 64 keeps the Triton kernel."""
-    if capability != (9, 0) or itemsize != 2 or seqlen_q < GLUON_MIN_QUERIES or head_dim != 128:
+    if capability != (9, 0) or itemsize != 2 or seqlen_q < GLUON_MIN_QUERIES:
+        return None
+    if (head_dim, value_dim or head_dim) == (192, 128):
+        # Q (128 + 64 columns), O and dO per consumer and two stages of 64-key K (128 + 64) and V tiles: 192 KiB of
+        # shared memory, where three stages would need 232. H100, bf16, forward+backward µs with the Gluon dK/dV
+        # kernel, Triton dQ -> this one (benchmarks/RESULTS.md, session 40): B4 H16 S4096 causal 3322 -> 3112, full
+        # 6090 -> 5789, B1 H128 S4096 causal 6442 -> 6133, B16 S1024 causal 1144 -> 1142.
+        return HopperDQConfig(block_mw=64, block_n=64, stages=2)
+    if (head_dim, value_dim or head_dim) != (128, 128):
         return None
     return HopperDQConfig(block_mw=64, block_n=64, stages=3)
 
@@ -295,9 +320,10 @@ GLUON_DKDV_D64_FULL_GQA_MIN_KEYS = 4096
 
 @functools.lru_cache(maxsize=64)
 def hopper_dkdv_config(head_dim: int, itemsize: int, capability: tuple, seqlen_k: int, group: int,
-                       causal: bool) -> Optional[HopperDKDVConfig]:
-    """The Gluon dK/dV kernel's configuration, or None where the Triton dK/dV kernel (bwd.py) serves the call: only
-    on Hopper (sm_90), 16-bit; ``group`` is the number of query heads per kv head. Head_dim 128 from
+                       causal: bool, value_dim: Optional[int] = None) -> Optional[HopperDKDVConfig]:
+    """The Gluon dK/dV kernel's configuration, or None where the Triton dK/dV kernel (bwd.py) serves the call: only on
+    Hopper (sm_90), 16-bit; ``group`` is the number of query heads per kv head; ``value_dim`` v's head dim (None: q's).
+    Multi-head latent attention's q/k 192 with v 128 from GLUON_DKDV_MIN_KEYS keys. Head_dim 128 from
     GLUON_DKDV_MIN_KEYS keys, but under a causal mask without GQA from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS (where
     the Triton kernel's narrow tiles tie or win). Head_dim 64: under a causal mask with GQA from GLUON_DKDV_MIN_KEYS
     keys, never without GQA (there the Triton kernel wins); without a causal mask from GLUON_DKDV_D64_FULL_MIN_KEYS
@@ -316,6 +342,17 @@ def hopper_dkdv_config(head_dim: int, itemsize: int, capability: tuple, seqlen_k
     1114 -> 1053 [1086], B4 H32/8 S4096 2210 -> 2154 [2444]; but B16 H32 S1024 596 -> 602 [599], B16 H32/8 S1024
     569 -> 608 [633]."""
     if capability != (9, 0) or itemsize != 2:
+        return None
+    if (head_dim, value_dim or head_dim) == (192, 128):
+        # 32-query steps: dK (128 + 64 columns) and dV (128) take 160 registers of accumulators per thread, and
+        # 64-query steps' scores and probabilities would not fit beside them. H100, bf16, forward+backward µs with
+        # the Gluon dQ kernel, Triton dK/dV -> this one (benchmarks/RESULTS.md, session 40): B4 H16 S4096 causal 4326
+        # -> 3112 (cuDNN 2991), full 8033 -> 5789 (7362), B1 H128 S4096 causal 8467 -> 6133 (5773), B16 S1024 causal
+        # 1405 -> 1142 (1074).
+        if seqlen_k < GLUON_DKDV_MIN_KEYS:
+            return None
+        return HopperDKDVConfig(block_m=32, block_nw=64, stages=4, kv_slots=1)
+    if value_dim not in (None, head_dim):
         return None
     if head_dim == 64:
         if causal and group > 1 and seqlen_k >= GLUON_DKDV_MIN_KEYS:

@@ -7,21 +7,22 @@ body, for callers that need neither autograd nor tracing (the dispatcher's Pytho
 decoding step); :class:`EagerAttention` gives eager calls that need gradients the same autograd without the
 dispatcher. Inputs are validated in :mod:`hf_triton_attn.functional`; this layer trusts them.
 
-On Hopper, 16-bit forwards at head_dims 128 and 256 (and 64 on long rows) with no mask but causal and a key-padding
-one (no seqused_q or seqused_k, dropout or softcap; attention sinks allowed) take the persistent warp-specialised
-Gluon kernel of _kernels/fwd_gluon.py (:func:`_hopper_forward_config` says when; ``HF_TRITON_ATTN_GLUON=0`` turns it
-off); it writes the output and log-sum-exp in the Triton forward's layout and units, so the backward is the same.
-Backwards of the same scope (the backward kernels see attention sinks only through the LSE) at head_dim 128 compute
-dQ (and Delta) with the Gluon kernel of _kernels/bwd_dq_gluon.py (:func:`_hopper_dq_config`, same switch), and
-dK/dV with the Gluon kernel of _kernels/bwd_dkdv_gluon.py where :func:`_hopper_dkdv_config` takes them (head_dims
-64 and 128), else with the Triton kernels. Every launch goes through
+On Hopper, 16-bit forwards at head_dims 80, 96, 128, 192 and 256 (and 64 on long rows) with no mask but causal and
+a key-padding one (no seqused_q or seqused_k, dropout or softcap; attention sinks allowed) take the persistent
+warp-specialised Gluon kernel of _kernels/fwd_gluon.py (:func:`_hopper_forward_config` says when;
+``HF_TRITON_ATTN_GLUON=0`` turns it off), with q, k, v and the output at 80, 96 and 192 in the two tiles of
+:func:`configs.head_dim_tiles` and :func:`configs.value_dim_tiles`; it writes the output and log-sum-exp in the
+Triton forward's layout and units, so the backward is the same.
+Backwards of the same scope (the backward kernels see attention sinks only through the LSE) at head_dim 128 (and
+192/128) compute dQ (and Delta) with the Gluon kernel of _kernels/bwd_dq_gluon.py (:func:`_hopper_dq_config`, same
+switch), and dK/dV with the Gluon kernel of _kernels/bwd_dkdv_gluon.py where :func:`_hopper_dkdv_config` takes them
+(head_dims 64 and 128, and 192/128), else with the Triton kernels. Every launch goes through
 :class:`hf_triton_attn.launch.KernelLauncher`. The Triton forward reads Q/K/V tiles, and the Triton dQ kernel K/V
 tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` and
 :func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte aligned, unit stride last), through
 pointer arithmetic otherwise; the split-KV (decoding) kernel always through pointers. A v whose head dim differs
 from q's and k's (multi-head latent attention) is read at its own head dim by the Triton kernels, and by the Gluon
-forward at DeepSeek's 192/128 on Hopper (q and k in tiles of 128 and 64 columns); the Gluon backward kernels take
-one head dim.
+ones at DeepSeek's 192/128 on Hopper (q and k in tiles of 128 and 64 columns).
 
 Tensor conventions: q (B, H, Sq, D), k (B, Hkv, Skv, D), v (B, Hkv, Skv, Dv) with any strides (Dv = D but in
 multi-head latent attention); the output is allocated as (B, Sq, H, Dv), the layout Transformers reshapes to
@@ -315,10 +316,17 @@ def _gluon_descriptor(t: torch.Tensor, rows: int, shape=None, strides=None, colu
                       layout=_gluon_layout(rows, columns, t.dtype))
 
 
-def _gluon_descriptor_bshd(t: torch.Tensor, rows: int):
+def _gluon_tiles(t: torch.Tensor, rows: int, tiles: tuple[int, int]) -> tuple:
+    """Gluon descriptors of ``t``'s rows (see :func:`_gluon_descriptor`) in the column tiles ``tiles`` (first, tail)
+    of :func:`configs.head_dim_tiles` or :func:`configs.value_dim_tiles`: the first tile's, and the tail's or None."""
+    first, tail = tiles
+    return _gluon_descriptor(t, rows, columns=first), _gluon_descriptor(t, rows, columns=tail) if tail else None
+
+
+def _gluon_descriptor_bshd(t: torch.Tensor, rows: int, columns=None):
     """:func:`_gluon_descriptor` over a (B, S, H, D) tensor seen as (B, H, S, D), without building that view."""
     batch, seq, heads, dim = t.shape
-    return _gluon_descriptor(t, rows, [batch, heads, seq, dim], list(_bhsd_strides(t)))
+    return _gluon_descriptor(t, rows, [batch, heads, seq, dim], list(_bhsd_strides(t)), columns)
 
 
 # Per (device, CUDA stream): the int32 the Gluon forward's programs take tiles from (see _tile_counter).
@@ -364,21 +372,23 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, sinks, causal, scale
     hkv, skv = k.shape[1], k.shape[2]
     tiles, heads_per_section = _gluon_schedule(q, k, causal, cfg.block_mw)
     block_d, block_d_tail = configs.head_dim_tiles(head_dim)
-    desc_q = _gluon_descriptor(q, cfg.block_mw, columns=block_d)
-    desc_k = _gluon_descriptor(k, cfg.block_n, columns=block_d)
-    desc_q_tail = desc_k_tail = None  # q and k in one tile each
-    if block_d_tail:
-        desc_q_tail = _gluon_descriptor(q, cfg.block_mw, columns=block_d_tail)
-        desc_k_tail = _gluon_descriptor(k, cfg.block_n, columns=block_d_tail)
+    block_dv, block_dv_tail = configs.value_dim_tiles(v.shape[3])
+    desc_q, desc_q_tail = _gluon_tiles(q, cfg.block_mw, (block_d, block_d_tail))
+    desc_k, desc_k_tail = _gluon_tiles(k, cfg.block_n, (block_d, block_d_tail))
+    desc_v, desc_v_tail = _gluon_tiles(v, cfg.block_n, (block_dv, block_dv_tail))
+    desc_o = desc_o_tail = None  # the consumers store the output by pointer
+    if cfg.tma_store:
+        desc_o = _gluon_descriptor_bshd(out, cfg.block_mw, block_dv)
+        desc_o_tail = _gluon_descriptor_bshd(out, cfg.block_mw, block_dv_tail) if block_dv_tail else None
     try:
         _launch_fwd_gluon(
             (min(tiles, _sm_count(q.device)),),
-            desc_q, desc_q_tail, desc_k, desc_k_tail, _gluon_descriptor(v, cfg.block_n),
-            _gluon_descriptor_bshd(out, cfg.block_mw) if cfg.tma_store else None, out, lse, key_mask,
+            desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_o, desc_o_tail, out, lse, key_mask,
             key_range, sinks, _tile_counter(q.device), scale * LOG2E.value, out.stride(0), out.stride(1),
             out.stride(2), 0 if key_mask is None else key_mask.stride(0), *_sink_strides(sinks), heads, sq, skv,
             heads // hkv, tiles, heads_per_section,
-            HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail, VALUE_DIM=v.shape[3], BLOCK_MW=cfg.block_mw,
+            HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail, VALUE_DIM=block_dv, VALUE_DIM_TAIL=block_dv_tail,
+            BLOCK_MW=cfg.block_mw,
             BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
             HAS_KEY_MASK=key_mask is not None, TMA_STORE=cfg.tma_store, Q_SLOTS=cfg.q_slots,
             HAS_SINKS=sinks is not None,
@@ -395,7 +405,7 @@ def _hopper_dq_config(q, k, v, out, grad_out, key_mask, causal, scale) -> Option
     describe too."""
     if not _gluon_may_take(_attn_bwd_dq_ws, configs.GLUON_DQ, q, k, key_mask, scale):
         return None
-    cfg = configs.hopper_dq_config(q.shape[3], q.element_size(), _capability(q.device), q.shape[2])
+    cfg = configs.hopper_dq_config(q.shape[3], q.element_size(), _capability(q.device), q.shape[2], v.shape[3])
     if cfg is None or (causal and k.shape[2] < q.shape[2]) or not _tma_compatible(q, k, v, out, grad_out):
         return None
     return cfg
@@ -410,15 +420,18 @@ def _backward_dq_hopper(q, k, v, out, grad_out, dq, lse, delta, key_mask, key_ra
     hkv, skv = k.shape[1], k.shape[2]
     key_mask = _as_kernel_mask(key_mask)
     tiles, heads_per_section = _gluon_schedule(q, k, causal, cfg.block_mw)
+    qk_tiles = block_d, block_d_tail = configs.head_dim_tiles(head_dim)
     try:
         _launch_bwd_dq_gluon(
             (min(tiles, _sm_count(q.device)),),
-            _gluon_descriptor(q, cfg.block_mw), _gluon_descriptor(k, cfg.block_n), _gluon_descriptor(v, cfg.block_n),
+            *_gluon_tiles(q, cfg.block_mw, qk_tiles), *_gluon_tiles(k, cfg.block_n, qk_tiles),
+            _gluon_descriptor(v, cfg.block_n),
             _gluon_descriptor_bshd(out, cfg.block_mw),
             _gluon_descriptor_bshd(grad_out, cfg.block_mw), dq, lse, delta, key_mask, key_range,
             _tile_counter(q.device), scale * LOG2E.value, scale, dq.stride(0), dq.stride(1), dq.stride(2),
             0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv, tiles, heads_per_section,
-            HEAD_DIM=head_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
+            HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail, VALUE_DIM=v.shape[3], BLOCK_MW=cfg.block_mw,
+            BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
             HAS_KEY_MASK=key_mask is not None, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
             maxnreg=cfg.max_registers,
         )
@@ -433,7 +446,7 @@ def _hopper_dkdv_config(q, k, v, grad_out, key_mask, causal, scale) -> Optional[
     if not _gluon_may_take(_attn_bwd_dkdv_ws, configs.GLUON_DKDV, q, k, key_mask, scale):
         return None
     cfg = configs.hopper_dkdv_config(q.shape[3], q.element_size(), _capability(q.device), k.shape[2],
-                                     q.shape[1] // k.shape[1], causal)
+                                     q.shape[1] // k.shape[1], causal, v.shape[3])
     if cfg is None or (causal and k.shape[2] < q.shape[2]) or not _tma_compatible(q, k, v, grad_out):
         return None
     return cfg
@@ -454,16 +467,19 @@ def _backward_dkdv_hopper(q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_r
     if causal:
         query_bytes_per_kv_head = 2 * sq * head_dim * q.element_size() * (heads // hkv)
         heads_per_section = max(1, min(batch * hkv, configs.GLUON_L2_BYTES // query_bytes_per_kv_head))
+    qk_tiles = block_d, block_d_tail = configs.head_dim_tiles(head_dim)
     try:
         _launch_bwd_dkdv_gluon(
             (min(tiles, _sm_count(q.device)),),
-            _gluon_descriptor(q, cfg.block_m), _gluon_descriptor(k, cfg.block_nw), _gluon_descriptor(v, cfg.block_nw),
+            *_gluon_tiles(q, cfg.block_m, qk_tiles), *_gluon_tiles(k, cfg.block_nw, qk_tiles),
+            _gluon_descriptor(v, cfg.block_nw),
             _gluon_descriptor_bshd(grad_out, cfg.block_m), dk, dv, lse, delta, key_mask, key_range,
             _tile_counter(q.device), scale * LOG2E.value, scale, dk.stride(0), dk.stride(1), dk.stride(2),
             dv.stride(0), dv.stride(1), dv.stride(2), 0 if key_mask is None else key_mask.stride(0), heads, sq, skv,
             heads // hkv, tiles, heads_per_section,
-            HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_NW=cfg.block_nw, STAGES=cfg.stages, KV_SLOTS=cfg.kv_slots,
-            IS_CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, STATS_IN_SCORE_LAYOUT=cfg.stats_in_score_layout,
+            HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail, VALUE_DIM=v.shape[3], BLOCK_M=cfg.block_m,
+            BLOCK_NW=cfg.block_nw, STAGES=cfg.stages, KV_SLOTS=cfg.kv_slots, IS_CAUSAL=causal,
+            HAS_KEY_MASK=key_mask is not None, STATS_IN_SCORE_LAYOUT=cfg.stats_in_score_layout,
             CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,
         )
     except CompilationError as error:
@@ -622,8 +638,7 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
                  BLOCK_DV_TAIL=block_dv_tail,
                  **_flags(key_mask, seqused_k, seqused_q, mask_kind, causal, softcap, dropout_p, q.dtype))
     hopper_dq = hopper_dkdv = None
-    if (seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0
-            and value_dim == head_dim):
+    if seqused_k is None and seqused_q is None and mask is None and softcap == 0.0 and dropout_p == 0.0:
         hopper_dq = _hopper_dq_config(q, k, v, out, grad_out, key_mask, causal, scale)
         hopper_dkdv = _hopper_dkdv_config(q, k, v, grad_out, key_mask, causal, scale)
     if hopper_dq is not None:

@@ -8,6 +8,7 @@ the operand kinds of its wgmma instructions. With --out DIR, also writes its TTG
     python scripts/compile_sm90.py gluon --head-dim 192 --value-head-dim 128 --seqlen 4096
     python scripts/compile_sm90.py gluon-dkdv --head-dim 64 --seqlen 4096 [--stages 3 --kv-slots 1 --grouped]
     python scripts/compile_sm90.py gluon-dq --head-dim 128 --seqlen 4096 [--block-n 128 --stages 2]
+    python scripts/compile_sm90.py gluon-dq --head-dim 192 --value-head-dim 128 --seqlen 4096
 
 ``gluon`` is the warp-specialised Hopper forward (_kernels/fwd_gluon.py) in the configuration
 ``configs.hopper_forward_config`` gives for that head dim, query length and mask; --block-n, --stages, --q-slots,
@@ -16,9 +17,9 @@ both consumers); one program runs per multiprocessor. ``gluon-dkdv`` is the Hopp
 (_kernels/bwd_dkdv_gluon.py) in the configuration ``configs.hopper_dkdv_config`` gives for that head dim, key
 length, mask and GQA (--grouped: GROUPED_HEADS query heads per kv head, else one); --stages,
 --kv-slots, --stats-in-score-layout and --consumer-regs override its fields. ``gluon-dq`` is the Hopper dQ kernel
-(_kernels/bwd_dq_gluon.py) in the configuration ``configs.hopper_dq_config`` gives for head_dim 128 at that query
-length (--head-dim 64 compiles it in the same configuration, which the op layer does not take); --block-n, --stages
-and --consumer-regs override its fields.
+(_kernels/bwd_dq_gluon.py) in the configuration ``configs.hopper_dq_config`` gives for that head dim (128, or 192
+with --value-head-dim 128) at that query length (--head-dim 64 compiles it in head_dim 128's configuration, which the
+op layer does not take); --block-n, --stages and --consumer-regs override its fields.
 
 The JIT treats integer arguments equal to 1 as constants and marks pointers and multiples of 16 as 16-byte
 divisible; a compile without those specialisations cannot prove the loads contiguous, does not pipeline them,
@@ -154,6 +155,15 @@ def compile_gluon_source(fn, sig: dict, consts: dict, max_registers: int):
                           options={"num_warps": 4, "maxnreg": max_registers})
 
 
+def add_tail_descriptors(sig: dict, consts: dict, descriptor, tail_columns: int, **rows_per_name: int) -> None:
+    """The second tile's descriptors (name -> rows of its block) in ``sig`` where ``tail_columns`` > 0, else None for
+    each in ``consts``, as the op layer launches a head dim in one tile."""
+    if tail_columns:
+        sig.update({name: descriptor(tail_columns, rows) for name, rows in rows_per_name.items()})
+    else:
+        consts.update(dict.fromkeys(rows_per_name))
+
+
 def compile_gluon(args):
     """(compiled kernel, its HopperForwardConfig) of the Gluon forward, bf16, no key mask, (B, H, S, D) inputs."""
     _, _, descriptor = gluon_api()
@@ -168,69 +178,82 @@ def compile_gluon(args):
                  "consumer_regs": args.consumer_regs}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     block_d, block_d_tail = configs.head_dim_tiles(args.head_dim)
+    block_dv, block_dv_tail = configs.value_dim_tiles(value_dim)
     consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, GROUP=1, HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail,
-                  VALUE_DIM=value_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages,
-                  IS_CAUSAL=not args.full, HAS_KEY_MASK=False, TMA_STORE=cfg.tma_store, Q_SLOTS=cfg.q_slots,
-                  HAS_SINKS=args.sinks, CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
+                  VALUE_DIM=block_dv, VALUE_DIM_TAIL=block_dv_tail, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n,
+                  STAGES=cfg.stages, IS_CAUSAL=not args.full, HAS_KEY_MASK=False, TMA_STORE=cfg.tma_store,
+                  Q_SLOTS=cfg.q_slots, HAS_SINKS=args.sinks, CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
     sig = dict(desc_q=descriptor(block_d, cfg.block_mw), desc_k=descriptor(block_d, cfg.block_n),
-               desc_v=descriptor(value_dim, cfg.block_n), desc_o=descriptor(value_dim, cfg.block_mw),
+               desc_v=descriptor(block_dv, cfg.block_n), desc_o=descriptor(block_dv, cfg.block_mw),
                Out="*bf16", LSE="*fp32", TileCounter="*i32", qk_scale="fp32")
-    if block_d_tail:
-        sig.update(desc_q_tail=descriptor(block_d_tail, cfg.block_mw), desc_k_tail=descriptor(block_d_tail, cfg.block_n))
-    else:  # q and k in one tile each, as the op layer launches it
-        consts.update(desc_q_tail=None, desc_k_tail=None)
+    add_tail_descriptors(sig, consts, descriptor, block_d_tail, desc_q_tail=cfg.block_mw, desc_k_tail=cfg.block_n)
+    add_tail_descriptors(sig, consts, descriptor, block_dv_tail, desc_v_tail=cfg.block_n, desc_o_tail=cfg.block_mw)
     if args.sinks:  # one sink per query head (GPT-OSS's): batch and row strides 0
         sig["Sinks"] = "*bf16"
         consts.update(stride_sb=0, stride_sm=0)
     else:
         consts.update(Sinks=None, stride_sb=0, stride_sh=0, stride_sm=0)
-    if not cfg.tma_store:  # no output descriptor: the kernel stores by pointer
+    if not cfg.tma_store:  # no output descriptors: the kernel stores by pointer
         consts["desc_o"] = None
+        sig.pop("desc_o_tail", None)
+        consts["desc_o_tail"] = None
     return compile_gluon_source(_attn_fwd_ws, sig, consts, cfg.max_registers), cfg
 
 
 def compile_gluon_dkdv(args):
     """(compiled kernel, its HopperDKDVConfig) of the Gluon dK/dV kernel, bf16, no key mask, (B, H, S, D) inputs;
-    --seqlen is the key length its configuration is for."""
+    --seqlen is the key length its configuration is for (--head-dim 192 --value-head-dim 128: multi-head latent
+    attention's, q and k in tiles of 128 and 64 columns)."""
     _, _, descriptor = gluon_api()
     from hf_triton_attn._kernels.bwd_dkdv_gluon import _attn_bwd_dkdv_ws
     group = GROUPED_HEADS if args.grouped else 1
-    cfg = configs.hopper_dkdv_config(args.head_dim, 2, (9, 0), args.seqlen, group, not args.full)
+    value_dim = args.value_head_dim or args.head_dim
+    cfg = configs.hopper_dkdv_config(args.head_dim, 2, (9, 0), args.seqlen, group, not args.full, value_dim)
     if cfg is None:
-        raise SystemExit(f"the Gluon dK/dV kernel does not take head_dim {args.head_dim} at {args.seqlen} keys, "
-                         f"{group} query heads per kv head")
+        raise SystemExit(f"the Gluon dK/dV kernel does not take head_dim {args.head_dim}/{value_dim} at "
+                         f"{args.seqlen} keys, {group} query heads per kv head")
     stats_in_score_layout = None if args.stats_in_score_layout is None else bool(args.stats_in_score_layout)
     overrides = {"stages": args.stages, "kv_slots": args.kv_slots, "consumer_regs": args.consumer_regs,
                  "stats_in_score_layout": stats_in_score_layout}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, HEAD_DIM=args.head_dim, BLOCK_M=cfg.block_m,
-                  BLOCK_NW=cfg.block_nw, STAGES=cfg.stages, KV_SLOTS=cfg.kv_slots, IS_CAUSAL=not args.full,
-                  HAS_KEY_MASK=False, STATS_IN_SCORE_LAYOUT=cfg.stats_in_score_layout,
-                  CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
+    block_d, block_d_tail = configs.head_dim_tiles(args.head_dim)
+    consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail,
+                  VALUE_DIM=value_dim, BLOCK_M=cfg.block_m, BLOCK_NW=cfg.block_nw, STAGES=cfg.stages,
+                  KV_SLOTS=cfg.kv_slots, IS_CAUSAL=not args.full, HAS_KEY_MASK=False,
+                  STATS_IN_SCORE_LAYOUT=cfg.stats_in_score_layout, CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
     if not args.grouped:
         consts["GROUP"] = 1
-    query_rows, key_rows = descriptor(args.head_dim, cfg.block_m), descriptor(args.head_dim, cfg.block_nw)
-    sig = dict(desc_q=query_rows, desc_k=key_rows, desc_v=key_rows, desc_do=query_rows, DK="*bf16", DV="*bf16",
-               LSE="*fp32", Delta="*fp32", TileCounter="*i32", qk_scale="fp32", sm_scale="fp32")
+    sig = dict(desc_q=descriptor(block_d, cfg.block_m), desc_k=descriptor(block_d, cfg.block_nw),
+               desc_v=descriptor(value_dim, cfg.block_nw), desc_do=descriptor(value_dim, cfg.block_m), DK="*bf16",
+               DV="*bf16", LSE="*fp32", Delta="*fp32", TileCounter="*i32", qk_scale="fp32", sm_scale="fp32")
+    add_tail_descriptors(sig, consts, descriptor, block_d_tail, desc_q_tail=cfg.block_m, desc_k_tail=cfg.block_nw)
     return compile_gluon_source(_attn_bwd_dkdv_ws, sig, consts, cfg.max_registers), cfg
 
 
 def compile_gluon_dq(args):
     """(compiled kernel, its HopperDQConfig) of the Gluon dQ kernel, bf16, no key mask, (B, H, S, D) inputs;
-    --seqlen is the query length its configuration is for."""
+    --seqlen is the query length its configuration is for (--head-dim 64 compiles it in head_dim 128's
+    configuration, which the op layer does not take; --head-dim 192 --value-head-dim 128 in multi-head latent
+    attention's, q and k in tiles of 128 and 64 columns)."""
     _, _, descriptor = gluon_api()
     from hf_triton_attn._kernels.bwd_dq_gluon import _attn_bwd_dq_ws
-    cfg = configs.hopper_dq_config(128, 2, (9, 0), args.seqlen)
+    value_dim = args.value_head_dim or args.head_dim
+    cfg = (configs.hopper_dq_config(128, 2, (9, 0), args.seqlen) if args.head_dim == 64
+           else configs.hopper_dq_config(args.head_dim, 2, (9, 0), args.seqlen, value_dim))
     if cfg is None:
-        raise SystemExit(f"the Gluon dQ kernel is not taken at {args.seqlen} queries")
+        raise SystemExit(f"the Gluon dQ kernel is not taken at head_dim {args.head_dim}/{value_dim}, {args.seqlen} "
+                         f"queries")
     overrides = {"block_n": args.block_n, "stages": args.stages, "consumer_regs": args.consumer_regs}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, GROUP=1, HEAD_DIM=args.head_dim, BLOCK_MW=cfg.block_mw,
-                  BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=not args.full, HAS_KEY_MASK=False,
-                  CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
-    query_rows, key_rows = descriptor(args.head_dim, cfg.block_mw), descriptor(args.head_dim, cfg.block_n)
-    sig = dict(desc_q=query_rows, desc_k=key_rows, desc_v=key_rows, desc_o=query_rows, desc_do=query_rows,
+    block_d, block_d_tail = configs.head_dim_tiles(args.head_dim)
+    consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, GROUP=1, HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail,
+                  VALUE_DIM=value_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages,
+                  IS_CAUSAL=not args.full, HAS_KEY_MASK=False, CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
+    value_rows = descriptor(value_dim, cfg.block_mw)
+    sig = dict(desc_q=descriptor(block_d, cfg.block_mw), desc_k=descriptor(block_d, cfg.block_n),
+               desc_v=descriptor(value_dim, cfg.block_n), desc_o=value_rows, desc_do=value_rows,
                DQ="*bf16", LSE="*fp32", Delta="*fp32", TileCounter="*i32", qk_scale="fp32", sm_scale="fp32")
+    add_tail_descriptors(sig, consts, descriptor, block_d_tail, desc_q_tail=cfg.block_mw, desc_k_tail=cfg.block_n)
     return compile_gluon_source(_attn_bwd_dq_ws, sig, consts, cfg.max_registers), cfg
 
 

@@ -5,8 +5,8 @@
 #                              diag|pending|pending-probes]...
 # The examples step needs the fp16 MiniLM copy, made here (no GPU) and carried along:
 #   python examples/make_minilm_fp16.py .carry/minilm-fp16   (then run with carry=[".carry"])
-# "pending" applies every benchmarks/pending/*.patch to this copy (for good: the steps after it run patched) and runs
-# the GPU tests of the Gluon kernels they change; "pending-probes" applies them too (once) and runs every
+# "pending" applies every benchmarks/pending/*.patch (if any) to this copy (for good: the steps after it run patched)
+# and runs the GPU tests of the Gluon kernels; "pending-probes" applies them too (once) and runs every
 # benchmarks/pending/probe_*.py; "diag" runs benchmarks/pending/diag_value_split.py.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=. OUT=${OUT:-/tmp/out}
@@ -16,6 +16,7 @@ python -c "import torch, triton, transformers; print('torch', torch.__version__,
 apply_pending() {  # each patch once: one whose reverse applies is in already
   local patch rc=0
   for patch in benchmarks/pending/*.patch; do
+    [ -e "$patch" ] || continue
     patch -p1 -R --dry-run < "$patch" > /dev/null 2>&1 || patch -p1 < "$patch" >> "$OUT/pending.log" 2>&1 || rc=1
   done
   return $rc
@@ -41,7 +42,10 @@ for step in "$@"; do
     pending-probes)
       rc=0
       apply_pending || rc=1
-      for probe in benchmarks/pending/probe_*.py; do python "$probe" 2>&1 | tee -a "$OUT/probes.log" | tail -n 12 || rc=1; done ;;
+      for probe in benchmarks/pending/probe_*.py; do
+        [ -e "$probe" ] || continue
+        python "$probe" 2>&1 | tee -a "$OUT/probes.log" | tail -n 12 || rc=1
+      done ;;
     examples)
       rc=0
       python examples/compare_bert.py .carry/minilm-fp16 --dtype float16 > "$OUT/examples.log" 2>&1 || rc=1

@@ -5,7 +5,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from triton.compiler.errors import CompilationError
 from conftest import DEVICE, DTYPES, ON_GPU
 from helpers import (LONG_ROWS, SKIP_WITHOUT_GLUON, assert_close_to_reference, count_calls, count_descriptors,
-                     fail_gluon_launch, gluon_forward_calls, hopper_with_gluon, inputs_with_unused_nan_keys, random_qkv)
+                     fail_gluon_launch, gluon_forward_calls, hopper_with_gluon, inputs_with_unused_nan_keys,
+                     qkv_in_layout, random_qkv)
 from test_kernel import (GLUON_SHAPES, PADDING_CASES, STRUCTURED_KINDS, additive_mask, check_forward,
                          check_kernel_ran, kept_ranges_mask, launch_config_mask, padding_mask, random_sinks,
                          schedule_mask, structured_mask)
@@ -431,17 +432,17 @@ def test_value_head_dim_in_two_tiles_gradients(monkeypatch, dtype, head_dim, val
 @pytest.mark.parametrize("head_dim, value_dim", [(192, 128), (128, 64)], ids=["deepseek", "gluon-head-dim"])
 def test_value_head_dim_at_model_sizes_gpu(monkeypatch, head_dim, value_dim):
     """bf16 multi-head latent attention at DeepSeek-V3's head dims, and a q/k head dim the Gluon kernels take, against
-    the float64 oracle: dQ and dK/dV run the Triton kernels (the Gluon ones take one head dim), and so does the
-    forward, except at DeepSeek-V3's 192/128 on Hopper, where the Gluon forward takes it."""
+    the float64 oracle: the Triton kernels run them, except at DeepSeek-V3's 192/128 on Hopper, where the Gluon
+    forward, dQ and dK/dV kernels take them."""
     launches = {name: count_calls(monkeypatch, ops, name) for name in
                 ("_launch_fwd_gluon", "_launch_bwd_dq_gluon", "_launch_bwd_dkdv_gluon") if getattr(ops, name) is not None}
     q, k, _ = random_qkv(2, 8, 8, 1100, 1100, head_dim, torch.bfloat16, DEVICE)
     v = torch.randn(2, 8, 1100, value_dim, device=DEVICE, dtype=torch.bfloat16)
     grad_out = torch.randn(2, 8, 1100, value_dim, device=DEVICE, dtype=torch.bfloat16)
     check_input_gradients(dict(q=q, k=k, v=v), grad_out, causal=True, attention_mask=padding_mask("left", 2, 1100))
-    gluon_forward = hopper_with_gluon() and (head_dim, value_dim) == (192, 128)
+    gluon = hopper_with_gluon() and (head_dim, value_dim) == (192, 128)
     assert {name: bool(calls) for name, calls in launches.items()} == {
-        name: gluon_forward and name == "_launch_fwd_gluon" for name in launches}
+        name: gluon for name in launches}
 
 
 def test_backward_mask_with_one_row_for_every_query():
@@ -659,7 +660,7 @@ def test_backward_padded_large_gpu():
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", [(2, 4, 2, 300, 300), (1, 4, 4, 200, 456)])
 @pytest.mark.parametrize("padding", [None, "left", "holes"])
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
 def test_backward_after_hopper_forward_gpu(monkeypatch, causal, shape, padding, head_dim):
     """The backward kernels take the Gluon forward's output and log-sum-exp (Hopper, head_dims 64, 128 and 256), and
     the key range it computed for a key-padding mask."""
@@ -686,15 +687,20 @@ def test_backward_after_hopper_forward_with_sinks_gpu(monkeypatch, causal, sink_
 
 
 def test_hopper_dq_config_applies_only_where_measured():
-    """The Gluon dQ kernel is Hopper-only and 16-bit, head_dim 128 from GLUON_MIN_QUERIES queries; anything else
-    (head_dim 64, where it measured a tie) keeps the Triton dQ kernel, and so does every call in the interpreter or on
-    the CPU."""
+    """The Gluon dQ kernel is Hopper-only and 16-bit, head_dim 128 and q/k 192 with v 128 (multi-head latent
+    attention) from GLUON_MIN_QUERIES queries; anything else (head_dim 64, where it measured a tie; other value head
+    dims) keeps the Triton dQ kernel, and so does every call in the interpreter or on the CPU."""
     hopper = (9, 0)
     assert configs.hopper_dq_config(128, 2, hopper, configs.GLUON_MIN_QUERIES) is not None
-    for head_dim, itemsize, capability, seqlen_q in [
-            (32, 2, hopper, 4096), (64, 2, hopper, 16384), (256, 2, hopper, 4096), (128, 4, hopper, 4096),
-            (128, 2, (8, 0), 4096), (128, 2, (10, 0), 4096), (128, 2, hopper, configs.GLUON_MIN_QUERIES - 1)]:
-        assert configs.hopper_dq_config(head_dim, itemsize, capability, seqlen_q) is None
+    assert configs.hopper_dq_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, 128) is not None
+    assert configs.hopper_dq_config(192, 2, hopper, configs.GLUON_MIN_QUERIES, 128).stages == 2
+    for head_dim, itemsize, capability, seqlen_q, value_dim in [
+            (32, 2, hopper, 4096, None), (64, 2, hopper, 16384, None), (256, 2, hopper, 4096, None),
+            (128, 4, hopper, 4096, None), (128, 2, (8, 0), 4096, None), (128, 2, (10, 0), 4096, None),
+            (128, 2, hopper, configs.GLUON_MIN_QUERIES - 1, None), (192, 2, hopper, 4096, None),
+            (192, 2, hopper, 4096, 192), (128, 2, hopper, 4096, 64), (192, 4, hopper, 4096, 128),
+            (192, 2, hopper, configs.GLUON_MIN_QUERIES - 1, 128)]:
+        assert configs.hopper_dq_config(head_dim, itemsize, capability, seqlen_q, value_dim) is None
     if not ON_GPU:
         q, k, v = random_qkv(1, 2, 2, 200, 200, 128, torch.float16, DEVICE)
         out = torch.empty(1, 200, 2, 128, dtype=torch.float16)
@@ -746,6 +752,34 @@ def test_hopper_dq_gpu(monkeypatch, dtype, causal, layout, shape, padding):
     check_kernel_ran(monkeypatch, "_backward_dq_hopper", check_backward, layout, shape, 128, dtype, causal, padding)
 
 
+def check_latent_attention_gradients(dtype, layout, causal, shape, padding):
+    """Multi-head latent attention's head dims (q/k 192, v 128) in ``layout`` against the float64 oracle, under a
+    padding mask of kind ``padding`` (None: no mask)."""
+    batch, heads, kv_heads, seqlen_q, seqlen_k = shape
+    q, k, _ = qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, 192, dtype, DEVICE)
+    v = qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, 128, dtype, DEVICE)[2]
+    grad_out = torch.randn(batch, heads, seqlen_q, 128, device=DEVICE, dtype=dtype)
+    mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
+    check_input_gradients(dict(q=q, k=k, v=v), grad_out, causal=causal, attention_mask=mask)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+@pytest.mark.parametrize("shape", GLUON_SHAPES)
+@pytest.mark.parametrize("padding", [None, "left", "holes"])
+def test_hopper_dq_value_head_dim_gpu(monkeypatch, dtype, causal, layout, shape, padding):
+    """Multi-head latent attention's head dims in the Gluon dQ kernel (q, k and dQ at 192 in tiles of 128 and 64
+    columns; v, O and dO at 128) against the oracle, with the test shapes of test_hopper_dq_gpu; the Triton dK/dV
+    kernel takes its Delta; and it is the kernel that ran."""
+    if not hopper_dq_available():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    calls = count_calls(monkeypatch, ops, "_backward_dq_hopper")
+    check_latent_attention_gradients(dtype, layout, causal, shape, padding)
+    assert len(calls) == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("padding", [None, "left", "holes", "empty_row"])
@@ -788,11 +822,11 @@ def test_hopper_dq_not_taken_where_it_does_not_apply(monkeypatch):
 
 
 def test_hopper_dkdv_config_applies_only_where_measured():
-    """The Gluon dK/dV kernel is Hopper-only and 16-bit. Head_dim 128: from GLUON_DKDV_MIN_KEYS keys, under a causal
-    mask without GQA from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS. Head_dim 64: under a causal mask only with GQA,
-    from GLUON_DKDV_MIN_KEYS keys; without one from GLUON_DKDV_D64_FULL_MIN_KEYS keys (GQA:
-    GLUON_DKDV_D64_FULL_GQA_MIN_KEYS), there with LSE and Delta in the scores' layout. Anything else keeps the
-    Triton dK/dV kernel, and so does every call in the interpreter or on the CPU."""
+    """The Gluon dK/dV kernel is Hopper-only and 16-bit. Head_dim 128 (and q/k 192 with v 128): from GLUON_DKDV_MIN_KEYS
+    keys, at 128 under a causal mask without GQA from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS. Head_dim 64: under a
+    causal mask only with GQA, from GLUON_DKDV_MIN_KEYS keys; without one from GLUON_DKDV_D64_FULL_MIN_KEYS keys (GQA:
+    GLUON_DKDV_D64_FULL_GQA_MIN_KEYS), there with LSE and Delta in the scores' layout. Anything else keeps the Triton
+    dK/dV kernel, and so does every call in the interpreter or on the CPU."""
     hopper, short, keys = (9, 0), configs.BWD_D128_SHORT_CAUSAL_MAX_KEYS, configs.GLUON_DKDV_MIN_KEYS
     full_keys, full_gqa_keys = configs.GLUON_DKDV_D64_FULL_MIN_KEYS, configs.GLUON_DKDV_D64_FULL_GQA_MIN_KEYS
     assert configs.hopper_dkdv_config(128, 2, hopper, short + 1, 1, True) is not None
@@ -801,6 +835,12 @@ def test_hopper_dkdv_config_applies_only_where_measured():
     assert not configs.hopper_dkdv_config(64, 2, hopper, keys, 2, True).stats_in_score_layout
     assert configs.hopper_dkdv_config(64, 2, hopper, full_keys, 1, False).stats_in_score_layout
     assert configs.hopper_dkdv_config(64, 2, hopper, full_gqa_keys, 4, False).stats_in_score_layout
+    # Multi-head latent attention (q/k 192, v 128) from GLUON_DKDV_MIN_KEYS keys, in 32-query steps; other value dims
+    # keep the Triton kernel.
+    for causal in (False, True):
+        assert configs.hopper_dkdv_config(192, 2, hopper, keys, 1, causal, 128).block_m == 32
+        for head_dim, value_dim, seqlen_k in [(192, 128, keys - 1), (192, 192, 4096), (128, 64, 4096)]:
+            assert configs.hopper_dkdv_config(head_dim, 2, hopper, seqlen_k, 1, causal, value_dim) is None
     for head_dim, itemsize, capability, seqlen_k, group, causal in [
             (64, 2, hopper, 16384, 1, True), (64, 2, hopper, keys - 1, 4, True),
             (64, 2, hopper, full_keys - 1, 1, False), (64, 2, hopper, full_gqa_keys - 1, 2, False),
@@ -839,8 +879,8 @@ def take_hopper_dkdv_everywhere(monkeypatch) -> None:
     and mask), whatever its own length and heads, so that short test shapes and every head layout reach the kernel."""
     default = configs.hopper_dkdv_config
     monkeypatch.setattr(configs, "hopper_dkdv_config",
-                        lambda head_dim, itemsize, capability, _, __, causal:
-                        default(head_dim, itemsize, capability, LONG_ROWS, 4, causal))
+                        lambda head_dim, itemsize, capability, _, __, causal, value_dim=None:
+                        default(head_dim, itemsize, capability, LONG_ROWS, 4, causal, value_dim))
 
 
 @pytest.mark.gpu
@@ -859,6 +899,23 @@ def test_hopper_dkdv_gpu(monkeypatch, dtype, layout, causal, shape, padding, hea
     take_hopper_dkdv_everywhere(monkeypatch)
     check_kernel_ran(monkeypatch, "_backward_dkdv_hopper", check_backward, layout, shape, head_dim, dtype, causal,
                      padding)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, layout", [(torch.bfloat16, "bshd"), (torch.float16, "bhsd")])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", GLUON_SHAPES + [(1, 2, 1, 1, 300)])
+@pytest.mark.parametrize("padding", [None, "left", "holes"])
+def test_hopper_dkdv_value_head_dim_gpu(monkeypatch, dtype, layout, causal, shape, padding):
+    """Multi-head latent attention's head dims in the Gluon dK/dV kernel (q, k and dK at 192 in tiles of 128 and 64
+    columns, 32-query steps; v, dO and dV at 128) against the oracle, with test_hopper_dkdv_gpu's shapes; and it is
+    the kernel that ran."""
+    if not hopper_dkdv_available():
+        pytest.skip(SKIP_WITHOUT_GLUON)
+    take_hopper_dkdv_everywhere(monkeypatch)
+    calls = count_calls(monkeypatch, ops, "_backward_dkdv_hopper")
+    check_latent_attention_gradients(dtype, layout, causal, shape, padding)
+    assert len(calls) == 1
 
 
 @pytest.mark.gpu

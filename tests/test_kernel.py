@@ -803,19 +803,22 @@ def test_padded_large_gpu():
 
 
 def test_hopper_forward_config_applies_only_where_measured():
-    """The Gluon forward is Hopper-only and 16-bit: head_dims 128 and 256 from GLUON_MIN_QUERIES queries, head_dim 64
-    from GLUON_D64_MIN_QUERIES, q/k 192 with v 128 (multi-head latent attention) from GLUON_MIN_QUERIES; anything
-    else keeps the Triton kernel (other value head dims too), and so does every call in the interpreter or on the
-    CPU. Its tiles and output path where measured."""
+    """The Gluon forward is Hopper-only and 16-bit: head_dims 80, 96, 128, 192 and 256 from GLUON_MIN_QUERIES
+    queries, head_dim 64 from GLUON_D64_MIN_QUERIES, q/k 192 with v 128 (multi-head latent attention) from
+    GLUON_MIN_QUERIES; anything else keeps the Triton kernel (other value head dims too), and so does every call in
+    the interpreter or on the CPU. Its tiles and output path where measured."""
     hopper = (9, 0)
     for causal in (False, True):
-        assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, causal) is not None
-        assert configs.hopper_forward_config(256, 2, hopper, configs.GLUON_MIN_QUERIES, causal) is not None
+        for head_dim in (80, 96, 128, 192, 256):
+            assert configs.hopper_forward_config(head_dim, 2, hopper, configs.GLUON_MIN_QUERIES, causal) is not None
+            assert configs.hopper_forward_config(head_dim, 2, hopper, configs.GLUON_MIN_QUERIES - 1, causal) is None
         assert configs.hopper_forward_config(64, 2, hopper, configs.GLUON_D64_MIN_QUERIES, causal) is not None
         assert configs.hopper_forward_config(192, 2, hopper, configs.GLUON_MIN_QUERIES, causal, 128) is not None
         assert configs.hopper_forward_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, causal, 128) is not None
-        for head_dim, value_dim, seqlen_q in [(192, 128, configs.GLUON_MIN_QUERIES - 1), (192, 192, 4096),
-                                              (192, 64, 4096), (128, 64, 4096), (64, 128, 16384)]:
+        assert configs.hopper_forward_config(96, 2, hopper, configs.GLUON_MIN_QUERIES, causal, 96) is not None
+        for head_dim, value_dim, seqlen_q in [(192, 128, configs.GLUON_MIN_QUERIES - 1), (192, 96, 4096),
+                                              (192, 64, 4096), (128, 64, 4096), (64, 128, 16384), (96, 80, 4096),
+                                              (112, 112, 4096), (160, 160, 4096)]:
             assert configs.hopper_forward_config(head_dim, 2, hopper, seqlen_q, causal, value_dim) is None
     for head_dim, itemsize, capability, seqlen_q, causal in [
             (32, 2, hopper, 4096, False), (128, 4, hopper, 4096, False), (256, 4, hopper, 4096, True),
@@ -880,11 +883,13 @@ def check_kernel_ran(monkeypatch, launch: str, check, layout, shape, head_dim, d
 @pytest.mark.parametrize("shape", GLUON_SHAPES)
 @pytest.mark.parametrize("padding", [None, "right", "left", "one_hole", "holes"])
 @pytest.mark.parametrize("head_dim, configured_for", [(64, LONG_ROWS), (128, LONG_ROWS), (256, LONG_ROWS),
-                                                      (256, configs.GLUON_MIN_QUERIES)])
+                                                      (256, configs.GLUON_MIN_QUERIES), (80, LONG_ROWS),
+                                                      (96, LONG_ROWS), (192, LONG_ROWS)])
 def test_hopper_forward_gpu(monkeypatch, dtype, causal, layout, shape, padding, head_dim, configured_for):
-    """The Gluon forward (Hopper, head_dims 64, 128 and 256, in the configuration taken at ``configured_for``
-    queries: at head_dim 256 64-key blocks on long rows, 32-key blocks on short ones; no mask or a key-padding one;
-    the output by pointer or through TMA) against the oracle: lengths off its tiles, GQA and MQA, Transformers'
+    """The Gluon forward (Hopper, head_dims 64, 128 and 256, and 80, 96 and 192 with q/k, v and the output in two
+    tiles each, in the configuration taken at ``configured_for`` queries: at head_dim 256 64-key blocks on long
+    rows, 32-key blocks on short ones; no mask or a key-padding one; the output by pointer or through TMA) against
+    the oracle: lengths off its tiles, GQA and MQA, Transformers'
     (B, S, H, D) layout, fewer queries than keys (bottom-right causal), left padding (rows that see no key under a
     causal mask), holes; and it is the kernel that ran."""
     if not hopper_with_gluon():
@@ -907,12 +912,13 @@ def schedule_mask(padding, batch: int, seqlen: int):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("padding", [None, "left", "holes", "empty_row"])
 @pytest.mark.parametrize("head_dim, configured_for", [(64, LONG_ROWS), (128, LONG_ROWS), (256, LONG_ROWS),
-                                                      (256, configs.GLUON_MIN_QUERIES)])
+                                                      (256, configs.GLUON_MIN_QUERIES), (96, LONG_ROWS),
+                                                      (192, LONG_ROWS)])
 def test_hopper_forward_persistent_schedule_gpu(monkeypatch, causal, padding, head_dim, configured_for):
     """More tiles than SMs, so each persistent program runs several (its K/V ring and query slots carried from one
-    tile to the next, one query slot per consumer at head_dim 256), in causal sections of 4 heads that do not divide
-    the 15 (batch, head) pairs, and one batch row with no kept key at all (tiles without key blocks between others)
-    among the masks."""
+    tile to the next, one query slot per consumer at head_dims 192 and 256), in causal sections of 4 heads that do
+    not divide the 15 (batch, head) pairs, and one batch row with no kept key at all (tiles without key blocks
+    between others) among the masks."""
     calls = gluon_forward_calls(monkeypatch, configured_for)
     batch, heads, seqlen = 3, 5, 2500
     q, k, v = random_qkv(batch, heads, 1, seqlen, seqlen, head_dim, torch.bfloat16, DEVICE)
@@ -927,7 +933,7 @@ def test_hopper_forward_persistent_schedule_gpu(monkeypatch, causal, padding, he
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("padding", [None, "left", "holes", "empty_row"])
 @pytest.mark.parametrize("sink_kind", ["head", "row"])
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", [64, 80, 128, 192, 256])
 def test_hopper_forward_sinks_gpu(monkeypatch, causal, padding, sink_kind, head_dim):
     """Attention sinks joined in the Gluon forward's epilogue against the oracle, one per head or per row, with a
     -inf sink among them, and a batch row whose mask keeps no key ("empty_row": the sink takes all the weight, the

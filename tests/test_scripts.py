@@ -100,7 +100,7 @@ def test_bench_head_dims_variants_run_what_they_name(monkeypatch):
             return _launch(grid, *args, **kwargs)
         monkeypatch.setattr(ops, name, recording)
     monkeypatch.setattr(bench_kernels, "DEVICE", DEVICE.type)
-    times = iter([2.0, 3.0, 4.0, 5.0, 6.0])  # ours, triton fwd, one tile, v one tile, v padded
+    times = iter([2.0, 3.0, 4.0, 5.0, 6.0])  # ours, triton, one tile, v one tile, v padded
     monkeypatch.setattr(bench_kernels.triton.testing, "do_bench", lambda *args, **kwargs: next(times))
     monkeypatch.setattr(bench_kernels, "PROVIDERS", {"ours": bench_kernels.make_ours, **bench_head_dims.VARIANTS})
     case = bench_kernels.KernelCase("dense fwdbwd", 1, 2, 2, 32, 96, True, torch.float32, value_head_dim=80)
@@ -108,14 +108,20 @@ def test_bench_head_dims_variants_run_what_they_name(monkeypatch):
     # One call per provider (the timer is replaced): a forward, a dQ and a dK/dV launch each.
     assert [name for name, *_ in launches] == ["_launch_fwd", "_launch_bwd_dq", "_launch_bwd_dkdv"] * 5
     tiles = {name: {launch[1:] for launch in launches[3 * index:3 * index + 3]}
-             for index, name in enumerate(("ours", "ours triton fwd", "ours one tile", "ours v one tile",
+             for index, name in enumerate(("ours", "ours triton", "ours one tile", "ours v one tile",
                                            "ours v padded"))}
-    assert tiles == {"ours": {(64, 32, 80, 16)}, "ours triton fwd": {(64, 32, 80, 16)},
+    assert tiles == {"ours": {(64, 32, 80, 16)}, "ours triton": {(64, 32, 80, 16)},
                      "ours one tile": {(128, 0, 80, 16)}, "ours v one tile": {(64, 32, 80, 0)},
                      "ours v padded": {(64, 32, 96, 32)}}
-    with bench_head_dims.value_in_one_tile():
-        assert configs.value_dim_tiles(80) == (128, 0)
+    switches = ("GLUON_FORWARD", "GLUON_DQ", "GLUON_DKDV")
+    kept = [getattr(configs, name) for name in switches]
+    for variant in (bench_head_dims.value_in_one_tile, bench_head_dims.one_head_dim_tile):
+        with variant():
+            assert configs.value_dim_tiles(80) == ((128, 0) if variant is bench_head_dims.value_in_one_tile
+                                                   else (64, 16))
+            assert not any(getattr(configs, name) for name in switches)
     assert configs.value_dim_tiles(80) == (64, 16)
+    assert [getattr(configs, name) for name in switches] == kept
     for name in bench_head_dims.VARIANTS:
         assert not record["results"][name]["mismatch"], record["results"][name]
     last_row = bench_head_dims.variant_ratios([record]).splitlines()[-1]
@@ -143,14 +149,18 @@ def test_fuzz_attention_calls_match_the_oracle_and_a_wrong_result_is_reported(mo
     ("gluon", ["--head-dim", "256", "--seqlen", "4096", "--sass"], "block_n=64, stages=2"),
     ("gluon", ["--head-dim", "128", "--full", "--block-n", "64", "--stages", "3", "--tma-store", "0"],
      "block_n=64, stages=3, consumer_regs=240, max_registers=168, tma_store=False, q_slots=2"),
+    ("gluon", ["--head-dim", "96", "--seqlen", "4096", "--sinks"], "block_n=128, stages=2"),
     ("gluon-dkdv", ["--head-dim", "64", "--seqlen", "4096", "--grouped"], "stages=4, kv_slots=2"),
     ("gluon-dkdv", ["--head-dim", "128", "--seqlen", "2048", "--kv-slots", "2", "--stages", "2"],
      "block_m=64, block_nw=64, stages=2, kv_slots=2"),
-    ("gluon-dq", ["--head-dim", "128", "--seqlen", "4096", "--stages", "2"], "block_mw=64, block_n=64, stages=2")])
+    ("gluon-dkdv", ["--head-dim", "192", "--value-head-dim", "128", "--seqlen", "4096"], "block_m=32, block_nw=64"),
+    ("gluon-dq", ["--head-dim", "128", "--seqlen", "4096", "--stages", "2"], "block_mw=64, block_n=64, stages=2"),
+    ("gluon-dq", ["--head-dim", "192", "--value-head-dim", "128", "--seqlen", "4096"], "block_n=64, stages=2")])
 def test_compile_sm90_reports_the_gluon_kernels(kernel, args, fields):
-    """The Gluon forward, dQ and dK/dV kernels compile offline in the configuration the package takes for a head dim and
-    length, with the given fields overridden, and fit in a program's shared memory; with --sass, the report finds the
-    forward's four key loops' waits."""
+    """The Gluon forward (q/k, v and the output in two tiles each at head dim 96), dQ and dK/dV (at 192/128 too)
+    kernels compile offline in the configuration the package takes for a head dim and length, with the given fields
+    overridden, and fit in a program's shared memory; with --sass, the report finds the forward's four key loops'
+    waits."""
     hopper = pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
     if not hasattr(hopper.TensorDescriptor, "__mangle__"):
         pytest.skip("this Triton (3.6) cannot name a Gluon descriptor's type for an offline compile")

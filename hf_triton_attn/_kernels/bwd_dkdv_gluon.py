@@ -14,17 +14,19 @@ dP^T_j = V dO_j^T, all asynchronous, computes P^T_j = exp2(S^T_j * scale - LSE_j
 dV += P^T_j dO_j, and computes dS^T_j = P^T_j (dP^T_j - Delta_j) while that one runs. LSE and Delta (Delta from the dQ
 kernel, which runs first) are fetched one query block ahead.
 
-Scope, as the Gluon dQ kernel's: no mask, causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask
-(key rows it drops get zero gradients; tiles outside its kept key range do no work); no dropout, no softcap, no
-seqused_q/seqused_k, 16-bit inputs, tensors a TMA descriptor can describe. Head_dims 64 and 128; the op layer
-decides when to take it (configs.hopper_dkdv_config). Tested on triton 3.6 (H200); compiles for sm_90 with triton 3.9.
+Scope, as the Gluon dQ kernel's: no mask, causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask (key
+rows it drops get zero gradients; tiles outside its kept key range do no work); no dropout, no softcap, no
+seqused_q/seqused_k, 16-bit inputs, tensors a TMA descriptor can describe. Head_dims 64 and 128, and q/k in two tiles
+with v at its own head dim (multi-head latent attention's 192 = 128 + 64 with v 128; ``HEAD_DIM_TAIL``, ``VALUE_DIM``);
+the op layer decides when to take it (configs.hopper_dkdv_config). Tested on triton 3.6 (H200); compiles for sm_90 with
+triton 3.9.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from .fwd_gluon import (CONSUMERS, _causal_tile, _next_tile, _publish_tile, _stop_consumers, _tma_load, _tma_view,
-                        _wait_tile)
+from .fwd_gluon import (CONSUMERS, _causal_tile, _load_rows, _next_tile, _publish_tile, _scores, _stop_consumers,
+                        _store_rows, _tma_load, _tma_view, _wait_tile)
 
 
 @gluon.jit
@@ -65,16 +67,17 @@ def _query_block(step, steps_per_head, m_first, pid_hk, GROUP):
 
 
 @gluon.jit
-def _loader(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes,
-            strides, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_NW: gl.constexpr,
-            STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
-            STATS_IN_SCORE_LAYOUT: gl.constexpr, WG: gl.constexpr):
+def _loader(descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale, sm_scale,
+            HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+            BLOCK_NW: gl.constexpr, STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr,
+            HAS_KEY_MASK: gl.constexpr, STATS_IN_SCORE_LAYOUT: gl.constexpr, WG: gl.constexpr):
     """One warp (the partitions share one signature, hence the arguments it does not use): for each tile the program
     takes, once the consumers released their K/V slot, the tile's index and each consumer's K and V rows into the
     slot, then each step's Q and dO rows into the ring slots the consumers released (ring positions count on across
     tiles). Tiles come as in the Gluon forward's loader: the program's id first, then the counter, which the last
     fetch sets back to zero."""
-    q_smem, do_smem, k_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready, q_empty = buffers
+    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_do = descs
+    q_smem, q_tail_smem, do_smem, k_smem, k_tail_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready, q_empty = buffers
     Sq, Skv, H, GROUP, n_kb, n_tiles, HEADS_PER_SECTION = sizes
     programs = gl.num_programs(0)
     loaded = 0
@@ -87,20 +90,18 @@ def _loader(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRan
         for w in gl.static_range(CONSUMERS):
             row = start_n + w * BLOCK_NW
             index = kv_slot * CONSUMERS + w
-            mbarrier.expect(kv_ready.index(index), 2 * desc_k.block_type.nbytes)
-            _tma_load(desc_k, [pid_b, pid_hk, row, 0], kv_ready.index(index),
-                      _tma_view(k_smem, index, BLOCK_NW, HEAD_DIM))
+            _load_rows(desc_k, desc_k_tail, (pid_b, pid_hk, row), kv_ready.index(index), k_smem, k_tail_smem, index,
+                       BLOCK_NW, HEAD_DIM, HEAD_DIM_TAIL, desc_v.block_type.nbytes)
             _tma_load(desc_v, [pid_b, pid_hk, row, 0], kv_ready.index(index),
-                      _tma_view(v_smem, index, BLOCK_NW, HEAD_DIM))
+                      _tma_view(v_smem, index, BLOCK_NW, VALUE_DIM))
         for step in range(n_steps):
             slot = loaded % STAGES
             head, m_block = _query_block(step, steps_per_head, m_first, pid_hk, GROUP)
             mbarrier.wait(q_empty.index(slot), ((loaded // STAGES) & 1) ^ 1)
-            mbarrier.expect(q_ready.index(slot), 2 * desc_q.block_type.nbytes)
-            _tma_load(desc_q, [pid_b, head, m_block * BLOCK_M, 0], q_ready.index(slot),
-                      _tma_view(q_smem, slot, BLOCK_M, HEAD_DIM))
+            _load_rows(desc_q, desc_q_tail, (pid_b, head, m_block * BLOCK_M), q_ready.index(slot), q_smem, q_tail_smem,
+                       slot, BLOCK_M, HEAD_DIM, HEAD_DIM_TAIL, desc_do.block_type.nbytes)
             _tma_load(desc_do, [pid_b, head, m_block * BLOCK_M, 0], q_ready.index(slot),
-                      _tma_view(do_smem, slot, BLOCK_M, HEAD_DIM))
+                      _tma_view(do_smem, slot, BLOCK_M, VALUE_DIM))
             loaded += 1
         t = _next_tile(TileCounter, programs)
         tiles_done += 1
@@ -149,22 +150,33 @@ def _dv_and_dst(pt, pt_op, dpt, delta, do_tile, dv, s_layout: gl.constexpr, op_l
 
 
 @gluon.jit
-def _consumer(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes,
-              strides, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_NW: gl.constexpr,
-              STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
-              STATS_IN_SCORE_LAYOUT: gl.constexpr, WG: gl.constexpr):
+def _consumer(descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale, sm_scale,
+              HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+              BLOCK_NW: gl.constexpr, STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr,
+              HAS_KEY_MASK: gl.constexpr, STATS_IN_SCORE_LAYOUT: gl.constexpr, WG: gl.constexpr):
     """One warpgroup: for each of the program's tiles, keys [start_n + WG * BLOCK_NW, + BLOCK_NW) of one (batch, kv
     head) against the query blocks the loader streams; dK and dV stored by pointer, zero on the key rows past Skv or
-    dropped by the key mask."""
-    q_smem, do_smem, k_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready, q_empty = buffers
+    dropped by the key mask. Where HEAD_DIM_TAIL > 0, q, k and dK come in two tiles (S^T and dK as two products each)
+    and v, dO and dV at VALUE_DIM."""
+    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_do = descs
+    q_smem, q_tail_smem, do_smem, k_smem, k_tail_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready, q_empty = buffers
     Sq, Skv, H, GROUP, n_kb, n_tiles, HEADS_PER_SECTION = sizes
     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_kmb = strides
     dtype: gl.constexpr = desc_q.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                         instr_shape=[16, HEAD_DIM, 16])
-    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    dk_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, HEAD_DIM, 16])
+    dv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, VALUE_DIM, 16])
+    dst_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk_layout, k_width=2)
+    pt_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dv_layout, k_width=2)
+    # dK's second tile, where HEAD_DIM_TAIL > 0 (else these stand in for it, unused).
+    TAIL_COLUMNS: gl.constexpr = HEAD_DIM_TAIL if HEAD_DIM_TAIL > 0 else HEAD_DIM
+    dk_tail_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                             instr_shape=[16, TAIL_COLUMNS, 16])
+    dst_tail_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk_tail_layout, k_width=2)
+    DK_GROUPS: gl.constexpr = 2 if HEAD_DIM_TAIL > 0 else 1
     if STATS_IN_SCORE_LAYOUT:
         stats_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
     else:
@@ -177,89 +189,114 @@ def _consumer(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyR
     t, kv_index = _wait_tile(tiles_done, tile_ids, kv_ready, WG, KV_SLOTS)
     while t < n_tiles:
         k = k_smem.index(kv_index)
+        k_tail = k_tail_smem.index(kv_index)
         v = v_smem.index(kv_index)
         pid_b, pid_hk, start_n, m_first, steps_per_head, n_steps = _key_tile(t, sizes, KeyRange, BLOCK_M, BLOCK_NW,
                                                                              IS_CAUSAL, HAS_KEY_MASK)
         key_first = start_n + WG * BLOCK_NW
-        dk = gl.zeros([BLOCK_NW, HEAD_DIM], gl.float32, layout=acc_layout)
-        dv = gl.zeros([BLOCK_NW, HEAD_DIM], gl.float32, layout=acc_layout)
+        dk = gl.zeros([BLOCK_NW, HEAD_DIM], gl.float32, layout=dk_layout)
+        dk_tail = gl.zeros([BLOCK_NW, TAIL_COLUMNS], gl.float32, layout=dk_tail_layout)
+        dv = gl.zeros([BLOCK_NW, VALUE_DIM], gl.float32, layout=dv_layout)
         if n_steps > 0:
             tile = (pid_b, pid_hk, m_first, steps_per_head, n_steps)
             lse, delta, m_block = _row_stats(LSE, Delta, 0, tile, H, GROUP, Sq, BLOCK_M, stats_layout)
             slot = consumed % STAGES
             mbarrier.wait(q_ready.index(slot), (consumed // STAGES) & 1)
-            st_token = warpgroup_mma(k, q_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
+            st_token = _scores(k, k_tail, q_smem, q_tail_smem, slot, zeros_s, HEAD_DIM_TAIL, True)
             dpt_token = warpgroup_mma(v, do_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
             next_lse, next_delta, next_m_block = _row_stats(LSE, Delta, 1, tile, H, GROUP, Sq, BLOCK_M, stats_layout)
             st = warpgroup_mma_wait(1, deps=(st_token,))
             pt = _probs(st, lse, qk_scale, key_first, m_block, q_start, BLOCK_M, BLOCK_NW, s_layout, IS_CAUSAL)
-            pt_op = gl.convert_layout(pt.to(dtype), op_layout)
+            pt_op = gl.convert_layout(pt.to(dtype), pt_layout)
             dpt = warpgroup_mma_wait(0, deps=(dpt_token,))
-            dv, dst_op = _dv_and_dst(pt, pt_op, dpt, delta, do_smem.index(slot), dv, s_layout, op_layout)
+            dv, dst_op = _dv_and_dst(pt, pt_op, dpt, delta, do_smem.index(slot), dv, s_layout, dst_layout)
             for step in range(1, n_steps):
                 prev = slot
                 slot = (consumed + step) % STAGES
                 lse, delta, m_block = next_lse, next_delta, next_m_block
                 mbarrier.wait(q_ready.index(slot), ((consumed + step) // STAGES) & 1)
-                st_token = warpgroup_mma(k, q_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False,
-                                         is_async=True)
+                st_token = _scores(k, k_tail, q_smem, q_tail_smem, slot, zeros_s, HEAD_DIM_TAIL, True)
                 dk = warpgroup_mma(dst_op, q_smem.index(prev), dk, is_async=True)
+                if HEAD_DIM_TAIL > 0:
+                    dst_tail = gl.convert_layout(dst_op, dst_tail_layout)
+                    dk_tail = warpgroup_mma(dst_tail, q_tail_smem.index(prev), dk_tail, is_async=True)
                 dpt_token = warpgroup_mma(v, do_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False,
                                           is_async=True)
                 next_lse, next_delta, next_m_block = _row_stats(LSE, Delta, step + 1, tile, H, GROUP, Sq, BLOCK_M,
                                                                 stats_layout)
-                st = warpgroup_mma_wait(2, deps=(st_token,))
+                st = warpgroup_mma_wait(DK_GROUPS + 1, deps=(st_token,))  # S^T done, dK's and dP^T's running
                 pt = _probs(st, lse, qk_scale, key_first, m_block, q_start, BLOCK_M, BLOCK_NW, s_layout, IS_CAUSAL)
-                pt_op = gl.convert_layout(pt.to(dtype), op_layout)
-                dk, dst_op, dpt = warpgroup_mma_wait(0, deps=(dk, dst_op, dpt_token))
+                pt_op = gl.convert_layout(pt.to(dtype), pt_layout)
+                if HEAD_DIM_TAIL > 0:
+                    dk, dk_tail, dst_op, dst_tail, dpt = warpgroup_mma_wait(
+                        0, deps=(dk, dk_tail, dst_op, dst_tail, dpt_token))
+                else:
+                    dk, dst_op, dpt = warpgroup_mma_wait(0, deps=(dk, dst_op, dpt_token))
                 mbarrier.arrive(q_empty.index(prev), count=1)  # Q_prev and dO_prev are read
-                dv, dst_op = _dv_and_dst(pt, pt_op, dpt, delta, do_smem.index(slot), dv, s_layout, op_layout)
+                dv, dst_op = _dv_and_dst(pt, pt_op, dpt, delta, do_smem.index(slot), dv, s_layout, dst_layout)
             consumed += n_steps
             last = (consumed - 1) % STAGES
             dk = warpgroup_mma(dst_op, q_smem.index(last), dk)
+            if HEAD_DIM_TAIL > 0:
+                dk_tail = warpgroup_mma(gl.convert_layout(dst_op, dst_tail_layout), q_tail_smem.index(last), dk_tail)
             mbarrier.arrive(q_empty.index(last), count=1)
         mbarrier.arrive(kv_empty.index(kv_index), count=1)
 
-        keys = key_first + gl.arange(0, BLOCK_NW, layout=gl.SliceLayout(1, acc_layout))
-        cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, acc_layout))
-        in_range = keys < Skv
         if HAS_KEY_MASK:
-            kept = gl.load(KeyMask + pid_b.to(gl.int64) * stride_kmb + keys, mask=in_range, other=0) != 0
+            keys = key_first + gl.arange(0, BLOCK_NW, layout=gl.SliceLayout(1, dk_layout))
+            kept = gl.load(KeyMask + pid_b.to(gl.int64) * stride_kmb + keys, mask=keys < Skv, other=0) != 0
             dk = gl.where(kept[:, None], dk, 0.0)
-            dv = gl.where(kept[:, None], dv, 0.0)
-        dk_ptrs = (DK + pid_b.to(gl.int64) * stride_dkb + pid_hk.to(gl.int64) * stride_dkh
-                   + keys[:, None].to(gl.int64) * stride_dkn + cols[None, :])
-        gl.store(dk_ptrs, (dk * sm_scale).to(dtype), mask=in_range[:, None])
-        dv_ptrs = (DV + pid_b.to(gl.int64) * stride_dvb + pid_hk.to(gl.int64) * stride_dvh
-                   + keys[:, None].to(gl.int64) * stride_dvn + cols[None, :])
-        gl.store(dv_ptrs, dv.to(dtype), mask=in_range[:, None])
+            dv = gl.where(gl.convert_layout(kept, gl.SliceLayout(1, dv_layout))[:, None], dv, 0.0)
+            if HEAD_DIM_TAIL > 0:
+                dk_tail = gl.where(gl.convert_layout(kept, gl.SliceLayout(1, dk_tail_layout))[:, None], dk_tail, 0.0)
+        _store_rows(DK, dk * sm_scale, pid_b, pid_hk, key_first, Skv, stride_dkb, stride_dkh, stride_dkn, 0, BLOCK_NW,
+                    HEAD_DIM, dk_layout)
+        if HEAD_DIM_TAIL > 0:
+            _store_rows(DK, dk_tail * sm_scale, pid_b, pid_hk, key_first, Skv, stride_dkb, stride_dkh, stride_dkn,
+                        HEAD_DIM, BLOCK_NW, HEAD_DIM_TAIL, dk_tail_layout)
+        _store_rows(DV, dv, pid_b, pid_hk, key_first, Skv, stride_dvb, stride_dvh, stride_dvn, 0, BLOCK_NW, VALUE_DIM,
+                    dv_layout)
         tiles_done += 1
         t, kv_index = _wait_tile(tiles_done, tile_ids, kv_ready, WG, KV_SLOTS)
 
 
 @gluon.jit
-def _attn_bwd_dkdv_ws(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, qk_scale,
-                      sm_scale, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_kmb, H,
-                      Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
-                      BLOCK_NW: gl.constexpr, STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                      HAS_KEY_MASK: gl.constexpr, STATS_IN_SCORE_LAYOUT: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                      num_warps: gl.constexpr):
+def _attn_bwd_dkdv_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask,
+                      KeyRange, TileCounter, qk_scale, sm_scale, stride_dkb, stride_dkh, stride_dkn, stride_dvb,
+                      stride_dvh, stride_dvn, stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
+                      HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr,
+                      BLOCK_M: gl.constexpr, BLOCK_NW: gl.constexpr, STAGES: gl.constexpr, KV_SLOTS: gl.constexpr,
+                      IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, STATS_IN_SCORE_LAYOUT: gl.constexpr,
+                      CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
     """Persistent: grid (programs,), each taking tile pid, then the next of the n_tiles =
-    cdiv(Skv, CONSUMERS * BLOCK_NW) * B * Hkv from TileCounter (a zeroed int32, left zeroed; shared with the other
-    Gluon kernels), in _key_tile's order. q/do through 4D descriptors over (B, H, Sq, D) with boxes
-    (1, 1, BLOCK_M, HEAD_DIM), k/v over (B, Hkv, Skv, D) with boxes (1, 1, BLOCK_NW, HEAD_DIM); DK, DV (B, Hkv, Skv, D)
-    with unit last stride, written by pointer; LSE (B, H, Sq) float32 in log2 units (the forward's), Delta (B, H, Sq)
-    float32 (the dQ kernel's rowsum(O * dO)); qk_scale is the softmax scale times log2(e), sm_scale the softmax
-    scale. HAS_KEY_MASK: KeyMask (B, Skv) uint8 keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept
-    ranges."""
+    cdiv(Skv, CONSUMERS * BLOCK_NW) * B * Hkv from TileCounter (a zeroed int32, left zeroed; shared with the other Gluon
+    kernels), in _key_tile's order. q/do through 4D descriptors over (B, H, Sq, D) with boxes (1, 1, BLOCK_M,
+    HEAD_DIM|VALUE_DIM), k/v over (B, Hkv, Skv, D) with boxes (1, 1, BLOCK_NW, HEAD_DIM|VALUE_DIM); where HEAD_DIM_TAIL
+    > 0, q and k have HEAD_DIM + HEAD_DIM_TAIL columns, desc_q_tail/desc_k_tail bring those past HEAD_DIM (as in the
+    Gluon forward) and dK is computed in two tiles too (multi-head latent attention's 192 = 128 + 64 with v at 128); DK,
+    DV (B, Hkv, Skv, D) with unit last stride, written by pointer; LSE (B, H, Sq) float32 in log2 units (the forward's),
+    Delta (B, H, Sq) float32 (the dQ kernel's rowsum(O * dO)); qk_scale is the softmax scale times log2(e), sm_scale the
+    softmax scale. HAS_KEY_MASK: KeyMask (B, Skv) uint8 keep-flags (unit stride along the keys) and KeyRange its (B, 3)
+    kept ranges."""
     dtype: gl.constexpr = desc_q.dtype
     k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_NW, HEAD_DIM], dtype)
+    v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_NW, VALUE_DIM], dtype)
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
+    do_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, VALUE_DIM], dtype)
 
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], q_layout)
-    do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM], q_layout)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, VALUE_DIM], do_layout)
     k_smem = gl.allocate_shared_memory(dtype, [KV_SLOTS * CONSUMERS, BLOCK_NW, HEAD_DIM], k_layout)
-    v_smem = gl.allocate_shared_memory(dtype, [KV_SLOTS * CONSUMERS, BLOCK_NW, HEAD_DIM], k_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [KV_SLOTS * CONSUMERS, BLOCK_NW, VALUE_DIM], v_layout)
+    if HEAD_DIM_TAIL > 0:
+        q_tail_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM_TAIL],
+                                                gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM_TAIL], dtype))
+        k_tail_smem = gl.allocate_shared_memory(
+            dtype, [KV_SLOTS * CONSUMERS, BLOCK_NW, HEAD_DIM_TAIL],
+            gl.NVMMASharedLayout.get_default_for([BLOCK_NW, HEAD_DIM_TAIL], dtype))
+    else:  # never read
+        q_tail_smem = q_smem
+        k_tail_smem = k_smem
     tile_ids = gl.allocate_shared_memory(gl.int32, [KV_SLOTS, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     kv_ready = gl.allocate_shared_memory(gl.int64, [KV_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
     kv_empty = gl.allocate_shared_memory(gl.int64, [KV_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
@@ -272,17 +309,19 @@ def _attn_bwd_dkdv_ws(desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMa
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=CONSUMERS)
 
-    buffers = (q_smem, do_smem, k_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready, q_empty)
+    descs = (desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_do)
+    buffers = (q_smem, q_tail_smem, do_smem, k_smem, k_tail_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready,
+               q_empty)
     sizes = (Sq, Skv, H, GROUP, gl.cdiv(Skv, CONSUMERS * BLOCK_NW), n_tiles, HEADS_PER_SECTION)
     strides = (stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_kmb)
     gl.warp_specialize([
-        (_consumer, (desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
-                     sizes, strides, qk_scale, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS,
-                     IS_CAUSAL, HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 0)),
-        (_consumer, (desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
-                     sizes, strides, qk_scale, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS,
-                     IS_CAUSAL, HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 1)),
-        (_loader, (desc_q, desc_k, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers,
-                   sizes, strides, qk_scale, sm_scale, HEAD_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS, IS_CAUSAL,
+        (_consumer, (descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale,
+                     sm_scale, HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS, IS_CAUSAL,
+                     HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 0)),
+        (_consumer, (descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale,
+                     sm_scale, HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS, IS_CAUSAL,
+                     HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 1)),
+        (_loader, (descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale,
+                   sm_scale, HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS, IS_CAUSAL,
                    HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 0))],
         [4, 1], [CONSUMER_REGS, 24])

@@ -14,9 +14,10 @@ overlaps the next tile's work too.
 Scope: causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask with its kept key ranges (the
 blocks before the first and after the last kept key skipped; holes masked element by element), no other mask, no
 dropout, no softcap, attention sinks (joined in the epilogue, as the Triton forward joins them), 16-bit inputs,
-head_dim 64, 128 or 256, or q/k in two tiles (192 as 128 + 64) with v at its own head dim (multi-head latent
-attention's 192/128; ``HEAD_DIM_TAIL``, ``VALUE_DIM``), tensors (B, H, S, D) with a unit last stride and 16-byte
-aligned other strides (TMA), any lengths. Rows that see no key (and no sink) give zeros and a log-sum-exp of 0, as
+head_dim 64, 128 or 256, or q/k in two tiles (192 as 128 + 64; ``HEAD_DIM_TAIL``) with v at its own head dim
+(multi-head latent attention's 192/128; ``VALUE_DIM``) or in two tiles too (80, 96, 192 as 64 + 16, 64 + 32, 128 + 64;
+``VALUE_DIM_TAIL``), tensors (B, H, S, D) with a unit last stride and 16-byte aligned other strides (TMA), any
+lengths. Rows that see no key (and no sink) give zeros and a log-sum-exp of 0, as
 the Triton forward. The op layer decides when to take it (ops.py). Tested on triton 3.6 (H200); it also compiles
 for sm_90 with triton 3.7 and 3.9 (3.9's Gluon renamed the TMA copies, see ``_tma_load`` and ``_tma_store``).
 """
@@ -44,14 +45,15 @@ def _tma_view(buffers, index, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr):
 
 @gluon.jit
 def _load_rows(desc, desc_tail, coords, bar, smem, tail_smem, index, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
-               HEAD_DIM_TAIL: gl.constexpr):
+               HEAD_DIM_TAIL: gl.constexpr, EXTRA_BYTES: gl.constexpr = 0):
     """Rows ``coords`` (batch, head, first row) of a q or k tile into slot ``index``: the first HEAD_DIM columns
-    into ``smem`` and, where HEAD_DIM_TAIL > 0, the next HEAD_DIM_TAIL into ``tail_smem``, both arriving on ``bar``."""
+    into ``smem`` and, where HEAD_DIM_TAIL > 0, the next HEAD_DIM_TAIL into ``tail_smem``, both arriving on ``bar``,
+    which also expects EXTRA_BYTES from the loads the caller issues onto it next (one arrival per phase)."""
     pid_b, pid_h, row = coords
     if HEAD_DIM_TAIL > 0:
-        mbarrier.expect(bar, desc.block_type.nbytes + desc_tail.block_type.nbytes)
+        mbarrier.expect(bar, desc.block_type.nbytes + desc_tail.block_type.nbytes + EXTRA_BYTES)
     else:
-        mbarrier.expect(bar, desc.block_type.nbytes)
+        mbarrier.expect(bar, desc.block_type.nbytes + EXTRA_BYTES)
     _tma_load(desc, [pid_b, pid_h, row, 0], bar, _tma_view(smem, index, ROWS, HEAD_DIM))
     if HEAD_DIM_TAIL > 0:
         _tma_load(desc_tail, [pid_b, pid_h, row, HEAD_DIM], bar, _tma_view(tail_smem, index, ROWS, HEAD_DIM_TAIL))
@@ -128,12 +130,14 @@ def _tile(t, sizes, KeyRange, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, IS_
 
 
 @gluon.jit
-def _load_key_blocks(desc_k, desc_k_tail, desc_v, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
-                     pid_b, pid_hk, first_block, n_blocks, loaded, HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr,
-                     VALUE_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+def _load_key_blocks(desc_k, desc_k_tail, desc_v, desc_v_tail, k_smem, k_tail_smem, v_smem, v_tail_smem, k_ready,
+                     k_empty, v_ready, v_empty, pid_b, pid_hk, first_block, n_blocks, loaded, HEAD_DIM: gl.constexpr,
+                     HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr, VALUE_DIM_TAIL: gl.constexpr,
+                     BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
     """The loader's K and V tiles of key blocks [first_block, + n_blocks) into the ring, from ring position
     ``loaded`` on, each into a slot once the consumers released it; returns the ring position after them. K's
-    columns past HEAD_DIM go into ``k_tail_smem`` where HEAD_DIM_TAIL > 0 (else the tail arguments are unused)."""
+    columns past HEAD_DIM go into ``k_tail_smem`` where HEAD_DIM_TAIL > 0, V's past VALUE_DIM into ``v_tail_smem``
+    where VALUE_DIM_TAIL > 0 (else the tail arguments are unused)."""
     for i in range(n_blocks):
         slot = loaded % STAGES
         free_phase = ((loaded // STAGES) & 1) ^ 1  # a new mbarrier counts its phase before 0 as complete
@@ -142,8 +146,8 @@ def _load_key_blocks(desc_k, desc_k_tail, desc_v, k_smem, k_tail_smem, v_smem, k
         _load_rows(desc_k, desc_k_tail, (pid_b, pid_hk, start_n), k_ready.index(slot), k_smem, k_tail_smem, slot,
                    BLOCK_N, HEAD_DIM, HEAD_DIM_TAIL)
         mbarrier.wait(v_empty.index(slot), free_phase)
-        mbarrier.expect(v_ready.index(slot), desc_v.block_type.nbytes)
-        _tma_load(desc_v, [pid_b, pid_hk, start_n, 0], v_ready.index(slot), _tma_view(v_smem, slot, BLOCK_N, VALUE_DIM))
+        _load_rows(desc_v, desc_v_tail, (pid_b, pid_hk, start_n), v_ready.index(slot), v_smem, v_tail_smem, slot,
+                   BLOCK_N, VALUE_DIM, VALUE_DIM_TAIL)
         loaded += 1
     return loaded
 
@@ -210,9 +214,10 @@ def _wait_tile(tiles_done, tile_ids, slot_ready, WG: gl.constexpr, SLOTS: gl.con
 
 @gluon.jit
 def _loader(descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides, qk_scale,
-            HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr, BLOCK_MW: gl.constexpr,
-            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
-            TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr, HAS_SINKS: gl.constexpr, WG: gl.constexpr):
+            HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr,
+            VALUE_DIM_TAIL: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+            IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
+            HAS_SINKS: gl.constexpr, WG: gl.constexpr):
     """One warp (the partitions share one signature, hence the arguments it does not use): for each tile the
     program takes, once the consumers released a Q slot, the tile's index into that slot's entry of ``tile_ids``
     and its query tiles into the slot, then the K and V tiles of its key blocks into the ring slots the consumers
@@ -223,9 +228,9 @@ def _loader(descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, siz
     loads are issued) until it runs past n_tiles; an index past n_tiles in the tile slot then tells the consumers
     to stop. Each program fetches once more than it has tiles after its first, so the fetches number n_tiles in
     all, and the last one (which reads n_tiles - 1) sets the counter back to zero for the next launch."""
-    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o = descs
-    q_smem, q_tail_smem, k_smem, k_tail_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, \
-        v_empty = buffers
+    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_o, desc_o_tail = descs
+    q_smem, q_tail_smem, k_smem, k_tail_smem, v_smem, v_tail_smem, o_smem, o_tail_smem, tile_ids, q_ready, q_empty, \
+        k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     programs = gl.num_programs(0)
     loaded = 0
@@ -239,9 +244,9 @@ def _loader(descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, siz
             index = q_slot * CONSUMERS + w
             _load_rows(desc_q, desc_q_tail, (pid_b, pid_h, start_m + w * BLOCK_MW), q_ready.index(index), q_smem,
                        q_tail_smem, index, BLOCK_MW, HEAD_DIM, HEAD_DIM_TAIL)
-        loaded = _load_key_blocks(desc_k, desc_k_tail, desc_v, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready,
-                                  v_empty, pid_b, pid_hk, first_block, n_blocks, loaded, HEAD_DIM, HEAD_DIM_TAIL,
-                                  VALUE_DIM, BLOCK_N, STAGES)
+        loaded = _load_key_blocks(desc_k, desc_k_tail, desc_v, desc_v_tail, k_smem, k_tail_smem, v_smem, v_tail_smem,
+                                  k_ready, k_empty, v_ready, v_empty, pid_b, pid_hk, first_block, n_blocks, loaded,
+                                  HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, VALUE_DIM_TAIL, BLOCK_N, STAGES)
         t = _next_tile(TileCounter, programs)
         tiles_done += 1
     _stop_consumers(t, n_tiles, programs, TileCounter, tiles_done, tile_ids, q_empty, q_ready, Q_SLOTS)
@@ -262,11 +267,11 @@ def _online_softmax(s, m_i, l_i, qk_scale, MASKED: gl.constexpr):
 
 
 @gluon.jit
-def _join_sink(acc, l_i, m_i, Sinks, sink_strides, pid_b, pid_h, row_first, Sq, BLOCK_MW: gl.constexpr,
-               row_s: gl.constexpr, row_o: gl.constexpr):
+def _join_sink(l_i, m_i, Sinks, sink_strides, pid_b, pid_h, row_first, Sq, BLOCK_MW: gl.constexpr,
+               row_s: gl.constexpr):
     """The consumer's rows with their attention-sink logits joined, as common._join_sink does for the Triton
     kernels: one more logit per row (Sinks, strides 0 where it broadcasts) in the row sum and the maximum, with no
-    value."""
+    value. Returns (the factor to rescale the output rows by, row sums, row maxima)."""
     stride_sb, stride_sh, stride_sm = sink_strides
     rows = row_first + gl.arange(0, BLOCK_MW, layout=row_s)
     ptrs = Sinks + pid_b.to(gl.int64) * stride_sb + pid_h.to(gl.int64) * stride_sh + rows.to(gl.int64) * stride_sm
@@ -275,18 +280,33 @@ def _join_sink(acc, l_i, m_i, Sinks, sink_strides, pid_b, pid_h, row_first, Sq, 
     # Both -inf (no key seen, a -inf sink): subtracting 0 instead keeps -inf - -inf = NaN out.
     m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = gl.exp2(m_i - m_shift)
-    return acc * gl.convert_layout(alpha, row_o)[:, None], l_i * alpha + gl.exp2(sink - m_shift), m_new
+    return alpha, l_i * alpha + gl.exp2(sink - m_shift), m_new
 
 
 @gluon.jit
-def _consume(q, q_tail, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, ring_base,
-             first_block, acc, p_op, m_i, l_i, zeros_s, qk_scale, row_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
-             HEAD_DIM_TAIL: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-             s_layout: gl.constexpr, p_layout: gl.constexpr, row_o: gl.constexpr, IS_CAUSAL: gl.constexpr,
-             HAS_KEY_MASK: gl.constexpr, MASKED: gl.constexpr):
+def _store_rows(Out, tile, pid_b, pid_h, row_first, Sq, stride_ob, stride_oh, stride_om, first_column,
+                BLOCK_MW: gl.constexpr, COLUMNS: gl.constexpr, layout: gl.constexpr):
+    """The output ``tile`` (rows from row_first, columns from first_column; unit column stride) by pointer, rows past
+    Sq left out."""
+    rows = row_first + gl.arange(0, BLOCK_MW, layout=gl.SliceLayout(1, layout))
+    cols = first_column + gl.arange(0, COLUMNS, layout=gl.SliceLayout(0, layout))
+    o_ptrs = (Out + pid_b.to(gl.int64) * stride_ob + pid_h.to(gl.int64) * stride_oh
+              + rows[:, None].to(gl.int64) * stride_om + cols[None, :])
+    gl.store(o_ptrs, tile.to(Out.dtype.element_ty), mask=(rows < Sq)[:, None])
+
+
+@gluon.jit
+def _consume(q, q_tail, k_smem, k_tail_smem, v_smem, v_tail_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi,
+             ring_base, first_block, acc, acc_tail, p_op, m_i, l_i, zeros_s, qk_scale, row_first, q_start, Skv,
+             KeyMask, stride_kmb, pid_b, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM_TAIL: gl.constexpr,
+             BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
+             p_layout: gl.constexpr, p_tail_layout: gl.constexpr, row_o: gl.constexpr, row_o_tail: gl.constexpr,
+             IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, MASKED: gl.constexpr):
     """The tile's key blocks [i_lo, i_hi) (key block first_block + i, ring position ring_base + i): issue
-    S_i = Q K_i^T and P_{i-1} V_{i-1} together, take the softmax of S_i while the second runs, then rescale the
+    S_i = Q K_i^T and P_{i-1} V_{i-1} together (V and the output in two tiles where VALUE_DIM_TAIL > 0, ``acc_tail``
+    the second; else ``acc_tail`` passes through), take the softmax of S_i while the second runs, then rescale the
     output by the new maxima."""
+    PV_GROUPS: gl.constexpr = 2 if VALUE_DIM_TAIL > 0 else 1
     for i in range(i_lo, i_hi):
         slot = (ring_base + i) % STAGES
         prev = (ring_base + i - 1) % STAGES
@@ -294,31 +314,39 @@ def _consume(q, q_tail, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready, 
         s_token = _scores(q, q_tail, k_smem, k_tail_smem, slot, zeros_s, HEAD_DIM_TAIL, True)
         mbarrier.wait(v_ready.index(prev), ((ring_base + i - 1) // STAGES) & 1)
         acc_token = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
-        s = warpgroup_mma_wait(1, deps=(s_token,))  # the scores' groups done, P_{i-1} V_{i-1} running
+        if VALUE_DIM_TAIL > 0:
+            p_tail = gl.convert_layout(p_op, p_tail_layout)
+            acc_tail_token = warpgroup_mma(p_tail, v_tail_smem.index(prev), acc_tail, is_async=True)
+        s = warpgroup_mma_wait(PV_GROUPS, deps=(s_token,))  # the scores' groups done, P_{i-1} V_{i-1} running
         mbarrier.arrive(k_empty.index(slot), count=1)
         if MASKED:
             s = _masked(s, row_first, (first_block + i) * BLOCK_N, q_start, Skv, KeyMask, stride_kmb, pid_b,
                         BLOCK_MW, BLOCK_N, s_layout, IS_CAUSAL, HAS_KEY_MASK)
         p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, MASKED)
-        acc, p_op = warpgroup_mma_wait(0, deps=(acc_token, p_op))
+        if VALUE_DIM_TAIL > 0:
+            acc, acc_tail, p_op, p_tail = warpgroup_mma_wait(0, deps=(acc_token, acc_tail_token, p_op, p_tail))
+            acc_tail = acc_tail * gl.convert_layout(alpha, row_o_tail)[:, None]
+        else:
+            acc, p_op = warpgroup_mma_wait(0, deps=(acc_token, p_op))
         mbarrier.arrive(v_empty.index(prev), count=1)
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
         p_op = gl.convert_layout(p.to(p_op.dtype), p_layout)
-    return acc, p_op, m_i, l_i
+    return acc, acc_tail, p_op, m_i, l_i
 
 
 @gluon.jit
 def _consumer(descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides, qk_scale,
-              HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr, BLOCK_MW: gl.constexpr,
-              BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
-              TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr, HAS_SINKS: gl.constexpr, WG: gl.constexpr):
+              HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr,
+              VALUE_DIM_TAIL: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+              IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
+              HAS_SINKS: gl.constexpr, WG: gl.constexpr):
     """One warpgroup: for each of the program's tiles, query rows [start_m + WG * BLOCK_MW, + BLOCK_MW) against
     the key blocks the loader streams. The first may be partly masked (the start of the kept keys); then come the
     blocks that need no mask (wholly inside one run of kept keys and left of the row block's causal diagonal), then
     the masked rest (the diagonal, the ragged end, the end of the kept keys, holes)."""
-    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o = descs
-    q_smem, q_tail_smem, k_smem, k_tail_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, \
-        v_empty = buffers
+    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_o, desc_o_tail = descs
+    q_smem, q_tail_smem, k_smem, k_tail_smem, v_smem, v_tail_smem, o_smem, o_tail_smem, tile_ids, q_ready, q_empty, \
+        k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     stride_ob, stride_om, stride_oh, stride_kmb, sink_strides = strides
     dtype: gl.constexpr = desc_q.dtype
@@ -328,6 +356,12 @@ def _consumer(descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, s
                                                        instr_shape=[16, VALUE_DIM, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    # The output's second tile, where VALUE_DIM_TAIL > 0 (else these stand in for it, unused).
+    TAIL_COLUMNS: gl.constexpr = VALUE_DIM_TAIL if VALUE_DIM_TAIL > 0 else VALUE_DIM
+    o_tail_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                            instr_shape=[16, TAIL_COLUMNS, 16])
+    p_tail_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_tail_layout, k_width=2)
+    row_o_tail: gl.constexpr = gl.SliceLayout(1, o_tail_layout)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     zeros_s = gl.zeros([BLOCK_MW, BLOCK_N], gl.float32, layout=s_layout)
     q_start = Skv - Sq
@@ -342,6 +376,7 @@ def _consumer(descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, s
         clean_lo, clean_hi = _clean_blocks(row_first, q_start, Skv, first_block, key_lo, key_hi, one_run, BLOCK_N,
                                            IS_CAUSAL, HAS_KEY_MASK)
         acc = gl.zeros([BLOCK_MW, VALUE_DIM], gl.float32, layout=o_layout)
+        acc_tail = gl.zeros([BLOCK_MW, TAIL_COLUMNS], gl.float32, layout=o_tail_layout)
         m_i = gl.full([BLOCK_MW], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([BLOCK_MW], gl.float32, layout=row_s)
         if n_blocks > 0:
@@ -358,43 +393,55 @@ def _consumer(descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, s
             p_op = gl.convert_layout(p.to(dtype), p_layout)
 
             clean_stop = gl.maximum(gl.minimum(clean_hi, n_blocks), 1)
-            acc, p_op, m_i, l_i = _consume(q, q_tail, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
-                                           1, clean_stop, consumed, first_block, acc, p_op, m_i, l_i, zeros_s,
-                                           qk_scale, row_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
-                                           HEAD_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES, s_layout, p_layout, row_o,
-                                           IS_CAUSAL, HAS_KEY_MASK, False)
-            acc, p_op, m_i, l_i = _consume(q, q_tail, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
-                                           clean_stop, n_blocks, consumed, first_block, acc, p_op, m_i, l_i, zeros_s,
-                                           qk_scale, row_first, q_start, Skv, KeyMask, stride_kmb, pid_b,
-                                           HEAD_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES, s_layout, p_layout, row_o,
-                                           IS_CAUSAL, HAS_KEY_MASK, True)
+            acc, acc_tail, p_op, m_i, l_i = _consume(
+                q, q_tail, k_smem, k_tail_smem, v_smem, v_tail_smem, k_ready, k_empty, v_ready, v_empty, 1,
+                clean_stop, consumed, first_block, acc, acc_tail, p_op, m_i, l_i, zeros_s, qk_scale, row_first,
+                q_start, Skv, KeyMask, stride_kmb, pid_b, HEAD_DIM_TAIL, VALUE_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES,
+                s_layout, p_layout, p_tail_layout, row_o, row_o_tail, IS_CAUSAL, HAS_KEY_MASK, False)
+            acc, acc_tail, p_op, m_i, l_i = _consume(
+                q, q_tail, k_smem, k_tail_smem, v_smem, v_tail_smem, k_ready, k_empty, v_ready, v_empty, clean_stop,
+                n_blocks, consumed, first_block, acc, acc_tail, p_op, m_i, l_i, zeros_s, qk_scale, row_first,
+                q_start, Skv, KeyMask, stride_kmb, pid_b, HEAD_DIM_TAIL, VALUE_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES,
+                s_layout, p_layout, p_tail_layout, row_o, row_o_tail, IS_CAUSAL, HAS_KEY_MASK, True)
             consumed += n_blocks
             last = (consumed - 1) % STAGES
             mbarrier.wait(v_ready.index(last), ((consumed - 1) // STAGES) & 1)
             acc = warpgroup_mma(p_op, v_smem.index(last), acc)
+            if VALUE_DIM_TAIL > 0:
+                acc_tail = warpgroup_mma(gl.convert_layout(p_op, p_tail_layout), v_tail_smem.index(last), acc_tail)
             mbarrier.arrive(v_empty.index(last), count=1)
         mbarrier.arrive(q_empty.index(q_index), count=1)
 
         if HAS_SINKS:
-            acc, l_i, m_i = _join_sink(acc, l_i, m_i, Sinks, sink_strides, pid_b, pid_h, row_first, Sq, BLOCK_MW,
-                                       row_s, row_o)
+            alpha, l_i, m_i = _join_sink(l_i, m_i, Sinks, sink_strides, pid_b, pid_h, row_first, Sq, BLOCK_MW, row_s)
+            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+            if VALUE_DIM_TAIL > 0:
+                acc_tail = acc_tail * gl.convert_layout(alpha, row_o_tail)[:, None]
         # Rows that saw no key (left padding under a causal mask, a row whose mask keeps nothing) and no sink give 0
         # and LSE 0.
         has_keys = l_i > 0.0
-        out = acc / gl.convert_layout(gl.where(has_keys, l_i, 1.0), row_o)[:, None]
+        row_sums = gl.where(has_keys, l_i, 1.0)
+        out = acc / gl.convert_layout(row_sums, row_o)[:, None]
+        if VALUE_DIM_TAIL > 0:
+            out_tail = acc_tail / gl.convert_layout(row_sums, row_o_tail)[:, None]
         if TMA_STORE:
             # Through shared memory by TMA, which clips the rows past Sq: the store runs on while the next tile
             # starts, and only the next tile's epilogue waits for it to have read its buffer.
             tma.store_wait(0)
             o_smem.index(WG).store(out.to(dtype))
+            if VALUE_DIM_TAIL > 0:
+                o_tail_smem.index(WG).store(out_tail.to(dtype))
             fence_async_shared()
             _tma_store(desc_o, [pid_b, pid_h, row_first, 0], _tma_view(o_smem, WG, BLOCK_MW, VALUE_DIM))
+            if VALUE_DIM_TAIL > 0:
+                _tma_store(desc_o_tail, [pid_b, pid_h, row_first, VALUE_DIM],
+                           _tma_view(o_tail_smem, WG, BLOCK_MW, VALUE_DIM_TAIL))
         else:
-            rows = row_first + gl.arange(0, BLOCK_MW, layout=row_o)
-            cols = gl.arange(0, VALUE_DIM, layout=gl.SliceLayout(0, o_layout))
-            o_ptrs = (Out + pid_b.to(gl.int64) * stride_ob + pid_h.to(gl.int64) * stride_oh
-                      + rows[:, None].to(gl.int64) * stride_om + cols[None, :])
-            gl.store(o_ptrs, out.to(dtype), mask=(rows < Sq)[:, None])
+            _store_rows(Out, out, pid_b, pid_h, row_first, Sq, stride_ob, stride_oh, stride_om, 0, BLOCK_MW,
+                        VALUE_DIM, o_layout)
+            if VALUE_DIM_TAIL > 0:
+                _store_rows(Out, out_tail, pid_b, pid_h, row_first, Sq, stride_ob, stride_oh, stride_om, VALUE_DIM,
+                            BLOCK_MW, VALUE_DIM_TAIL, o_tail_layout)
         lse_rows = row_first + gl.arange(0, BLOCK_MW, layout=row_s)
         lse = gl.where(has_keys, m_i + gl.log2(gl.where(has_keys, l_i, 1.0)), 0.0)
         gl.store(LSE + pid_bh.to(gl.int64) * Sq + lse_rows, lse, mask=lse_rows < Sq)
@@ -405,24 +452,26 @@ def _consumer(descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, s
 
 
 @gluon.jit
-def _attn_fwd_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o, Out, LSE, KeyMask, KeyRange, Sinks,
-                 TileCounter, qk_scale, stride_ob, stride_om, stride_oh, stride_kmb, stride_sb, stride_sh, stride_sm, H,
-                 Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION, HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr,
-                 VALUE_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr,
-                 STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr,
-                 Q_SLOTS: gl.constexpr, HAS_SINKS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                 num_warps: gl.constexpr):
+def _attn_fwd_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_o, desc_o_tail, Out, LSE,
+                 KeyMask, KeyRange, Sinks, TileCounter, qk_scale, stride_ob, stride_om, stride_oh, stride_kmb,
+                 stride_sb, stride_sh, stride_sm, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION, HEAD_DIM: gl.constexpr,
+                 HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr, VALUE_DIM_TAIL: gl.constexpr,
+                 BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                 HAS_KEY_MASK: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr, HAS_SINKS: gl.constexpr,
+                 CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
     """Persistent: grid (programs,), each taking tile pid, then the next of the n_tiles =
     cdiv(Sq, CONSUMERS * BLOCK_MW) * B * H from TileCounter (a zeroed int32, left zeroed; see _loader) whenever it
     finishes one (see _tile for their order). q/k/v through 4D descriptors over
     (B, H|Hkv, S, D) with boxes (1, 1, rows, HEAD_DIM) for q and k and (1, 1, rows, VALUE_DIM) for v; where
     HEAD_DIM_TAIL > 0, q and k have HEAD_DIM + HEAD_DIM_TAIL columns and desc_q_tail/desc_k_tail (boxes of
     HEAD_DIM_TAIL columns over the same tensors) bring the columns past HEAD_DIM into tiles of their own, each product
-    over the head dim taken as two (else those two are unused). Out is (B, Sq, H, VALUE_DIM) with unit last stride,
-    written through desc_o (the same memory as (B, H, Sq, VALUE_DIM), boxes of BLOCK_MW rows) where TMA_STORE, else by
-    pointer; LSE (B, H, Sq)
-    float32, log2 units; qk_scale is the softmax scale times log2(e). HAS_KEY_MASK: KeyMask (B, Skv) uint8
-    keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept ranges (see _kernels/key_range.py).
+    over the head dim taken as two (else those two are unused). Likewise v and the output where VALUE_DIM_TAIL > 0:
+    v has VALUE_DIM + VALUE_DIM_TAIL columns, desc_v_tail (and desc_o_tail) bring (and store) those past VALUE_DIM,
+    and P V runs as two products into two accumulators. Out is (B, Sq, H, VALUE_DIM [+ VALUE_DIM_TAIL]) with unit
+    last stride, written through desc_o and desc_o_tail (the same memory as (B, H, Sq, D), boxes of BLOCK_MW rows)
+    where TMA_STORE, else by pointer; LSE (B, H, Sq) float32, log2 units; qk_scale is the softmax scale times
+    log2(e). HAS_KEY_MASK: KeyMask (B, Skv) uint8 keep-flags (unit stride along the keys) and KeyRange its (B, 3)
+    kept ranges (see _kernels/key_range.py).
     HAS_SINKS: Sinks holds an attention-sink logit per (batch, query head, query row), strides stride_s* (0 where it
     broadcasts), joined into each row's softmax before it is normalised; the LSE includes it."""
     dtype: gl.constexpr = desc_q.dtype
@@ -446,10 +495,19 @@ def _attn_fwd_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o, Out, 
         q_tail_smem = q_smem
         k_tail_smem = k_smem
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, VALUE_DIM], v_layout)
+    if VALUE_DIM_TAIL > 0:
+        v_tail_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, VALUE_DIM_TAIL],
+                                                gl.NVMMASharedLayout.get_default_for([BLOCK_N, VALUE_DIM_TAIL], dtype))
+    else:  # never read
+        v_tail_smem = v_smem
+    o_smem = q_smem  # never written where the consumers store by pointer
+    o_tail_smem = q_smem
     if TMA_STORE:
         o_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, VALUE_DIM], out_layout)
-    else:
-        o_smem = q_smem  # never written: the consumers store by pointer
+        if VALUE_DIM_TAIL > 0:
+            o_tail_smem = gl.allocate_shared_memory(
+                dtype, [CONSUMERS, BLOCK_MW, VALUE_DIM_TAIL],
+                gl.NVMMASharedLayout.get_default_for([BLOCK_MW, VALUE_DIM_TAIL], dtype))
     tile_ids = gl.allocate_shared_memory(gl.int32, [Q_SLOTS, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     q_ready = gl.allocate_shared_memory(gl.int64, [Q_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [Q_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
@@ -466,19 +524,19 @@ def _attn_fwd_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o, Out, 
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
-    descs = (desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o)
-    buffers = (q_smem, q_tail_smem, k_smem, k_tail_smem, v_smem, o_smem, tile_ids, q_ready, q_empty, k_ready, k_empty,
-               v_ready, v_empty)
+    descs = (desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_o, desc_o_tail)
+    buffers = (q_smem, q_tail_smem, k_smem, k_tail_smem, v_smem, v_tail_smem, o_smem, o_tail_smem, tile_ids, q_ready,
+               q_empty, k_ready, k_empty, v_ready, v_empty)
     sizes = (Sq, Skv, H, GROUP, gl.cdiv(Sq, CONSUMERS * BLOCK_MW), n_tiles, HEADS_PER_SECTION)
     strides = (stride_ob, stride_om, stride_oh, stride_kmb, (stride_sb, stride_sh, stride_sm))
     gl.warp_specialize([
         (_consumer, (descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides, qk_scale,
-                     HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE,
-                     Q_SLOTS, HAS_SINKS, 0)),
+                     HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, VALUE_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL,
+                     HAS_KEY_MASK, TMA_STORE, Q_SLOTS, HAS_SINKS, 0)),
         (_consumer, (descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides, qk_scale,
-                     HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE,
-                     Q_SLOTS, HAS_SINKS, 1)),
+                     HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, VALUE_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL,
+                     HAS_KEY_MASK, TMA_STORE, Q_SLOTS, HAS_SINKS, 1)),
         (_loader, (descs, Out, LSE, KeyMask, KeyRange, Sinks, TileCounter, buffers, sizes, strides, qk_scale,
-                   HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, TMA_STORE,
-                   Q_SLOTS, HAS_SINKS, 0))],
+                   HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, VALUE_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL,
+                   HAS_KEY_MASK, TMA_STORE, Q_SLOTS, HAS_SINKS, 0))],
         [4, 1], [CONSUMER_REGS, 24])
