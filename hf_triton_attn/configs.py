@@ -268,8 +268,8 @@ class HopperDQConfig:
 def hopper_dq_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: int,
                      value_dim: Optional[int] = None) -> Optional[HopperDQConfig]:
     """The Gluon dQ kernel's configuration, or None where the Triton dQ kernel (bwd.py) serves the call: only on
-    Hopper (sm_90), 16-bit, head_dim 128 and multi-head latent attention's q/k 192 with v 128 (``value_dim``; None:
-    v's head dim is q's), from GLUON_MIN_QUERIES queries.
+    Hopper (sm_90), 16-bit, head_dims 80, 96 and 128 and multi-head latent attention's q/k 192 with v 128
+    (``value_dim``; None: v's head dim is q's), from GLUON_MIN_QUERIES queries (80 and 96 not timed yet).
 
     H200, bf16, the dQ kernel's GPU time (torch.profiler, µs per backward; benchmarks/RESULTS.md, session 30), Triton
     kernel -> this one: B16 H16 S1024 causal 306 -> 238, full 437 -> 326, B32 S512 causal 225 -> 170, B8 S2048 causal
@@ -284,7 +284,9 @@ def hopper_dq_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: 
         # kernel, Triton dQ -> this one (benchmarks/RESULTS.md, session 40): B4 H16 S4096 causal 3322 -> 3112, full
         # 6090 -> 5789, B1 H128 S4096 causal 6442 -> 6133, B16 S1024 causal 1144 -> 1142.
         return HopperDQConfig(block_mw=64, block_n=64, stages=2)
-    if (head_dim, value_dim or head_dim) != (128, 128):
+    # At 80 and 96 (not measured) q/k, v, O, dO and dQ in tiles of 64 + 16 or 64 + 32 columns (head_dim_tiles,
+    # value_dim_tiles), as head_dim 128 takes them.
+    if (head_dim, value_dim or head_dim) not in ((80, 80), (96, 96), (128, 128)):
         return None
     return HopperDQConfig(block_mw=64, block_n=64, stages=3)
 
@@ -323,12 +325,12 @@ def hopper_dkdv_config(head_dim: int, itemsize: int, capability: tuple, seqlen_k
                        causal: bool, value_dim: Optional[int] = None) -> Optional[HopperDKDVConfig]:
     """The Gluon dK/dV kernel's configuration, or None where the Triton dK/dV kernel (bwd.py) serves the call: only on
     Hopper (sm_90), 16-bit; ``group`` is the number of query heads per kv head; ``value_dim`` v's head dim (None: q's).
-    Multi-head latent attention's q/k 192 with v 128 from GLUON_DKDV_MIN_KEYS keys. Head_dim 128 from
-    GLUON_DKDV_MIN_KEYS keys, but under a causal mask without GQA from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS (where
-    the Triton kernel's narrow tiles tie or win). Head_dim 64: under a causal mask with GQA from GLUON_DKDV_MIN_KEYS
-    keys, never without GQA (there the Triton kernel wins); without a causal mask from GLUON_DKDV_D64_FULL_MIN_KEYS
-    keys, with GQA from GLUON_DKDV_D64_FULL_GQA_MIN_KEYS, LSE and Delta loaded in the scores' layout (which under a
-    causal mask loses).
+    Multi-head latent attention's q/k 192 with v 128 from GLUON_DKDV_MIN_KEYS keys. Head_dims 80, 96 (not timed yet)
+    and 128 from GLUON_DKDV_MIN_KEYS keys, but under a causal mask without GQA from more than
+    BWD_D128_SHORT_CAUSAL_MAX_KEYS (where at 128 the Triton kernel's narrow tiles tie or win). Head_dim 64: under a
+    causal mask with GQA from GLUON_DKDV_MIN_KEYS keys, never without GQA (there the Triton kernel wins); without a
+    causal mask from GLUON_DKDV_D64_FULL_MIN_KEYS keys, with GQA from GLUON_DKDV_D64_FULL_GQA_MIN_KEYS, LSE and Delta
+    loaded in the scores' layout (which under a causal mask loses).
 
     H200, bf16, the dK/dV kernel's GPU time (torch.profiler, µs per backward; benchmarks/RESULTS.md, sessions 31 and
     32), Triton kernel -> this one. Head_dim 128 (3 stages, one K/V slot): B4 H16 S4096 causal 1153 -> 923, full
@@ -360,8 +362,10 @@ def hopper_dkdv_config(head_dim: int, itemsize: int, capability: tuple, seqlen_k
         if not causal and seqlen_k >= (GLUON_DKDV_D64_FULL_GQA_MIN_KEYS if group > 1 else GLUON_DKDV_D64_FULL_MIN_KEYS):
             return HopperDKDVConfig(block_m=64, block_nw=64, stages=4, kv_slots=2, stats_in_score_layout=True)
         return None
+    # At 80 and 96 (not measured) q/k, v, dK and dV in tiles of 64 + 16 or 64 + 32 columns (head_dim_tiles,
+    # value_dim_tiles), taken where head_dim 128 takes them.
     short_causal = causal and group == 1 and seqlen_k <= BWD_D128_SHORT_CAUSAL_MAX_KEYS
-    if head_dim != 128 or seqlen_k < GLUON_DKDV_MIN_KEYS or short_causal:
+    if head_dim not in (80, 96, 128) or seqlen_k < GLUON_DKDV_MIN_KEYS or short_causal:
         return None
     return HopperDKDVConfig(block_m=64, block_nw=64, stages=3, kv_slots=1)
 

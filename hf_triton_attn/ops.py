@@ -13,10 +13,10 @@ warp-specialised Gluon kernel of _kernels/fwd_gluon.py (:func:`_hopper_forward_c
 ``HF_TRITON_ATTN_GLUON=0`` turns it off), with q, k, v and the output at 80, 96 and 192 in the two tiles of
 :func:`configs.head_dim_tiles` and :func:`configs.value_dim_tiles`; it writes the output and log-sum-exp in the
 Triton forward's layout and units, so the backward is the same.
-Backwards of the same scope (the backward kernels see attention sinks only through the LSE) at head_dim 128 (and
-192/128) compute dQ (and Delta) with the Gluon kernel of _kernels/bwd_dq_gluon.py (:func:`_hopper_dq_config`, same
-switch), and dK/dV with the Gluon kernel of _kernels/bwd_dkdv_gluon.py where :func:`_hopper_dkdv_config` takes them
-(head_dims 64 and 128, and 192/128), else with the Triton kernels. Every launch goes through
+Backwards of the same scope (the backward kernels see attention sinks only through the LSE) at head_dims 80, 96 and
+128 (and 192/128) compute dQ (and Delta) with the Gluon kernel of _kernels/bwd_dq_gluon.py (:func:`_hopper_dq_config`,
+same switch), and dK/dV with the Gluon kernel of _kernels/bwd_dkdv_gluon.py where :func:`_hopper_dkdv_config` takes
+them (head_dims 64, 80, 96 and 128, and 192/128), else with the Triton kernels. Every launch goes through
 :class:`hf_triton_attn.launch.KernelLauncher`. The Triton forward reads Q/K/V tiles, and the Triton dQ kernel K/V
 tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` and
 :func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte aligned, unit stride last), through
@@ -316,11 +316,13 @@ def _gluon_descriptor(t: torch.Tensor, rows: int, shape=None, strides=None, colu
                       layout=_gluon_layout(rows, columns, t.dtype))
 
 
-def _gluon_tiles(t: torch.Tensor, rows: int, tiles: tuple[int, int]) -> tuple:
-    """Gluon descriptors of ``t``'s rows (see :func:`_gluon_descriptor`) in the column tiles ``tiles`` (first, tail)
-    of :func:`configs.head_dim_tiles` or :func:`configs.value_dim_tiles`: the first tile's, and the tail's or None."""
+def _gluon_tiles(t: torch.Tensor, rows: int, tiles: tuple[int, int], describe=None) -> tuple:
+    """Gluon descriptors of ``t``'s rows (see :func:`_gluon_descriptor`; ``describe``, e.g.
+    :func:`_gluon_descriptor_bshd`, in its place) in the column tiles ``tiles`` (first, tail) of
+    :func:`configs.head_dim_tiles` or :func:`configs.value_dim_tiles`: the first tile's, and the tail's or None."""
+    describe = describe or _gluon_descriptor
     first, tail = tiles
-    return _gluon_descriptor(t, rows, columns=first), _gluon_descriptor(t, rows, columns=tail) if tail else None
+    return describe(t, rows, columns=first), describe(t, rows, columns=tail) if tail else None
 
 
 def _gluon_descriptor_bshd(t: torch.Tensor, rows: int, columns=None):
@@ -378,8 +380,7 @@ def _forward_hopper(q, k, v, out, lse, key_mask, key_range, sinks, causal, scale
     desc_v, desc_v_tail = _gluon_tiles(v, cfg.block_n, (block_dv, block_dv_tail))
     desc_o = desc_o_tail = None  # the consumers store the output by pointer
     if cfg.tma_store:
-        desc_o = _gluon_descriptor_bshd(out, cfg.block_mw, block_dv)
-        desc_o_tail = _gluon_descriptor_bshd(out, cfg.block_mw, block_dv_tail) if block_dv_tail else None
+        desc_o, desc_o_tail = _gluon_tiles(out, cfg.block_mw, (block_dv, block_dv_tail), _gluon_descriptor_bshd)
     try:
         _launch_fwd_gluon(
             (min(tiles, _sm_count(q.device)),),
@@ -421,16 +422,19 @@ def _backward_dq_hopper(q, k, v, out, grad_out, dq, lse, delta, key_mask, key_ra
     key_mask = _as_kernel_mask(key_mask)
     tiles, heads_per_section = _gluon_schedule(q, k, causal, cfg.block_mw)
     qk_tiles = block_d, block_d_tail = configs.head_dim_tiles(head_dim)
+    value_tiles = block_dv, block_dv_tail = configs.value_dim_tiles(v.shape[3])
     try:
         _launch_bwd_dq_gluon(
             (min(tiles, _sm_count(q.device)),),
             *_gluon_tiles(q, cfg.block_mw, qk_tiles), *_gluon_tiles(k, cfg.block_n, qk_tiles),
-            _gluon_descriptor(v, cfg.block_n),
-            _gluon_descriptor_bshd(out, cfg.block_mw),
-            _gluon_descriptor_bshd(grad_out, cfg.block_mw), dq, lse, delta, key_mask, key_range,
+            *_gluon_tiles(v, cfg.block_n, value_tiles),
+            *_gluon_tiles(out, cfg.block_mw, value_tiles, _gluon_descriptor_bshd),
+            *_gluon_tiles(grad_out, cfg.block_mw, value_tiles, _gluon_descriptor_bshd), dq, lse, delta, key_mask,
+            key_range,
             _tile_counter(q.device), scale * LOG2E.value, scale, dq.stride(0), dq.stride(1), dq.stride(2),
             0 if key_mask is None else key_mask.stride(0), heads, sq, skv, heads // hkv, tiles, heads_per_section,
-            HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail, VALUE_DIM=v.shape[3], BLOCK_MW=cfg.block_mw,
+            HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail, VALUE_DIM=block_dv, VALUE_DIM_TAIL=block_dv_tail,
+            BLOCK_MW=cfg.block_mw,
             BLOCK_N=cfg.block_n, STAGES=cfg.stages, IS_CAUSAL=causal,
             HAS_KEY_MASK=key_mask is not None, CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
             maxnreg=cfg.max_registers,
@@ -468,16 +472,19 @@ def _backward_dkdv_hopper(q, k, v, grad_out, dk, dv, lse, delta, key_mask, key_r
         query_bytes_per_kv_head = 2 * sq * head_dim * q.element_size() * (heads // hkv)
         heads_per_section = max(1, min(batch * hkv, configs.GLUON_L2_BYTES // query_bytes_per_kv_head))
     qk_tiles = block_d, block_d_tail = configs.head_dim_tiles(head_dim)
+    value_tiles = block_dv, block_dv_tail = configs.value_dim_tiles(v.shape[3])
     try:
         _launch_bwd_dkdv_gluon(
             (min(tiles, _sm_count(q.device)),),
             *_gluon_tiles(q, cfg.block_m, qk_tiles), *_gluon_tiles(k, cfg.block_nw, qk_tiles),
-            _gluon_descriptor(v, cfg.block_nw),
-            _gluon_descriptor_bshd(grad_out, cfg.block_m), dk, dv, lse, delta, key_mask, key_range,
+            *_gluon_tiles(v, cfg.block_nw, value_tiles),
+            *_gluon_tiles(grad_out, cfg.block_m, value_tiles, _gluon_descriptor_bshd), dk, dv, lse, delta, key_mask,
+            key_range,
             _tile_counter(q.device), scale * LOG2E.value, scale, dk.stride(0), dk.stride(1), dk.stride(2),
             dv.stride(0), dv.stride(1), dv.stride(2), 0 if key_mask is None else key_mask.stride(0), heads, sq, skv,
             heads // hkv, tiles, heads_per_section,
-            HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail, VALUE_DIM=v.shape[3], BLOCK_M=cfg.block_m,
+            HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail, VALUE_DIM=block_dv, VALUE_DIM_TAIL=block_dv_tail,
+            BLOCK_M=cfg.block_m,
             BLOCK_NW=cfg.block_nw, STAGES=cfg.stages, KV_SLOTS=cfg.kv_slots, IS_CAUSAL=causal,
             HAS_KEY_MASK=key_mask is not None, STATS_IN_SCORE_LAYOUT=cfg.stats_in_score_layout,
             CONSUMER_REGS=cfg.consumer_regs, num_warps=4, maxnreg=cfg.max_registers,

@@ -217,16 +217,18 @@ def compile_gluon_dkdv(args):
                  "stats_in_score_layout": stats_in_score_layout}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     block_d, block_d_tail = configs.head_dim_tiles(args.head_dim)
+    block_dv, block_dv_tail = configs.value_dim_tiles(value_dim)
     consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail,
-                  VALUE_DIM=value_dim, BLOCK_M=cfg.block_m, BLOCK_NW=cfg.block_nw, STAGES=cfg.stages,
+                  VALUE_DIM=block_dv, VALUE_DIM_TAIL=block_dv_tail, BLOCK_M=cfg.block_m, BLOCK_NW=cfg.block_nw, STAGES=cfg.stages,
                   KV_SLOTS=cfg.kv_slots, IS_CAUSAL=not args.full, HAS_KEY_MASK=False,
                   STATS_IN_SCORE_LAYOUT=cfg.stats_in_score_layout, CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
     if not args.grouped:
         consts["GROUP"] = 1
     sig = dict(desc_q=descriptor(block_d, cfg.block_m), desc_k=descriptor(block_d, cfg.block_nw),
-               desc_v=descriptor(value_dim, cfg.block_nw), desc_do=descriptor(value_dim, cfg.block_m), DK="*bf16",
+               desc_v=descriptor(block_dv, cfg.block_nw), desc_do=descriptor(block_dv, cfg.block_m), DK="*bf16",
                DV="*bf16", LSE="*fp32", Delta="*fp32", TileCounter="*i32", qk_scale="fp32", sm_scale="fp32")
     add_tail_descriptors(sig, consts, descriptor, block_d_tail, desc_q_tail=cfg.block_m, desc_k_tail=cfg.block_nw)
+    add_tail_descriptors(sig, consts, descriptor, block_dv_tail, desc_v_tail=cfg.block_nw, desc_do_tail=cfg.block_m)
     return compile_gluon_source(_attn_bwd_dkdv_ws, sig, consts, cfg.max_registers), cfg
 
 
@@ -246,14 +248,17 @@ def compile_gluon_dq(args):
     overrides = {"block_n": args.block_n, "stages": args.stages, "consumer_regs": args.consumer_regs}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     block_d, block_d_tail = configs.head_dim_tiles(args.head_dim)
+    block_dv, block_dv_tail = configs.value_dim_tiles(value_dim)
     consts = dict(KeyMask=None, KeyRange=None, stride_kmb=0, GROUP=1, HEAD_DIM=block_d, HEAD_DIM_TAIL=block_d_tail,
-                  VALUE_DIM=value_dim, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages,
+                  VALUE_DIM=block_dv, VALUE_DIM_TAIL=block_dv_tail, BLOCK_MW=cfg.block_mw, BLOCK_N=cfg.block_n, STAGES=cfg.stages,
                   IS_CAUSAL=not args.full, HAS_KEY_MASK=False, CONSUMER_REGS=cfg.consumer_regs, num_warps=4)
-    value_rows = descriptor(value_dim, cfg.block_mw)
+    value_rows = descriptor(block_dv, cfg.block_mw)
     sig = dict(desc_q=descriptor(block_d, cfg.block_mw), desc_k=descriptor(block_d, cfg.block_n),
-               desc_v=descriptor(value_dim, cfg.block_n), desc_o=value_rows, desc_do=value_rows,
+               desc_v=descriptor(block_dv, cfg.block_n), desc_o=value_rows, desc_do=value_rows,
                DQ="*bf16", LSE="*fp32", Delta="*fp32", TileCounter="*i32", qk_scale="fp32", sm_scale="fp32")
     add_tail_descriptors(sig, consts, descriptor, block_d_tail, desc_q_tail=cfg.block_mw, desc_k_tail=cfg.block_n)
+    add_tail_descriptors(sig, consts, descriptor, block_dv_tail, desc_v_tail=cfg.block_n, desc_o_tail=cfg.block_mw,
+                         desc_do_tail=cfg.block_mw)
     return compile_gluon_source(_attn_bwd_dq_ws, sig, consts, cfg.max_registers), cfg
 
 

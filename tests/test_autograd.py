@@ -1,4 +1,6 @@
 """Backward kernels, dropout, the custom-op registration and torch.compile."""
+import itertools
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -687,19 +689,21 @@ def test_backward_after_hopper_forward_with_sinks_gpu(monkeypatch, causal, sink_
 
 
 def test_hopper_dq_config_applies_only_where_measured():
-    """The Gluon dQ kernel is Hopper-only and 16-bit, head_dim 128 and q/k 192 with v 128 (multi-head latent
-    attention) from GLUON_MIN_QUERIES queries; anything else (head_dim 64, where it measured a tie; other value head
-    dims) keeps the Triton dQ kernel, and so does every call in the interpreter or on the CPU."""
+    """The Gluon dQ kernel is Hopper-only and 16-bit, head_dims 80, 96 and 128 and q/k 192 with v 128 (multi-head
+    latent attention) from GLUON_MIN_QUERIES queries; anything else (head_dim 64, where it measured a tie; other value
+    head dims) keeps the Triton dQ kernel, and so does every call in the interpreter or on the CPU."""
     hopper = (9, 0)
-    assert configs.hopper_dq_config(128, 2, hopper, configs.GLUON_MIN_QUERIES) is not None
-    assert configs.hopper_dq_config(128, 2, hopper, configs.GLUON_MIN_QUERIES, 128) is not None
+    for head_dim in (80, 96, 128):
+        assert configs.hopper_dq_config(head_dim, 2, hopper, configs.GLUON_MIN_QUERIES) is not None
+        assert configs.hopper_dq_config(head_dim, 2, hopper, configs.GLUON_MIN_QUERIES, head_dim) is not None
     assert configs.hopper_dq_config(192, 2, hopper, configs.GLUON_MIN_QUERIES, 128).stages == 2
     for head_dim, itemsize, capability, seqlen_q, value_dim in [
             (32, 2, hopper, 4096, None), (64, 2, hopper, 16384, None), (256, 2, hopper, 4096, None),
             (128, 4, hopper, 4096, None), (128, 2, (8, 0), 4096, None), (128, 2, (10, 0), 4096, None),
             (128, 2, hopper, configs.GLUON_MIN_QUERIES - 1, None), (192, 2, hopper, 4096, None),
             (192, 2, hopper, 4096, 192), (128, 2, hopper, 4096, 64), (192, 4, hopper, 4096, 128),
-            (192, 2, hopper, configs.GLUON_MIN_QUERIES - 1, 128)]:
+            (192, 2, hopper, configs.GLUON_MIN_QUERIES - 1, 128), (96, 2, hopper, 4096, 80),
+            (80, 4, hopper, 4096, None), (96, 2, hopper, configs.GLUON_MIN_QUERIES - 1, None)]:
         assert configs.hopper_dq_config(head_dim, itemsize, capability, seqlen_q, value_dim) is None
     if not ON_GPU:
         q, k, v = random_qkv(1, 2, 2, 200, 200, 128, torch.float16, DEVICE)
@@ -742,14 +746,16 @@ def hopper_dq_available() -> bool:
 @pytest.mark.parametrize("layout", ["bhsd", "bshd"])
 @pytest.mark.parametrize("shape", GLUON_SHAPES)
 @pytest.mark.parametrize("padding", [None, "right", "left", "holes"])
-def test_hopper_dq_gpu(monkeypatch, dtype, causal, layout, shape, padding):
-    """The Gluon dQ kernel (Hopper, head_dim 128; no mask or a key-padding one) against the oracle: lengths
-    off its tiles, GQA and MQA, Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal),
-    left padding (rows that see no key under a causal mask), holes; the dK/dV kernel takes its Delta; and it is the
-    kernel that ran."""
+@pytest.mark.parametrize("head_dim", [128, 80, 96])
+def test_hopper_dq_gpu(monkeypatch, dtype, causal, layout, shape, padding, head_dim):
+    """The Gluon dQ kernel (Hopper, head_dim 128, and 80 and 96 with q/k, v, O, dO and dQ in two tiles each; no mask
+    or a key-padding one) against the oracle: lengths off its tiles, GQA and MQA, Transformers' (B, S, H, D) layout,
+    fewer queries than keys (bottom-right causal), left padding (rows that see no key under a causal mask), holes;
+    the dK/dV kernel takes its Delta; and it is the kernel that ran."""
     if not hopper_dq_available():
         pytest.skip(SKIP_WITHOUT_GLUON)
-    check_kernel_ran(monkeypatch, "_backward_dq_hopper", check_backward, layout, shape, 128, dtype, causal, padding)
+    check_kernel_ran(monkeypatch, "_backward_dq_hopper", check_backward, layout, shape, head_dim, dtype, causal,
+                     padding)
 
 
 def check_latent_attention_gradients(dtype, layout, causal, shape, padding):
@@ -822,11 +828,11 @@ def test_hopper_dq_not_taken_where_it_does_not_apply(monkeypatch):
 
 
 def test_hopper_dkdv_config_applies_only_where_measured():
-    """The Gluon dK/dV kernel is Hopper-only and 16-bit. Head_dim 128 (and q/k 192 with v 128): from GLUON_DKDV_MIN_KEYS
-    keys, at 128 under a causal mask without GQA from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS. Head_dim 64: under a
-    causal mask only with GQA, from GLUON_DKDV_MIN_KEYS keys; without one from GLUON_DKDV_D64_FULL_MIN_KEYS keys (GQA:
-    GLUON_DKDV_D64_FULL_GQA_MIN_KEYS), there with LSE and Delta in the scores' layout. Anything else keeps the Triton
-    dK/dV kernel, and so does every call in the interpreter or on the CPU."""
+    """The Gluon dK/dV kernel is Hopper-only and 16-bit. Head_dims 80, 96, 128 (and q/k 192 with v 128): from
+    GLUON_DKDV_MIN_KEYS keys, but 80-128 under a causal mask without GQA from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS.
+    Head_dim 64: under a causal mask only with GQA, from GLUON_DKDV_MIN_KEYS keys; without one from
+    GLUON_DKDV_D64_FULL_MIN_KEYS keys (GQA: GLUON_DKDV_D64_FULL_GQA_MIN_KEYS), there with LSE and Delta in the scores'
+    layout. Anything else keeps the Triton dK/dV kernel, and so does every call in the interpreter or on the CPU."""
     hopper, short, keys = (9, 0), configs.BWD_D128_SHORT_CAUSAL_MAX_KEYS, configs.GLUON_DKDV_MIN_KEYS
     full_keys, full_gqa_keys = configs.GLUON_DKDV_D64_FULL_MIN_KEYS, configs.GLUON_DKDV_D64_FULL_GQA_MIN_KEYS
     assert configs.hopper_dkdv_config(128, 2, hopper, short + 1, 1, True) is not None
@@ -835,6 +841,11 @@ def test_hopper_dkdv_config_applies_only_where_measured():
     assert not configs.hopper_dkdv_config(64, 2, hopper, keys, 2, True).stats_in_score_layout
     assert configs.hopper_dkdv_config(64, 2, hopper, full_keys, 1, False).stats_in_score_layout
     assert configs.hopper_dkdv_config(64, 2, hopper, full_gqa_keys, 4, False).stats_in_score_layout
+    for head_dim, causal, group in itertools.product((80, 96), (False, True), (1, 4)):
+        assert configs.hopper_dkdv_config(head_dim, 2, hopper, short + 1, group, causal) is not None
+        assert configs.hopper_dkdv_config(head_dim, 2, hopper, keys - 1, group, causal) is None
+        short_causal_row = configs.hopper_dkdv_config(head_dim, 2, hopper, short, group, causal)
+        assert (short_causal_row is None) == (causal and group == 1)
     # Multi-head latent attention (q/k 192, v 128) from GLUON_DKDV_MIN_KEYS keys, in 32-query steps; other value dims
     # keep the Triton kernel.
     for causal in (False, True):
@@ -870,6 +881,41 @@ def test_hopper_dkdv_compile_failure_names_the_switch(monkeypatch):
     assert isinstance(failure.value.__cause__, CompilationError)
 
 
+@pytest.mark.parametrize("head_dim, value_dim", [(128, 128), (80, 80), (96, 96), (192, 128)])
+def test_gluon_backward_launches_bind_every_kernel_argument(monkeypatch, head_dim, value_dim):
+    """The op layer's Gluon dQ and dK/dV launches (any machine: launchers and descriptors stubbed) name every argument
+    of their kernels once, and give q/k and v/O/dO the column tiles of configs.head_dim_tiles and value_dim_tiles:
+    a descriptor per tile, the tail's None where there is none."""
+    if ops._attn_bwd_dq_ws is None or ops._attn_bwd_dkdv_ws is None:
+        pytest.skip("this Triton has no Gluon Hopper API: the Gluon backward kernels are never taken")
+    launches = {}
+    for launcher, kernel in (("_launch_bwd_dq_gluon", ops._attn_bwd_dq_ws),
+                             ("_launch_bwd_dkdv_gluon", ops._attn_bwd_dkdv_ws)):
+        def record(grid, *args, _kernel=kernel, **kwargs):
+            launches[_kernel] = dict(zip(_kernel.arg_names, args)), kwargs
+        monkeypatch.setattr(ops, launcher, record)
+    monkeypatch.setattr(ops, "_gluon_descriptor", lambda t, rows, shape=None, strides=None, columns=None: columns)
+    monkeypatch.setattr(ops, "_tile_counter", lambda device: None)
+    q, k, _ = random_qkv(1, 4, 2, 600, 600, head_dim, torch.float16, DEVICE)
+    v = torch.randn(1, 2, 600, value_dim, dtype=torch.float16)
+    out = torch.empty(1, 600, 4, value_dim, dtype=torch.float16)
+    lse = torch.empty(1, 4, 600)
+    ops._backward_dq_hopper(q, k, v, out, out, torch.empty_like(q), lse, torch.empty_like(lse), None, None, True,
+                            0.1, configs.hopper_dq_config(head_dim, 2, (9, 0), 600, value_dim))
+    ops._backward_dkdv_hopper(q, k, v, out, torch.empty_like(k), torch.empty_like(v), lse, torch.empty_like(lse), None,
+                              None, True, 0.1, configs.hopper_dkdv_config(head_dim, 2, (9, 0), 600, 2, True, value_dim))
+    tiles = {"q": configs.head_dim_tiles(head_dim), "k": configs.head_dim_tiles(head_dim),
+             **dict.fromkeys(("v", "o", "do"), configs.value_dim_tiles(value_dim))}
+    for kernel, (args, kwargs) in launches.items():
+        assert set(args) | set(kwargs) == set(kernel.arg_names) | {"maxnreg"}
+        assert not set(args) & set(kwargs)
+        assert (kwargs["VALUE_DIM"], kwargs["VALUE_DIM_TAIL"]) == tiles["v"]
+        for name, (first, tail) in tiles.items():
+            if f"desc_{name}" in args:
+                assert (args[f"desc_{name}"], args[f"desc_{name}_tail"]) == (first, tail or None), name
+    assert len(launches) == 2
+
+
 def hopper_dkdv_available() -> bool:
     return hopper_with_gluon() and ops._attn_bwd_dkdv_ws is not None and configs.GLUON_DKDV
 
@@ -888,12 +934,13 @@ def take_hopper_dkdv_everywhere(monkeypatch) -> None:
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", GLUON_SHAPES + [(1, 2, 1, 1, 300)])
 @pytest.mark.parametrize("padding", [None, "right", "left", "holes"])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 80, 96])
 def test_hopper_dkdv_gpu(monkeypatch, dtype, layout, causal, shape, padding, head_dim):
-    """The Gluon dK/dV kernel (Hopper, head_dims 64 and 128; no mask or a key-padding one) against the oracle: lengths
-    off its tiles, GQA (query heads summed per kv head) and MQA, Transformers' (B, S, H, D) layout, fewer queries than
-    keys (bottom-right causal, a single query), left padding (rows that see no key under a causal mask), holes (key
-    rows whose gradients are zero); and it is the kernel that ran."""
+    """The Gluon dK/dV kernel (Hopper, head_dims 64 and 128, and 80 and 96 with q/k, v, dK and dV in two tiles each;
+    no mask or a key-padding one) against the oracle: lengths off its tiles, GQA (query heads summed per kv head) and
+    MQA, Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal, a single query), left padding
+    (rows that see no key under a causal mask), holes (key rows whose gradients are zero); and it is the kernel that
+    ran."""
     if not hopper_dkdv_available():
         pytest.skip(SKIP_WITHOUT_GLUON)
     take_hopper_dkdv_everywhere(monkeypatch)

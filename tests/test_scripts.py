@@ -155,10 +155,12 @@ def test_fuzz_attention_calls_match_the_oracle_and_a_wrong_result_is_reported(mo
      "block_m=64, block_nw=64, stages=2, kv_slots=2"),
     ("gluon-dkdv", ["--head-dim", "192", "--value-head-dim", "128", "--seqlen", "4096"], "block_m=32, block_nw=64"),
     ("gluon-dq", ["--head-dim", "128", "--seqlen", "4096", "--stages", "2"], "block_mw=64, block_n=64, stages=2"),
-    ("gluon-dq", ["--head-dim", "192", "--value-head-dim", "128", "--seqlen", "4096"], "block_n=64, stages=2")])
+    ("gluon-dkdv", ["--head-dim", "96", "--seqlen", "4096", "--full"], "block_m=64, block_nw=64, stages=3"),
+    ("gluon-dq", ["--head-dim", "192", "--value-head-dim", "128", "--seqlen", "4096"], "block_n=64, stages=2"),
+    ("gluon-dq", ["--head-dim", "80", "--seqlen", "4096"], "block_mw=64, block_n=64, stages=3")])
 def test_compile_sm90_reports_the_gluon_kernels(kernel, args, fields):
-    """The Gluon forward (q/k, v and the output in two tiles each at head dim 96), dQ and dK/dV (at 192/128 too)
-    kernels compile offline in the configuration the package takes for a head dim and length, with the given fields
+    """The Gluon forward (q/k, v and the output in two tiles each at head dim 96), dQ and dK/dV (at 192/128 too, and
+    with v in two tiles at 80 and 96) kernels compile offline in the configuration the package takes for a head dim and length, with the given fields
     overridden, and fit in a program's shared memory; with --sass, the report finds the forward's four key loops'
     waits."""
     hopper = pytest.importorskip("triton.experimental.gluon.nvidia.hopper")

@@ -16,8 +16,9 @@ kernel, which runs first) are fetched one query block ahead.
 
 Scope, as the Gluon dQ kernel's: no mask, causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask (key
 rows it drops get zero gradients; tiles outside its kept key range do no work); no dropout, no softcap, no
-seqused_q/seqused_k, 16-bit inputs, tensors a TMA descriptor can describe. Head_dims 64 and 128, and q/k in two tiles
-with v at its own head dim (multi-head latent attention's 192 = 128 + 64 with v 128; ``HEAD_DIM_TAIL``, ``VALUE_DIM``);
+seqused_q/seqused_k, 16-bit inputs, tensors a TMA descriptor can describe. Head_dims 64 and 128, q/k in two tiles
+with v at its own head dim (multi-head latent attention's 192 = 128 + 64 with v 128; ``HEAD_DIM_TAIL``, ``VALUE_DIM``),
+and v, dO and dV in two tiles too (80 = 64 + 16, 96 = 64 + 32; ``VALUE_DIM_TAIL``: dP^T and dV as two products each);
 the op layer decides when to take it (configs.hopper_dkdv_config). Tested on triton 3.6 (H200); compiles for sm_90 with
 triton 3.9.
 """
@@ -25,8 +26,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from .fwd_gluon import (CONSUMERS, _causal_tile, _load_rows, _next_tile, _publish_tile, _scores, _stop_consumers,
-                        _store_rows, _tma_load, _tma_view, _wait_tile)
+from .fwd_gluon import (CONSUMERS, _causal_tile, _copy_rows, _load_rows, _next_tile, _publish_tile, _scores,
+                        _stop_consumers, _store_rows, _wait_tile)
 
 
 @gluon.jit
@@ -68,7 +69,8 @@ def _query_block(step, steps_per_head, m_first, pid_hk, GROUP):
 
 @gluon.jit
 def _loader(descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale, sm_scale,
-            HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+            HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr,
+            VALUE_DIM_TAIL: gl.constexpr, BLOCK_M: gl.constexpr,
             BLOCK_NW: gl.constexpr, STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr,
             HAS_KEY_MASK: gl.constexpr, STATS_IN_SCORE_LAYOUT: gl.constexpr, WG: gl.constexpr):
     """One warp (the partitions share one signature, hence the arguments it does not use): for each tile the program
@@ -76,9 +78,17 @@ def _loader(descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, 
     slot, then each step's Q and dO rows into the ring slots the consumers released (ring positions count on across
     tiles). Tiles come as in the Gluon forward's loader: the program's id first, then the counter, which the last
     fetch sets back to zero."""
-    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_do = descs
-    q_smem, q_tail_smem, do_smem, k_smem, k_tail_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready, q_empty = buffers
+    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_do, desc_do_tail = descs
+    q_smem, q_tail_smem, do_smem, do_tail_smem, k_smem, k_tail_smem, v_smem, v_tail_smem, tile_ids, kv_ready, \
+        kv_empty, q_ready, q_empty = buffers
     Sq, Skv, H, GROUP, n_kb, n_tiles, HEADS_PER_SECTION = sizes
+    # V's bytes arrive on K's barrier, dO's on Q's (each in one or two column tiles).
+    if VALUE_DIM_TAIL > 0:
+        V_BYTES: gl.constexpr = desc_v.block_type.nbytes + desc_v_tail.block_type.nbytes
+        DO_BYTES: gl.constexpr = desc_do.block_type.nbytes + desc_do_tail.block_type.nbytes
+    else:
+        V_BYTES: gl.constexpr = desc_v.block_type.nbytes
+        DO_BYTES: gl.constexpr = desc_do.block_type.nbytes
     programs = gl.num_programs(0)
     loaded = 0
     tiles_done = 0
@@ -88,20 +98,21 @@ def _loader(descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, 
                                                                              IS_CAUSAL, HAS_KEY_MASK)
         kv_slot = _publish_tile(t, tiles_done, tile_ids, kv_empty, KV_SLOTS)
         for w in gl.static_range(CONSUMERS):
-            row = start_n + w * BLOCK_NW
+            coords = (pid_b, pid_hk, start_n + w * BLOCK_NW)
             index = kv_slot * CONSUMERS + w
-            _load_rows(desc_k, desc_k_tail, (pid_b, pid_hk, row), kv_ready.index(index), k_smem, k_tail_smem, index,
-                       BLOCK_NW, HEAD_DIM, HEAD_DIM_TAIL, desc_v.block_type.nbytes)
-            _tma_load(desc_v, [pid_b, pid_hk, row, 0], kv_ready.index(index),
-                      _tma_view(v_smem, index, BLOCK_NW, VALUE_DIM))
+            _load_rows(desc_k, desc_k_tail, coords, kv_ready.index(index), k_smem, k_tail_smem, index, BLOCK_NW,
+                       HEAD_DIM, HEAD_DIM_TAIL, V_BYTES)
+            _copy_rows(desc_v, desc_v_tail, coords, kv_ready.index(index), v_smem, v_tail_smem, index, BLOCK_NW,
+                       VALUE_DIM, VALUE_DIM_TAIL)
         for step in range(n_steps):
             slot = loaded % STAGES
             head, m_block = _query_block(step, steps_per_head, m_first, pid_hk, GROUP)
             mbarrier.wait(q_empty.index(slot), ((loaded // STAGES) & 1) ^ 1)
-            _load_rows(desc_q, desc_q_tail, (pid_b, head, m_block * BLOCK_M), q_ready.index(slot), q_smem, q_tail_smem,
-                       slot, BLOCK_M, HEAD_DIM, HEAD_DIM_TAIL, desc_do.block_type.nbytes)
-            _tma_load(desc_do, [pid_b, head, m_block * BLOCK_M, 0], q_ready.index(slot),
-                      _tma_view(do_smem, slot, BLOCK_M, VALUE_DIM))
+            coords = (pid_b, head, m_block * BLOCK_M)
+            _load_rows(desc_q, desc_q_tail, coords, q_ready.index(slot), q_smem, q_tail_smem, slot, BLOCK_M, HEAD_DIM,
+                       HEAD_DIM_TAIL, DO_BYTES)
+            _copy_rows(desc_do, desc_do_tail, coords, q_ready.index(slot), do_smem, do_tail_smem, slot, BLOCK_M,
+                       VALUE_DIM, VALUE_DIM_TAIL)
             loaded += 1
         t = _next_tile(TileCounter, programs)
         tiles_done += 1
@@ -139,27 +150,37 @@ def _probs(st, lse, qk_scale, key_first, m_block, q_start, BLOCK_M: gl.constexpr
 
 
 @gluon.jit
-def _dv_and_dst(pt, pt_op, dpt, delta, do_tile, dv, s_layout: gl.constexpr, op_layout: gl.constexpr):
-    """Issues dV += P^T dO and computes dS^T = P^T (dP^T - Delta) while it runs; returns dV and dS^T as the operand of
-    the next dK product."""
+def _dv_and_dst(pt, pt_op, dpt, delta, do_tile, do_tail_tile, dv, dv_tail, s_layout: gl.constexpr,
+                op_layout: gl.constexpr, pt_tail_layout: gl.constexpr, VALUE_DIM_TAIL: gl.constexpr):
+    """Issues dV += P^T dO (and the tail's product into ``dv_tail`` where VALUE_DIM_TAIL > 0; else it passes through)
+    and computes dS^T = P^T (dP^T - Delta) while it runs; returns dV, its tail and dS^T as the operand of the next dK
+    product."""
     dv = warpgroup_mma(pt_op, do_tile, dv, is_async=True)
+    if VALUE_DIM_TAIL > 0:
+        pt_tail = gl.convert_layout(pt_op, pt_tail_layout)
+        dv_tail = warpgroup_mma(pt_tail, do_tail_tile, dv_tail, is_async=True)
     dst = pt * (dpt - gl.convert_layout(delta, gl.SliceLayout(0, s_layout))[None, :])
     dst_op = gl.convert_layout(dst.to(pt_op.dtype), op_layout)
-    dv, pt_op = warpgroup_mma_wait(0, deps=(dv, pt_op))
-    return dv, dst_op
+    if VALUE_DIM_TAIL > 0:
+        dv, dv_tail, pt_op, pt_tail = warpgroup_mma_wait(0, deps=(dv, dv_tail, pt_op, pt_tail))
+    else:
+        dv, pt_op = warpgroup_mma_wait(0, deps=(dv, pt_op))
+    return dv, dv_tail, dst_op
 
 
 @gluon.jit
 def _consumer(descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale, sm_scale,
-              HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+              HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr,
+              VALUE_DIM_TAIL: gl.constexpr, BLOCK_M: gl.constexpr,
               BLOCK_NW: gl.constexpr, STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr,
               HAS_KEY_MASK: gl.constexpr, STATS_IN_SCORE_LAYOUT: gl.constexpr, WG: gl.constexpr):
     """One warpgroup: for each of the program's tiles, keys [start_n + WG * BLOCK_NW, + BLOCK_NW) of one (batch, kv
     head) against the query blocks the loader streams; dK and dV stored by pointer, zero on the key rows past Skv or
-    dropped by the key mask. Where HEAD_DIM_TAIL > 0, q, k and dK come in two tiles (S^T and dK as two products each)
-    and v, dO and dV at VALUE_DIM."""
-    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_do = descs
-    q_smem, q_tail_smem, do_smem, k_smem, k_tail_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready, q_empty = buffers
+    dropped by the key mask. Where HEAD_DIM_TAIL > 0, q, k and dK come in two tiles (S^T and dK as two products each);
+    where VALUE_DIM_TAIL > 0, v, dO and dV do (dP^T and dV as two products each)."""
+    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_do, desc_do_tail = descs
+    q_smem, q_tail_smem, do_smem, do_tail_smem, k_smem, k_tail_smem, v_smem, v_tail_smem, tile_ids, kv_ready, \
+        kv_empty, q_ready, q_empty = buffers
     Sq, Skv, H, GROUP, n_kb, n_tiles, HEADS_PER_SECTION = sizes
     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_kmb = strides
     dtype: gl.constexpr = desc_q.dtype
@@ -177,6 +198,12 @@ def _consumer(descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers
                                                              instr_shape=[16, TAIL_COLUMNS, 16])
     dst_tail_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk_tail_layout, k_width=2)
     DK_GROUPS: gl.constexpr = 2 if HEAD_DIM_TAIL > 0 else 1
+    # dV's second tile, where VALUE_DIM_TAIL > 0 (else these stand in for it, unused).
+    VALUE_TAIL_COLUMNS: gl.constexpr = VALUE_DIM_TAIL if VALUE_DIM_TAIL > 0 else VALUE_DIM
+    dv_tail_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                             instr_shape=[16, VALUE_TAIL_COLUMNS, 16])
+    pt_tail_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dv_tail_layout, k_width=2)
+    DP_GROUPS: gl.constexpr = 2 if VALUE_DIM_TAIL > 0 else 1
     if STATS_IN_SCORE_LAYOUT:
         stats_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
     else:
@@ -191,25 +218,28 @@ def _consumer(descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers
         k = k_smem.index(kv_index)
         k_tail = k_tail_smem.index(kv_index)
         v = v_smem.index(kv_index)
+        v_tail = v_tail_smem.index(kv_index)
         pid_b, pid_hk, start_n, m_first, steps_per_head, n_steps = _key_tile(t, sizes, KeyRange, BLOCK_M, BLOCK_NW,
                                                                              IS_CAUSAL, HAS_KEY_MASK)
         key_first = start_n + WG * BLOCK_NW
         dk = gl.zeros([BLOCK_NW, HEAD_DIM], gl.float32, layout=dk_layout)
         dk_tail = gl.zeros([BLOCK_NW, TAIL_COLUMNS], gl.float32, layout=dk_tail_layout)
         dv = gl.zeros([BLOCK_NW, VALUE_DIM], gl.float32, layout=dv_layout)
+        dv_tail = gl.zeros([BLOCK_NW, VALUE_TAIL_COLUMNS], gl.float32, layout=dv_tail_layout)
         if n_steps > 0:
             tile = (pid_b, pid_hk, m_first, steps_per_head, n_steps)
             lse, delta, m_block = _row_stats(LSE, Delta, 0, tile, H, GROUP, Sq, BLOCK_M, stats_layout)
             slot = consumed % STAGES
             mbarrier.wait(q_ready.index(slot), (consumed // STAGES) & 1)
             st_token = _scores(k, k_tail, q_smem, q_tail_smem, slot, zeros_s, HEAD_DIM_TAIL, True)
-            dpt_token = warpgroup_mma(v, do_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
+            dpt_token = _scores(v, v_tail, do_smem, do_tail_smem, slot, zeros_s, VALUE_DIM_TAIL, True)
             next_lse, next_delta, next_m_block = _row_stats(LSE, Delta, 1, tile, H, GROUP, Sq, BLOCK_M, stats_layout)
-            st = warpgroup_mma_wait(1, deps=(st_token,))
+            st = warpgroup_mma_wait(DP_GROUPS, deps=(st_token,))
             pt = _probs(st, lse, qk_scale, key_first, m_block, q_start, BLOCK_M, BLOCK_NW, s_layout, IS_CAUSAL)
             pt_op = gl.convert_layout(pt.to(dtype), pt_layout)
             dpt = warpgroup_mma_wait(0, deps=(dpt_token,))
-            dv, dst_op = _dv_and_dst(pt, pt_op, dpt, delta, do_smem.index(slot), dv, s_layout, dst_layout)
+            dv, dv_tail, dst_op = _dv_and_dst(pt, pt_op, dpt, delta, do_smem.index(slot), do_tail_smem.index(slot), dv,
+                                              dv_tail, s_layout, dst_layout, pt_tail_layout, VALUE_DIM_TAIL)
             for step in range(1, n_steps):
                 prev = slot
                 slot = (consumed + step) % STAGES
@@ -220,11 +250,11 @@ def _consumer(descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers
                 if HEAD_DIM_TAIL > 0:
                     dst_tail = gl.convert_layout(dst_op, dst_tail_layout)
                     dk_tail = warpgroup_mma(dst_tail, q_tail_smem.index(prev), dk_tail, is_async=True)
-                dpt_token = warpgroup_mma(v, do_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False,
-                                          is_async=True)
+                dpt_token = _scores(v, v_tail, do_smem, do_tail_smem, slot, zeros_s, VALUE_DIM_TAIL, True)
                 next_lse, next_delta, next_m_block = _row_stats(LSE, Delta, step + 1, tile, H, GROUP, Sq, BLOCK_M,
                                                                 stats_layout)
-                st = warpgroup_mma_wait(DK_GROUPS + 1, deps=(st_token,))  # S^T done, dK's and dP^T's running
+                # S^T's groups done, dK's and dP^T's running
+                st = warpgroup_mma_wait(DK_GROUPS + DP_GROUPS, deps=(st_token,))
                 pt = _probs(st, lse, qk_scale, key_first, m_block, q_start, BLOCK_M, BLOCK_NW, s_layout, IS_CAUSAL)
                 pt_op = gl.convert_layout(pt.to(dtype), pt_layout)
                 if HEAD_DIM_TAIL > 0:
@@ -233,7 +263,9 @@ def _consumer(descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers
                 else:
                     dk, dst_op, dpt = warpgroup_mma_wait(0, deps=(dk, dst_op, dpt_token))
                 mbarrier.arrive(q_empty.index(prev), count=1)  # Q_prev and dO_prev are read
-                dv, dst_op = _dv_and_dst(pt, pt_op, dpt, delta, do_smem.index(slot), dv, s_layout, dst_layout)
+                dv, dv_tail, dst_op = _dv_and_dst(pt, pt_op, dpt, delta, do_smem.index(slot),
+                                                  do_tail_smem.index(slot), dv, dv_tail, s_layout, dst_layout,
+                                                  pt_tail_layout, VALUE_DIM_TAIL)
             consumed += n_steps
             last = (consumed - 1) % STAGES
             dk = warpgroup_mma(dst_op, q_smem.index(last), dk)
@@ -249,6 +281,8 @@ def _consumer(descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers
             dv = gl.where(gl.convert_layout(kept, gl.SliceLayout(1, dv_layout))[:, None], dv, 0.0)
             if HEAD_DIM_TAIL > 0:
                 dk_tail = gl.where(gl.convert_layout(kept, gl.SliceLayout(1, dk_tail_layout))[:, None], dk_tail, 0.0)
+            if VALUE_DIM_TAIL > 0:
+                dv_tail = gl.where(gl.convert_layout(kept, gl.SliceLayout(1, dv_tail_layout))[:, None], dv_tail, 0.0)
         _store_rows(DK, dk * sm_scale, pid_b, pid_hk, key_first, Skv, stride_dkb, stride_dkh, stride_dkn, 0, BLOCK_NW,
                     HEAD_DIM, dk_layout)
         if HEAD_DIM_TAIL > 0:
@@ -256,24 +290,30 @@ def _consumer(descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers
                         HEAD_DIM, BLOCK_NW, HEAD_DIM_TAIL, dk_tail_layout)
         _store_rows(DV, dv, pid_b, pid_hk, key_first, Skv, stride_dvb, stride_dvh, stride_dvn, 0, BLOCK_NW, VALUE_DIM,
                     dv_layout)
+        if VALUE_DIM_TAIL > 0:
+            _store_rows(DV, dv_tail, pid_b, pid_hk, key_first, Skv, stride_dvb, stride_dvh, stride_dvn, VALUE_DIM,
+                        BLOCK_NW, VALUE_DIM_TAIL, dv_tail_layout)
         tiles_done += 1
         t, kv_index = _wait_tile(tiles_done, tile_ids, kv_ready, WG, KV_SLOTS)
 
 
 @gluon.jit
-def _attn_bwd_dkdv_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_do, DK, DV, LSE, Delta, KeyMask,
-                      KeyRange, TileCounter, qk_scale, sm_scale, stride_dkb, stride_dkh, stride_dkn, stride_dvb,
-                      stride_dvh, stride_dvn, stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
-                      HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr,
-                      BLOCK_M: gl.constexpr, BLOCK_NW: gl.constexpr, STAGES: gl.constexpr, KV_SLOTS: gl.constexpr,
-                      IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, STATS_IN_SCORE_LAYOUT: gl.constexpr,
-                      CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+def _attn_bwd_dkdv_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_do, desc_do_tail, DK, DV,
+                      LSE, Delta, KeyMask, KeyRange, TileCounter, qk_scale, sm_scale, stride_dkb, stride_dkh,
+                      stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_kmb, H, Sq, Skv, GROUP, n_tiles,
+                      HEADS_PER_SECTION, HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr,
+                      VALUE_DIM_TAIL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_NW: gl.constexpr,
+                      STAGES: gl.constexpr, KV_SLOTS: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                      HAS_KEY_MASK: gl.constexpr, STATS_IN_SCORE_LAYOUT: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                      num_warps: gl.constexpr):
     """Persistent: grid (programs,), each taking tile pid, then the next of the n_tiles =
     cdiv(Skv, CONSUMERS * BLOCK_NW) * B * Hkv from TileCounter (a zeroed int32, left zeroed; shared with the other Gluon
     kernels), in _key_tile's order. q/do through 4D descriptors over (B, H, Sq, D) with boxes (1, 1, BLOCK_M,
     HEAD_DIM|VALUE_DIM), k/v over (B, Hkv, Skv, D) with boxes (1, 1, BLOCK_NW, HEAD_DIM|VALUE_DIM); where HEAD_DIM_TAIL
     > 0, q and k have HEAD_DIM + HEAD_DIM_TAIL columns, desc_q_tail/desc_k_tail bring those past HEAD_DIM (as in the
-    Gluon forward) and dK is computed in two tiles too (multi-head latent attention's 192 = 128 + 64 with v at 128); DK,
+    Gluon forward) and dK is computed in two tiles too (multi-head latent attention's 192 = 128 + 64 with v at 128);
+    where VALUE_DIM_TAIL > 0, v and do have VALUE_DIM + VALUE_DIM_TAIL columns (the tail through desc_v_tail and
+    desc_do_tail) and dV is computed in two tiles; DK,
     DV (B, Hkv, Skv, D) with unit last stride, written by pointer; LSE (B, H, Sq) float32 in log2 units (the forward's),
     Delta (B, H, Sq) float32 (the dQ kernel's rowsum(O * dO)); qk_scale is the softmax scale times log2(e), sm_scale the
     softmax scale. HAS_KEY_MASK: KeyMask (B, Skv) uint8 keep-flags (unit stride along the keys) and KeyRange its (B, 3)
@@ -297,6 +337,15 @@ def _attn_bwd_dkdv_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_do,
     else:  # never read
         q_tail_smem = q_smem
         k_tail_smem = k_smem
+    if VALUE_DIM_TAIL > 0:
+        do_tail_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, VALUE_DIM_TAIL],
+                                                 gl.NVMMASharedLayout.get_default_for([BLOCK_M, VALUE_DIM_TAIL], dtype))
+        v_tail_smem = gl.allocate_shared_memory(
+            dtype, [KV_SLOTS * CONSUMERS, BLOCK_NW, VALUE_DIM_TAIL],
+            gl.NVMMASharedLayout.get_default_for([BLOCK_NW, VALUE_DIM_TAIL], dtype))
+    else:  # never read
+        do_tail_smem = do_smem
+        v_tail_smem = v_smem
     tile_ids = gl.allocate_shared_memory(gl.int32, [KV_SLOTS, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     kv_ready = gl.allocate_shared_memory(gl.int64, [KV_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
     kv_empty = gl.allocate_shared_memory(gl.int64, [KV_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
@@ -309,19 +358,19 @@ def _attn_bwd_dkdv_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_do,
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=CONSUMERS)
 
-    descs = (desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_do)
-    buffers = (q_smem, q_tail_smem, do_smem, k_smem, k_tail_smem, v_smem, tile_ids, kv_ready, kv_empty, q_ready,
-               q_empty)
+    descs = (desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_do, desc_do_tail)
+    buffers = (q_smem, q_tail_smem, do_smem, do_tail_smem, k_smem, k_tail_smem, v_smem, v_tail_smem, tile_ids, kv_ready,
+               kv_empty, q_ready, q_empty)
     sizes = (Sq, Skv, H, GROUP, gl.cdiv(Skv, CONSUMERS * BLOCK_NW), n_tiles, HEADS_PER_SECTION)
     strides = (stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_kmb)
     gl.warp_specialize([
         (_consumer, (descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale,
-                     sm_scale, HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS, IS_CAUSAL,
-                     HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 0)),
+                     sm_scale, HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, VALUE_DIM_TAIL, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS,
+                     IS_CAUSAL, HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 0)),
         (_consumer, (descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale,
-                     sm_scale, HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS, IS_CAUSAL,
-                     HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 1)),
+                     sm_scale, HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, VALUE_DIM_TAIL, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS,
+                     IS_CAUSAL, HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 1)),
         (_loader, (descs, DK, DV, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale,
-                   sm_scale, HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS, IS_CAUSAL,
-                   HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 0))],
+                   sm_scale, HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, VALUE_DIM_TAIL, BLOCK_M, BLOCK_NW, STAGES, KV_SLOTS,
+                   IS_CAUSAL, HAS_KEY_MASK, STATS_IN_SCORE_LAYOUT, 0))],
         [4, 1], [CONSUMER_REGS, 24])

@@ -14,32 +14,37 @@ out for the dK/dV kernel, as the Triton dQ kernel does.
 
 Scope, as the Gluon forward's: no mask, causal (bottom-right aligned, Skv >= Sq) and a (B, Skv) key-padding mask
 with its kept key ranges; no dropout, no softcap, no seqused_q/seqused_k, a positive scale, 16-bit inputs, tensors a
-TMA descriptor can describe. It compiles for head_dims 64 and 128, and for q/k in two tiles with v at its own head
-dim (multi-head latent attention's 192 = 128 + 64 with v 128; ``HEAD_DIM_TAIL``, ``VALUE_DIM``); the op layer takes
-it where configs.hopper_dq_config does. Tested on triton 3.6 (H200); compiles for sm_90 with triton 3.9.
+TMA descriptor can describe. It compiles for head_dims 64 and 128, for q/k in two tiles with v at its own head dim
+(multi-head latent attention's 192 = 128 + 64 with v 128; ``HEAD_DIM_TAIL``, ``VALUE_DIM``), and for v, O and dO in
+two tiles too (80 = 64 + 16, 96 = 64 + 32; ``VALUE_DIM_TAIL``: dP and Delta over both); the op layer takes it where
+configs.hopper_dq_config does. Tested on triton 3.6 (H200); compiles for sm_90 with triton 3.9.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
-from .fwd_gluon import (CONSUMERS, _clean_blocks, _load_key_blocks, _load_rows, _masked, _next_tile, _publish_tile,
-                        _scores, _stop_consumers, _store_rows, _tile, _tma_load, _tma_view, _wait_tile)
+from .fwd_gluon import (CONSUMERS, _clean_blocks, _copy_rows, _load_key_blocks, _load_rows, _masked, _next_tile,
+                        _publish_tile, _scores, _stop_consumers, _store_rows, _tile, _wait_tile)
 
 
 @gluon.jit
 def _loader(descs, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale, sm_scale,
-            HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr, BLOCK_MW: gl.constexpr,
-            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
-            WG: gl.constexpr):
+            HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr,
+            VALUE_DIM_TAIL: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+            IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, WG: gl.constexpr):
     """One warp (the partitions share one signature, hence the arguments it does not use): for each tile the
     program takes, once the consumers released their query slot, the tile's index and its Q, O and dO rows into the
     slot, then the K and V tiles of its key blocks into the ring slots the consumers released (ring positions count
     on across tiles). Tiles come as in the Gluon forward's loader: the program's id first, then the counter, which
     the last fetch sets back to zero."""
-    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o, desc_do = descs
-    q_smem, q_tail_smem, o_smem, do_smem, k_smem, k_tail_smem, v_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, \
-        v_ready, v_empty = buffers
+    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_o, desc_o_tail, desc_do, desc_do_tail = descs
+    q_smem, q_tail_smem, o_smem, o_tail_smem, do_smem, do_tail_smem, k_smem, k_tail_smem, v_smem, v_tail_smem, \
+        tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
+    if VALUE_DIM_TAIL > 0:
+        ROW_BYTES: gl.constexpr = desc_o.block_type.nbytes + desc_o_tail.block_type.nbytes
+    else:
+        ROW_BYTES: gl.constexpr = desc_o.block_type.nbytes
     programs = gl.num_programs(0)
     loaded = 0
     tiles_done = 0
@@ -49,30 +54,36 @@ def _loader(descs, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, size
             t, sizes, KeyRange, BLOCK_MW, BLOCK_N, IS_CAUSAL, HAS_KEY_MASK)
         _publish_tile(t, tiles_done, tile_ids, q_empty, 1)
         for w in gl.static_range(CONSUMERS):
-            row = start_m + w * BLOCK_MW
-            _load_rows(desc_q, desc_q_tail, (pid_b, pid_h, row), q_ready.index(w), q_smem, q_tail_smem, w, BLOCK_MW,
-                       HEAD_DIM, HEAD_DIM_TAIL, desc_o.block_type.nbytes + desc_do.block_type.nbytes)
-            _tma_load(desc_o, [pid_b, pid_h, row, 0], q_ready.index(w), _tma_view(o_smem, w, BLOCK_MW, VALUE_DIM))
-            _tma_load(desc_do, [pid_b, pid_h, row, 0], q_ready.index(w), _tma_view(do_smem, w, BLOCK_MW, VALUE_DIM))
-        loaded = _load_key_blocks(desc_k, desc_k_tail, desc_v, None, k_smem, k_tail_smem, v_smem, None, k_ready,
-                                  k_empty, v_ready, v_empty, pid_b, pid_hk, first_block, n_blocks, loaded, HEAD_DIM,
-                                  HEAD_DIM_TAIL, VALUE_DIM, 0, BLOCK_N, STAGES)
+            coords = (pid_b, pid_h, start_m + w * BLOCK_MW)
+            # Q, O and dO (each in one or two column tiles) on one barrier: O's and dO's bytes as Q's extra.
+            _load_rows(desc_q, desc_q_tail, coords, q_ready.index(w), q_smem, q_tail_smem, w, BLOCK_MW, HEAD_DIM,
+                       HEAD_DIM_TAIL, 2 * ROW_BYTES)
+            _copy_rows(desc_o, desc_o_tail, coords, q_ready.index(w), o_smem, o_tail_smem, w, BLOCK_MW, VALUE_DIM,
+                       VALUE_DIM_TAIL)
+            _copy_rows(desc_do, desc_do_tail, coords, q_ready.index(w), do_smem, do_tail_smem, w, BLOCK_MW, VALUE_DIM,
+                       VALUE_DIM_TAIL)
+        loaded = _load_key_blocks(desc_k, desc_k_tail, desc_v, desc_v_tail, k_smem, k_tail_smem, v_smem, v_tail_smem,
+                                  k_ready, k_empty, v_ready, v_empty, pid_b, pid_hk, first_block, n_blocks, loaded,
+                                  HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, VALUE_DIM_TAIL, BLOCK_N, STAGES)
         t = _next_tile(TileCounter, programs)
         tiles_done += 1
     _stop_consumers(t, n_tiles, programs, TileCounter, tiles_done, tile_ids, q_empty, q_ready, 1)
 
 
 @gluon.jit
-def _consume(q, q_tail, do, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready, v_empty, i_lo, i_hi, ring_base,
-             first_block, dq, dq_tail, ds_op, lse, delta, zeros_s, qk_scale, row_first, q_start, Skv, KeyMask,
-             stride_kmb, pid_b, HEAD_DIM_TAIL: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr,
-             STAGES: gl.constexpr, s_layout: gl.constexpr, ds_layout: gl.constexpr, ds_tail_layout: gl.constexpr,
-             IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, MASKED: gl.constexpr):
+def _consume(q, q_tail, do, do_tail, k_smem, k_tail_smem, v_smem, v_tail_smem, k_ready, k_empty, v_ready, v_empty,
+             i_lo, i_hi, ring_base, first_block, dq, dq_tail, ds_op, lse, delta, zeros_s, qk_scale, row_first,
+             q_start, Skv, KeyMask, stride_kmb, pid_b, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM_TAIL: gl.constexpr,
+             BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
+             ds_layout: gl.constexpr, ds_tail_layout: gl.constexpr, IS_CAUSAL: gl.constexpr,
+             HAS_KEY_MASK: gl.constexpr, MASKED: gl.constexpr):
     """Key blocks [i_lo, i_hi) of the tile (key block first_block + i, ring position ring_base + i), each after a
     first: issue S_i, dQ += dS_{i-1} K_{i-1} and dP_i together, take P_i while the last two run, then dS_i. K_{i-1}
     goes back to the loader once its dQ product is done, V_i once dP_i is. Where HEAD_DIM_TAIL > 0, q, k and dQ come
-    in two tiles (``dq_tail`` the second; else it passes through), S and dQ as two products each."""
+    in two tiles (``dq_tail`` the second; else it passes through), S and dQ as two products each; where
+    VALUE_DIM_TAIL > 0, dO and V do, dP as two products."""
     DQ_GROUPS: gl.constexpr = 2 if HEAD_DIM_TAIL > 0 else 1
+    DP_GROUPS: gl.constexpr = 2 if VALUE_DIM_TAIL > 0 else 1
     for i in range(i_lo, i_hi):
         slot = (ring_base + i) % STAGES
         prev = (ring_base + i - 1) % STAGES
@@ -84,8 +95,8 @@ def _consume(q, q_tail, do, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_rea
             ds_tail = gl.convert_layout(ds_op, ds_tail_layout)
             dq_tail_token = warpgroup_mma(ds_tail, k_tail_smem.index(prev), dq_tail, is_async=True)
         mbarrier.wait(v_ready.index(slot), phase)
-        dp_token = warpgroup_mma(do, v_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=True)
-        s = warpgroup_mma_wait(DQ_GROUPS + 1, deps=(s_token,))  # the scores' groups done, dQ's and dP running
+        dp_token = _scores(do, do_tail, v_smem, v_tail_smem, slot, zeros_s, VALUE_DIM_TAIL, True)
+        s = warpgroup_mma_wait(DQ_GROUPS + DP_GROUPS, deps=(s_token,))  # S's groups done, dQ's and dP's running
         if MASKED:
             s = _masked(s, row_first, (first_block + i) * BLOCK_N, q_start, Skv, KeyMask, stride_kmb, pid_b,
                         BLOCK_MW, BLOCK_N, s_layout, IS_CAUSAL, HAS_KEY_MASK)
@@ -103,15 +114,15 @@ def _consume(q, q_tail, do, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_rea
 
 @gluon.jit
 def _consumer(descs, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale, sm_scale,
-              HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr, BLOCK_MW: gl.constexpr,
-              BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr,
-              WG: gl.constexpr):
+              HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr,
+              VALUE_DIM_TAIL: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+              IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, WG: gl.constexpr):
     """One warpgroup: for each of the program's tiles, query rows [start_m + WG * BLOCK_MW, + BLOCK_MW): Delta from
     the tile's O and dO, then dQ over the key blocks the loader streams, split as in the Gluon forward's consumer
     (the first block masked where it needs it, then the blocks every row sees in full, then the masked rest)."""
-    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o, desc_do = descs
-    q_smem, q_tail_smem, o_smem, do_smem, k_smem, k_tail_smem, v_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, \
-        v_ready, v_empty = buffers
+    desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_o, desc_o_tail, desc_do, desc_do_tail = descs
+    q_smem, q_tail_smem, o_smem, o_tail_smem, do_smem, do_tail_smem, k_smem, k_tail_smem, v_smem, v_tail_smem, \
+        tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty = buffers
     Sq, Skv, H, GROUP, n_m, n_tiles, HEADS_PER_SECTION = sizes
     stride_dqb, stride_dqh, stride_dqm, stride_kmb = strides
     dtype: gl.constexpr = desc_q.dtype
@@ -132,6 +143,7 @@ def _consumer(descs, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, si
     q = q_smem.index(WG)
     q_tail = q_tail_smem.index(WG)
     do = do_smem.index(WG)
+    do_tail = do_tail_smem.index(WG)
 
     consumed = 0
     tiles_done = 0
@@ -147,6 +159,13 @@ def _consumer(descs, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, si
         o_rows = o_smem.index(WG).load(rows_layout).to(gl.float32)
         do_rows = do.load(rows_layout).to(gl.float32)
         delta = gl.sum(o_rows * do_rows, axis=1)
+        if VALUE_DIM_TAIL > 0:
+            # The tail's own layout: VALUE_DIM_TAIL // 4 threads of 4 columns each along a row.
+            rows_tail_layout: gl.constexpr = gl.BlockedLayout(
+                [1, 4], [32 // (VALUE_DIM_TAIL // 4), VALUE_DIM_TAIL // 4], [4, 1], [1, 0])
+            o_tail_rows = o_tail_smem.index(WG).load(rows_tail_layout).to(gl.float32)
+            do_tail_rows = do_tail.load(rows_tail_layout).to(gl.float32)
+            delta += gl.convert_layout(gl.sum(o_tail_rows * do_tail_rows, axis=1), gl.SliceLayout(1, rows_layout))
         delta_rows = row_first + gl.arange(0, BLOCK_MW, layout=gl.SliceLayout(1, rows_layout))
         gl.store(Delta + pid_bh.to(gl.int64) * Sq + delta_rows, delta, mask=delta_rows < Sq)
         delta = gl.convert_layout(delta, row_s)
@@ -161,7 +180,7 @@ def _consumer(descs, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, si
             mbarrier.wait(k_ready.index(slot), phase)
             s_token = _scores(q, q_tail, k_smem, k_tail_smem, slot, zeros_s, HEAD_DIM_TAIL, True)
             mbarrier.wait(v_ready.index(slot), phase)
-            dp = warpgroup_mma(do, v_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False)
+            dp = _scores(do, do_tail, v_smem, v_tail_smem, slot, zeros_s, VALUE_DIM_TAIL, False)
             s = warpgroup_mma_wait(0, deps=(s_token,))
             mbarrier.arrive(v_empty.index(slot), count=1)
             if (clean_lo > 0) | (clean_hi < 1):
@@ -172,15 +191,15 @@ def _consumer(descs, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, si
 
             clean_stop = gl.maximum(gl.minimum(clean_hi, n_blocks), 1)
             dq, dq_tail, ds_op = _consume(
-                q, q_tail, do, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready, v_empty, 1, clean_stop,
-                consumed, first_block, dq, dq_tail, ds_op, lse, delta, zeros_s, qk_scale, row_first, q_start, Skv,
-                KeyMask, stride_kmb, pid_b, HEAD_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES, s_layout, ds_layout,
-                ds_tail_layout, IS_CAUSAL, HAS_KEY_MASK, False)
+                q, q_tail, do, do_tail, k_smem, k_tail_smem, v_smem, v_tail_smem, k_ready, k_empty, v_ready, v_empty,
+                1, clean_stop, consumed, first_block, dq, dq_tail, ds_op, lse, delta, zeros_s, qk_scale, row_first,
+                q_start, Skv, KeyMask, stride_kmb, pid_b, HEAD_DIM_TAIL, VALUE_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES,
+                s_layout, ds_layout, ds_tail_layout, IS_CAUSAL, HAS_KEY_MASK, False)
             dq, dq_tail, ds_op = _consume(
-                q, q_tail, do, k_smem, k_tail_smem, v_smem, k_ready, k_empty, v_ready, v_empty, clean_stop, n_blocks,
-                consumed, first_block, dq, dq_tail, ds_op, lse, delta, zeros_s, qk_scale, row_first, q_start, Skv,
-                KeyMask, stride_kmb, pid_b, HEAD_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES, s_layout, ds_layout,
-                ds_tail_layout, IS_CAUSAL, HAS_KEY_MASK, True)
+                q, q_tail, do, do_tail, k_smem, k_tail_smem, v_smem, v_tail_smem, k_ready, k_empty, v_ready, v_empty,
+                clean_stop, n_blocks, consumed, first_block, dq, dq_tail, ds_op, lse, delta, zeros_s, qk_scale,
+                row_first, q_start, Skv, KeyMask, stride_kmb, pid_b, HEAD_DIM_TAIL, VALUE_DIM_TAIL, BLOCK_MW, BLOCK_N,
+                STAGES, s_layout, ds_layout, ds_tail_layout, IS_CAUSAL, HAS_KEY_MASK, True)
             # Q, O and dO are read: the loader may fetch the next tile's while the last product runs.
             mbarrier.arrive(q_empty.index(WG), count=1)
             consumed += n_blocks
@@ -202,10 +221,11 @@ def _consumer(descs, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, si
 
 
 @gluon.jit
-def _attn_bwd_dq_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o, desc_do, DQ, LSE, Delta, KeyMask,
-                    KeyRange, TileCounter, qk_scale, sm_scale, stride_dqb, stride_dqh, stride_dqm, stride_kmb, H, Sq,
-                    Skv, GROUP, n_tiles, HEADS_PER_SECTION, HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr,
-                    VALUE_DIM: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+def _attn_bwd_dq_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_o, desc_o_tail, desc_do,
+                    desc_do_tail, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, qk_scale, sm_scale, stride_dqb,
+                    stride_dqh, stride_dqm, stride_kmb, H, Sq, Skv, GROUP, n_tiles, HEADS_PER_SECTION,
+                    HEAD_DIM: gl.constexpr, HEAD_DIM_TAIL: gl.constexpr, VALUE_DIM: gl.constexpr,
+                    VALUE_DIM_TAIL: gl.constexpr, BLOCK_MW: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                     IS_CAUSAL: gl.constexpr, HAS_KEY_MASK: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                     num_warps: gl.constexpr):
     """Persistent: grid (programs,), each taking tile pid, then the next of the n_tiles =
@@ -213,10 +233,12 @@ def _attn_bwd_dq_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o, de
     order. q/k/v/o/do through 4D descriptors over (B, H|Hkv, S, D) with boxes (1, 1, rows, HEAD_DIM) for q and k and
     (1, 1, rows, VALUE_DIM) for v, o and do; where HEAD_DIM_TAIL > 0, q and k have HEAD_DIM + HEAD_DIM_TAIL columns,
     desc_q_tail/desc_k_tail bring those past HEAD_DIM (as in the Gluon forward) and dQ is computed in two tiles too
-    (multi-head latent attention's 192 = 128 + 64 with v at 128); DQ (B, H, Sq, D) with unit last stride, written by
-    pointer; LSE (B, H, Sq) float32 in log2 units (the forward's); Delta (B, H, Sq)
-    float32, written; qk_scale is the softmax scale times log2(e), sm_scale the softmax scale. HAS_KEY_MASK: KeyMask
-    (B, Skv) uint8 keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept ranges."""
+    (multi-head latent attention's 192 = 128 + 64 with v at 128); where VALUE_DIM_TAIL > 0, v, o and do have
+    VALUE_DIM + VALUE_DIM_TAIL columns, the columns past VALUE_DIM through desc_v_tail/desc_o_tail/desc_do_tail;
+    DQ (B, H, Sq, D) with unit last stride, written by pointer; LSE (B, H, Sq) float32 in log2 units (the
+    forward's); Delta (B, H, Sq) float32, written; qk_scale is the softmax scale times log2(e), sm_scale the softmax
+    scale. HAS_KEY_MASK: KeyMask (B, Skv) uint8 keep-flags (unit stride along the keys) and KeyRange its (B, 3) kept
+    ranges."""
     dtype: gl.constexpr = desc_q.dtype
     k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, VALUE_DIM], dtype)
@@ -237,6 +259,16 @@ def _attn_bwd_dq_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o, de
         q_tail_smem = q_smem
         k_tail_smem = k_smem
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, VALUE_DIM], v_layout)
+    if VALUE_DIM_TAIL > 0:
+        o_tail_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_MW, VALUE_DIM_TAIL], dtype)
+        o_tail_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, VALUE_DIM_TAIL], o_tail_layout)
+        do_tail_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, VALUE_DIM_TAIL], o_tail_layout)
+        v_tail_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, VALUE_DIM_TAIL],
+                                                gl.NVMMASharedLayout.get_default_for([BLOCK_N, VALUE_DIM_TAIL], dtype))
+    else:  # never read
+        o_tail_smem = o_smem
+        do_tail_smem = do_smem
+        v_tail_smem = v_smem
     tile_ids = gl.allocate_shared_memory(gl.int32, [1, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     q_ready = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
@@ -253,16 +285,19 @@ def _attn_bwd_dq_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o, de
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
-    descs = (desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_o, desc_do)
-    buffers = (q_smem, q_tail_smem, o_smem, do_smem, k_smem, k_tail_smem, v_smem, tile_ids, q_ready, q_empty, k_ready,
-               k_empty, v_ready, v_empty)
+    descs = (desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, desc_o, desc_o_tail, desc_do, desc_do_tail)
+    buffers = (q_smem, q_tail_smem, o_smem, o_tail_smem, do_smem, do_tail_smem, k_smem, k_tail_smem, v_smem,
+               v_tail_smem, tile_ids, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty)
     sizes = (Sq, Skv, H, GROUP, gl.cdiv(Sq, CONSUMERS * BLOCK_MW), n_tiles, HEADS_PER_SECTION)
     strides = (stride_dqb, stride_dqh, stride_dqm, stride_kmb)
     gl.warp_specialize([
         (_consumer, (descs, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale, sm_scale,
-                     HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 0)),
+                     HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, VALUE_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL,
+                     HAS_KEY_MASK, 0)),
         (_consumer, (descs, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale, sm_scale,
-                     HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 1)),
+                     HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, VALUE_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL,
+                     HAS_KEY_MASK, 1)),
         (_loader, (descs, DQ, LSE, Delta, KeyMask, KeyRange, TileCounter, buffers, sizes, strides, qk_scale, sm_scale,
-                   HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL, HAS_KEY_MASK, 0))],
+                   HEAD_DIM, HEAD_DIM_TAIL, VALUE_DIM, VALUE_DIM_TAIL, BLOCK_MW, BLOCK_N, STAGES, IS_CAUSAL,
+                   HAS_KEY_MASK, 0))],
         [4, 1], [CONSUMER_REGS, 24])

@@ -49,11 +49,19 @@ def _load_rows(desc, desc_tail, coords, bar, smem, tail_smem, index, ROWS: gl.co
     """Rows ``coords`` (batch, head, first row) of a q or k tile into slot ``index``: the first HEAD_DIM columns
     into ``smem`` and, where HEAD_DIM_TAIL > 0, the next HEAD_DIM_TAIL into ``tail_smem``, both arriving on ``bar``,
     which also expects EXTRA_BYTES from the loads the caller issues onto it next (one arrival per phase)."""
-    pid_b, pid_h, row = coords
     if HEAD_DIM_TAIL > 0:
         mbarrier.expect(bar, desc.block_type.nbytes + desc_tail.block_type.nbytes + EXTRA_BYTES)
     else:
         mbarrier.expect(bar, desc.block_type.nbytes + EXTRA_BYTES)
+    _copy_rows(desc, desc_tail, coords, bar, smem, tail_smem, index, ROWS, HEAD_DIM, HEAD_DIM_TAIL)
+
+
+@gluon.jit
+def _copy_rows(desc, desc_tail, coords, bar, smem, tail_smem, index, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
+               HEAD_DIM_TAIL: gl.constexpr):
+    """_load_rows' copies without its ``expect``: for the loads that arrive on a barrier another load's expect
+    counted (its EXTRA_BYTES)."""
+    pid_b, pid_h, row = coords
     _tma_load(desc, [pid_b, pid_h, row, 0], bar, _tma_view(smem, index, ROWS, HEAD_DIM))
     if HEAD_DIM_TAIL > 0:
         _tma_load(desc_tail, [pid_b, pid_h, row, HEAD_DIM], bar, _tma_view(tail_smem, index, ROWS, HEAD_DIM_TAIL))
