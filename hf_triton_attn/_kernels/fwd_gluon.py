@@ -70,7 +70,8 @@ def _copy_rows(desc, desc_tail, coords, bar, smem, tail_smem, index, ROWS: gl.co
 @gluon.jit
 def _scores(q, q_tail, k_smem, k_tail_smem, slot, zeros_s, HEAD_DIM_TAIL: gl.constexpr, IS_ASYNC: gl.constexpr):
     """S = Q K^T of the K tile in ring slot ``slot``, over the tail tiles too where HEAD_DIM_TAIL > 0: a token to
-    wait on where IS_ASYNC (one product group per tile), else the scores."""
+    wait on where IS_ASYNC (one product group per tile), else the scores. The backward kernels take their dP = dO V^T
+    (dP^T = V dO^T) through it too, with v's tiles."""
     s = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zeros_s, use_acc=False, is_async=IS_ASYNC)
     if HEAD_DIM_TAIL > 0:
         s = warpgroup_mma(q_tail, k_tail_smem.index(slot).permute((1, 0)), s, is_async=IS_ASYNC)
