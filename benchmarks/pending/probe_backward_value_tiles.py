@@ -1,5 +1,6 @@
 """The Gluon dQ and dK/dV kernels at head dims 80 and 96 (q/k, v, O, dO and the gradients in two column tiles each,
-landed in session 40 untimed): forward+backward with both, with the Triton kernel in place of one or the other
+landed in session 40 untimed), and at 192 with benchmarks/pending/gluon_backward_d192.patch applied (without it the
+Triton kernels take 192 in every column): forward+backward with both, with the Triton kernel in place of one or the other
 (configs.GLUON_DQ / GLUON_DKDV off; the forward is the Gluon one throughout) and with SDPA's cuDNN backend, best of
 two alternating rounds (µs), and each one's max |difference| from cuDNN's dq and dk. Where a Gluon kernel loses,
 its configuration (configs.hopper_dq_config, hopper_dkdv_config) should return None there.
@@ -23,7 +24,7 @@ VARIANTS = {"gluon both": (True, True), "triton dq": (False, True), "triton dkdv
 
 
 def main() -> None:
-    for head_dim in (80, 96):
+    for head_dim in (80, 96, 192):
         print(f"D{head_dim} row | " + " | ".join(VARIANTS) + " | cudnn | max err of dq, dk against cudnn's")
         for batch, heads, kv_heads, seqlen, causal in ROWS:
             generator = torch.Generator(device="cuda").manual_seed(0)
