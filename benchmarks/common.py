@@ -129,6 +129,18 @@ def time_cuda_ms(fn: Callable[[], object], warmup: int, reps: int, max_seconds: 
     return times
 
 
+def best_of_alternating_rounds_us(runs: dict[str, Callable[[], object]], rounds: int = 2) -> dict[str, float]:
+    """Each run's best ``triton.testing.do_bench`` median over ``rounds`` rounds, in µs, the runs taking turns in
+    each round (so that none draws a slow stretch of the GPU or host alone)."""
+    import triton
+
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, run in runs.items():
+            best[name] = min(best[name], triton.testing.do_bench(run, warmup=25, rep=150) * 1000)
+    return best
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

@@ -9,10 +9,10 @@ its configuration (configs.hopper_dq_config, hopper_dkdv_config) should return N
 """
 import torch
 import torch.nn.functional as F
-import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import hf_triton_attn
+from benchmarks.common import best_of_alternating_rounds_us
 from hf_triton_attn import configs
 
 # (batch, heads, kv heads, sequence length, causal)
@@ -59,10 +59,7 @@ def main() -> None:
                 reference = [grad.float() for grad in runs["triton both"]()]
             errors = {name: [(grad.float() - ref).abs().max().item() for grad, ref in zip(run(), reference)]
                       for name, run in runs.items()}
-            best = dict.fromkeys(runs, float("inf"))
-            for _ in range(2):
-                for name, run in runs.items():
-                    best[name] = min(best[name], triton.testing.do_bench(run, warmup=25, rep=150) * 1000)
+            best = best_of_alternating_rounds_us(runs)
             print(f"D{head_dim} B{batch} H{heads}/{kv_heads} S{seqlen} {'causal' if causal else 'full'} | "
                   + " | ".join(f"{best[name]:.0f}" if name in best else "n/a" for name in [*VARIANTS, "cudnn"])
                   + " | " + ", ".join(f"{name} {errors[name][0]:.1e} {errors[name][1]:.1e}" for name in runs),
