@@ -7,8 +7,8 @@ the same inputs (bench_kernels.py's cases, checks and timing).
 Our variants (not peers: the ratio column still compares "ours" with the best peer):
 
 - "ours triton": the Triton kernels throughout, where the Gluon ones take the call (on Hopper from
-  GLUON_MIN_QUERIES: the forward at 80, 96, 192 and 192/128, dQ and dK/dV at 192/128). The two variants below run
-  the Triton kernels too, so compare them with this one.
+  GLUON_MIN_QUERIES: the forward and dQ at 80, 96, 192 and 192/128, dK/dV where configs.hopper_dkdv_config takes
+  it). The two variants below run the Triton kernels too, so compare them with this one.
 - "ours one tile": the Triton kernels with q and k in one tile padded to a power of two (192 -> 256), where
   ``configs.head_dim_tiles`` splits them in two (192 = 128 + 64, 96 = 64 + 32, 80 = 64 + 16). Where this wins on a
   GPU, head_dim_tiles needs a rule that keeps one tile there (it lost everywhere on an H100 in session 38:

@@ -268,8 +268,8 @@ class HopperDQConfig:
 def hopper_dq_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: int,
                      value_dim: Optional[int] = None) -> Optional[HopperDQConfig]:
     """The Gluon dQ kernel's configuration, or None where the Triton dQ kernel (bwd.py) serves the call: only on
-    Hopper (sm_90), 16-bit, head_dims 80, 96 and 128 and multi-head latent attention's q/k 192 with v 128
-    (``value_dim``; None: v's head dim is q's), from GLUON_MIN_QUERIES queries (80 and 96 not timed yet).
+    Hopper (sm_90), 16-bit, head_dims 80, 96, 128 and 192 and multi-head latent attention's q/k 192 with v 128
+    (``value_dim``; None: v's head dim is q's), from GLUON_MIN_QUERIES queries.
 
     H200, bf16, the dQ kernel's GPU time (torch.profiler, µs per backward; benchmarks/RESULTS.md, session 30), Triton
     kernel -> this one: B16 H16 S1024 causal 306 -> 238, full 437 -> 326, B32 S512 causal 225 -> 170, B8 S2048 causal
@@ -284,8 +284,17 @@ def hopper_dq_config(head_dim: int, itemsize: int, capability: tuple, seqlen_q: 
         # kernel, Triton dQ -> this one (benchmarks/RESULTS.md, session 40): B4 H16 S4096 causal 3322 -> 3112, full
         # 6090 -> 5789, B1 H128 S4096 causal 6442 -> 6133, B16 S1024 causal 1144 -> 1142.
         return HopperDQConfig(block_mw=64, block_n=64, stages=2)
-    # At 80 and 96 (not measured) q/k, v, O, dO and dQ in tiles of 64 + 16 or 64 + 32 columns (head_dim_tiles,
-    # value_dim_tiles), as head_dim 128 takes them.
+    if (head_dim, value_dim or head_dim) == (192, 192):
+        # q/k, v, O, dO and dQ in tiles of 128 + 64 columns: Q, O and dO per consumer take 144 KiB of shared memory,
+        # so 32-key blocks (three stages: 217 KiB). Offline (triton 3.9): 8 bytes of spills. H100, bf16, the dQ
+        # kernel's GPU time (torch.profiler, µs per forward+backward; benchmarks/RESULTS.md, session 41), Triton
+        # kernel -> this one: B32 S512 causal 417 -> 338, B16 S1024 causal 614 -> 428, full 984 -> 572, B16 H32/8
+        # S1024 causal 1207 -> 841, B4 S4096 causal 1840 -> 1058.
+        return HopperDQConfig(block_mw=64, block_n=32, stages=3)
+    # At 80 and 96 q/k, v, O, dO and dQ in tiles of 64 + 16 or 64 + 32 columns (head_dim_tiles, value_dim_tiles),
+    # as head_dim 128 takes them. H100, bf16, the dQ kernel's GPU time as above, Triton kernel -> this one: D80 B32
+    # S512 causal 188 -> 154, B16 S1024 causal 259 -> 201, B4 S4096 causal 755 -> 473; D96 205 -> 184, 277 -> 238,
+    # 785 -> 579 (and faster on every other row measured: full, GQA, S2048).
     if (head_dim, value_dim or head_dim) not in ((80, 80), (96, 96), (128, 128)):
         return None
     return HopperDQConfig(block_mw=64, block_n=64, stages=3)
@@ -315,6 +324,9 @@ class HopperDKDVConfig:
 # The Gluon dK/dV kernel is never taken below this many keys (without a causal mask fewer were not measured; under
 # one, with GQA, 256 keys lost at head_dim 128).
 GLUON_DKDV_MIN_KEYS = 512
+# At head_dim 80 under a causal mask without GQA it is taken from more than these many keys (96 and 128: more than
+# BWD_D128_SHORT_CAUSAL_MAX_KEYS).
+GLUON_DKDV_D80_SHORT_CAUSAL_MAX_KEYS = 512
 # At head_dim 64 without a causal mask it is taken from these many keys: without and with GQA.
 GLUON_DKDV_D64_FULL_MIN_KEYS = 2048
 GLUON_DKDV_D64_FULL_GQA_MIN_KEYS = 4096
@@ -325,12 +337,13 @@ def hopper_dkdv_config(head_dim: int, itemsize: int, capability: tuple, seqlen_k
                        causal: bool, value_dim: Optional[int] = None) -> Optional[HopperDKDVConfig]:
     """The Gluon dK/dV kernel's configuration, or None where the Triton dK/dV kernel (bwd.py) serves the call: only on
     Hopper (sm_90), 16-bit; ``group`` is the number of query heads per kv head; ``value_dim`` v's head dim (None: q's).
-    Multi-head latent attention's q/k 192 with v 128 from GLUON_DKDV_MIN_KEYS keys. Head_dims 80, 96 (not timed yet)
-    and 128 from GLUON_DKDV_MIN_KEYS keys, but under a causal mask without GQA from more than
-    BWD_D128_SHORT_CAUSAL_MAX_KEYS (where at 128 the Triton kernel's narrow tiles tie or win). Head_dim 64: under a
-    causal mask with GQA from GLUON_DKDV_MIN_KEYS keys, never without GQA (there the Triton kernel wins); without a
-    causal mask from GLUON_DKDV_D64_FULL_MIN_KEYS keys, with GQA from GLUON_DKDV_D64_FULL_GQA_MIN_KEYS, LSE and Delta
-    loaded in the scores' layout (which under a causal mask loses).
+    Multi-head latent attention's q/k 192 with v 128 from GLUON_DKDV_MIN_KEYS keys; head_dim 192 from as many without
+    a causal mask only (under one it loses or ties). Head_dims 80, 96 and 128 from GLUON_DKDV_MIN_KEYS keys, but
+    under a causal mask without GQA from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS (where at 128 the Triton kernel's
+    narrow tiles tie or win; at 80 from more than GLUON_DKDV_D80_SHORT_CAUSAL_MAX_KEYS).
+    Head_dim 64: under a causal mask with GQA from GLUON_DKDV_MIN_KEYS keys, never without GQA (there the Triton
+    kernel wins); without a causal mask from GLUON_DKDV_D64_FULL_MIN_KEYS keys, with GQA from
+    GLUON_DKDV_D64_FULL_GQA_MIN_KEYS, LSE and Delta loaded in the scores' layout (which under a causal mask loses).
 
     H200, bf16, the dK/dV kernel's GPU time (torch.profiler, µs per backward; benchmarks/RESULTS.md, sessions 31 and
     32), Triton kernel -> this one. Head_dim 128 (3 stages, one K/V slot): B4 H16 S4096 causal 1153 -> 923, full
@@ -356,15 +369,28 @@ def hopper_dkdv_config(head_dim: int, itemsize: int, capability: tuple, seqlen_k
         return HopperDKDVConfig(block_m=32, block_nw=64, stages=4, kv_slots=1)
     if value_dim not in (None, head_dim):
         return None
+    if head_dim == 192:
+        # q/k, v, dK and dV in tiles of 128 + 64 columns, 32-query steps as at 192/128: dK and dV hold 192
+        # accumulator registers per thread. Offline (triton 3.9): 828 bytes of spills causal, 504 full. H100, bf16,
+        # the dK/dV kernel's GPU time (torch.profiler, µs per forward+backward; benchmarks/RESULTS.md, session 41),
+        # Triton kernel -> this one: full B32 S512 951 -> 840, B16 S1024 1668 -> 1484, B8 S2048 3184 -> 2783; but
+        # causal B32 S512 573 -> 698, B16 S1024 947 -> 1058, B16 H32/8 S1024 1815 -> 1917, B8 S2048 1694 -> 1805, B4
+        # S4096 3203 -> 3194.
+        if causal or seqlen_k < GLUON_DKDV_MIN_KEYS:
+            return None
+        return HopperDKDVConfig(block_m=32, block_nw=64, stages=4, kv_slots=1)
     if head_dim == 64:
         if causal and group > 1 and seqlen_k >= GLUON_DKDV_MIN_KEYS:
             return HopperDKDVConfig(block_m=64, block_nw=64, stages=4, kv_slots=2)
         if not causal and seqlen_k >= (GLUON_DKDV_D64_FULL_GQA_MIN_KEYS if group > 1 else GLUON_DKDV_D64_FULL_MIN_KEYS):
             return HopperDKDVConfig(block_m=64, block_nw=64, stages=4, kv_slots=2, stats_in_score_layout=True)
         return None
-    # At 80 and 96 (not measured) q/k, v, dK and dV in tiles of 64 + 16 or 64 + 32 columns (head_dim_tiles,
-    # value_dim_tiles), taken where head_dim 128 takes them.
-    short_causal = causal and group == 1 and seqlen_k <= BWD_D128_SHORT_CAUSAL_MAX_KEYS
+    # At 80 and 96 q/k, v, dK and dV in tiles of 64 + 16 or 64 + 32 columns (head_dim_tiles, value_dim_tiles). H100,
+    # bf16, the dK/dV kernel's GPU time as at 192, Triton kernel -> this one: D80 B32 S512 causal 184 -> 201, full
+    # 297 -> 247, B16 S1024 causal 284 -> 269, B16 H32/8 S1024 causal 519 -> 455, B4 S4096 causal 1027 -> 729; D96
+    # 199 -> 240, 316 -> 269, 307 -> 328, 563 -> 470, 1054 -> 900.
+    short_causal_max_keys = GLUON_DKDV_D80_SHORT_CAUSAL_MAX_KEYS if head_dim == 80 else BWD_D128_SHORT_CAUSAL_MAX_KEYS
+    short_causal = causal and group == 1 and seqlen_k <= short_causal_max_keys
     if head_dim not in (80, 96, 128) or seqlen_k < GLUON_DKDV_MIN_KEYS or short_causal:
         return None
     return HopperDKDVConfig(block_m=64, block_nw=64, stages=3, kv_slots=1)

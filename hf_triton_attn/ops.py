@@ -13,10 +13,11 @@ warp-specialised Gluon kernel of _kernels/fwd_gluon.py (:func:`_hopper_forward_c
 ``HF_TRITON_ATTN_GLUON=0`` turns it off), with q, k, v and the output at 80, 96 and 192 in the two tiles of
 :func:`configs.head_dim_tiles` and :func:`configs.value_dim_tiles`; it writes the output and log-sum-exp in the
 Triton forward's layout and units, so the backward is the same.
-Backwards of the same scope (the backward kernels see attention sinks only through the LSE) at head_dims 80, 96 and
-128 (and 192/128) compute dQ (and Delta) with the Gluon kernel of _kernels/bwd_dq_gluon.py (:func:`_hopper_dq_config`,
-same switch), and dK/dV with the Gluon kernel of _kernels/bwd_dkdv_gluon.py where :func:`_hopper_dkdv_config` takes
-them (head_dims 64, 80, 96 and 128, and 192/128), else with the Triton kernels. Every launch goes through
+Backwards of the same scope (the backward kernels see attention sinks only through the LSE) at head_dims 80, 96, 128
+and 192 (and 192/128) compute dQ (and Delta) with the Gluon kernel of _kernels/bwd_dq_gluon.py
+(:func:`_hopper_dq_config`, same switch), and dK/dV with the Gluon kernel of _kernels/bwd_dkdv_gluon.py where
+:func:`_hopper_dkdv_config` takes them (head_dims 64, 80, 96, 128 and 192, and 192/128), else with the Triton
+kernels. Every launch goes through
 :class:`hf_triton_attn.launch.KernelLauncher`. The Triton forward reads Q/K/V tiles, and the Triton dQ kernel K/V
 tiles, through tensor descriptors (TMA on Hopper) where :func:`configs.forward_uses_tma` and
 :func:`configs.dq_uses_tma` pick them and the tensors' strides allow (16-byte aligned, unit stride last), through

@@ -689,7 +689,7 @@ def test_backward_after_hopper_forward_with_sinks_gpu(monkeypatch, causal, sink_
 
 
 def test_hopper_dq_config_applies_only_where_measured():
-    """The Gluon dQ kernel is Hopper-only and 16-bit, head_dims 80, 96 and 128 and q/k 192 with v 128 (multi-head
+    """The Gluon dQ kernel is Hopper-only and 16-bit, head_dims 80, 96, 128 and 192 and q/k 192 with v 128 (multi-head
     latent attention) from GLUON_MIN_QUERIES queries; anything else (head_dim 64, where it measured a tie; other value
     head dims) keeps the Triton dQ kernel, and so does every call in the interpreter or on the CPU."""
     hopper = (9, 0)
@@ -697,11 +697,12 @@ def test_hopper_dq_config_applies_only_where_measured():
         assert configs.hopper_dq_config(head_dim, 2, hopper, configs.GLUON_MIN_QUERIES) is not None
         assert configs.hopper_dq_config(head_dim, 2, hopper, configs.GLUON_MIN_QUERIES, head_dim) is not None
     assert configs.hopper_dq_config(192, 2, hopper, configs.GLUON_MIN_QUERIES, 128).stages == 2
+    assert configs.hopper_dq_config(192, 2, hopper, configs.GLUON_MIN_QUERIES).block_n == 32
     for head_dim, itemsize, capability, seqlen_q, value_dim in [
             (32, 2, hopper, 4096, None), (64, 2, hopper, 16384, None), (256, 2, hopper, 4096, None),
             (128, 4, hopper, 4096, None), (128, 2, (8, 0), 4096, None), (128, 2, (10, 0), 4096, None),
-            (128, 2, hopper, configs.GLUON_MIN_QUERIES - 1, None), (192, 2, hopper, 4096, None),
-            (192, 2, hopper, 4096, 192), (128, 2, hopper, 4096, 64), (192, 4, hopper, 4096, 128),
+            (128, 2, hopper, configs.GLUON_MIN_QUERIES - 1, None),
+            (128, 2, hopper, 4096, 64), (192, 4, hopper, 4096, 128),
             (192, 2, hopper, configs.GLUON_MIN_QUERIES - 1, 128), (96, 2, hopper, 4096, 80),
             (80, 4, hopper, 4096, None), (96, 2, hopper, configs.GLUON_MIN_QUERIES - 1, None)]:
         assert configs.hopper_dq_config(head_dim, itemsize, capability, seqlen_q, value_dim) is None
@@ -736,6 +737,14 @@ def check_two_backwards(q, k, v, causal, mask, calls) -> None:
     assert len(calls) == 2
 
 
+# The Gluon backward GPU tests draw padding lengths from 2: with one visible key every query's softmax is that key
+# alone, so dK's exact value is 0 and PyTorch's softmax backward returns exactly 0 (P * (dP - P * dP)), while the
+# kernels compute dP - Delta from two float32 sums (dP = dO . v on the tensor cores, Delta = rowsum(dO * O)) and
+# sum their ~1e-6 difference over every query of the group: ~2e-5 at (1, 8, 2, 500, 500), over the tests' 1e-5
+# floor. test_one_visible_key_gradients_gpu checks that case against its own bound.
+GRADIENT_MIN_LENGTH = 2
+
+
 def hopper_dq_available() -> bool:
     return hopper_with_gluon() and ops._attn_bwd_dq_ws is not None and configs.GLUON_DQ
 
@@ -746,7 +755,7 @@ def hopper_dq_available() -> bool:
 @pytest.mark.parametrize("layout", ["bhsd", "bshd"])
 @pytest.mark.parametrize("shape", GLUON_SHAPES)
 @pytest.mark.parametrize("padding", [None, "right", "left", "holes"])
-@pytest.mark.parametrize("head_dim", [128, 80, 96])
+@pytest.mark.parametrize("head_dim", [128, 80, 96, 192])
 def test_hopper_dq_gpu(monkeypatch, dtype, causal, layout, shape, padding, head_dim):
     """The Gluon dQ kernel (Hopper, head_dim 128, and 80 and 96 with q/k, v, O, dO and dQ in two tiles each; no mask
     or a key-padding one) against the oracle: lengths off its tiles, GQA and MQA, Transformers' (B, S, H, D) layout,
@@ -755,7 +764,40 @@ def test_hopper_dq_gpu(monkeypatch, dtype, causal, layout, shape, padding, head_
     if not hopper_dq_available():
         pytest.skip(SKIP_WITHOUT_GLUON)
     check_kernel_ran(monkeypatch, "_backward_dq_hopper", check_backward, layout, shape, head_dim, dtype, causal,
-                     padding)
+                     padding, GRADIENT_MIN_LENGTH)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(1, 8, 2, 500, 500), (1, 4, 1, 1000, 1000)])
+@pytest.mark.parametrize("head_dim", [64, 128, 80, 96])
+def test_one_visible_key_gradients_gpu(dtype, causal, shape, head_dim):
+    """Every query sees key 0 alone (right padding to length 1), the case GRADIENT_MIN_LENGTH leaves out: the output,
+    dQ and dV against the oracle as usual, and dK (exactly 0) and dQ (float64's ~1e-16) within 8x the float32 rounding
+    expected of dS = dP - Delta, two sums of head_dim products: u32 * sqrt(head_dim) * |dO_i * v_0|_2 per query,
+    times scale * q_i summed over the group's queries for dK (random signs: a root sum of squares), times scale * k_0
+    for dQ. The backward kernels here are the Gluon ones where they apply (dQ from 128 queries, dK/dV from 512 keys)."""
+    batch, heads, kv_heads, seqlen_q, seqlen_k = shape
+    q, k, v = random_qkv(batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, DEVICE)
+    grad_out = torch.randn_like(q)
+    mask = torch.zeros(batch, seqlen_k, dtype=torch.bool, device=DEVICE)
+    mask[:, 0] = True
+    ours = grads_of(lambda a, b, c: attention(a, b, c, causal=causal, attention_mask=mask), q, k, v, grad_out)
+    ref64 = grads_of(lambda a, b, c: attention_reference(a, b, c, causal=causal, attention_mask=mask),
+                     q.double(), k.double(), v.double(), grad_out.double())
+    same = grads_of(lambda a, b, c: attention_reference(a, b, c, causal=causal, attention_mask=mask), q, k, v, grad_out)
+    for name, a, b, c in zip(("out", "dv"), ours[::3], ref64[::3], same[::3]):
+        assert_close_to_reference(a, b, c, factor=3.0, what=name)
+    scale, group = head_dim ** -0.5, heads // kv_heads
+    v0 = v[:, :, :1].double().repeat_interleave(group, dim=1)
+    ds_rounding = 2.0 ** -24 * head_dim ** 0.5 * (grad_out.double() * v0).norm(dim=-1, keepdim=True)
+    dk_bound = scale * (ds_rounding * q.double()).square().unflatten(1, (kv_heads, group)).sum(dim=(2, 3)).sqrt()
+    dq_bound = scale * ds_rounding * k[:, :, :1].double().abs().repeat_interleave(group, dim=1)
+    assert ref64[2].abs().max() < 1e-12 and ref64[1].abs().max() < 1e-12
+    assert ours[2][:, :, 1:].abs().max() == 0, "keys masked out got gradients"
+    assert (ours[2][:, :, 0].double().abs() <= 8 * dk_bound).all(), (ours[2][:, :, 0].abs().max(), dk_bound.max())
+    assert (ours[1].double().abs() <= 8 * dq_bound + 1e-7).all(), ((ours[1].double().abs() - 8 * dq_bound).max())
 
 
 def check_latent_attention_gradients(dtype, layout, causal, shape, padding):
@@ -828,8 +870,9 @@ def test_hopper_dq_not_taken_where_it_does_not_apply(monkeypatch):
 
 
 def test_hopper_dkdv_config_applies_only_where_measured():
-    """The Gluon dK/dV kernel is Hopper-only and 16-bit. Head_dims 80, 96, 128 (and q/k 192 with v 128): from
-    GLUON_DKDV_MIN_KEYS keys, but 80-128 under a causal mask without GQA from more than BWD_D128_SHORT_CAUSAL_MAX_KEYS.
+    """The Gluon dK/dV kernel is Hopper-only and 16-bit. Head_dims 80, 96, 128 (and q/k 192 with v 128, and 192 without
+    a causal mask): from GLUON_DKDV_MIN_KEYS keys, but 80-128 under a causal mask without GQA from more than
+    BWD_D128_SHORT_CAUSAL_MAX_KEYS (80: GLUON_DKDV_D80_SHORT_CAUSAL_MAX_KEYS).
     Head_dim 64: under a causal mask only with GQA, from GLUON_DKDV_MIN_KEYS keys; without one from
     GLUON_DKDV_D64_FULL_MIN_KEYS keys (GQA: GLUON_DKDV_D64_FULL_GQA_MIN_KEYS), there with LSE and Delta in the scores'
     layout. Anything else keeps the Triton dK/dV kernel, and so does every call in the interpreter or on the CPU."""
@@ -842,15 +885,18 @@ def test_hopper_dkdv_config_applies_only_where_measured():
     assert configs.hopper_dkdv_config(64, 2, hopper, full_keys, 1, False).stats_in_score_layout
     assert configs.hopper_dkdv_config(64, 2, hopper, full_gqa_keys, 4, False).stats_in_score_layout
     for head_dim, causal, group in itertools.product((80, 96), (False, True), (1, 4)):
-        assert configs.hopper_dkdv_config(head_dim, 2, hopper, short + 1, group, causal) is not None
+        head_dim_short = configs.GLUON_DKDV_D80_SHORT_CAUSAL_MAX_KEYS if head_dim == 80 else short
+        assert configs.hopper_dkdv_config(head_dim, 2, hopper, head_dim_short + 1, group, causal) is not None
         assert configs.hopper_dkdv_config(head_dim, 2, hopper, keys - 1, group, causal) is None
-        short_causal_row = configs.hopper_dkdv_config(head_dim, 2, hopper, short, group, causal)
+        short_causal_row = configs.hopper_dkdv_config(head_dim, 2, hopper, head_dim_short, group, causal)
         assert (short_causal_row is None) == (causal and group == 1)
-    # Multi-head latent attention (q/k 192, v 128) from GLUON_DKDV_MIN_KEYS keys, in 32-query steps; other value dims
-    # keep the Triton kernel.
+    # Multi-head latent attention (q/k 192, v 128) from GLUON_DKDV_MIN_KEYS keys, in 32-query steps, and head_dim 192
+    # so without a causal mask only; other value dims keep the Triton kernel.
+    assert configs.hopper_dkdv_config(192, 2, hopper, keys, 1, False, 192).block_m == 32
+    assert configs.hopper_dkdv_config(192, 2, hopper, 16384, 4, True, 192) is None
     for causal in (False, True):
         assert configs.hopper_dkdv_config(192, 2, hopper, keys, 1, causal, 128).block_m == 32
-        for head_dim, value_dim, seqlen_k in [(192, 128, keys - 1), (192, 192, 4096), (128, 64, 4096)]:
+        for head_dim, value_dim, seqlen_k in [(192, 128, keys - 1), (192, 192, keys - 1), (128, 64, 4096)]:
             assert configs.hopper_dkdv_config(head_dim, 2, hopper, seqlen_k, 1, causal, value_dim) is None
     for head_dim, itemsize, capability, seqlen_k, group, causal in [
             (64, 2, hopper, 16384, 1, True), (64, 2, hopper, keys - 1, 4, True),
@@ -881,7 +927,7 @@ def test_hopper_dkdv_compile_failure_names_the_switch(monkeypatch):
     assert isinstance(failure.value.__cause__, CompilationError)
 
 
-@pytest.mark.parametrize("head_dim, value_dim", [(128, 128), (80, 80), (96, 96), (192, 128)])
+@pytest.mark.parametrize("head_dim, value_dim", [(128, 128), (80, 80), (96, 96), (192, 128), (192, 192)])
 def test_gluon_backward_launches_bind_every_kernel_argument(monkeypatch, head_dim, value_dim):
     """The op layer's Gluon dQ and dK/dV launches (any machine: launchers and descriptors stubbed) name every argument
     of their kernels once, and give q/k and v/O/dO the column tiles of configs.head_dim_tiles and value_dim_tiles:
@@ -902,8 +948,9 @@ def test_gluon_backward_launches_bind_every_kernel_argument(monkeypatch, head_di
     lse = torch.empty(1, 4, 600)
     ops._backward_dq_hopper(q, k, v, out, out, torch.empty_like(q), lse, torch.empty_like(lse), None, None, True,
                             0.1, configs.hopper_dq_config(head_dim, 2, (9, 0), 600, value_dim))
+    dkdv_config = configs.hopper_dkdv_config(head_dim, 2, (9, 0), 600, 2, False, value_dim)  # 192: none when causal
     ops._backward_dkdv_hopper(q, k, v, out, torch.empty_like(k), torch.empty_like(v), lse, torch.empty_like(lse), None,
-                              None, True, 0.1, configs.hopper_dkdv_config(head_dim, 2, (9, 0), 600, 2, True, value_dim))
+                              None, True, 0.1, dkdv_config)
     tiles = {"q": configs.head_dim_tiles(head_dim), "k": configs.head_dim_tiles(head_dim),
              **dict.fromkeys(("v", "o", "do"), configs.value_dim_tiles(value_dim))}
     for kernel, (args, kwargs) in launches.items():
@@ -922,11 +969,14 @@ def hopper_dkdv_available() -> bool:
 
 def take_hopper_dkdv_everywhere(monkeypatch) -> None:
     """Every call takes the Gluon dK/dV kernel's configuration for long rows with GQA (same head dim, dtype, device
-    and mask), whatever its own length and heads, so that short test shapes and every head layout reach the kernel."""
+    and mask), whatever its own length and heads, so that short test shapes and every head layout reach the kernel;
+    where a causal mask has none (head_dim 192), the one without, so that the kernel's causal path stays checked."""
     default = configs.hopper_dkdv_config
-    monkeypatch.setattr(configs, "hopper_dkdv_config",
-                        lambda head_dim, itemsize, capability, _, __, causal, value_dim=None:
-                        default(head_dim, itemsize, capability, LONG_ROWS, 4, causal, value_dim))
+
+    def config(head_dim, itemsize, capability, _, __, causal, value_dim=None):
+        return (default(head_dim, itemsize, capability, LONG_ROWS, 4, causal, value_dim)
+                or default(head_dim, itemsize, capability, LONG_ROWS, 4, False, value_dim))
+    monkeypatch.setattr(configs, "hopper_dkdv_config", config)
 
 
 @pytest.mark.gpu
@@ -934,7 +984,7 @@ def take_hopper_dkdv_everywhere(monkeypatch) -> None:
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", GLUON_SHAPES + [(1, 2, 1, 1, 300)])
 @pytest.mark.parametrize("padding", [None, "right", "left", "holes"])
-@pytest.mark.parametrize("head_dim", [64, 128, 80, 96])
+@pytest.mark.parametrize("head_dim", [64, 128, 80, 96, 192])
 def test_hopper_dkdv_gpu(monkeypatch, dtype, layout, causal, shape, padding, head_dim):
     """The Gluon dK/dV kernel (Hopper, head_dims 64 and 128, and 80 and 96 with q/k, v, dK and dV in two tiles each;
     no mask or a key-padding one) against the oracle: lengths off its tiles, GQA (query heads summed per kv head) and
@@ -945,7 +995,7 @@ def test_hopper_dkdv_gpu(monkeypatch, dtype, layout, causal, shape, padding, hea
         pytest.skip(SKIP_WITHOUT_GLUON)
     take_hopper_dkdv_everywhere(monkeypatch)
     check_kernel_ran(monkeypatch, "_backward_dkdv_hopper", check_backward, layout, shape, head_dim, dtype, causal,
-                     padding)
+                     padding, GRADIENT_MIN_LENGTH)
 
 
 @pytest.mark.gpu

@@ -96,8 +96,8 @@ def test_head_dim_tail_with_softcap_scale_and_masks(dtype):
     check_forward(q, k, v, scale=-0.2, attention_mask=torch.rand(2, 1, 33, 45, device=DEVICE) > 0.3)
 
 
-def padding_mask(kind: str, batch: int, seqlen: int) -> torch.Tensor:
-    lengths = torch.randint(1, seqlen, (batch,))
+def padding_mask(kind: str, batch: int, seqlen: int, min_length: int = 1) -> torch.Tensor:
+    lengths = torch.randint(min_length, seqlen, (batch,))
     positions = torch.arange(seqlen)
     if kind == "right":
         mask = positions[None, :] < lengths[:, None]
@@ -865,13 +865,15 @@ GLUON_SHAPES = [(2, 4, 4, 333, 333), (1, 8, 2, 500, 500), (1, 4, 4, 200, 456), (
                 (1, 2, 2, 129, 257), (2, 2, 2, 128, 128)]
 
 
-def check_kernel_ran(monkeypatch, launch: str, check, layout, shape, head_dim, dtype, causal, padding) -> None:
+def check_kernel_ran(monkeypatch, launch: str, check, layout, shape, head_dim, dtype, causal, padding,
+                     min_length: int = 1) -> None:
     """``check`` (check_forward or check_backward) on random inputs of ``shape`` seen as (B, H, S, D) in ``layout``
-    (qkv_in_layout), with a ``padding_mask`` of that kind or none; and ``ops.<launch>`` ran once."""
+    (qkv_in_layout), with a ``padding_mask`` of that kind (lengths from ``min_length``) or none; and ``ops.<launch>``
+    ran once."""
     calls = count_calls(monkeypatch, ops, launch)
     batch, heads, kv_heads, seqlen_q, seqlen_k = shape
     q, k, v = qkv_in_layout(layout, batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, dtype, DEVICE)
-    mask = None if padding is None else padding_mask(padding, batch, seqlen_k)
+    mask = None if padding is None else padding_mask(padding, batch, seqlen_k, min_length)
     check(q, k, v, causal=causal, attention_mask=mask)
     assert len(calls) == 1
 

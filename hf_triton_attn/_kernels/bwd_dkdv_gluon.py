@@ -18,16 +18,16 @@ Scope, as the Gluon dQ kernel's: no mask, causal (bottom-right aligned, Skv >= S
 rows it drops get zero gradients; tiles outside its kept key range do no work); no dropout, no softcap, no
 seqused_q/seqused_k, 16-bit inputs, tensors a TMA descriptor can describe. Head_dims 64 and 128, q/k in two tiles
 with v at its own head dim (multi-head latent attention's 192 = 128 + 64 with v 128; ``HEAD_DIM_TAIL``, ``VALUE_DIM``),
-and v, dO and dV in two tiles too (80 = 64 + 16, 96 = 64 + 32; ``VALUE_DIM_TAIL``: dP^T and dV as two products each);
-the op layer decides when to take it (configs.hopper_dkdv_config). Tested on triton 3.6 (H200); compiles for sm_90 with
-triton 3.9.
+and v, dO and dV in two tiles too (80 = 64 + 16, 96 = 64 + 32, 192 = 128 + 64; ``VALUE_DIM_TAIL``: dP^T and dV as
+two products each); the op layer decides when to take it (configs.hopper_dkdv_config). Tested on triton 3.6 (H200
+and H100); compiles for sm_90 with triton 3.9.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from .fwd_gluon import (CONSUMERS, _causal_tile, _copy_rows, _load_rows, _next_tile, _publish_tile, _scores,
-                        _stop_consumers, _store_rows, _wait_tile)
+                        _stop_consumers, _store_rows, _tail_tiles, _wait_tile)
 
 
 @gluon.jit
@@ -328,24 +328,10 @@ def _attn_bwd_dkdv_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_t
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, VALUE_DIM], do_layout)
     k_smem = gl.allocate_shared_memory(dtype, [KV_SLOTS * CONSUMERS, BLOCK_NW, HEAD_DIM], k_layout)
     v_smem = gl.allocate_shared_memory(dtype, [KV_SLOTS * CONSUMERS, BLOCK_NW, VALUE_DIM], v_layout)
-    if HEAD_DIM_TAIL > 0:
-        q_tail_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_DIM_TAIL],
-                                                gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM_TAIL], dtype))
-        k_tail_smem = gl.allocate_shared_memory(
-            dtype, [KV_SLOTS * CONSUMERS, BLOCK_NW, HEAD_DIM_TAIL],
-            gl.NVMMASharedLayout.get_default_for([BLOCK_NW, HEAD_DIM_TAIL], dtype))
-    else:  # never read
-        q_tail_smem = q_smem
-        k_tail_smem = k_smem
-    if VALUE_DIM_TAIL > 0:
-        do_tail_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, VALUE_DIM_TAIL],
-                                                 gl.NVMMASharedLayout.get_default_for([BLOCK_M, VALUE_DIM_TAIL], dtype))
-        v_tail_smem = gl.allocate_shared_memory(
-            dtype, [KV_SLOTS * CONSUMERS, BLOCK_NW, VALUE_DIM_TAIL],
-            gl.NVMMASharedLayout.get_default_for([BLOCK_NW, VALUE_DIM_TAIL], dtype))
-    else:  # never read
-        do_tail_smem = do_smem
-        v_tail_smem = v_smem
+    q_tail_smem = _tail_tiles(dtype, STAGES, BLOCK_M, HEAD_DIM_TAIL, q_smem)
+    k_tail_smem = _tail_tiles(dtype, KV_SLOTS * CONSUMERS, BLOCK_NW, HEAD_DIM_TAIL, k_smem)
+    do_tail_smem = _tail_tiles(dtype, STAGES, BLOCK_M, VALUE_DIM_TAIL, do_smem)
+    v_tail_smem = _tail_tiles(dtype, KV_SLOTS * CONSUMERS, BLOCK_NW, VALUE_DIM_TAIL, v_smem)
     tile_ids = gl.allocate_shared_memory(gl.int32, [KV_SLOTS, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     kv_ready = gl.allocate_shared_memory(gl.int64, [KV_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
     kv_empty = gl.allocate_shared_memory(gl.int64, [KV_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())

@@ -16,15 +16,15 @@ Scope, as the Gluon forward's: no mask, causal (bottom-right aligned, Skv >= Sq)
 with its kept key ranges; no dropout, no softcap, no seqused_q/seqused_k, a positive scale, 16-bit inputs, tensors a
 TMA descriptor can describe. It compiles for head_dims 64 and 128, for q/k in two tiles with v at its own head dim
 (multi-head latent attention's 192 = 128 + 64 with v 128; ``HEAD_DIM_TAIL``, ``VALUE_DIM``), and for v, O and dO in
-two tiles too (80 = 64 + 16, 96 = 64 + 32; ``VALUE_DIM_TAIL``: dP and Delta over both); the op layer takes it where
-configs.hopper_dq_config does. Tested on triton 3.6 (H200); compiles for sm_90 with triton 3.9.
+two tiles too (80 = 64 + 16, 96 = 64 + 32, 192 = 128 + 64; ``VALUE_DIM_TAIL``: dP and Delta over both); the op
+layer takes it where configs.hopper_dq_config does. Tested on triton 3.6 (H200); compiles for sm_90 with triton 3.9.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from .fwd_gluon import (CONSUMERS, _clean_blocks, _copy_rows, _load_key_blocks, _load_rows, _masked, _next_tile,
-                        _publish_tile, _scores, _stop_consumers, _store_rows, _tile, _wait_tile)
+                        _publish_tile, _scores, _stop_consumers, _store_rows, _tail_tiles, _tile, _wait_tile)
 
 
 @gluon.jit
@@ -249,26 +249,12 @@ def _attn_bwd_dq_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tai
     o_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, VALUE_DIM], o_layout)
     do_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, VALUE_DIM], o_layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_layout)
-    if HEAD_DIM_TAIL > 0:
-        q_tail_smem = gl.allocate_shared_memory(
-            dtype, [CONSUMERS, BLOCK_MW, HEAD_DIM_TAIL],
-            gl.NVMMASharedLayout.get_default_for([BLOCK_MW, HEAD_DIM_TAIL], dtype))
-        k_tail_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM_TAIL],
-                                                gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM_TAIL], dtype))
-    else:  # never read
-        q_tail_smem = q_smem
-        k_tail_smem = k_smem
+    q_tail_smem = _tail_tiles(dtype, CONSUMERS, BLOCK_MW, HEAD_DIM_TAIL, q_smem)
+    k_tail_smem = _tail_tiles(dtype, STAGES, BLOCK_N, HEAD_DIM_TAIL, k_smem)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, VALUE_DIM], v_layout)
-    if VALUE_DIM_TAIL > 0:
-        o_tail_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_MW, VALUE_DIM_TAIL], dtype)
-        o_tail_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, VALUE_DIM_TAIL], o_tail_layout)
-        do_tail_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, VALUE_DIM_TAIL], o_tail_layout)
-        v_tail_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, VALUE_DIM_TAIL],
-                                                gl.NVMMASharedLayout.get_default_for([BLOCK_N, VALUE_DIM_TAIL], dtype))
-    else:  # never read
-        o_tail_smem = o_smem
-        do_tail_smem = do_smem
-        v_tail_smem = v_smem
+    o_tail_smem = _tail_tiles(dtype, CONSUMERS, BLOCK_MW, VALUE_DIM_TAIL, o_smem)
+    do_tail_smem = _tail_tiles(dtype, CONSUMERS, BLOCK_MW, VALUE_DIM_TAIL, do_smem)
+    v_tail_smem = _tail_tiles(dtype, STAGES, BLOCK_N, VALUE_DIM_TAIL, v_smem)
     tile_ids = gl.allocate_shared_memory(gl.int32, [1, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     q_ready = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())

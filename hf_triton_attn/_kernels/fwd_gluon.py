@@ -68,6 +68,18 @@ def _copy_rows(desc, desc_tail, coords, bar, smem, tail_smem, index, ROWS: gl.co
 
 
 @gluon.jit
+def _tail_tiles(dtype: gl.constexpr, SLOTS: gl.constexpr, ROWS: gl.constexpr, COLUMNS: gl.constexpr, unused):
+    """SLOTS (ROWS, COLUMNS) tiles of shared memory for the columns past a head dim's first tile; where COLUMNS is 0
+    (the head dim in one tile), ``unused``, a buffer that stands in for them and is never read."""
+    if COLUMNS > 0:
+        tiles = gl.allocate_shared_memory(dtype, [SLOTS, ROWS, COLUMNS],
+                                          gl.NVMMASharedLayout.get_default_for([ROWS, COLUMNS], dtype))
+    else:
+        tiles = unused
+    return tiles
+
+
+@gluon.jit
 def _scores(q, q_tail, k_smem, k_tail_smem, slot, zeros_s, HEAD_DIM_TAIL: gl.constexpr, IS_ASYNC: gl.constexpr):
     """S = Q K^T of the K tile in ring slot ``slot``, over the tail tiles too where HEAD_DIM_TAIL > 0: a token to
     wait on where IS_ASYNC (one product group per tile), else the scores. The backward kernels take their dP = dO V^T
@@ -494,29 +506,15 @@ def _attn_fwd_ws(desc_q, desc_q_tail, desc_k, desc_k_tail, desc_v, desc_v_tail, 
     # may have.
     q_smem = gl.allocate_shared_memory(dtype, [Q_SLOTS * CONSUMERS, BLOCK_MW, HEAD_DIM], q_layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_layout)
-    if HEAD_DIM_TAIL > 0:
-        q_tail_smem = gl.allocate_shared_memory(
-            dtype, [Q_SLOTS * CONSUMERS, BLOCK_MW, HEAD_DIM_TAIL],
-            gl.NVMMASharedLayout.get_default_for([BLOCK_MW, HEAD_DIM_TAIL], dtype))
-        k_tail_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM_TAIL],
-                                                gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM_TAIL], dtype))
-    else:  # never read
-        q_tail_smem = q_smem
-        k_tail_smem = k_smem
+    q_tail_smem = _tail_tiles(dtype, Q_SLOTS * CONSUMERS, BLOCK_MW, HEAD_DIM_TAIL, q_smem)
+    k_tail_smem = _tail_tiles(dtype, STAGES, BLOCK_N, HEAD_DIM_TAIL, k_smem)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, VALUE_DIM], v_layout)
-    if VALUE_DIM_TAIL > 0:
-        v_tail_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, VALUE_DIM_TAIL],
-                                                gl.NVMMASharedLayout.get_default_for([BLOCK_N, VALUE_DIM_TAIL], dtype))
-    else:  # never read
-        v_tail_smem = v_smem
+    v_tail_smem = _tail_tiles(dtype, STAGES, BLOCK_N, VALUE_DIM_TAIL, v_smem)
     o_smem = q_smem  # never written where the consumers store by pointer
     o_tail_smem = q_smem
     if TMA_STORE:
         o_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_MW, VALUE_DIM], out_layout)
-        if VALUE_DIM_TAIL > 0:
-            o_tail_smem = gl.allocate_shared_memory(
-                dtype, [CONSUMERS, BLOCK_MW, VALUE_DIM_TAIL],
-                gl.NVMMASharedLayout.get_default_for([BLOCK_MW, VALUE_DIM_TAIL], dtype))
+        o_tail_smem = _tail_tiles(dtype, CONSUMERS, BLOCK_MW, VALUE_DIM_TAIL, q_smem)
     tile_ids = gl.allocate_shared_memory(gl.int32, [Q_SLOTS, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     q_ready = gl.allocate_shared_memory(gl.int64, [Q_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [Q_SLOTS * CONSUMERS, 1], mbarrier.MBarrierLayout())
