@@ -410,9 +410,17 @@ BWD_D128_SHORT_CAUSAL_MAX_KEYS = 1024
 
 @functools.lru_cache(maxsize=1024)  # called on every backward; building its three dataclasses costs ~2 µs
 def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool = False, causal: bool = False,
-                    seqlen_k: int = 0) -> BackwardConfig:
+                    seqlen_k: int = 0, split_tiles: bool = False) -> BackwardConfig:
     """Measured on an H100 with benchmarks/tune.py (bf16, S=4096, forward+backward time). float32 keeps the
-    narrower tiles its doubled size fits in.
+    narrower tiles its doubled size fits in. ``split_tiles``: q/k and v each come in two tiles (head_dim_tiles,
+    value_dim_tiles; 192 = 128 + 64 where ``block_d``, the padded head dim, is 256).
+
+    Head dim 192 in two tiles, causal, 16-bit: dK/dV 32x128 tiles with 8 warps, 2 stages (offline, triton 3.9: 64
+    bytes of spills, 148 KiB of shared memory). H200, bf16, the dK/dV kernel's GPU time (torch.profiler;
+    benchmarks/RESULTS.md, session 41), the 64x64 tiles taken before (measured at 256 in one tile) -> these: B4 H16
+    S4096 3142 -> 2111 µs, B16 H16 S1024 943 -> 695 (best of eight tiles on both rows); H100, forward+backward
+    5041 -> 3935 µs (cuDNN 4226) and 1646 -> 1395 (cuDNN 1475). Not measured without a causal mask (the Gluon dK/dV
+    kernel takes those rows on Hopper from 512 keys) nor for 192/128.
 
     Head dim 128, causal, at most BWD_D128_SHORT_CAUSAL_MAX_KEYS keys: dK/dV 32x64 tiles with 4 warps. H200, bf16
     (benchmarks/RESULTS.md, session 29): the dK/dV kernel's GPU time B16 H16 S1000 467 -> 405 µs, B32 H16 S512
@@ -438,6 +446,8 @@ def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool 
         if block_d <= 128:
             return BackwardConfig(LaunchConfig(32, 128, 8, 3), LaunchConfig(128, 32, 8, 3))
         return BackwardConfig(LaunchConfig(32, 32, 4, 1), LaunchConfig(32, 32, 4, 1))
+    if block_d == 256 and split_tiles and causal and not dropout:
+        return BackwardConfig(LaunchConfig(32, 128, 8, 2), LaunchConfig(64, 32, 4, 3))
     if block_d <= 64 and dropout:
         return BackwardConfig(LaunchConfig(64, 64, 4, 3), LaunchConfig(64, 32, 4, 3))
     if block_d <= 64:

@@ -637,7 +637,7 @@ def _backward(grad_out, q, k, v, out, lse, key_mask, seqused_k, seqused_q, key_r
     block_dv, block_dv_tail = configs.value_dim_tiles(value_dim)
     # Tiles as for the wider of the two head dims, padded.
     cfg = configs.backward_config(configs.padded_head_dim(max(head_dim, value_dim)), q.element_size(), INTERPRET,
-                                  dropout_p > 0.0, causal, skv)
+                                  dropout_p > 0.0, causal, skv, block_d_tail > 0 and block_dv_tail > 0)
 
     delta = torch.empty_like(lse)  # rowsum(O * dO), written by the dQ kernel for the dK/dV kernel
     if key_range is None:

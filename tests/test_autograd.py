@@ -613,6 +613,18 @@ def test_backward_large_shapes_gpu(dtype, shape, causal):
     check_backward(*random_qkv(*shape, dtype, DEVICE), causal=causal)
 
 
+def test_backward_config_head_dim_192_causal():
+    """Head dim 192 in two tiles (q/k and v at 128 + 64) under a causal mask takes 32 x 128 dK/dV tiles, 16-bit and
+    without dropout only; head dim 256 in one tile, and 192 without a causal mask, keep 64 x 64."""
+    split = configs.backward_config(256, 2, False, False, True, 4096, True)
+    assert split.dkdv == configs.LaunchConfig(32, 128, 8, 2)
+    for args in [(256, 2, False, False, True, 4096, False), (256, 2, False, False, False, 4096, True),
+                 (256, 2, False, True, True, 4096, True)]:
+        assert configs.backward_config(*args).dkdv == configs.LaunchConfig(64, 64, 8, 2)
+    assert configs.backward_config(256, 4, False, False, True, 4096, True).dkdv.block_n == 32
+    assert split.dq == configs.backward_config(256, 2, False, False, True, 4096, False).dq
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("heads", [(4, 4), (8, 2)])
