@@ -769,10 +769,10 @@ def hopper_dq_available() -> bool:
 @pytest.mark.parametrize("padding", [None, "right", "left", "holes"])
 @pytest.mark.parametrize("head_dim", [128, 80, 96, 192])
 def test_hopper_dq_gpu(monkeypatch, dtype, causal, layout, shape, padding, head_dim):
-    """The Gluon dQ kernel (Hopper, head_dim 128, and 80 and 96 with q/k, v, O, dO and dQ in two tiles each; no mask
-    or a key-padding one) against the oracle: lengths off its tiles, GQA and MQA, Transformers' (B, S, H, D) layout,
-    fewer queries than keys (bottom-right causal), left padding (rows that see no key under a causal mask), holes;
-    the dK/dV kernel takes its Delta; and it is the kernel that ran."""
+    """The Gluon dQ kernel (Hopper, head_dim 128, and 80, 96 and 192 with q/k, v, O, dO and dQ in two tiles each; no
+    mask or a key-padding one) against the oracle: lengths off its tiles, GQA and MQA, Transformers' (B, S, H, D)
+    layout, fewer queries than keys (bottom-right causal), left padding (rows that see no key under a causal mask),
+    holes; the dK/dV kernel takes its Delta; and it is the kernel that ran."""
     if not hopper_dq_available():
         pytest.skip(SKIP_WITHOUT_GLUON)
     check_kernel_ran(monkeypatch, "_backward_dq_hopper", check_backward, layout, shape, head_dim, dtype, causal,
@@ -998,11 +998,11 @@ def take_hopper_dkdv_everywhere(monkeypatch) -> None:
 @pytest.mark.parametrize("padding", [None, "right", "left", "holes"])
 @pytest.mark.parametrize("head_dim", [64, 128, 80, 96, 192])
 def test_hopper_dkdv_gpu(monkeypatch, dtype, layout, causal, shape, padding, head_dim):
-    """The Gluon dK/dV kernel (Hopper, head_dims 64 and 128, and 80 and 96 with q/k, v, dK and dV in two tiles each;
-    no mask or a key-padding one) against the oracle: lengths off its tiles, GQA (query heads summed per kv head) and
-    MQA, Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal, a single query), left padding
-    (rows that see no key under a causal mask), holes (key rows whose gradients are zero); and it is the kernel that
-    ran."""
+    """The Gluon dK/dV kernel (Hopper, head_dims 64 and 128, and 80, 96 and 192 with q/k, v, dK and dV in two tiles
+    each; no mask or a key-padding one) against the oracle: lengths off its tiles, GQA (query heads summed per kv
+    head) and MQA, Transformers' (B, S, H, D) layout, fewer queries than keys (bottom-right causal, a single query),
+    left padding (rows that see no key under a causal mask), holes (key rows whose gradients are zero); and it is the
+    kernel that ran."""
     if not hopper_dkdv_available():
         pytest.skip(SKIP_WITHOUT_GLUON)
     take_hopper_dkdv_everywhere(monkeypatch)
