@@ -141,6 +141,21 @@ def best_of_alternating_rounds_us(runs: dict[str, Callable[[], object]], rounds:
     return best
 
 
+def kernels_gpu_time_us(run: Callable[[], object], name_part: str, calls: int = 10) -> float:
+    """GPU µs per call of ``run`` spent in the CUDA kernels whose name contains ``name_part`` (torch.profiler, after
+    one call unprofiled): a kernel's own time, free of the host's."""
+    from torch.autograd import DeviceType
+
+    run()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            run()
+        torch.cuda.synchronize()
+    return sum(event.time_range.elapsed_us() for event in prof.events()
+               if event.device_type == DeviceType.CUDA and name_part in event.name) / calls
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

@@ -10,9 +10,9 @@ import argparse
 import dataclasses
 
 import torch
-from torch.autograd import DeviceType
 
 import hf_triton_attn
+from benchmarks.common import kernels_gpu_time_us
 from hf_triton_attn import configs
 
 # (block_m, block_n, warps, stages), the first the Triton kernel's tile now. Offline (triton 3.9, sm_90), bytes of spills: at 192
@@ -33,17 +33,6 @@ ROWS = {
 }
 default_backward_config = configs.backward_config
 default_dkdv_config = configs.hopper_dkdv_config
-
-
-def dkdv_time_us(run, calls: int = 10) -> float:
-    run()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            run()
-        torch.cuda.synchronize()
-    return sum(event.time_range.elapsed_us() for event in prof.events()
-               if event.device_type == DeviceType.CUDA and "dkdv" in event.name) / calls
 
 
 def install(tile) -> None:
@@ -94,7 +83,7 @@ def main() -> None:
                 grads = run()
                 reference = reference or grads
                 diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(grads, reference))
-                best = min(dkdv_time_us(run) for _ in range(2))
+                best = min(kernels_gpu_time_us(run, "dkdv") for _ in range(2))
                 print(f"{name} | {label} | {best:.0f} µs | max |d dk, dv| {diff:.1e}", flush=True)
             except Exception as error:  # a tile that does not fit, or no Gluon kernel for the row: say so, go on
                 print(f"{name} | {label} | {type(error).__name__}: {str(error)[:100]}", flush=True)
