@@ -446,8 +446,6 @@ def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool 
         if block_d <= 128:
             return BackwardConfig(LaunchConfig(32, 128, 8, 3), LaunchConfig(128, 32, 8, 3))
         return BackwardConfig(LaunchConfig(32, 32, 4, 1), LaunchConfig(32, 32, 4, 1))
-    if block_d == 256 and split_tiles and causal and not dropout:
-        return BackwardConfig(LaunchConfig(32, 128, 8, 2), LaunchConfig(64, 32, 4, 3))
     if block_d <= 64 and dropout:
         return BackwardConfig(LaunchConfig(64, 64, 4, 3), LaunchConfig(64, 32, 4, 3))
     if block_d <= 64:
@@ -461,8 +459,10 @@ def backward_config(block_d: int, itemsize: int, interpret: bool, dropout: bool 
                               LaunchConfig(128, 64, 8, 3))
     # Against 32x64 (dK/dV) and 64x32 with 8 warps, 2 stages (dQ), whole forward+backward B2 H8 S4096 full
     # 5234 -> 3572 µs; causal 2970 -> ~2170 with this dK/dV tile, where the two best dQ tiles time alike
-    # (benchmarks/NOTES.md, session 13).
-    return BackwardConfig(LaunchConfig(64, 64, 8, 2), LaunchConfig(64, 32, 4, 3))
+    # (benchmarks/NOTES.md, session 13). Head dim 192 split in two tiles under a causal mask: 32x128 (docstring).
+    split_causal = split_tiles and causal and not dropout
+    return BackwardConfig(LaunchConfig(32, 128, 8, 2) if split_causal else LaunchConfig(64, 64, 8, 2),
+                          LaunchConfig(64, 32, 4, 3))
 
 
 # Under a causal mask the dK/dV grid takes key blocks on its outer axis up to this many programs per multiprocessor.

@@ -15,9 +15,9 @@ import hf_triton_attn
 from benchmarks.common import kernels_gpu_time_us
 from hf_triton_attn import configs
 
-# (block_m, block_n, warps, stages), the first the Triton kernel's tile now. Offline (triton 3.9, sm_90), bytes of spills: at 192
-# without a causal mask 12, 100, 16, 20, 36, 0; at 192/128 16, 0, 0, 0, 0, 0 (64 x 128 spills 700 and 308); none at
-# 80 and 96. At 256 (one tile) every tile but 64 x 64 (436) spills over 3 KB, so 256 is left out.
+# (block_m, block_n, warps, stages), the first the Triton kernel's tile now. Offline (triton 3.9, sm_90), bytes of
+# spills: at 192 without a causal mask 12, 100, 16, 20, 36, 0; at 192/128 16, 0, 0, 0, 0, 0 (64 x 128 spills 700 and
+# 308); none at 80 and 96. At 256 (one tile) every tile but 64 x 64 (436) spills over 3 KB, so 256 is left out.
 TILES_192 = [(64, 64, 8, 2), (32, 64, 4, 3), (16, 64, 4, 3), (32, 128, 8, 2), (32, 128, 8, 3), (16, 128, 8, 2)]
 TILES_SHORT_CAUSAL = [(32, 64, 4, 3), (32, 64, 4, 2), (16, 64, 4, 3), (64, 64, 8, 2), (32, 128, 8, 2),
                       (64, 128, 8, 2), (64, 128, 8, 3)]
